@@ -1,0 +1,24 @@
+{#-
+  The snapshot times to compute: hour boundaries from var('as_of_start') to var('as_of_end')
+  every var('cadence_hours'). Without vars, the current UTC hour. Values are validated here
+  because they are spliced into SQL.
+-#}
+{% macro as_of_times() %}
+    {%- set end = var('as_of_end', none) or modules.datetime.datetime.utcnow().strftime('%Y-%m-%d %H:00:00') -%}
+    {%- set start = var('as_of_start', none) or end -%}
+    {%- set cadence = var('cadence_hours', 1) -%}
+    {%- for value in [start, end] -%}
+        {%- if not modules.re.fullmatch('\d{4}-\d{2}-\d{2}[ T]\d{2}:00(:00)?', value | string) -%}
+            {{ exceptions.raise_compiler_error("as-of time '" ~ value ~ "' is not an hour boundary like 2026-01-31 13:00:00") }}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- if not (cadence | string).isdigit() or cadence | int < 1 -%}
+        {{ exceptions.raise_compiler_error("cadence_hours must be a positive whole number of hours, got '" ~ cadence ~ "'") }}
+    {%- endif -%}
+    select cast(series.computed_at as timestamp) as computed_at
+    from generate_series(
+        cast('{{ start }}' as timestamp),
+        cast('{{ end }}' as timestamp),
+        cast('{{ cadence | int }} hours' as interval)
+    ) as series (computed_at)
+{% endmacro %}

@@ -1,0 +1,1 @@
+"""featurestore: one definition of each feature (dbt), an offline history and an online snapshot."""

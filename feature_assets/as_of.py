@@ -1,0 +1,28 @@
+"""As-of times: the hour boundaries (naive UTC) that feature snapshots are stamped with."""
+
+from datetime import UTC, datetime
+
+from feature_assets.errors import ConfigError
+
+__all__ = ["current_hour", "parse_hour", "format_hour"]
+
+
+def current_hour() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
+
+
+def parse_hour(value: str, what: str) -> datetime:
+    """Parses an ISO time that must be an hour boundary; a timezone, if given, is converted to UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not an ISO time like 2026-01-31T13:00") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    if parsed != parsed.replace(minute=0, second=0, microsecond=0):
+        raise ConfigError(f"{what} {value!r} is not an hour boundary (minutes and seconds must be 0)")
+    return parsed
+
+
+def format_hour(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,91 @@
+"""The feature history: the dbt project's models as assets, with dbt tests as asset checks."""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from pydantic import Field
+
+from feature_assets.as_of import current_hour, format_hour, parse_hour
+from feature_assets.assets.raw import WAREHOUSE_POOL
+from feature_assets.automation import USER_FEATURES_FRESHNESS
+from feature_assets.errors import ConfigError
+from feature_assets.project import dbt_project
+from feature_assets.resources.warehouse import Warehouse
+
+__all__ = ["AsOfConfig", "FeatureTranslator", "dbt_feature_models"]
+
+
+class AsOfConfig(dg.Config):
+    """Which snapshots to (re)compute; one run can backfill a whole range."""
+
+    as_of_start: str | None = Field(default=None, description="First snapshot (hour boundary, UTC); default: as_of_end.")
+    as_of_end: str | None = Field(default=None, description="Last snapshot (hour boundary, UTC); default: the current hour.")
+    cadence_hours: int = Field(default=1, description="Hours between snapshots of the range.")
+
+    def dbt_vars(self) -> dict[str, Any]:
+        end = parse_hour(self.as_of_end, "as_of_end") if self.as_of_end else current_hour()
+        start = parse_hour(self.as_of_start, "as_of_start") if self.as_of_start else end
+        if self.cadence_hours < 1:
+            raise ConfigError(f"cadence_hours must be at least 1, got {self.cadence_hours}")
+        if start > end:
+            raise ConfigError(f"as_of_start {format_hour(start)} is after as_of_end {format_hour(end)}")
+        if (end - start) % timedelta(hours=self.cadence_hours):
+            raise ConfigError(
+                f"the range {format_hour(start)} .. {format_hour(end)} is not a whole number of {self.cadence_hours}-hour steps"
+            )
+        return {"as_of_start": format_hour(start), "as_of_end": format_hour(end), "cadence_hours": self.cadence_hours}
+
+
+class FeatureTranslator(DagsterDbtTranslator):
+    """dbt models join the `features` group; feature views carry the refresh freshness policy."""
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest["nodes"].get(unique_id)
+        if node is None or node["resource_type"] != "model":
+            return spec
+        spec = spec.replace_attributes(group_name="features")
+        if "feature_view" in node["config"].get("meta", {}):
+            spec = spec.replace_attributes(freshness_policy=USER_FEATURES_FRESHNESS)
+        return spec
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """dbt reads its profile from the environment of the process it starts; set it only for that start."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=FeatureTranslator(),
+    pool=WAREHOUSE_POOL,
+)
+def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
+    """Builds and tests the staging views and appends the feature snapshots for the configured as-of times."""
+    target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
+    try:
+        with _environment(warehouse.dbt_env()):
+            invocation = dbt.cli(["build", "--vars", json.dumps(config.dbt_vars())], context=context, target_path=target_path)
+        yield from invocation.stream()
+    finally:
+        shutil.rmtree(target_path, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""The `featurestore` command line."""
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from feature_assets.as_of import current_hour, format_hour, parse_hour
+from feature_assets.errors import FeatureStoreError
+from feature_assets.settings import Settings
+
+__all__ = ["main"]
+
+_DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+# Runs started here print only warnings; the full logs are in the Dagster UI.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def dagster_home(settings: Settings) -> Path:
+    """The instance folder: $DAGSTER_HOME if set, else FEATURE_STORE_HOME/dagster seeded with deploy/<env>/dagster.yaml."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = settings.home / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_DEPLOY / settings.env / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
+    import dagster as dg
+
+    from feature_assets.definitions import defs
+
+    dagster_home(settings)
+    ops = {"dbt_feature_models": {"config": as_of_config}}
+    if settings.demo_data:
+        ops["demo_raw_data"] = {"config": raw_config}
+    result = defs.resolve_job_def("refresh_features").execute_in_process(
+        run_config={"ops": ops, **_QUIET}, instance=dg.DagsterInstance.get(), raise_on_error=False
+    )
+    if not result.success:
+        failures = [e.message for e in result.all_events if e.is_failure]
+        raise FeatureStoreError("the refresh run failed:\n" + "\n".join(failures))
+    return result
+
+
+def _print_summary(settings: Settings) -> None:
+    from feature_assets.definitions import warehouse_for
+
+    warehouse = warehouse_for(settings)
+    with warehouse.connect() as con:
+        counts = pd.concat(
+            warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}")
+            for table in ("raw_users", "raw_profile_changes", "raw_events", "raw_orders", "user_features")
+        )
+        snapshots = warehouse.fetch(
+            con, "select count(distinct computed_at) as n, min(computed_at) as first, max(computed_at) as last from user_features"
+        )
+        latest = warehouse.fetch(
+            con,
+            "select * from user_features where computed_at = (select max(computed_at) from user_features) "
+            "order by user_id limit 5",
+        )
+    print("\nRow counts:")
+    print(counts.to_string(index=False))
+    row = snapshots.iloc[0]
+    print(f"\nuser_features: {row['n']} snapshots from {row['first']} to {row['last']}")
+    print("\nLatest snapshot, first users:")
+    print(latest.to_string(index=False))
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    anchor = current_hour()
+    start = anchor - timedelta(days=args.days - 1)
+    print(f"Generating {args.users} users over {args.days} days and backfilling daily snapshots up to {format_hour(anchor)} ...")
+    _run_refresh(
+        settings,
+        {"users": args.users, "days": args.days, "seed": args.seed, "anchor": format_hour(anchor)},
+        {"as_of_start": format_hour(start), "as_of_end": format_hour(anchor), "cadence_hours": 24},
+    )
+    _print_summary(settings)
+
+
+def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
+    hour = format_hour(parse_hour(args.as_of, "--as-of") if args.as_of else current_hour())
+    _run_refresh(settings, {"anchor": hour}, {"as_of_end": hour})
+    _print_summary(settings)
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
+    import dagster as dg
+
+    from feature_assets.definitions import defs
+
+    dagster_home(settings)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("user_features")})
+    config = {"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours}
+    result = job.execute_in_process(
+        run_config={"ops": {"dbt_feature_models": {"config": config}}, **_QUIET}, instance=dg.DagsterInstance.get(), raise_on_error=False
+    )
+    if not result.success:
+        raise FeatureStoreError("the backfill failed:\n" + "\n".join(e.message for e in result.all_events if e.is_failure))
+    _print_summary(settings)
+
+
+def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+
+    for view in load_registry(dbt_project.manifest_path).views.values():
+        ttl_hours = view.online_ttl / timedelta(hours=1)
+        print(f"{view.name}: entity {view.entity} ({view.entity_key}), version {view.version}, online TTL {ttl_hours:g} h\n")
+        table = pd.DataFrame(
+            [(f.name, f.dtype, f"{ttl_hours:g} h", f.description) for f in view.features],
+            columns=["feature", "dtype", "ttl", "description"],
+        )
+        print(table.to_string(index=False))
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
+    dagster_home(settings)
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="featurestore", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="generate demo data, build the feature history and print it")
+    demo.add_argument("--users", type=int, default=2000)
+    demo.add_argument("--days", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=cmd_demo)
+
+    refresh = commands.add_parser("refresh", help="what the hourly schedule runs: load raw rows and snapshot one hour")
+    refresh.add_argument("--as-of", help="hour boundary (UTC, ISO); default: the current hour")
+    refresh.set_defaults(run=cmd_refresh)
+
+    backfill = commands.add_parser("backfill", help="(re)compute feature snapshots over a range of as-of times")
+    backfill.add_argument("--start", required=True, help="first as-of hour (UTC, ISO)")
+    backfill.add_argument("--end", required=True, help="last as-of hour (UTC, ISO)")
+    backfill.add_argument("--cadence-hours", type=int, default=24)
+    backfill.set_defaults(run=cmd_backfill)
+
+    features = commands.add_parser("features", help="print the feature registry")
+    features.set_defaults(run=cmd_features)
+
+    dev = commands.add_parser("dev", help="open the Dagster UI (dagster dev) on this instance")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(run=cmd_dev)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args, Settings.from_env())
+    except FeatureStoreError as error:
+        print(f"featurestore: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

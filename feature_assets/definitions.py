@@ -1,0 +1,61 @@
+"""The only place that builds the Dagster Definitions."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from feature_assets.assets.features import dbt_feature_models
+from feature_assets.assets.raw import demo_raw_data, external_raw_tables
+from feature_assets.automation import hourly_refresh_schedule
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+from feature_assets.resources.warehouse import Warehouse
+from feature_assets.settings import Settings
+
+__all__ = ["defs", "build_definitions", "warehouse_for"]
+
+
+def warehouse_for(settings: Settings) -> Warehouse:
+    if settings.env == "local":
+        return Warehouse(kind="duckdb", duckdb_path=str(settings.duckdb_path), schema_name="main")
+    return Warehouse(
+        kind="postgres", postgres_url=dg.EnvVar("FEATURE_STORE_POSTGRES_URL"), schema_name=settings.postgres_schema
+    )
+
+
+def _dbt_executable() -> str:
+    """The dbt next to this interpreter, so an unactivated virtualenv still finds it."""
+    beside = Path(sys.executable).with_name("dbt")
+    return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    # Refuses to load on an invalid registry (e.g. a feature name that is not snake_case).
+    load_registry(dbt_project.manifest_path)
+    raw = [demo_raw_data] if settings.demo_data else external_raw_tables
+    refresh_job = dg.define_asset_job(
+        "refresh_features",
+        selection=dg.AssetSelection.assets(*raw, dbt_feature_models) if settings.demo_data else dg.AssetSelection.assets(dbt_feature_models),
+        description="Loads new raw rows (demo data) and appends the feature snapshot of the run's hour.",
+    )
+    return dg.Definitions(
+        assets=[*raw, dbt_feature_models],
+        jobs=[refresh_job],
+        schedules=[
+            hourly_refresh_schedule(
+                refresh_job, raw_op=demo_raw_data.op.name if settings.demo_data else None, features_op=dbt_feature_models.op.name
+            )
+        ],
+        resources={
+            "warehouse": warehouse_for(settings),
+            "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable()),
+        },
+        # One process runs every step of a local run: no start-up cost per step, and one DuckDB writer at a time.
+        executor=dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor,
+    )
+
+
+defs = build_definitions(Settings.from_env())

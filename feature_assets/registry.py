@@ -1,0 +1,145 @@
+"""The feature registry, read from the dbt manifest: the model YAML is the only place features are declared.
+
+A model is a feature view when its meta has a `feature_view` block (entity, entity_key, timestamp,
+online_ttl_hours); every other column is a feature whose dtype is the contract's data_type.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from feature_assets.errors import RegistryError
+
+__all__ = ["Feature", "FeatureView", "Registry", "load_registry", "DEFAULT_ONLINE_TTL"]
+
+DEFAULT_ONLINE_TTL = timedelta(hours=48)
+
+_SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
+# Contract data_type (as written in the YAML, lowercased) -> the dtype serving decodes to.
+_DTYPES = {
+    "smallint": "int64",
+    "integer": "int64",
+    "int": "int64",
+    "bigint": "int64",
+    "double precision": "float64",
+    "double": "float64",
+    "float": "float64",
+    "real": "float64",
+    "varchar": "string",
+    "text": "string",
+    "boolean": "bool",
+}
+
+
+def _snake_case(name: str, what: str) -> str:
+    if not _SNAKE_CASE.fullmatch(name):
+        suggestion = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_").replace(" ", "_")
+        raise RegistryError(f"{what} {name!r} is not snake_case (lowercase words joined by _, e.g. {suggestion!r})")
+    return name
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str
+    data_type: str
+    description: str
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """One entity's features as one dbt model produces them."""
+
+    name: str
+    entity: str
+    entity_key: str
+    timestamp: str
+    online_ttl: timedelta
+    features: tuple[Feature, ...]
+    definition_checksum: str
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def version(self) -> str:
+        """Changes whenever a name, a dtype or the model's SQL changes."""
+        schema = [(f.name, f.dtype) for f in self.features]
+        digest = hashlib.sha256(json.dumps([schema, self.definition_checksum]).encode())
+        return digest.hexdigest()[:12]
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise RegistryError(f"{self.name} has no feature {name!r}; it has {', '.join(self.feature_names)}")
+
+
+@dataclass(frozen=True)
+class Registry:
+    views: dict[str, FeatureView]
+
+    def view(self, name: str) -> FeatureView:
+        try:
+            return self.views[name]
+        except KeyError:
+            raise RegistryError(f"no feature view {name!r}; known: {', '.join(sorted(self.views))}") from None
+
+
+def _feature_view(node: dict) -> FeatureView:
+    name = _snake_case(node["name"], "feature view")
+    block = node["config"]["meta"]["feature_view"]
+    try:
+        entity, entity_key, timestamp = block["entity"], block["entity_key"], block["timestamp"]
+    except KeyError as missing:
+        raise RegistryError(f"feature view {name}: meta.feature_view needs {missing.args[0]!r}") from None
+    ttl_hours = block.get("online_ttl_hours", DEFAULT_ONLINE_TTL / timedelta(hours=1))
+    if not isinstance(ttl_hours, (int, float)) or ttl_hours <= 0:
+        raise RegistryError(f"feature view {name}: online_ttl_hours must be a positive number, got {ttl_hours!r}")
+    columns = node.get("columns", {})
+    for key in (entity_key, timestamp):
+        if key not in columns:
+            raise RegistryError(f"feature view {name}: column {key!r} named in meta.feature_view is not declared")
+    features = []
+    for column in columns.values():
+        column_name = _snake_case(column["name"], f"feature in {name}:")
+        if column_name in (entity_key, timestamp):
+            continue
+        data_type = (column.get("data_type") or "").lower()
+        if data_type not in _DTYPES:
+            raise RegistryError(
+                f"feature {name}.{column_name}: data_type {data_type or None!r} is not one of {', '.join(_DTYPES)}"
+            )
+        features.append(Feature(column_name, _DTYPES[data_type], data_type, column.get("description", "")))
+    if not features:
+        raise RegistryError(f"feature view {name} declares no features")
+    return FeatureView(
+        name=name,
+        entity=_snake_case(entity, f"entity of {name}:"),
+        entity_key=entity_key,
+        timestamp=timestamp,
+        online_ttl=timedelta(hours=ttl_hours),
+        features=tuple(features),
+        definition_checksum=node["checksum"]["checksum"],
+    )
+
+
+def load_registry(manifest_path: Path) -> Registry:
+    """Reads every feature view from a dbt manifest; raises RegistryError on anything invalid."""
+    try:
+        manifest = json.loads(Path(manifest_path).read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"no dbt manifest at {manifest_path}; run `make prepare` (dbt parse) first") from None
+    views = {}
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "model" and "feature_view" in node["config"].get("meta", {}):
+            view = _feature_view(node)
+            views[view.name] = view
+    if not views:
+        raise RegistryError(f"the dbt manifest at {manifest_path} declares no feature view (meta.feature_view)")
+    return Registry(views)

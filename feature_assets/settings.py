@@ -1,0 +1,62 @@
+"""The one environment switch, FEATURE_STORE_ENV, and the settings it implies.
+
+local (default): embedded DuckDB file under FEATURE_STORE_HOME, demo data generated.
+prod: PostgreSQL from FEATURE_STORE_POSTGRES_URL; raw tables are the user's own.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+from feature_assets.errors import ConfigError
+
+__all__ = ["Settings", "validate_identifier"]
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def validate_identifier(name: str, what: str) -> str:
+    """SQL identifiers from config are spliced into SQL, so only plain lowercase names pass."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ConfigError(f"{what} {name!r} is not a plain lowercase SQL identifier")
+    return name
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: Literal["local", "prod"]
+    home: Path
+    postgres_schema: str
+    demo_data: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        env = environ.get("FEATURE_STORE_ENV", "local")
+        if env not in ("local", "prod"):
+            raise ConfigError(f"FEATURE_STORE_ENV must be 'local' or 'prod', got {env!r}")
+        if env == "prod" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
+            raise ConfigError("FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL")
+        return cls(
+            env=env,
+            home=Path(environ.get("FEATURE_STORE_HOME", ".featurestore")).resolve(),
+            postgres_schema=validate_identifier(
+                environ.get("FEATURE_STORE_POSTGRES_SCHEMA", "public"), "FEATURE_STORE_POSTGRES_SCHEMA"
+            ),
+            demo_data=_flag(
+                environ.get("FEATURE_STORE_DEMO_DATA", "1" if env == "local" else "0"), "FEATURE_STORE_DEMO_DATA"
+            ),
+        )
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.home / "warehouse.duckdb"

@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+# Pinned as one set: the dagster family must move together (dagster 1.13.N with libraries 0.29.N),
+# and dbt-core 1.12 cannot install without network access beyond the package index.
+setup(
+    name="featurestore",
+    version="0.1.0",
+    description="A lightweight ML feature store: dbt feature definitions, offline history, online snapshot.",
+    packages=find_packages(exclude=["feature_assets_tests"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-dbt==0.29.27",
+        "dagster-postgres==0.29.27",
+        "dbt-core==1.11.16",
+        "dbt-duckdb==1.11.1",
+        "dbt-postgres==1.11.0",
+        "duckdb==2.0.1",
+        "pandas==3.1.1",
+        "numpy==2.4.6",
+        "scikit-learn==1.9.1",
+        "redis==8.1.0",
+        "hiredis==3.5.0",
+        "psycopg[binary]==3.3.9",
+    ],
+    extras_require={"test": ["pytest==9.2.0"]},
+    entry_points={"console_scripts": ["featurestore=feature_assets.cli:main"]},
+)
