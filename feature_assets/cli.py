@@ -1,6 +1,7 @@
 """The `featurestore` command line."""
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -84,6 +85,86 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
         {"as_of_start": format_hour(start), "as_of_end": format_hour(anchor), "cadence_hours": 24},
     )
     _print_summary(settings)
+    _sync_online(settings)
+    _print_online_next_to_offline(settings)
+
+
+def _sync_online(settings: Settings) -> None:
+    """Runs the online sync and its parity check (what the online_sync sensor triggers after a refresh)."""
+    import dagster as dg
+
+    from feature_assets.definitions import defs
+
+    dagster_home(settings)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("user_features_online")})
+    result = job.execute_in_process(run_config=_QUIET, instance=dg.DagsterInstance.get(), raise_on_error=False)
+    if not result.success:
+        raise FeatureStoreError("the online sync failed:\n" + "\n".join(e.message for e in result.all_events if e.is_failure))
+    meta = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
+    print(
+        f"\nOnline store ({meta['store']}): {meta['mode']} sync wrote {meta['rows_written']} users in {meta['seconds']} s "
+        f"({meta['rows_per_second']} rows/s); {meta['keys_in_store']} users readable"
+    )
+    for check in result.get_asset_check_evaluations():
+        checked = check.metadata.get("entities_checked")
+        print(f"{check.check_name}: {'passed' if check.passed else 'FAILED'} ({checked.value if checked else 0} users compared)")
+
+
+def _print_online_next_to_offline(settings: Settings) -> None:
+    from feature_assets.definitions import warehouse_for
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+    from feature_assets.resources.online import open_online_store
+    from feature_assets.serving import FeatureReader
+
+    view = load_registry(dbt_project.manifest_path).view("user_features")
+    # Outside a run, EnvVar fields (the prod PostgreSQL URL) are resolved only by initializing the resource.
+    offline = warehouse_for(settings).process_config_and_initialize().query(
+        f"select * from {view.name} where {view.timestamp} = (select max({view.timestamp}) from {view.name}) "
+        f"order by {view.entity_key} limit 1"
+    )
+    if offline.empty:
+        return
+    entity_id = int(offline[view.entity_key].iloc[0])
+    with open_online_store(settings) as store:
+        online = FeatureReader(store, view).get_entity(entity_id)
+    fields = [view.timestamp, *view.feature_names]
+    table = pd.DataFrame(
+        {"offline (latest snapshot)": [offline[f].iloc[0] for f in fields], "online": [online[f] for f in fields]},
+        index=fields,
+    )
+    print(f"\n{view.entity_key} {entity_id}, offline and online:")
+    print(table.to_string())
+
+
+def _json_value(value: object) -> object:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+    from feature_assets.resources.online import open_online_store
+    from feature_assets.serving import FeatureReader
+
+    view = load_registry(dbt_project.manifest_path).view(args.view)
+    entity_id = int(args.entity_id) if args.entity_id.lstrip("-").isdigit() else args.entity_id
+    with open_online_store(settings) as store:
+        row = FeatureReader(store, view).get_entity(entity_id)
+    if args.json:
+        print(json.dumps({name: _json_value(value) for name, value in row.items()}, indent=2))
+    elif not row["_missing"]:
+        dtypes = {view.timestamp: "timestamp", **{f.name: f.dtype for f in view.features}}
+        table = pd.DataFrame(
+            [(name, dtypes[name], row[name]) for name in dtypes], columns=["feature", "dtype", "value"]
+        )
+        print(f"{view.entity_key} {entity_id} ({store.describe()}):")
+        print(table.to_string(index=False))
+    if row["_missing"]:
+        ttl_hours = view.online_ttl / timedelta(hours=1)
+        raise FeatureStoreError(
+            f"{view.entity_key} {entity_id} is not in the online store (never synced, or expired after the {ttl_hours:g} h TTL)"
+        )
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
@@ -150,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
 
     features = commands.add_parser("features", help="print the feature registry")
     features.set_defaults(run=cmd_features)
+
+    get = commands.add_parser("get", help="print one entity's features from the online store")
+    get.add_argument("entity_id", metavar="user_id")
+    get.add_argument("--json", action="store_true", help="print JSON (missing entities too, with _missing: true)")
+    get.add_argument("--view", default="user_features", help="feature view (default: user_features)")
+    get.set_defaults(run=cmd_get)
 
     dev = commands.add_parser("dev", help="open the Dagster UI (dagster dev) on this instance")
     dev.add_argument("--host", default="127.0.0.1")

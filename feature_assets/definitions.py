@@ -8,10 +8,12 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from feature_assets.assets.features import dbt_feature_models
+from feature_assets.assets.online import user_features_online, user_features_online_parity
 from feature_assets.assets.raw import demo_raw_data, external_raw_tables
-from feature_assets.automation import hourly_refresh_schedule
+from feature_assets.automation import check_refresh_fits_ttl, hourly_refresh_schedule, online_sync_sensor
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
+from feature_assets.resources.online import online_store_for
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import Settings
 
@@ -34,7 +36,9 @@ def _dbt_executable() -> str:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     # Refuses to load on an invalid registry (e.g. a feature name that is not snake_case).
-    load_registry(dbt_project.manifest_path)
+    registry = load_registry(dbt_project.manifest_path)
+    # Refuses to load if online keys would expire between two refreshes.
+    check_refresh_fits_ttl(registry.views.values())
     raw = [demo_raw_data] if settings.demo_data else external_raw_tables
     refresh_job = dg.define_asset_job(
         "refresh_features",
@@ -42,7 +46,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Loads new raw rows (demo data) and appends the feature snapshot of the run's hour.",
     )
     return dg.Definitions(
-        assets=[*raw, dbt_feature_models],
+        assets=[*raw, dbt_feature_models, user_features_online],
+        asset_checks=[user_features_online_parity],
+        sensors=[online_sync_sensor(user_features_online)],
         jobs=[refresh_job],
         schedules=[
             hourly_refresh_schedule(
@@ -52,6 +58,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "warehouse": warehouse_for(settings),
             "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable()),
+            "online_store": online_store_for(settings),
         },
         # One process runs every step of a local run: no start-up cost per step, and one DuckDB writer at a time.
         executor=dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor,

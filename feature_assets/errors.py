@@ -1,6 +1,6 @@
 """One error hierarchy, so callers can catch everything the feature store refuses with one class."""
 
-__all__ = ["FeatureStoreError", "ConfigError", "RegistryError", "DataError"]
+__all__ = ["FeatureStoreError", "ConfigError", "RegistryError", "DataError", "OnlineStoreError"]
 
 
 class FeatureStoreError(Exception):
@@ -17,3 +17,7 @@ class RegistryError(FeatureStoreError):
 
 class DataError(FeatureStoreError):
     """Stored data contradicts what the registry or the run expects."""
+
+
+class OnlineStoreError(FeatureStoreError):
+    """The online store failed or is unreachable; what it held before stays readable."""

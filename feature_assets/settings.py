@@ -2,6 +2,8 @@
 
 local (default): embedded DuckDB file under FEATURE_STORE_HOME, demo data generated.
 prod: PostgreSQL from FEATURE_STORE_POSTGRES_URL; raw tables are the user's own.
+FEATURE_STORE_ONLINE picks the online store: sqlite (default in local, a file under FEATURE_STORE_HOME)
+or redis (default in prod, at FEATURE_STORE_REDIS_URL: redis:// or rediss://, password included).
 """
 
 import os
@@ -38,6 +40,7 @@ class Settings:
     home: Path
     postgres_schema: str
     demo_data: bool
+    online: Literal["redis", "sqlite"] = "sqlite"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -46,6 +49,12 @@ class Settings:
             raise ConfigError(f"FEATURE_STORE_ENV must be 'local' or 'prod', got {env!r}")
         if env == "prod" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
             raise ConfigError("FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL")
+        online = environ.get("FEATURE_STORE_ONLINE", "sqlite" if env == "local" else "redis")
+        if online not in ("redis", "sqlite"):
+            raise ConfigError(f"FEATURE_STORE_ONLINE must be 'redis' or 'sqlite', got {online!r}")
+        if online == "redis" and not environ.get("FEATURE_STORE_REDIS_URL", "").startswith(("redis://", "rediss://")):
+            # Never echo the URL: it holds the password.
+            raise ConfigError("FEATURE_STORE_ONLINE=redis needs FEATURE_STORE_REDIS_URL set to a redis:// or rediss:// URL")
         return cls(
             env=env,
             home=Path(environ.get("FEATURE_STORE_HOME", ".featurestore")).resolve(),
@@ -55,8 +64,13 @@ class Settings:
             demo_data=_flag(
                 environ.get("FEATURE_STORE_DEMO_DATA", "1" if env == "local" else "0"), "FEATURE_STORE_DEMO_DATA"
             ),
+            online=online,
         )
 
     @property
     def duckdb_path(self) -> Path:
         return self.home / "warehouse.duckdb"
+
+    @property
+    def online_sqlite_path(self) -> Path:
+        return self.home / "online.sqlite"

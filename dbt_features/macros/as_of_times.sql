@@ -8,7 +8,7 @@
     {%- set start = var('as_of_start', none) or end -%}
     {%- set cadence = var('cadence_hours', 1) -%}
     {%- for value in [start, end] -%}
-        {%- if not modules.re.fullmatch('\d{4}-\d{2}-\d{2}[ T]\d{2}:00(:00)?', value | string) -%}
+        {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:00(:00)?', value | string) -%}
             {{ exceptions.raise_compiler_error("as-of time '" ~ value ~ "' is not an hour boundary like 2026-01-31 13:00:00") }}
         {%- endif -%}
     {%- endfor -%}

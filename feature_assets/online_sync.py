@@ -1,0 +1,221 @@
+"""Copies each entity's latest snapshot from the warehouse to the online store, and checks the copy.
+
+The sync reads in bounded batches (DuckDB chunks, a PostgreSQL server-side cursor), encodes each batch
+column by column and streams it to the store, so memory does not grow with the table. It is incremental:
+only entities whose latest snapshot is newer than the watermark of the last completed sync are written
+(snapshots are point-in-time, so an as-of time once computed does not change). The watermark is recorded
+only after the last batch is stored: a sync that dies midway records nothing, and the next run rewrites
+everything after the old watermark. A full resync happens on request, when the store holds no completed
+sync (first run, or the record expired with the TTL), or when the view's definition version changed.
+"""
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from feature_assets.errors import DataError
+from feature_assets.registry import FeatureView
+from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, view_schema
+from feature_assets.serving.online_store import OnlineStore, SyncRecord
+from feature_assets.serving.reads import MISSING, FeatureReader
+
+__all__ = ["SyncResult", "ParityResult", "iter_latest_snapshots", "sync_online_store", "check_online_parity"]
+
+DEFAULT_BATCH_ROWS = 20_000
+_DUCKDB_VECTOR = 2048
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    mode: str  # "full" or "incremental"
+    reason: str
+    rows_written: int
+    seconds: float
+    watermark: datetime | None
+    entities_in_store: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _latest_sql(view: FeatureView, since: bool, until: bool, sample: bool) -> str:
+    columns = ", ".join([view.entity_key, view.timestamp, *view.feature_names])
+    bounds = [f"{view.timestamp} > ?"] * since + [f"{view.timestamp} <= ?"] * until
+    where = f"where {' and '.join(bounds)}" if bounds else ""
+    # Portable SQL (DuckDB and PostgreSQL): no QUALIFY, no DISTINCT ON.
+    sql = (
+        f"select {columns} from ("
+        f"select {columns}, row_number() over (partition by {view.entity_key} order by {view.timestamp} desc) as recency "
+        f"from {view.name} {where}"
+        f") as ranked where recency = 1"
+    )
+    return sql + " order by random() limit ?" if sample else sql
+
+
+def _typed(view: FeatureView, columns: list[str], rows: list[tuple]) -> pd.DataFrame:
+    """Rows of a PostgreSQL cursor as a frame with the registry's dtypes (ints with nulls stay ints)."""
+    values = list(zip(*rows))
+    dtypes = {view.timestamp: TIMESTAMP, **{f.name: f.dtype for f in view.features}}
+    return pd.DataFrame(
+        {
+            name: pd.array(column, dtype=PANDAS_DTYPES[dtypes[name]]) if name in dtypes else pd.array(column)
+            for name, column in zip(columns, values)
+        }
+    )
+
+
+def iter_latest_snapshots(
+    warehouse: Any,
+    con: Any,
+    view: FeatureView,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    sample: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """Each entity's latest snapshot in (since, until], in frames of about batch_rows rows."""
+    sql = _latest_sql(view, since is not None, until is not None, sample is not None)
+    params = [value for value in (since, until, sample) if value is not None]
+    if warehouse.kind == "duckdb":
+        con.execute(sql, params)
+        vectors = max(1, batch_rows // _DUCKDB_VECTOR)
+        while not (frame := con.fetch_df_chunk(vectors)).empty:
+            yield frame
+        return
+    with con.cursor(name=f"latest_{view.name}_{random.getrandbits(32):08x}") as cursor:
+        cursor.execute(sql.replace("?", "%s"), params)
+        columns = [view.entity_key, view.timestamp, *view.feature_names]
+        while rows := cursor.fetchmany(batch_rows):
+            yield _typed(view, columns, rows)
+
+
+def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView) -> datetime | None:
+    if not warehouse.table_exists(con, view.name):
+        raise DataError(f"the warehouse has no table {view.name} yet; materialize it before syncing")
+    newest = warehouse.fetch(con, f"select max({view.timestamp}) as newest from {view.name}")["newest"].iloc[0]
+    return None if pd.isna(newest) else pd.Timestamp(newest).to_pydatetime()
+
+
+def sync_online_store(
+    warehouse: Any,
+    store: OnlineStore,
+    view: FeatureView,
+    *,
+    full_resync: bool = False,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    on_batch: Callable[[int], None] | None = None,
+) -> SyncResult:
+    """Writes the latest snapshot of every changed entity; on_batch(rows so far) is called after each batch."""
+    started = time.perf_counter()
+    previous = store.last_sync(view)
+    schema = view_schema(view)
+    if full_resync:
+        mode, reason = "full", "full resync requested"
+    elif previous is None:
+        mode, reason = "full", "the store holds no completed sync"
+    elif previous.version != view.version:
+        mode, reason = "full", f"the definition changed (version {previous.version} -> {view.version})"
+    else:
+        mode, reason = "incremental", f"snapshots after {previous.watermark}"
+    since = previous.watermark if mode == "incremental" else None
+    rows = 0
+    with warehouse.connect() as con:
+        newest = _newest_snapshot(warehouse, con, view)
+        if newest is not None and (since is None or newest > since):
+            # A schema change leaves fields of the old schema behind unless each hash is replaced whole.
+            with store.writer(view, replace=previous is not None and previous.schema != schema) as writer:
+                for frame in iter_latest_snapshots(warehouse, con, view, since=since, until=newest, batch_rows=batch_rows):
+                    writer.write(encode_batch(view, frame))
+                    rows += len(frame)
+                    if on_batch is not None:
+                        on_batch(rows)
+    watermark = newest if newest is not None else (previous.watermark if previous else None)
+    store.record_sync(view, SyncRecord(view.version, schema, watermark, _utc_now(), rows, mode == "full"))
+    seconds = time.perf_counter() - started  # the count below scans the store; it is not part of the sync
+    return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view))
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    entities_checked: int
+    mismatched_entities: int
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None and self.mismatched_entities == 0
+
+
+def _display(value: Any) -> Any:
+    return None if value is pd.NA or value is pd.NaT else value
+
+
+def check_online_parity(
+    warehouse: Any,
+    store: OnlineStore,
+    view: FeatureView,
+    *,
+    sample: int | None = None,
+    batch_rows: int = 20_000,
+    max_examples: int = 10,
+) -> ParityResult:
+    """Compares, after typed decoding, the online values with the offline latest snapshot that the last
+    completed sync covered (snapshots newer than its watermark are the next sync's job).
+    Every entity is compared, or a random sample of `sample` entities."""
+    try:
+        reader = FeatureReader(store, view)
+    except DataError as error:
+        return ParityResult(0, 0, problem=str(error))
+    record = store.last_sync(view)
+    if record is None:
+        return ParityResult(0, 0, problem=f"{store.describe()} has no completed sync of {view.name}")
+    checked = mismatched = 0
+    examples: list[dict[str, Any]] = []
+    fields = [(name, PANDAS_DTYPES[dtype]) for name, dtype in view_schema(view)]
+    with warehouse.connect() as con:
+        if record.watermark is None:
+            return ParityResult(0, 0)
+        for offline in iter_latest_snapshots(
+            warehouse, con, view, until=record.watermark, sample=sample, batch_rows=batch_rows
+        ):
+            ids = offline[view.entity_key].tolist()
+            online = reader.get_online_features(ids)
+            bad = online[MISSING].to_numpy().copy()
+            differs = {}
+            typed = {name: offline[name].astype(dtype).reset_index(drop=True) for name, dtype in fields}
+            for name, _ in fields:
+                left, right = typed[name], online[name]
+                same = (left == right).fillna(False).to_numpy(dtype=bool) | (left.isna() & right.isna()).to_numpy()
+                differs[name] = ~same
+                bad |= ~same
+            checked += len(ids)
+            mismatched += int(bad.sum())
+            for row in bad.nonzero()[0]:
+                if len(examples) >= max_examples:
+                    break
+                if online[MISSING].iat[row]:
+                    examples.append({"entity": ids[row], "feature": "*", "offline": "(a snapshot)", "online": "missing"})
+                    continue
+                for name, _ in fields:
+                    if differs[name][row] and len(examples) < max_examples:
+                        examples.append(
+                            {
+                                "entity": ids[row],
+                                "feature": name,
+                                "offline": _display(typed[name].iat[row]),
+                                "online": _display(online[name].iat[row]),
+                            }
+                        )
+    return ParityResult(checked, mismatched, examples)

@@ -1,0 +1,179 @@
+"""The text form of feature values in the online stores, written columnarly and read back exactly.
+
+One form for both stores, so one decoder serves both and `redis-cli` shows plain values:
+
+    int64      decimal                        42
+    float64    repr: the shortest text that   0.1, 1e-300, -0.0, inf
+               parses back to the same double
+    bool       true / false
+    string     UTF-8
+    timestamp  ISO 8601                       2026-03-31T00:00:00
+
+Null is an explicit marker, not an absent field: in Redis a single NUL byte (NULL_MARKER), in SQLite
+SQL NULL. With every field always present, one HSET replaces a whole entity at once, with no DEL in
+between that a reader could observe. A NaN float is stored as null: the nullable pandas dtypes that
+reads return (and DuckDB's pandas bridge) cannot tell the two apart. A string containing a NUL byte is
+refused (PostgreSQL cannot store one either).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from feature_assets.errors import DataError
+from feature_assets.registry import FeatureView
+
+__all__ = [
+    "NULL_MARKER",
+    "TIMESTAMP",
+    "PANDAS_DTYPES",
+    "EncodedColumn",
+    "EncodedBatch",
+    "encode_batch",
+    "encode_entity_id",
+    "decoder",
+    "cast_error",
+    "view_schema",
+]
+
+NULL_MARKER = b"\x00"
+# The dtype of the snapshot's computed_at field, which is stored next to the features.
+TIMESTAMP = "timestamp"
+
+PANDAS_DTYPES = {
+    "int64": "Int64",
+    "float64": "Float64",
+    "bool": "boolean",
+    "string": "string",
+    TIMESTAMP: "datetime64[us]",
+}
+
+
+@dataclass(frozen=True)
+class EncodedColumn:
+    """One column as distinct encoded values plus, per row, the index of its value (-1 = null)."""
+
+    codes: np.ndarray
+    values: list[bytes]
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Rows ready for any store: entity ids as text and the columns (computed_at first) encoded."""
+
+    entity_ids: list[bytes]
+    columns: dict[str, EncodedColumn]
+
+    def __len__(self) -> int:
+        return len(self.entity_ids)
+
+
+def view_schema(view: FeatureView) -> tuple[tuple[str, str], ...]:
+    """The stored fields and their dtypes, in storage order."""
+    return ((view.timestamp, TIMESTAMP), *((f.name, f.dtype) for f in view.features))
+
+
+def encode_entity_id(entity_id: object) -> bytes:
+    """An id as it appears in keys: ints in decimal, strings as UTF-8 (on every read, so the common types go first)."""
+    kind = type(entity_id)
+    if kind is int:
+        return b"%d" % entity_id
+    if kind is str:
+        return entity_id.encode()
+    if kind is bytes:
+        return entity_id
+    if isinstance(entity_id, (int, np.integer)) and not isinstance(entity_id, (bool, np.bool_)):
+        return b"%d" % int(entity_id)
+    raise DataError(f"entity id {entity_id!r} ({kind.__name__}) is not an int or a string")
+
+
+_ACCEPTS: dict[str, Callable[[object], bool]] = {
+    "int64": pd.api.types.is_integer_dtype,
+    "float64": lambda d: pd.api.types.is_float_dtype(d) or pd.api.types.is_integer_dtype(d),
+    "bool": pd.api.types.is_bool_dtype,
+    "string": pd.api.types.is_string_dtype,
+    TIMESTAMP: pd.api.types.is_datetime64_dtype,
+}
+
+
+def _strings(values: list) -> list[bytes]:
+    for value in values:
+        if "\x00" in value:
+            raise DataError(f"string value {value!r} contains a NUL byte, which the online stores reserve for null")
+    return [value.encode() for value in values]
+
+
+_ENCODERS: dict[str, Callable[[list], list[bytes]]] = {
+    "int64": lambda values: list(map(b"%d".__mod__, values)),
+    "bool": lambda values: [b"true" if value else b"false" for value in values],
+    "string": _strings,
+    TIMESTAMP: lambda values: [value.isoformat().encode() for value in values],
+}
+
+
+def _encode_column(column: pd.Series, dtype: str, field: str) -> EncodedColumn:
+    if not _ACCEPTS[dtype](column.dtype):
+        raise DataError(f"column {field} has dtype {column.dtype}, but the registry declares {dtype}")
+    if dtype == "float64":
+        # Not factorized: hashing equates -0.0 with 0.0, and floats rarely repeat anyway.
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        present = ~np.isnan(values)
+        codes = np.where(present, np.cumsum(present) - 1, -1)
+        return EncodedColumn(codes, list(map(b"%r".__mod__, values[present].tolist())))
+    # Feature columns repeat a lot (plans, countries, counts, one computed_at): encode each distinct value once.
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    return EncodedColumn(codes, _ENCODERS[dtype](list(uniques)))
+
+
+def encode_batch(view: FeatureView, frame: pd.DataFrame) -> EncodedBatch:
+    """Encodes a frame holding the entity key, the timestamp and every feature of the view, column by column."""
+    ids = frame[view.entity_key]
+    if ids.isna().any():
+        raise DataError(f"{view.name}: {int(ids.isna().sum())} rows have no {view.entity_key}")
+    if pd.api.types.is_integer_dtype(ids.dtype):
+        entity_ids = list(map(b"%d".__mod__, ids.tolist()))
+    else:
+        entity_ids = [str(value).encode() for value in ids.tolist()]
+    columns = {}
+    for field, dtype in view_schema(view):
+        if field not in frame.columns:
+            raise DataError(f"{view.name}: the warehouse rows have no column {field!r}")
+        columns[field] = _encode_column(frame[field], dtype, field)
+    return EncodedBatch(entity_ids, columns)
+
+
+_BOOLS = {b"true": True, b"false": False, "true": True, "false": False}
+
+
+def _bool(value: bytes | str) -> bool:
+    return _BOOLS[value]
+
+
+def _string(value: bytes | str) -> str:
+    return value.decode() if type(value) is bytes else value
+
+
+def _timestamp(value: bytes | str) -> datetime:
+    return datetime.fromisoformat(_string(value))
+
+
+_DECODERS: dict[str, Callable[[bytes | str], object]] = {
+    "int64": int,
+    "float64": float,
+    "bool": _bool,
+    "string": _string,
+    TIMESTAMP: _timestamp,
+}
+
+
+def decoder(dtype: str) -> Callable[[bytes | str], object]:
+    """The function that turns one stored value (bytes from Redis, str from SQLite) back into a Python value."""
+    return _DECODERS[dtype]
+
+
+def cast_error(key: str, field: str, value: bytes | str, dtype: str) -> DataError:
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    return DataError(f"online value at {key}, field {field!r}: {text!r} is not a valid {dtype}")

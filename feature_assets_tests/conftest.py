@@ -1,0 +1,114 @@
+"""Fixtures shared by the suite: real DuckDB files, real PostgreSQL schemas, and feature builds through Dagster."""
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+import dagster as dg
+import pandas as pd
+import psycopg
+import pytest
+from dagster_dbt import DbtCliResource
+
+from feature_assets.assets.features import dbt_feature_models
+from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
+from feature_assets.definitions import _dbt_executable
+from feature_assets.project import dbt_project
+from feature_assets.resources.warehouse import Warehouse
+
+POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# A fixed anchor makes generated data reproducible.
+ANCHOR = datetime(2026, 3, 31, 0)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable ({error}); `make test` starts one")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def duckdb_warehouse(tmp_path) -> Warehouse:
+    return Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"), schema_name="main")
+
+
+@pytest.fixture
+def postgres_warehouse(postgres_url) -> Iterator[Warehouse]:
+    """A warehouse in a schema of its own, dropped afterwards."""
+    schema = f"fs_test_{uuid.uuid4().hex[:10]}"
+    yield Warehouse(kind="postgres", postgres_url=postgres_url, schema_name=schema)
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute(f"drop schema if exists {schema} cascade")
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request) -> Warehouse:
+    return request.getfixturevalue(f"{request.param}_warehouse")
+
+
+def dbt_resource() -> DbtCliResource:
+    return DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())
+
+
+def write_raw(warehouse: Warehouse, frames: dict[str, pd.DataFrame]) -> None:
+    with warehouse.connect() as con:
+        for table, columns in RAW_COLUMNS.items():
+            warehouse.append(con, table, frames.get(table, pd.DataFrame(columns=list(columns))), columns)
+
+
+def materialize(warehouse: Warehouse, raw: dict | None = None, as_of: dict | None = None) -> dg.ExecuteInProcessResult:
+    """Runs the real assets in process: the demo generator (if raw config is given) and/or the dbt build."""
+    assets, ops = [], {}
+    if raw is not None:
+        assets.append(demo_raw_data)
+        ops["demo_raw_data"] = {"config": raw}
+    if as_of is not None:
+        assets.append(dbt_feature_models)
+        ops["dbt_feature_models"] = {"config": as_of}
+    return dg.materialize(
+        assets,
+        resources={"warehouse": warehouse, "dbt": dbt_resource()},
+        run_config={"ops": ops},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def read_features(warehouse: Warehouse) -> pd.DataFrame:
+    return warehouse.query("select * from user_features order by computed_at, user_id")
+
+
+# Online store (issue 3): a real Redis, a database of its own, flushed before each test.
+REDIS_URL = os.environ.get("FEATURE_STORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({error}); start redis-server or set FEATURE_STORE_TEST_REDIS_URL")
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def online_store(request, tmp_path):
+    """Each online store implementation, empty."""
+    from feature_assets.serving import RedisOnlineStore, SqliteOnlineStore
+
+    if request.param == "redis":
+        store = RedisOnlineStore(request.getfixturevalue("redis_client"))
+    else:
+        store = SqliteOnlineStore(tmp_path / "online.sqlite")
+    yield store
+    store.close()

@@ -1,0 +1,197 @@
+"""The online snapshot as Dagster runs it: after a real dbt build, with its parity check, automation and CLI."""
+
+import json
+from datetime import timedelta
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+
+from feature_assets import automation
+from feature_assets.as_of import format_hour
+from feature_assets.assets.features import dbt_feature_models
+from feature_assets.assets.online import user_features_online, user_features_online_parity
+from feature_assets.assets.raw import demo_raw_data
+from feature_assets.automation import online_sync_sensor
+from feature_assets.cli import main
+from feature_assets.definitions import build_definitions
+from feature_assets.errors import ConfigError
+from feature_assets.online_sync import sync_online_store
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+from feature_assets.resources.online import OnlineStoreResource
+from feature_assets.resources.warehouse import Warehouse
+from feature_assets.serving import FeatureReader, SqliteOnlineStore
+from feature_assets.settings import Settings
+from conftest import ANCHOR, REDIS_URL, dbt_resource
+
+ONLINE = dg.AssetKey("user_features_online")
+FEATURES = dg.AssetKey("user_features")
+VIEW = load_registry(dbt_project.manifest_path).view("user_features")
+
+
+def definitions(warehouse: Warehouse, online: OnlineStoreResource) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[demo_raw_data, dbt_feature_models, user_features_online],
+        asset_checks=[user_features_online_parity],
+        sensors=[online_sync_sensor(user_features_online)],
+        resources={"warehouse": warehouse, "dbt": dbt_resource(), "online_store": online},
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One real refresh (demo raw data + dbt build) in an instance whose automation is evaluated before and after."""
+    home = tmp_path_factory.mktemp("online_assets")
+    warehouse = Warehouse(kind="duckdb", duckdb_path=str(home / "warehouse.duckdb"), schema_name="main")
+    sqlite = OnlineStoreResource(kind="sqlite", sqlite_path=str(home / "online.sqlite"))
+    defs = definitions(warehouse, sqlite)
+    instance = dg.DagsterInstance.ephemeral()
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    refresh = dg.materialize(
+        [demo_raw_data, dbt_feature_models],
+        resources={"warehouse": warehouse, "dbt": dbt_resource()},
+        run_config={
+            "ops": {
+                "demo_raw_data": {"config": {"users": 300, "days": 10, "anchor": format_hour(ANCHOR)}},
+                "dbt_feature_models": {
+                    "config": {
+                        "as_of_start": format_hour(ANCHOR - timedelta(days=2)),
+                        "as_of_end": format_hour(ANCHOR),
+                        "cadence_hours": 24,
+                    }
+                },
+            }
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert refresh.success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    return SimpleNamespace(home=home, warehouse=warehouse, sqlite=sqlite, defs=defs, before=before, after=after)
+
+
+def offline_latest(warehouse: Warehouse):
+    return warehouse.query(
+        "select * from user_features where computed_at = (select max(computed_at) from user_features) order by user_id"
+    )
+
+
+def test_the_sync_is_requested_once_user_features_is_materialized_and_its_checks_passed(built):
+    assert built.before.total_requested == 0
+    assert built.after.get_num_requested(ONLINE) == 1
+
+
+def test_the_sync_waits_while_a_blocking_check_of_user_features_has_failed(built):
+    instance = dg.DagsterInstance.ephemeral()
+    blocking = [spec for spec in dbt_feature_models.check_specs if spec.asset_key == FEATURES and spec.blocking]
+    assert blocking, "dbt tests of severity error are blocking checks"
+    cursor = dg.evaluate_automation_conditions(defs=built.defs, instance=instance).cursor
+
+    instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES))
+    for spec in blocking:
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(FEATURES, spec.name, passed=spec is not blocking[0]))
+    held = dg.evaluate_automation_conditions(defs=built.defs, instance=instance, cursor=cursor)
+    assert held.get_num_requested(ONLINE) == 0
+
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(FEATURES, blocking[0].name, passed=True))
+    released = dg.evaluate_automation_conditions(defs=built.defs, instance=instance, cursor=held.cursor)
+    assert released.get_num_requested(ONLINE) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_materializing_the_online_snapshot_fills_the_store_with_the_latest_offline_values(built, kind, request):
+    if kind == "redis":
+        request.getfixturevalue("redis_client")
+        online = OnlineStoreResource(kind="redis", redis_url=REDIS_URL)
+    else:
+        online = built.sqlite
+    result = dg.materialize(
+        [user_features_online, user_features_online_parity],
+        resources={"warehouse": built.warehouse, "online_store": online},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    metadata = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
+    offline = offline_latest(built.warehouse)
+    assert metadata["rows_written"] == metadata["keys_in_store"] == len(offline) > 0
+    assert metadata["seconds"] > 0 and metadata["rows_per_second"] > 0
+    [parity] = result.get_asset_check_evaluations()
+    assert parity.passed and parity.metadata["entities_checked"].value == len(offline)
+
+    with online.open() as store:
+        frame = FeatureReader(store, VIEW).get_online_features(offline["user_id"])
+    assert not frame["_missing"].any()
+    assert frame["age"].tolist() == offline["age"].tolist()
+    assert frame["avg_order_30d"].isna().tolist() == offline["avg_order_30d"].isna().tolist()
+
+
+def test_the_parity_check_fails_the_run_and_shows_the_value_altered_by_hand(built, redis_client):
+    online = OnlineStoreResource(kind="redis", redis_url=REDIS_URL)
+    resources = {"warehouse": built.warehouse, "online_store": online}
+    dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    user = int(offline_latest(built.warehouse)["user_id"].iloc[3])
+    redis_client.hset(f"features:user:{user}", "plan", "platinum")
+
+    result = dg.materialize(
+        [user_features_online, user_features_online_parity],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    [parity] = result.get_asset_check_evaluations()
+    assert not parity.passed and parity.severity == dg.AssetCheckSeverity.ERROR
+    assert parity.metadata["mismatched_entities"].value == 1
+    examples = parity.metadata["examples"].value
+    assert str(user) in examples and "plan" in examples and "platinum" in examples
+
+
+def test_featurestore_get_prints_one_users_online_features(built, monkeypatch, capsys):
+    monkeypatch.setenv("FEATURE_STORE_HOME", str(built.home))
+    for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE", "FEATURE_STORE_DEMO_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    with SqliteOnlineStore(built.home / "online.sqlite") as store:
+        sync_online_store(built.warehouse, store, VIEW)
+    offline = offline_latest(built.warehouse).iloc[0]
+
+    assert main(["get", str(offline["user_id"]), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["user_id"] == offline["user_id"] and printed["age"] == offline["age"] and printed["_missing"] is False
+    assert printed["computed_at"] == offline["computed_at"].isoformat()
+
+    assert main(["get", str(offline["user_id"])]) == 0
+    assert "events_30d" in capsys.readouterr().out
+
+    assert main(["get", "987654321"]) == 1
+    assert "not in the online store" in capsys.readouterr().err
+
+
+def test_definitions_include_the_synced_snapshot_its_blocking_parity_check_and_the_running_sensor(tmp_path):
+    defs = build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
+    online = defs.resolve_assets_def(ONLINE)
+    spec = next(iter(online.specs))
+    assert FEATURES in {dep.asset_key for dep in spec.deps}
+    assert spec.freshness_policy is not None
+    assert spec.automation_condition.get_label() == automation.SYNC_WHEN_FEATURES_PASS_CHECKS.get_label()
+    [check] = defs.asset_checks
+    assert next(iter(check.check_specs)).blocking
+    sensor = defs.resolve_sensor_def("online_sync")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resources["online_store"].kind == "sqlite"
+
+
+def test_prod_settings_put_the_online_store_in_redis_from_the_environment(monkeypatch):
+    prod = {"FEATURE_STORE_ENV": "prod", "FEATURE_STORE_POSTGRES_URL": "postgresql://u@h/db"}
+    with pytest.raises(ConfigError, match="FEATURE_STORE_REDIS_URL"):
+        Settings.from_env(prod)
+    settings = Settings.from_env({**prod, "FEATURE_STORE_REDIS_URL": "rediss://:secret@redis.example:6380/0"})
+    assert settings.online == "redis"
+    with pytest.raises(ConfigError, match="'redis' or 'sqlite'"):
+        Settings.from_env({"FEATURE_STORE_ONLINE": "memcached"})
+
+
+def test_definitions_refuse_a_refresh_interval_longer_than_half_the_ttl(tmp_path, monkeypatch):
+    monkeypatch.setattr(automation, "REFRESH_INTERVAL", timedelta(hours=30))
+    with pytest.raises(ConfigError, match=r"refresh interval \(30 h\).*TTL of user_features \(48 h\)"):
+        build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
+    automation.check_refresh_fits_ttl([VIEW], timedelta(hours=24))  # exactly half is enough

@@ -1,0 +1,255 @@
+"""The online store contract, run against both implementations (real Redis and SQLite)."""
+
+import math
+import re
+import time
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_assets.errors import ConfigError, DataError, RegistryError
+from feature_assets.registry import Feature, FeatureView
+from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord, encode_batch
+from feature_assets.serving.codec import view_schema
+
+BIG, SMALL = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+
+
+def make_view(ttl: timedelta = timedelta(hours=1)) -> FeatureView:
+    features = (
+        Feature("count", "int64", "bigint", ""),
+        Feature("score", "float64", "double precision", ""),
+        Feature("label", "string", "varchar", ""),
+        Feature("active", "bool", "boolean", ""),
+    )
+    return FeatureView("thing_features", "thing", "thing_id", "computed_at", ttl, features, "checksum")
+
+
+VIEW = make_view()
+
+# Every dtype with its extremes and nulls; each row differs in every field from the others.
+ROWS = pd.DataFrame(
+    {
+        "thing_id": [1, 2, 3, 4, 5, 6],
+        "computed_at": np.array(
+            [
+                datetime(2026, 3, 31),
+                datetime(2026, 3, 31, 1),
+                datetime(2026, 3, 31, 2, 0, 0, 1),
+                datetime(1970, 1, 1),
+                datetime(2999, 12, 31, 23),
+                datetime(2000, 2, 29, 23, 59, 59),
+            ],
+            dtype="datetime64[us]",
+        ),
+        "count": pd.array([BIG, SMALL, 0, None, -1, 2**53 + 1], dtype="Int64"),
+        "score": [5e-324, -0.0, 1.7976931348623157e308, np.nan, 0.1, -1 / 3],
+        "label": pd.array(["ünïcødé ✓", "", "line\nbreak\ttab", None, "100%s", "x" * 10_000], dtype="str"),
+        "active": pd.array([True, False, None, True, False, True], dtype="boolean"),
+    }
+)
+
+
+def write(store, view: FeatureView, frame: pd.DataFrame) -> None:
+    with store.writer(view) as writer:
+        writer.write(encode_batch(view, frame))
+
+
+def test_every_dtype_round_trips_exactly_with_nulls_and_extremes(online_store):
+    write(online_store, VIEW, ROWS)
+    frame = FeatureReader(online_store, VIEW).get_online_features(ROWS["thing_id"])
+
+    assert frame.dtypes.astype(str).to_dict() == {
+        "thing_id": "int64",
+        "computed_at": "datetime64[us]",
+        "count": "Int64",
+        "score": "Float64",
+        "label": "string",
+        "active": "boolean",
+        "_missing": "bool",
+    }
+    assert not frame["_missing"].any()
+    assert frame["computed_at"].tolist() == ROWS["computed_at"].tolist()
+    assert frame["count"].tolist() == [BIG, SMALL, 0, pd.NA, -1, 2**53 + 1]
+    assert frame["label"].tolist() == ["ünïcødé ✓", "", "line\nbreak\ttab", pd.NA, "100%s", "x" * 10_000]
+    assert frame["active"].tolist() == [True, False, pd.NA, True, False, True]
+    scores = frame["score"].tolist()
+    assert scores[3] is pd.NA
+    for got, expected in zip(scores[:3] + scores[4:], [5e-324, -0.0, 1.7976931348623157e308, 0.1, -1 / 3]):
+        assert got == expected and math.copysign(1, got) == math.copysign(1, expected)
+
+
+def test_the_single_entity_path_returns_plain_python_values(online_store):
+    write(online_store, VIEW, ROWS)
+    reader = FeatureReader(online_store, VIEW)
+
+    assert reader.get_entity(1) == {
+        "thing_id": 1,
+        "computed_at": datetime(2026, 3, 31),
+        "count": BIG,
+        "score": 5e-324,
+        "label": "ünïcødé ✓",
+        "active": True,
+        "_missing": False,
+    }
+    nulls = reader.get_entity(4)
+    assert [nulls[name] for name in ("count", "score", "label", "active")] == [None, None, None, True]
+    assert math.copysign(1, reader.get_entity(2)["score"]) == -1.0
+    assert reader.get_entity(3, features=["label"]) == {
+        "thing_id": 3,
+        "computed_at": datetime(2026, 3, 31, 2, 0, 0, 1),
+        "label": "line\nbreak\ttab",
+        "_missing": False,
+    }
+
+
+def test_a_missing_entity_is_flagged_and_never_reads_as_zeros(online_store):
+    write(online_store, VIEW, ROWS)
+    reader = FeatureReader(online_store, VIEW)
+
+    missing = reader.get_entity(999)
+    assert missing["_missing"] is True
+    assert all(missing[name] is None for name in ("computed_at", "count", "score", "label", "active"))
+
+    frame = reader.get_online_features([2, 999, 1])
+    assert frame["_missing"].tolist() == [False, True, False]
+    assert frame.loc[1, ["count", "score", "label", "active"]].isna().all()
+    assert pd.isna(frame.loc[1, "computed_at"])
+    assert frame["count"].dtype == "Int64" and frame["count"].tolist() == [SMALL, pd.NA, BIG]
+
+
+def test_an_empty_store_reads_every_entity_as_missing(online_store):
+    reader = FeatureReader(online_store, VIEW)
+    assert reader.get_entity(1)["_missing"] is True
+    assert reader.get_online_features([1, 2])["_missing"].tolist() == [True, True]
+    assert len(reader.get_online_features([])) == 0
+
+
+def test_an_unknown_feature_name_is_a_clear_error(online_store):
+    reader = FeatureReader(online_store, VIEW)
+    with pytest.raises(RegistryError, match="no feature 'colour'.*count, score, label, active"):
+        reader.get_entity(1, features=["colour"])
+    with pytest.raises(RegistryError, match="no feature 'colour'"):
+        reader.get_online_features([1], features=["count", "colour"])
+
+
+def _corrupt(store, field: str, value: str) -> None:
+    """Overwrites one stored value by hand, as someone with a store client could."""
+    if isinstance(store, RedisOnlineStore):
+        store.client.hset("features:thing:2", field, value)
+    else:
+        con = store._connect()
+        con.execute(f'update "online_thing_features" set "{field}" = ? where entity_id = ?', (value, "2"))
+
+
+@pytest.mark.parametrize("field, value", [("count", "12.5"), ("score", "twelve"), ("active", "yes"), ("computed_at", "noon")])
+def test_a_value_that_cannot_be_cast_raises_an_error_naming_key_field_and_value(online_store, field, value):
+    write(online_store, VIEW, ROWS)
+    _corrupt(online_store, field, value)
+    reader = FeatureReader(online_store, VIEW)
+    key = "features:thing:2" if online_store.kind == "redis" else "online_thing_features[thing_id=2]"
+    expected = re.escape(key) + f".*{field}.*{re.escape(value)}"
+
+    with pytest.raises(DataError, match=expected):
+        reader.get_entity(2)
+    with pytest.raises(DataError, match=expected):
+        reader.get_online_features([1, 2, 3])
+    assert reader.get_entity(1)["count"] == BIG  # other entities stay readable
+
+
+def test_rewriting_an_entity_replaces_every_field(online_store):
+    write(online_store, VIEW, ROWS.iloc[[0]])
+    nulls = ROWS.iloc[[3]].assign(thing_id=1)
+    write(online_store, VIEW, nulls)
+
+    row = FeatureReader(online_store, VIEW).get_entity(1)
+    assert (row["count"], row["score"], row["label"], row["active"]) == (None, None, None, True)
+    assert row["computed_at"] == datetime(1970, 1, 1)
+
+
+def test_a_key_written_with_a_short_ttl_is_gone_after_it_and_reads_as_missing(online_store):
+    short = make_view(ttl=timedelta(milliseconds=700))
+    write(online_store, short, ROWS)
+    reader = FeatureReader(online_store, short)
+    assert online_store.count_entities(short) == len(ROWS)
+    assert reader.get_entity(1)["_missing"] is False
+    if online_store.kind == "redis":
+        assert 0 < online_store.client.pttl("features:thing:1") <= 700
+
+    time.sleep(1.0)
+
+    assert reader.get_entity(1)["_missing"] is True
+    assert reader.get_online_features([1, 2])["_missing"].tolist() == [True, True]
+    assert online_store.count_entities(short) == 0
+    if online_store.kind == "redis":
+        assert online_store.client.exists("features:thing:1") == 0
+
+
+def test_the_sync_record_round_trips_and_starts_empty(online_store):
+    assert online_store.last_sync(VIEW) is None
+    record = SyncRecord(VIEW.version, view_schema(VIEW), datetime(2026, 3, 31), datetime(2026, 3, 31, 0, 5), 6, True)
+    online_store.record_sync(VIEW, record)
+    assert online_store.last_sync(VIEW) == record
+
+
+def test_a_reader_refuses_a_store_synced_with_another_schema(online_store):
+    old_schema = (("computed_at", "timestamp"), ("count", "string"))
+    online_store.record_sync(VIEW, SyncRecord("old", old_schema, None, datetime(2026, 3, 31), 0, True))
+    with pytest.raises(DataError, match="schema.*run the sync"):
+        FeatureReader(online_store, VIEW)
+
+
+def test_redis_layout_is_one_readable_hash_per_entity_with_the_ttl(redis_client):
+    store = RedisOnlineStore(redis_client)
+    write(store, VIEW, ROWS)
+    store.record_sync(VIEW, SyncRecord(VIEW.version, view_schema(VIEW), datetime(2026, 3, 31), datetime(2026, 3, 31), 6, True))
+
+    assert redis_client.hgetall("features:thing:4") == {
+        b"computed_at": b"1970-01-01T00:00:00",
+        b"count": b"\x00",
+        b"score": b"\x00",
+        b"label": b"\x00",
+        b"active": b"true",
+    }
+    assert redis_client.hgetall("features:thing:1")[b"count"] == b"9223372036854775807"
+    assert redis_client.hget("features:thing:2", "score") == b"-0.0"
+    meta = {k.decode(): v.decode() for k, v in redis_client.hgetall("featurestore:view:thing_features").items()}
+    assert meta["version"] == VIEW.version
+    assert meta["schema"] == '{"computed_at": "timestamp", "count": "int64", "score": "float64", "label": "string", "active": "bool"}'
+    assert meta["last_sync_watermark"] == "2026-03-31T00:00:00"
+    for key in [b"features:thing:%d" % i for i in range(1, 7)] + [b"featurestore:view:thing_features"]:
+        assert 3_590_000 < redis_client.pttl(key) <= 3_600_000
+
+
+def test_a_redis_url_of_another_scheme_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError) as error:
+        RedisOnlineStore.from_url("http://user:s3cret@host:6379/0")
+    assert "s3cret" not in str(error.value)
+
+
+def test_a_string_holding_the_null_marker_is_refused():
+    bad = ROWS.iloc[[0]].assign(label=pd.array(["a\x00b"], dtype="str"))
+    with pytest.raises(DataError, match="NUL byte"):
+        encode_batch(VIEW, bad)
+
+
+def test_sqlite_store_lives_in_the_given_file(tmp_path):
+    path = tmp_path / "nested" / "online.sqlite"
+    with SqliteOnlineStore(path) as store:
+        write(store, VIEW, ROWS)
+    assert path.exists()
+    with SqliteOnlineStore(path) as reopened:
+        assert FeatureReader(reopened, VIEW).get_entity(5)["label"] == "100%s"
+
+
+def test_a_redis_hash_missing_a_field_is_an_error_not_a_null(redis_client):
+    store = RedisOnlineStore(redis_client)
+    write(store, VIEW, ROWS)
+    redis_client.hdel("features:thing:2", "score")
+    reader = FeatureReader(store, VIEW)
+    with pytest.raises(DataError, match="features:thing:2 has no field 'score'"):
+        reader.get_entity(2)
+    with pytest.raises(DataError, match="features:thing:2 has no field 'score'"):
+        reader.get_online_features([1, 2])

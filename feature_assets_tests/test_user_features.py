@@ -1,0 +1,174 @@
+"""The feature history built by dbt, checked against the row-by-row reference, on DuckDB and PostgreSQL."""
+
+import math
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from conftest import ANCHOR, materialize, read_features, write_raw
+from feature_assets.demo_data import DemoDataSpec, generate
+from reference import reference_features
+
+DAY = timedelta(days=1)
+EDGE_T = ANCHOR - 2 * DAY
+AS_OF = {"as_of_start": "2026-03-27 00:00:00", "as_of_end": "2026-03-31 00:00:00", "cadence_hours": 24}
+AS_OF_TIMES = [ANCHOR - k * DAY for k in range(4, -1, -1)]
+EDGE_USER, LATE_SIGNUP_USER, LEAP_USER = 900_001, 900_002, 900_003
+
+
+def _edge_rows() -> dict[str, pd.DataFrame]:
+    """Hand-made rows on every boundary of the definition, at EDGE_T."""
+    t, soon = EDGE_T, timedelta(seconds=5)
+    users = pd.DataFrame(
+        {
+            "user_id": [EDGE_USER, LATE_SIGNUP_USER, LEAP_USER],
+            "birthdate": pd.to_datetime(["1990-03-29", "1990-01-01", "2004-02-29"]),
+            "signup_at": [t - 60 * DAY, t, t - 90 * DAY],
+            "loaded_at": [t - 60 * DAY + soon, t, t - 90 * DAY + soon],
+        }
+    )
+    changes = pd.DataFrame(
+        {
+            "user_id": [EDGE_USER, EDGE_USER, LATE_SIGNUP_USER, LEAP_USER],
+            "changed_at": [t - 60 * DAY, t - timedelta(hours=1), t, t - 90 * DAY],
+            "country": ["US", "DE", "FR", "JP"],
+            "plan": ["free", "pro", "basic", "basic"],
+            # The change to DE/pro happened before T but arrived after it.
+            "loaded_at": [t - 60 * DAY + soon, t + timedelta(hours=1), t, t - 90 * DAY + soon],
+        }
+    )
+    event_times = [
+        (t - 30 * DAY, t - 30 * DAY + soon),  # exactly T - 30 days: counts
+        (t - 30 * DAY - timedelta(microseconds=1), t - 30 * DAY),  # just before the window: does not
+        (t - timedelta(hours=1), t + timedelta(hours=2)),  # before T, loaded after T: late, does not
+        (t - timedelta(hours=1), t),  # loaded exactly at T: counts
+        (t, t),  # exactly at T: does not
+    ]
+    events = pd.DataFrame(
+        {
+            "event_id": range(9_000_000_001, 9_000_000_001 + len(event_times)),
+            "user_id": EDGE_USER,
+            "event_type": "search",
+            "created_at": [c for c, _ in event_times],
+            "loaded_at": [l for _, l in event_times],
+        }
+    )
+    orders = pd.DataFrame(
+        {
+            "order_id": [9_000_000_001, 9_000_000_002, 9_000_000_003],
+            "user_id": EDGE_USER,
+            "amount": [10.0, 30.0, 1000.0],
+            "created_at": [t - 30 * DAY, t - DAY, t],
+            "loaded_at": [t - 30 * DAY + soon, t + 2 * DAY, t],
+        }
+    )
+    return {"raw_users": users, "raw_profile_changes": changes, "raw_events": events, "raw_orders": orders}
+
+
+@pytest.fixture(scope="module")
+def raw_frames() -> dict[str, pd.DataFrame]:
+    generated = generate(DemoDataSpec(users=250, days=40, origin=ANCHOR - 40 * DAY), None, ANCHOR)
+    edges = _edge_rows()
+    return {table: pd.concat([frame, edges[table]], ignore_index=True) for table, frame in generated.items()}
+
+
+@pytest.fixture(scope="module")
+def duckdb_features(raw_frames, tmp_path_factory):
+    from feature_assets.resources.warehouse import Warehouse
+
+    warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("pit") / "w.duckdb"))
+    write_raw(warehouse, raw_frames)
+    result = materialize(warehouse, as_of=AS_OF)
+    assert result.success
+    return read_features(warehouse)
+
+
+def _expected(raw_frames) -> pd.DataFrame:
+    rows = [
+        reference_features(raw_frames, int(user_id), as_of)
+        for as_of in AS_OF_TIMES
+        for user_id in raw_frames["raw_users"]["user_id"]
+    ]
+    return pd.DataFrame([row for row in rows if row is not None]).sort_values(["computed_at", "user_id"])
+
+
+def _assert_same_features(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    actual = actual.sort_values(["computed_at", "user_id"]).reset_index(drop=True)
+    expected = expected.sort_values(["computed_at", "user_id"]).reset_index(drop=True)
+    assert list(zip(actual["user_id"], actual["computed_at"])) == list(zip(expected["user_id"], expected["computed_at"]))
+    for column in ("age", "country", "plan", "events_30d"):
+        assert actual[column].tolist() == expected[column].tolist(), column
+    for got, want in zip(actual["avg_order_30d"], expected["avg_order_30d"]):
+        assert (pd.isna(got) and pd.isna(want)) or math.isclose(got, want, rel_tol=1e-12), (got, want)
+
+
+def test_feature_values_equal_the_row_by_row_reference(duckdb_features, raw_frames):
+    _assert_same_features(duckdb_features, _expected(raw_frames))
+
+
+def test_window_edges_and_late_rows_follow_the_definition(duckdb_features):
+    at_edge = duckdb_features[duckdb_features["computed_at"] == EDGE_T].set_index("user_id")
+    edge = at_edge.loc[EDGE_USER]
+    assert edge["events_30d"] == 2  # the one at T - 30 days and the one loaded exactly at T
+    assert edge["avg_order_30d"] == 10.0  # the order at T is outside, the one loaded after T invisible
+    assert (edge["country"], edge["plan"]) == ("US", "free")  # the change to DE/pro arrived after T
+    assert edge["age"] == 36  # birthday on T counts
+    assert LATE_SIGNUP_USER not in at_edge.index  # signed up exactly at T: does not exist yet
+    assert at_edge.loc[LEAP_USER, "age"] == 22  # born 2004-02-29, at 2026-03-29
+
+    a_day_later = duckdb_features[duckdb_features["computed_at"] == EDGE_T + DAY].set_index("user_id")
+    assert (a_day_later.loc[EDGE_USER, "country"], a_day_later.loc[EDGE_USER, "plan"]) == ("DE", "pro")
+    assert a_day_later.loc[LATE_SIGNUP_USER, "plan"] == "basic"
+
+
+def test_postgres_builds_the_same_features_as_duckdb(duckdb_features, raw_frames, postgres_warehouse):
+    write_raw(postgres_warehouse, raw_frames)
+    assert materialize(postgres_warehouse, as_of=AS_OF).success
+    _assert_same_features(read_features(postgres_warehouse), duckdb_features)
+
+
+def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frames, tmp_path):
+    from feature_assets.resources.warehouse import Warehouse
+
+    hours = [ANCHOR - timedelta(hours=h) for h in (2, 1, 0)]
+    backfilled = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "backfill.duckdb"))
+    hourly = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "hourly.duckdb"))
+    for warehouse in (backfilled, hourly):
+        write_raw(warehouse, raw_frames)
+    window = {"as_of_start": str(hours[0]), "as_of_end": str(hours[-1]), "cadence_hours": 1}
+    assert materialize(backfilled, as_of=window).success
+    for hour in hours:
+        assert materialize(hourly, as_of={"as_of_end": str(hour)}).success
+    once = read_features(hourly)
+    pd.testing.assert_frame_equal(read_features(backfilled), once)
+
+    assert materialize(hourly, as_of={"as_of_end": str(hours[1])}).success
+    pd.testing.assert_frame_equal(read_features(hourly), once)
+    assert once.groupby("computed_at").size().tolist() == [len(once) // 3] * 3
+
+
+def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_warehouse):
+    bad = {table: frame.copy() for table, frame in raw_frames.items()}
+    orders = bad["raw_orders"]
+    orders.loc[0, "amount"] = -5.0
+    orders.loc[1, "amount"] = float("nan")
+    events = bad["raw_events"]
+    events.loc[0, "created_at"] = events.loc[0, "loaded_at"] + DAY  # arrived a day before it happened
+    bad["raw_users"] = pd.concat([bad["raw_users"], bad["raw_users"].iloc[[0]]], ignore_index=True)
+    write_raw(duckdb_warehouse, bad)
+
+    result = materialize(duckdb_warehouse, as_of=AS_OF)
+
+    assert not result.success
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert {
+        "non_negative_stg_app__orders_amount",
+        "not_null_stg_app__orders_amount",
+        "not_later_than_stg_app__events_loaded_at__created_at",
+        "unique_stg_app__users_user_id",
+    } <= failed
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "user_features" not in materialized
+    with duckdb_warehouse.connect() as con:
+        assert not duckdb_warehouse.table_exists(con, "user_features")
