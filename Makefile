@@ -1,0 +1,26 @@
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install prepare dev
+
+$(BIN)/featurestore: setup.py
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/featurestore
+
+# The dbt manifest must exist before the Dagster definitions import.
+prepare: install
+	cd dbt_features && ../$(BIN)/dbt parse --quiet
+
+demo: prepare
+	$(BIN)/featurestore demo
+
+test: prepare
+	scripts/ensure-services
+	$(BIN)/python -m pytest -q
+
+dev: prepare
+	$(BIN)/featurestore dev
