@@ -1,6 +1,7 @@
 """Fixtures shared by the suite: real DuckDB files, real PostgreSQL schemas, and feature builds through Dagster."""
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,6 +17,10 @@ from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
 from feature_assets.resources.warehouse import Warehouse
+
+# The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
+os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
+os.environ.pop("DAGSTER_HOME", None)
 
 POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
