@@ -6,6 +6,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
+# The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
+os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
+os.environ.pop("DAGSTER_HOME", None)
+
+
 import dagster as dg
 import pandas as pd
 import psycopg
@@ -17,10 +22,6 @@ from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
 from feature_assets.resources.warehouse import Warehouse
-
-# The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
-os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
-os.environ.pop("DAGSTER_HOME", None)
 
 POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
