@@ -53,7 +53,7 @@ def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
 def _print_summary(settings: Settings) -> None:
     from feature_assets.definitions import warehouse_for
 
-    warehouse = warehouse_for(settings)
+    warehouse = warehouse_for(settings).process_config_and_initialize()
     with warehouse.connect() as con:
         counts = pd.concat(
             warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}")
