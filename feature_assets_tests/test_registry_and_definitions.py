@@ -1,0 +1,57 @@
+"""The registry read from the dbt YAML, and the Dagster definitions built on it."""
+
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from feature_assets.definitions import defs
+from feature_assets.errors import RegistryError
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+
+
+def test_the_registry_lists_the_five_features_with_dtypes_and_ttl():
+    view = load_registry(dbt_project.manifest_path).view("user_features")
+    assert [(f.name, f.dtype) for f in view.features] == [
+        ("age", "int64"),
+        ("country", "string"),
+        ("plan", "string"),
+        ("events_30d", "int64"),
+        ("avg_order_30d", "float64"),
+    ]
+    assert view.online_ttl.total_seconds() == 48 * 3600
+    assert (view.entity, view.entity_key, view.timestamp) == ("user", "user_id", "computed_at")
+
+
+def test_a_feature_name_that_is_not_snake_case_is_refused_naming_it(tmp_path):
+    project = tmp_path / "dbt_features"
+    shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
+    yml = project / "models" / "features" / "user_features.yml"
+    yml.write_text(yml.read_text().replace("- name: events_30d", "- name: Events30d"))
+    dbt = Path(sys.executable).with_name("dbt")
+    subprocess.run([dbt, "parse", "--quiet", "--profiles-dir", project], cwd=project, check=True)
+
+    with pytest.raises(RegistryError, match="'Events30d' is not snake_case"):
+        load_registry(project / "target" / "manifest.json")
+
+
+def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_freshness():
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert {"raw_users", "raw_profile_changes", "raw_events", "raw_orders"} <= keys
+    assert {"stg_app__users", "stg_app__profile_changes", "stg_app__events", "stg_app__orders", "user_features"} <= keys
+
+    spec = defs.resolve_assets_def("user_features").specs_by_key[dg.AssetKey("user_features")]
+    assert spec.freshness_policy is not None
+    checks = {key.name for key in defs.resolve_assets_def("user_features").check_keys}
+    assert "unique_combination_user_features_user_id__computed_at" in checks
+
+    schedule = defs.resolve_schedule_def("hourly_refresh")
+    assert schedule.cron_schedule == "0 * * * *"
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 31, 5))
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.run_config["ops"]["dbt_feature_models"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
