@@ -32,22 +32,31 @@ def dagster_home(settings: Settings) -> Path:
     return home
 
 
-def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
+def _execute(settings: Settings, what: str, run_config: dict, *, job_name: str = "", assets: tuple[str, ...] = ()):
+    """Runs a job (or a subset of all assets) in this process on the instance, raising on failure."""
     import dagster as dg
 
     from feature_assets.definitions import defs
 
     dagster_home(settings)
-    ops = {"dbt_feature_models": {"config": as_of_config}}
-    if settings.demo_data:
-        ops["demo_raw_data"] = {"config": raw_config}
-    result = defs.resolve_job_def("refresh_features").execute_in_process(
-        run_config={"ops": ops, **_QUIET}, instance=dg.DagsterInstance.get(), raise_on_error=False
+    if job_name:
+        job = defs.resolve_job_def(job_name)
+    else:
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(a) for a in assets})
+    result = job.execute_in_process(
+        run_config={**run_config, **_QUIET}, instance=dg.DagsterInstance.get(), raise_on_error=False
     )
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
-        raise FeatureStoreError("the refresh run failed:\n" + "\n".join(failures))
+        raise FeatureStoreError(f"the {what} failed:\n" + "\n".join(failures))
     return result
+
+
+def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
+    ops = {"dbt_feature_models": {"config": as_of_config}}
+    if settings.demo_data:
+        ops["demo_raw_data"] = {"config": raw_config}
+    return _execute(settings, "refresh run", {"ops": ops}, job_name="refresh_features")
 
 
 def _print_summary(settings: Settings) -> None:
@@ -91,15 +100,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
 
 def _sync_online(settings: Settings) -> None:
     """Runs the online sync and its parity check (what the online_sync sensor triggers after a refresh)."""
-    import dagster as dg
-
-    from feature_assets.definitions import defs
-
-    dagster_home(settings)
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("user_features_online")})
-    result = job.execute_in_process(run_config=_QUIET, instance=dg.DagsterInstance.get(), raise_on_error=False)
-    if not result.success:
-        raise FeatureStoreError("the online sync failed:\n" + "\n".join(e.message for e in result.all_events if e.is_failure))
+    result = _execute(settings, "online sync", {}, assets=("user_features_online",))
     meta = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     print(
         f"\nOnline store ({meta['store']}): {meta['mode']} sync wrote {meta['rows_written']} users in {meta['seconds']} s "
@@ -174,18 +175,8 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
-    import dagster as dg
-
-    from feature_assets.definitions import defs
-
-    dagster_home(settings)
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("user_features")})
     config = {"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours}
-    result = job.execute_in_process(
-        run_config={"ops": {"dbt_feature_models": {"config": config}}, **_QUIET}, instance=dg.DagsterInstance.get(), raise_on_error=False
-    )
-    if not result.success:
-        raise FeatureStoreError("the backfill failed:\n" + "\n".join(e.message for e in result.all_events if e.is_failure))
+    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=("user_features",))
     _print_summary(settings)
 
 
