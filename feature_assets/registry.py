@@ -2,6 +2,8 @@
 
 A model is a feature view when its meta has a `feature_view` block (entity, entity_key, timestamp,
 online_ttl_hours); every other column is a feature whose dtype is the contract's data_type.
+An ML model is a dbt exposure (type ml) whose meta has a `feature_set` block: the view and the features
+it reads, its label table and target column, and its task.
 """
 
 import hashlib
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from feature_assets.definition_checksums import feature_checksums
 from feature_assets.errors import RegistryError
 
-__all__ = ["Feature", "FeatureView", "Registry", "load_registry", "DEFAULT_ONLINE_TTL"]
+__all__ = ["Feature", "FeatureView", "FeatureSet", "Registry", "load_registry", "DEFAULT_ONLINE_TTL", "TASKS"]
 
 DEFAULT_ONLINE_TTL = timedelta(hours=48)
 
@@ -48,6 +51,7 @@ class Feature:
     dtype: str
     data_type: str
     description: str
+    definition_checksum: str = ""  # of this feature's own SQL lineage (see definition_checksums)
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,35 @@ class FeatureView:
         raise RegistryError(f"{self.name} has no feature {name!r}; it has {', '.join(self.feature_names)}")
 
 
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What one ML model reads: a subset of one feature view, in a fixed order, and what it predicts."""
+
+    model: str
+    view: FeatureView
+    features: tuple[Feature, ...]
+    labels: str
+    target: str
+    task: str
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+
 @dataclass(frozen=True)
 class Registry:
     views: dict[str, FeatureView]
+    feature_sets: dict[str, FeatureSet]
+
+    def feature_set(self, model: str) -> FeatureSet:
+        try:
+            return self.feature_sets[model]
+        except KeyError:
+            raise RegistryError(f"no model {model!r} declares a feature set; known: {', '.join(sorted(self.feature_sets))}") from None
 
     def view(self, name: str) -> FeatureView:
         try:
@@ -91,7 +121,7 @@ class Registry:
             raise RegistryError(f"no feature view {name!r}; known: {', '.join(sorted(self.views))}") from None
 
 
-def _feature_view(node: dict) -> FeatureView:
+def _feature_view(manifest: dict, node: dict) -> FeatureView:
     name = _snake_case(node["name"], "feature view")
     block = node["config"]["meta"]["feature_view"]
     try:
@@ -105,7 +135,7 @@ def _feature_view(node: dict) -> FeatureView:
     for key in (entity_key, timestamp):
         if key not in columns:
             raise RegistryError(f"feature view {name}: column {key!r} named in meta.feature_view is not declared")
-    features = []
+    declared = {}
     for column in columns.values():
         column_name = _snake_case(column["name"], f"feature in {name}:")
         if column_name in (entity_key, timestamp):
@@ -115,18 +145,40 @@ def _feature_view(node: dict) -> FeatureView:
             raise RegistryError(
                 f"feature {name}.{column_name}: data_type {data_type or None!r} is not one of {', '.join(_DTYPES)}"
             )
-        features.append(Feature(column_name, _DTYPES[data_type], data_type, column.get("description", "")))
-    if not features:
+        declared[column_name] = (data_type, column.get("description", ""))
+    if not declared:
         raise RegistryError(f"feature view {name} declares no features")
+    checksums = feature_checksums(manifest, node, {feature: data_type for feature, (data_type, _) in declared.items()})
     return FeatureView(
         name=name,
         entity=_snake_case(entity, f"entity of {name}:"),
         entity_key=entity_key,
         timestamp=timestamp,
         online_ttl=timedelta(hours=ttl_hours),
-        features=tuple(features),
+        features=tuple(
+            Feature(feature, _DTYPES[data_type], data_type, description, checksums[feature])
+            for feature, (data_type, description) in declared.items()
+        ),
         definition_checksum=node["checksum"]["checksum"],
     )
+
+
+def _feature_set(exposure: dict, views: dict[str, FeatureView]) -> FeatureSet:
+    model = _snake_case(exposure["name"], "model")
+    block = exposure["config"]["meta"]["feature_set"]
+    try:
+        view_name, names, labels, target, task = (block[k] for k in ("view", "features", "labels", "target", "task"))
+    except KeyError as missing:
+        raise RegistryError(f"model {model}: meta.feature_set needs {missing.args[0]!r}") from None
+    if view_name not in views:
+        raise RegistryError(f"model {model}: feature view {view_name!r} is not declared; known: {', '.join(sorted(views))}")
+    if task not in TASKS:
+        raise RegistryError(f"model {model}: task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not names or len(set(names)) != len(names):
+        raise RegistryError(f"model {model}: features must be a non-empty list without repeats, got {names!r}")
+    view = views[view_name]
+    features = tuple(view.feature(_snake_case(name, f"feature of model {model}:")) for name in names)
+    return FeatureSet(model, view, features, _snake_case(labels, f"labels of {model}:"), _snake_case(target, f"target of {model}:"), task)
 
 
 def load_registry(manifest_path: Path) -> Registry:
@@ -138,8 +190,13 @@ def load_registry(manifest_path: Path) -> Registry:
     views = {}
     for node in manifest["nodes"].values():
         if node["resource_type"] == "model" and "feature_view" in node["config"].get("meta", {}):
-            view = _feature_view(node)
+            view = _feature_view(manifest, node)
             views[view.name] = view
     if not views:
         raise RegistryError(f"the dbt manifest at {manifest_path} declares no feature view (meta.feature_view)")
-    return Registry(views)
+    feature_sets = {}
+    for exposure in manifest.get("exposures", {}).values():
+        if "feature_set" in exposure["config"].get("meta", {}):
+            feature_set = _feature_set(exposure, views)
+            feature_sets[feature_set.model] = feature_set
+    return Registry(views, feature_sets)
