@@ -9,10 +9,13 @@ from dagster_dbt import DbtCliResource
 
 from feature_assets.assets.features import dbt_feature_models
 from feature_assets.assets.online import user_features_online, user_features_online_parity
+from feature_assets.assets.models import model_assets
 from feature_assets.assets.raw import demo_raw_data, external_raw_tables
+from feature_assets.assets.training import label_assets, training_set_assets
 from feature_assets.automation import check_refresh_fits_ttl, hourly_refresh_schedule, online_sync_sensor
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
+from feature_assets.resources.model_store import model_store_for
 from feature_assets.resources.online import online_store_for
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import Settings
@@ -45,11 +48,19 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(*raw, dbt_feature_models) if settings.demo_data else dg.AssetSelection.assets(dbt_feature_models),
         description="Loads new raw rows (demo data) and appends the feature snapshot of the run's hour.",
     )
+    labels = label_assets()
+    training_sets, leakage_checks = training_set_assets(registry)
+    models = model_assets(registry)
+    train_job = dg.define_asset_job(
+        "train_models",
+        selection=dg.AssetSelection.assets(*labels, *training_sets, *models),
+        description="Rebuilds the labels and the point-in-time training sets, then trains every model.",
+    )
     return dg.Definitions(
-        assets=[*raw, dbt_feature_models, user_features_online],
-        asset_checks=[user_features_online_parity],
+        assets=[*raw, dbt_feature_models, user_features_online, *labels, *training_sets, *models],
+        asset_checks=[user_features_online_parity, *leakage_checks],
         sensors=[online_sync_sensor(user_features_online)],
-        jobs=[refresh_job],
+        jobs=[refresh_job, train_job],
         schedules=[
             hourly_refresh_schedule(
                 refresh_job, raw_op=demo_raw_data.op.name if settings.demo_data else None, features_op=dbt_feature_models.op.name
@@ -59,6 +70,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "warehouse": warehouse_for(settings),
             "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable()),
             "online_store": online_store_for(settings),
+            "model_store": model_store_for(settings),
         },
         # One process runs every step of a local run: no start-up cost per step, and one DuckDB writer at a time.
         executor=dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor,

@@ -72,5 +72,9 @@ class Settings:
         return self.home / "warehouse.duckdb"
 
     @property
+    def models_path(self) -> Path:
+        return self.home / "models"
+
+    @property
     def online_sqlite_path(self) -> Path:
         return self.home / "online.sqlite"

@@ -14,7 +14,7 @@ from feature_assets.registry import FeatureSet
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
 
-__all__ = ["LabelSpec", "LABELS", "labels_sql", "point_in_time_sql", "build_table", "SNAPSHOT_AT", "LABEL_ROW"]
+__all__ = ["LabelSpec", "LABELS", "labels_sql", "point_in_time_sql", "build_table", "LABEL_TIME", "SNAPSHOT_AT", "LABEL_ROW"]
 
 LABEL_TIME = "label_time"
 SNAPSHOT_AT = "snapshot_at"
@@ -36,6 +36,7 @@ class LabelSpec:
     window: timedelta
     outcome: str  # SQL over the outcome rows joined as `outcome` (null when none), aggregated per label
     outcome_source: str
+    mean: str  # SQL: the target's mean over the table, for the asset's metadata
     description: str
 
 
@@ -46,6 +47,7 @@ LABELS = {
         window=timedelta(days=30),
         outcome="count(outcome.user_id) = 0",
         outcome_source="stg_app__events",
+        mean="avg(case when churned then 1.0 else 0.0 end)",
         description="churned: the user has no event in the 30 days after label_time",
     ),
     "ltv_labels": LabelSpec(
@@ -54,6 +56,7 @@ LABELS = {
         window=timedelta(days=90),
         outcome="cast(coalesce(sum(outcome.amount), 0) as double precision)",
         outcome_source="stg_app__orders",
+        mean="avg(revenue_90d)",
         description="revenue_90d: the sum of the user's orders in the 90 days after label_time",
     ),
 }

@@ -1,0 +1,123 @@
+"""Model artifacts: one scikit-learn pipeline per model declared in the registry, stored with its card."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import mean_absolute_error, roc_auc_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from feature_assets.assets.training import training_set_table
+from feature_assets.errors import DataError
+from feature_assets.registry import FeatureSet, Registry
+from feature_assets.resources.model_store import ModelStoreResource
+from feature_assets.resources.warehouse import Warehouse
+from feature_assets.serving.models import ModelCard, feature_matrix
+from feature_assets.training import LABEL_ROW, LABEL_TIME, SNAPSHOT_AT
+
+__all__ = ["model_assets", "build_pipeline", "train"]
+
+VALIDATION_SHARE = 0.2  # the latest label times, so validation is a look into the future, as serving is
+
+
+def build_pipeline(feature_set: FeatureSet) -> Pipeline:
+    """Numbers: median-imputed with a null indicator, scaled. Strings: one-hot, null and unseen values included.
+
+    Churn is a logistic regression: a one-row prediction takes well under a millisecond.
+    """
+    numeric = [i for i, f in enumerate(feature_set.features) if f.dtype != "string"]
+    categorical = [i for i, f in enumerate(feature_set.features) if f.dtype == "string"]
+    columns = ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler()), numeric),
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), categorical),
+        ]
+    )
+    if feature_set.task == "classification":
+        return make_pipeline(columns, LogisticRegression(max_iter=2000))
+    return make_pipeline(columns, HistGradientBoostingRegressor(max_iter=200, random_state=0))
+
+
+def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[str, float], dict[str, int]]:
+    """Fits on the earlier label times and validates on the latest VALIDATION_SHARE of them."""
+    frame = frame.sort_values([LABEL_TIME, LABEL_ROW], kind="stable")
+    cut = int(len(frame) * (1 - VALIDATION_SHARE))
+    fit, validation = frame.iloc[:cut], frame.iloc[cut:]
+    if len(fit) < 20 or len(validation) < 5:
+        raise DataError(f"{feature_set.model}: only {len(frame)} training rows with features; need at least 25")
+    features = [{"name": f.name, "dtype": f.dtype} for f in feature_set.features]
+
+    def matrix(part: pd.DataFrame) -> np.ndarray:
+        return feature_matrix({f["name"]: part[f["name"]].tolist() for f in features}, features)
+
+    target = feature_set.target
+    pipeline = build_pipeline(feature_set)
+    if feature_set.task == "classification":
+        y_fit, y_validation = fit[target].astype(bool).to_numpy(), validation[target].astype(bool).to_numpy()
+        if y_fit.all() or not y_fit.any() or y_validation.all() or not y_validation.any():
+            raise DataError(f"{feature_set.model}: {target} has a single class in the fit or validation rows")
+        pipeline.fit(matrix(fit), y_fit)
+        scores = pipeline.predict_proba(matrix(validation))[:, 1]
+        metrics = {"auc": float(roc_auc_score(y_validation, scores)), "positive_rate": float(y_validation.mean())}
+    else:
+        y_fit, y_validation = fit[target].astype(float).to_numpy(), validation[target].astype(float).to_numpy()
+        pipeline.fit(matrix(fit), y_fit)
+        predictions = pipeline.predict(matrix(validation))
+        metrics = {
+            "mae": float(mean_absolute_error(y_validation, predictions)),
+            "mae_of_mean_baseline": float(np.abs(y_validation - y_fit.mean()).mean()),
+        }
+    return pipeline, metrics, {"fit": len(fit), "validation": len(validation)}
+
+
+def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
+    table = training_set_table(feature_set)
+
+    @dg.asset(
+        name=feature_set.model,
+        deps=[table],
+        group_name="models",
+        kinds={"scikitlearn"},
+        description=(
+            f"The {feature_set.task} model of {feature_set.target}, trained on {table}; each materialization is a new "
+            "version in the model store, bound to the feature schema it was trained on, and becomes the served one."
+        ),
+    )
+    def model(warehouse: Warehouse, model_store: ModelStoreResource) -> dg.MaterializeResult:
+        frame = warehouse.query(f"select * from {table} where {SNAPSHOT_AT} is not null order by {LABEL_ROW}")
+        skipped = int(warehouse.query(f"select count(*) as n from {table} where {SNAPSHOT_AT} is null")["n"].iloc[0])
+        pipeline, metrics, rows = train(feature_set, frame)
+        trained_at = datetime.now(timezone.utc)
+        card = ModelCard.for_feature_set(
+            feature_set,
+            version=trained_at.strftime("%Y%m%dT%H%M%S%fZ"),
+            trained_at=trained_at.isoformat(),
+            training_window={"first_label_time": str(frame[LABEL_TIME].min()), "last_label_time": str(frame[LABEL_TIME].max())},
+            rows={**rows, "without_features": skipped},
+            metrics=metrics,
+        )
+        store = model_store.store()
+        folder = store.save(card, pipeline)
+        store.promote(card.model, card.version)
+        return dg.MaterializeResult(
+            metadata={
+                "version": card.version,
+                "schema_version": card.schema_version,
+                "features": ", ".join(card.feature_names),
+                **{name: round(value, 4) for name, value in metrics.items()},
+                **{f"rows_{name}": count for name, count in card.rows.items()},
+                "path": dg.MetadataValue.path(str(folder)),
+            }
+        )
+
+    return model
+
+
+def model_assets(registry: Registry) -> list[dg.AssetsDefinition]:
+    return [_model_asset(feature_set) for feature_set in registry.feature_sets.values()]
