@@ -175,8 +175,12 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.assets.features import dbt_feature_models
+
     config = {"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours}
-    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=("user_features",))
+    # The whole dbt project, staging views included: on a fresh warehouse user_features cannot build without them.
+    models = tuple(key.to_user_string() for key in dbt_feature_models.keys)
+    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=models)
     _print_summary(settings)
 
 
@@ -196,7 +200,10 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     dagster_home(settings)
-    dagster = Path(sys.executable).with_name("dagster")
+    bin_dir = Path(sys.executable).parent
+    # Under `dagster dev`, DbtProject.prepare_if_dev() runs the dbt found on PATH; an unactivated venv has none there.
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    dagster = bin_dir / "dagster"
     os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
 
 

@@ -1,6 +1,8 @@
 """Fixtures shared by the suite: real DuckDB files, real PostgreSQL schemas, and feature builds through Dagster."""
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -8,6 +10,7 @@ from datetime import datetime
 
 # The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
 os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
+atexit.register(shutil.rmtree, os.environ["FEATURE_STORE_HOME"], ignore_errors=True)
 os.environ.pop("DAGSTER_HOME", None)
 
 
