@@ -141,7 +141,8 @@ def sync_online_store(
                     if on_batch is not None:
                         on_batch(rows)
     watermark = newest if newest is not None else (previous.watermark if previous else None)
-    store.record_sync(view, SyncRecord(view.version, schema, watermark, _utc_now(), rows, mode == "full"))
+    definitions = tuple((f.name, f.definition_checksum) for f in view.features)
+    store.record_sync(view, SyncRecord(view.version, schema, definitions, watermark, _utc_now(), rows, mode == "full"))
     seconds = time.perf_counter() - started  # the count below scans the store; it is not part of the sync
     return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view))
 

@@ -51,7 +51,7 @@ class Feature:
     dtype: str
     data_type: str
     description: str
-    definition_checksum: str = ""  # of this feature's own SQL lineage (see definition_checksums)
+    definition_checksum: str  # of this feature's own SQL lineage (see definition_checksums)
 
 
 @dataclass(frozen=True)

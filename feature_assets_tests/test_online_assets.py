@@ -173,8 +173,8 @@ def test_definitions_include_the_synced_snapshot_its_blocking_parity_check_and_t
     assert FEATURES in {dep.asset_key for dep in spec.deps}
     assert spec.freshness_policy is not None
     assert spec.automation_condition.get_label() == automation.SYNC_WHEN_FEATURES_PASS_CHECKS.get_label()
-    [check] = defs.asset_checks
-    assert next(iter(check.check_specs)).blocking
+    parity = defs.resolve_asset_graph().get_check_spec(dg.AssetCheckKey(ONLINE, "user_features_online_parity"))
+    assert parity.blocking
     sensor = defs.resolve_sensor_def("online_sync")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resources["online_store"].kind == "sqlite"

@@ -19,15 +19,16 @@ BIG, SMALL = np.iinfo(np.int64).max, np.iinfo(np.int64).min
 
 def make_view(ttl: timedelta = timedelta(hours=1)) -> FeatureView:
     features = (
-        Feature("count", "int64", "bigint", ""),
-        Feature("score", "float64", "double precision", ""),
-        Feature("label", "string", "varchar", ""),
-        Feature("active", "bool", "boolean", ""),
+        Feature("count", "int64", "bigint", "", "count-v1"),
+        Feature("score", "float64", "double precision", "", "score-v1"),
+        Feature("label", "string", "varchar", "", "label-v1"),
+        Feature("active", "bool", "boolean", "", "active-v1"),
     )
     return FeatureView("thing_features", "thing", "thing_id", "computed_at", ttl, features, "checksum")
 
 
 VIEW = make_view()
+DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
 
 # Every dtype with its extremes and nulls; each row differs in every field from the others.
 ROWS = pd.DataFrame(
@@ -189,14 +190,14 @@ def test_a_key_written_with_a_short_ttl_is_gone_after_it_and_reads_as_missing(on
 
 def test_the_sync_record_round_trips_and_starts_empty(online_store):
     assert online_store.last_sync(VIEW) is None
-    record = SyncRecord(VIEW.version, view_schema(VIEW), datetime(2026, 3, 31), datetime(2026, 3, 31, 0, 5), 6, True)
+    record = SyncRecord(VIEW.version, view_schema(VIEW), DEFINITIONS, datetime(2026, 3, 31), datetime(2026, 3, 31, 0, 5), 6, True)
     online_store.record_sync(VIEW, record)
     assert online_store.last_sync(VIEW) == record
 
 
 def test_a_reader_refuses_a_store_synced_with_another_schema(online_store):
     old_schema = (("computed_at", "timestamp"), ("count", "string"))
-    online_store.record_sync(VIEW, SyncRecord("old", old_schema, None, datetime(2026, 3, 31), 0, True))
+    online_store.record_sync(VIEW, SyncRecord("old", old_schema, (("count", "old"),), None, datetime(2026, 3, 31), 0, True))
     with pytest.raises(DataError, match="schema.*run the sync"):
         FeatureReader(online_store, VIEW)
 
@@ -204,7 +205,7 @@ def test_a_reader_refuses_a_store_synced_with_another_schema(online_store):
 def test_redis_layout_is_one_readable_hash_per_entity_with_the_ttl(redis_client):
     store = RedisOnlineStore(redis_client)
     write(store, VIEW, ROWS)
-    store.record_sync(VIEW, SyncRecord(VIEW.version, view_schema(VIEW), datetime(2026, 3, 31), datetime(2026, 3, 31), 6, True))
+    store.record_sync(VIEW, SyncRecord(VIEW.version, view_schema(VIEW), DEFINITIONS, datetime(2026, 3, 31), datetime(2026, 3, 31), 6, True))
 
     assert redis_client.hgetall("features:thing:4") == {
         b"computed_at": b"1970-01-01T00:00:00",

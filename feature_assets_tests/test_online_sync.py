@@ -22,16 +22,9 @@ from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnline
 from feature_assets.serving.codec import PANDAS_DTYPES, view_schema
 
 VIEW = load_registry(dbt_project.manifest_path).view("user_features")
+DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
 T1, T2 = datetime(2026, 3, 30), datetime(2026, 3, 31)
-COLUMNS = {
-    "user_id": "bigint",
-    "computed_at": "timestamp",
-    "age": "integer",
-    "country": "varchar",
-    "plan": "varchar",
-    "events_30d": "integer",
-    "avg_order_30d": "double precision",
-}
+COLUMNS = {VIEW.entity_key: "bigint", VIEW.timestamp: "timestamp", **{f.name: f.data_type for f in VIEW.features}}
 
 
 def snapshot(user_ids, as_of: datetime, shift: int) -> pd.DataFrame:
@@ -113,13 +106,13 @@ def test_a_new_definition_version_forces_a_full_resync_and_a_new_schema_drops_ol
     append(duckdb_warehouse, snapshot(np.arange(1, 21), T1, 0))
     sync_online_store(duckdb_warehouse, store, VIEW)
 
-    store.record_sync(VIEW, SyncRecord("stale", view_schema(VIEW), T1, T1, 20, False))
+    store.record_sync(VIEW, SyncRecord("stale", view_schema(VIEW), DEFINITIONS, T1, T1, 20, False))
     result = sync_online_store(duckdb_warehouse, store, VIEW)
     assert (result.mode, result.rows_written) == ("full", 20)
     assert "version" in result.reason
 
     redis_client.hset("features:user:3", "retired_feature", "1")
-    store.record_sync(VIEW, SyncRecord(VIEW.version, (*view_schema(VIEW), ("retired_feature", "int64")), T1, T1, 20, False))
+    store.record_sync(VIEW, SyncRecord(VIEW.version, (*view_schema(VIEW), ("retired_feature", "int64")), DEFINITIONS, T1, T1, 20, False))
     sync_online_store(duckdb_warehouse, store, VIEW, full_resync=True)
     assert sorted(redis_client.hkeys("features:user:3")) == sorted(name.encode() for name, _ in view_schema(VIEW))
     assert redis_client.pttl("features:user:3") > 0

@@ -38,19 +38,23 @@ class _Plan:
 class FeatureReader:
     """Reads one feature view from an online store.
 
-    Refuses to start if the store's last sync wrote another schema (names or dtypes) than the registry
-    declares: decoding would be wrong. A sync after a schema change rewrites everything.
+    Refuses to start if the store's last sync wrote any of the view's fields with another dtype, or not at
+    all: decoding would be wrong. The view may be a slice of the synced one (a model's features): fields it
+    does not read are ignored. A sync after a schema change rewrites everything.
     """
 
     def __init__(self, store: OnlineStore, view: FeatureView):
         self.store = store
         self.view = view
         record = store.last_sync(view)
-        if record is not None and dict(record.schema) != dict(view_schema(view)):
-            raise DataError(
-                f"{store.describe()} holds {view.name} with schema {dict(record.schema)}, but the registry declares "
-                f"{dict(view_schema(view))}; run the sync (it rewrites every entity after a schema change)"
-            )
+        if record is not None:
+            stored = dict(record.schema)
+            differing = {name: dtype for name, dtype in view_schema(view) if stored.get(name) != dtype}
+            if differing:
+                raise DataError(
+                    f"{store.describe()} holds {view.name} with schema {stored}, but the reader expects {differing}; "
+                    "run the sync (it rewrites every entity after a schema change)"
+                )
         self.synced_version = None if record is None else record.version
         self._plans: dict[tuple[str, ...] | None, _Plan] = {None: self._plan(view.feature_names)}
 
@@ -95,14 +99,18 @@ class FeatureReader:
         data: dict[str, Any] = {self.view.entity_key: ids}
         for field, dtype, decode, column in zip(plan.fields, plan.dtypes, plan.decoders, columns):
             data[field] = self._decode_column(field, dtype, decode, column, ids)
-        data[MISSING] = np.equal(np.array(columns[0], dtype=object), None)
+        # The timestamp is null exactly where the entity is missing (the stores' contract).
+        data[MISSING] = np.isnat(data[self.view.timestamp])
         return pd.DataFrame(data, copy=False)
 
     def _decode_column(self, field: str, dtype: str, decode: Callable, column: Sequence[Any], ids: list) -> Any:
-        # Feature values repeat (plans, countries, counts, one computed_at): decode each distinct value once,
-        # then build the nullable array from values and a mask, not element by element.
+        # Feature values repeat (plans, countries, counts, one computed_at): decode each distinct value once, give
+        # each row the index of its value (one dict lookup, in C), then let numpy gather values and the null mask.
+        distinct = set(column)
+        distinct.discard(None)
+        distinct = list(distinct)
         try:
-            table = {value: decode(value) for value in set(column) if value is not None}
+            decoded = list(map(decode, distinct))
         except _CAST_ERRORS:
             for entity_id, value in zip(ids, column):
                 try:
@@ -111,21 +119,25 @@ class FeatureReader:
                 except _CAST_ERRORS:
                     raise cast_error(self.store.key_of(self.view, entity_id), field, value, dtype) from None
             raise
-        mask = np.array(column, dtype=object) == None  # noqa: E711 (elementwise)
         if dtype == TIMESTAMP:  # numpy converts datetime objects one by one, slowly; integers are cheap
-            table = {value: (moment - _EPOCH) // _MICROSECOND for value, moment in table.items()}
-        table[None] = _FILL[dtype]
-        values = list(map(table.__getitem__, column))
-        return _ARRAYS[dtype](values, mask)
+            decoded = [(moment - _EPOCH) // _MICROSECOND for moment in decoded]
+        null = len(distinct)
+        index = dict(zip(distinct, range(null)))
+        index[None] = null
+        codes = np.fromiter(map(index.__getitem__, column), dtype=np.intp, count=len(column))
+        decoded.append(_FILL[dtype])
+        values = np.array(decoded, dtype=_NUMPY[dtype])[codes]
+        return _ARRAYS[dtype](values, codes == null)
 
 
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _FILL = {"int64": 0, "float64": 0.0, "bool": False, "string": pd.NA, TIMESTAMP: np.iinfo(np.int64).min}
-_ARRAYS: dict[str, Callable[[list, np.ndarray], Any]] = {
-    "int64": lambda values, mask: pd.arrays.IntegerArray(np.array(values, dtype=np.int64), mask),
-    "float64": lambda values, mask: pd.arrays.FloatingArray(np.array(values, dtype=np.float64), mask),
-    "bool": lambda values, mask: pd.arrays.BooleanArray(np.array(values, dtype=bool), mask),
-    "string": lambda values, mask: pd.arrays.StringArray(np.array(values, dtype=object)),
-    TIMESTAMP: lambda values, mask: np.array(values, dtype=np.int64).view("datetime64[us]"),
+_NUMPY = {"int64": np.int64, "float64": np.float64, "bool": bool, "string": object, TIMESTAMP: np.int64}
+_ARRAYS: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
+    "int64": pd.arrays.IntegerArray,
+    "float64": pd.arrays.FloatingArray,
+    "bool": pd.arrays.BooleanArray,
+    "string": lambda values, mask: pd.arrays.StringArray(values),
+    TIMESTAMP: lambda values, mask: values.view("datetime64[us]"),  # the fill is NaT
 }
