@@ -95,7 +95,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     )
     _print_summary(settings)
     _sync_online(settings)
-    _print_online_next_to_offline(settings)
+    entity_id = _print_online_next_to_offline(settings)
+    _train(settings)
+    if entity_id is not None:
+        print()
+        _print_prediction(settings, "churn_model", entity_id, as_json=False)
 
 
 def _sync_online(settings: Settings) -> None:
@@ -111,7 +115,40 @@ def _sync_online(settings: Settings) -> None:
         print(f"{check.check_name}: {'passed' if check.passed else 'FAILED'} ({checked.value if checked else 0} users compared)")
 
 
-def _print_online_next_to_offline(settings: Settings) -> None:
+def _train(settings: Settings) -> None:
+    """Runs the train_models job: labels, point-in-time training sets (with leakage checks) and models."""
+    result = _execute(settings, "training run", {}, job_name="train_models")
+    print("\nTraining:")
+    for event in result.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        name = event.asset_key.to_user_string()
+        if "version" in meta:
+            metrics = ", ".join(f"{k} {meta[k]}" for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline") if k in meta)
+            print(f"  {name}: version {meta['version']}, {metrics} ({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)")
+        elif "rows_with_features" in meta:
+            print(f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features, built in {meta['seconds']} s")
+        else:
+            print(f"  {name}: {meta.get('rows')} rows")
+    for check in result.get_asset_check_evaluations():
+        rows = check.metadata.get("rows_checked")
+        print(f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({rows.value if rows else 0} rows recomputed from raw data)")
+
+
+def _print_prediction(settings: Settings, model: str, entity_id: object, as_json: bool) -> None:
+    from feature_assets.resources.online import open_online_store
+    from feature_assets.serving.models import ModelStore, Predictor
+
+    with open_online_store(settings) as store:
+        prediction = Predictor(store, ModelStore(settings.models_path)).predict_one(model, entity_id)
+    if as_json:
+        print(json.dumps({"entity_id": entity_id, "model": model, "version": prediction.version, "score": prediction.score,
+                          "features": {k: _json_value(v) for k, v in prediction.features.items()}}, indent=2))
+        return
+    print(f"{model} version {prediction.version}, user {entity_id}: score {prediction.score:.4f}")
+    print("  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items()))
+
+
+def _print_online_next_to_offline(settings: Settings) -> object:
     from feature_assets.definitions import warehouse_for
     from feature_assets.project import dbt_project
     from feature_assets.registry import load_registry
@@ -125,7 +162,7 @@ def _print_online_next_to_offline(settings: Settings) -> None:
         f"order by {view.entity_key} limit 1"
     )
     if offline.empty:
-        return
+        return None
     entity_id = int(offline[view.entity_key].iloc[0])
     with open_online_store(settings) as store:
         online = FeatureReader(store, view).get_entity(entity_id)
@@ -136,6 +173,7 @@ def _print_online_next_to_offline(settings: Settings) -> None:
     )
     print(f"\n{view.entity_key} {entity_id}, offline and online:")
     print(table.to_string())
+    return entity_id
 
 
 def _json_value(value: object) -> object:
@@ -149,7 +187,7 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.serving import FeatureReader
 
     view = load_registry(dbt_project.manifest_path).view(args.view)
-    entity_id = int(args.entity_id) if args.entity_id.lstrip("-").isdigit() else args.entity_id
+    entity_id = _entity_id(args.entity_id)
     with open_online_store(settings) as store:
         row = FeatureReader(store, view).get_entity(entity_id)
     if args.json:
@@ -166,6 +204,19 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
         raise FeatureStoreError(
             f"{view.entity_key} {entity_id} is not in the online store (never synced, or expired after the {ttl_hours:g} h TTL)"
         )
+
+
+def _entity_id(text: str) -> object:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
+    model = args.model if args.model.endswith("_model") else f"{args.model}_model"
+    _print_prediction(settings, model, _entity_id(args.entity_id), as_json=args.json)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    _train(settings)
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
@@ -213,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="generate demo data, build the feature history and print it")
     demo.add_argument("--users", type=int, default=2000)
-    demo.add_argument("--days", type=int, default=30)
+    demo.add_argument("--days", type=int, default=150, help="history; LTV labels need 90 days after a label time")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=cmd_demo)
 
@@ -235,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--json", action="store_true", help="print JSON (missing entities too, with _missing: true)")
     get.add_argument("--view", default="user_features", help="feature view (default: user_features)")
     get.set_defaults(run=cmd_get)
+
+    predict = commands.add_parser("predict", help="score one entity with the served version of a model")
+    predict.add_argument("model", help="model name, e.g. churn (churn_model) or ltv")
+    predict.add_argument("entity_id", metavar="user_id")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(run=cmd_predict)
+
+    train = commands.add_parser("train", help="rebuild labels and training sets, train and serve every model")
+    train.set_defaults(run=cmd_train)
 
     dev = commands.add_parser("dev", help="open the Dagster UI (dagster dev) on this instance")
     dev.add_argument("--host", default="127.0.0.1")

@@ -175,10 +175,10 @@ class _Served:
     def __init__(self, store: OnlineStore, card: ModelCard, pipeline: Any):
         self.card, self.pipeline = card, pipeline
         self.view = card.feature_view()
+        _check_online_schema(store, self.view, card)  # first: it names the model and the feature that differ
         self.reader = FeatureReader(store, self.view)
         self.names = card.feature_names
         self.classifier = card.task == "classification"
-        _check_online_schema(store, self.view, card)
 
     def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
         if self.classifier:
@@ -243,7 +243,12 @@ class Predictor:
             scores[found] = served.score_matrix(matrix)
         errors = [None if ok else _missing_message(card, entity_id) for ok, entity_id in zip(found, frame[card.entity_key])]
         return pd.DataFrame(
-            {card.entity_key: frame[card.entity_key], "score": scores, "model_version": card.version, "error": errors}
+            {
+                card.entity_key: frame[card.entity_key],
+                "score": scores,
+                "model_version": card.version,
+                "error": pd.array(errors, dtype="string"),
+            }
         )
 
 

@@ -1,0 +1,182 @@
+"""Model artifacts and predictions: cards bound to the feature schema, strict serving, no train/serve skew."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from conftest import ANCHOR, dbt_resource, materialize
+from feature_assets.assets.models import model_assets
+from feature_assets.assets.training import label_assets, training_set_assets
+from feature_assets.definitions import _dbt_executable
+from feature_assets.errors import DataError
+from feature_assets.online_sync import sync_online_store
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+from feature_assets.resources.model_store import ModelStoreResource
+from feature_assets.resources.warehouse import Warehouse
+from feature_assets.serving import RedisOnlineStore
+from feature_assets.serving.models import ModelStore, Predictor, SchemaMismatch, feature_matrix
+from feature_assets.training import build_table, point_in_time_sql
+
+REGISTRY = load_registry(dbt_project.manifest_path)
+CHURN = REGISTRY.feature_set("churn_model")
+VIEW = CHURN.view
+
+
+def _train(warehouse: Warehouse, models_root: Path) -> dg.ExecuteInProcessResult:
+    training_sets, checks = training_set_assets(REGISTRY)
+    return dg.materialize(
+        [*label_assets(), *training_sets, *model_assets(REGISTRY)],
+        resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(models_root))},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """300 users over 150 days with daily snapshots on DuckDB, and both models trained once."""
+    folder = tmp_path_factory.mktemp("models")
+    warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
+    start = ANCHOR - timedelta(days=149)
+    result = materialize(
+        warehouse,
+        raw={"users": 300, "days": 150, "anchor": ANCHOR.isoformat()},
+        as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24},
+    )
+    assert result.success
+    assert _train(warehouse, folder / "models").success
+    return warehouse, folder / "models"
+
+
+@pytest.fixture
+def warehouse_copy(trained, tmp_path) -> Warehouse:
+    """A private copy of the trained warehouse, for tests that rebuild features."""
+    warehouse, _ = trained
+    shutil.copyfile(warehouse.duckdb_path, tmp_path / "warehouse.duckdb")
+    return Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"))
+
+
+def _latest_users(warehouse: Warehouse, count: int) -> list[int]:
+    frame = warehouse.query(
+        "select user_id from user_features where computed_at = (select max(computed_at) from user_features) "
+        "order by user_id limit ?",
+        [count],
+    )
+    return [int(u) for u in frame["user_id"]]
+
+
+def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
+    _, root = trained
+    store = ModelStore(root)
+    card = store.card("churn_model")
+    assert card.version == store.current("churn_model") == store.versions("churn_model")[-1]
+    assert [(f["name"], f["dtype"]) for f in card.features] == [(f.name, f.dtype) for f in CHURN.features]
+    assert [f["definition_checksum"] for f in card.features] == [f.definition_checksum for f in CHURN.features]
+    assert 0.5 < card.metrics["auc"] <= 1.0
+    assert card.rows["fit"] > card.rows["validation"] > 0
+    assert card.training_window["first_label_time"] < card.training_window["last_label_time"]
+    ltv = store.card("ltv_model")
+    assert ltv.metrics["mae"] < ltv.metrics["mae_of_mean_baseline"]
+    on_disk = json.loads((root / "churn_model" / card.version / "card.json").read_text())
+    assert on_disk["schema_version"] == card.schema_version
+
+
+def test_prediction_reads_the_online_store_and_refuses_missing_users(trained, redis_client):
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    predictor = Predictor(store, ModelStore(root))
+    users = _latest_users(warehouse, 3)
+    one = predictor.predict_one("churn_model", users[0])
+    assert 0.0 <= one.score <= 1.0 and one.version == ModelStore(root).current("churn_model")
+    with pytest.raises(DataError, match="user_id 987654 has no features in the online store"):
+        predictor.predict_one("churn_model", 987654)
+    many = predictor.predict("churn_model", [users[0], 987654, users[1]])
+    assert many["score"].isna().tolist() == [False, True, False]
+    assert many["score"].iloc[0] == pytest.approx(one.score)
+    assert "987654" in many["error"].iloc[1] and many["error"].isna().tolist() == [True, False, True]
+
+
+def test_training_row_and_online_prediction_see_the_same_feature_vector(trained, redis_client):
+    """No skew: a label just after the latest snapshot gets, offline, exactly the vector serving reads online."""
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    users = _latest_users(warehouse, 40)
+    with warehouse.connect() as con:
+        warehouse.execute(con, "create or replace table skew_labels (user_id bigint, label_time timestamp, churned boolean)")
+        for user in users:
+            warehouse.execute(con, "insert into skew_labels values (?, ?, false)", [user, ANCHOR + timedelta(hours=1)])
+        build_table(warehouse, con, "skew_training_set", *point_in_time_sql("duckdb", CHURN, "skew_labels"))
+        rows = warehouse.fetch(con, "select * from skew_training_set order by user_id")
+    card, pipeline = ModelStore(root).load("churn_model")
+    offline = feature_matrix({name: rows[name].tolist() for name in card.feature_names}, card.features)
+    predictor = Predictor(store, ModelStore(root))
+    served = [predictor.predict_one("churn_model", user) for user in sorted(users)]
+    online = feature_matrix({name: [p.features[name] for p in served] for name in card.feature_names}, card.features)
+    assert offline.shape == (40, len(card.features))
+    for column in range(offline.shape[1]):
+        for a, b in zip(offline[:, column], online[:, column]):
+            assert (a == b) or (a != a and b != b), (card.feature_names[column], a, b)  # NaN == NaN here
+    # Same vectors; the scores differ at most in the last bits (a batch and single rows take other BLAS paths).
+    np.testing.assert_allclose(pipeline.predict_proba(offline)[:, 1], [p.score for p in served], rtol=1e-12)
+
+
+def _dbt_build_copy(project: Path, warehouse: Warehouse) -> None:
+    env = {**os.environ, **warehouse.dbt_env()}
+    vars_ = json.dumps({"as_of_start": ANCHOR.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24})
+    for command in (["parse"], ["build", "--vars", vars_]):
+        subprocess.run(
+            [_dbt_executable(), *command, "--project-dir", str(project), "--profiles-dir", str(project), "--quiet"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(trained, warehouse_copy, redis_client, tmp_path):
+    _, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_online_store(warehouse_copy, store, VIEW, full_resync=True)
+    users = _latest_users(warehouse_copy, 5)
+    before = [Predictor(store, ModelStore(root)).predict_one("churn_model", user).score for user in users]
+
+    project = tmp_path / "dbt_features"
+    shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
+    sql, yml = project / "models/features/user_features.sql", project / "models/features/user_features.yml"
+    _edit(sql, "final as (", "orders_count as (\n    select user_id, computed_at, count(*) as n from orders_30d_rows group by 1, 2\n),\n\nfinal as (")
+    _edit(sql, "orders_30d as (", "orders_30d_rows as (\n    select orders.user_id, as_of_times.computed_at from orders inner join as_of_times\n        on orders.created_at >= as_of_times.computed_at - interval '30 days' and orders.created_at < as_of_times.computed_at\n        and orders.loaded_at <= as_of_times.computed_at\n),\n\norders_30d as (")
+    _edit(sql, "as avg_order_30d\n    from users_at", "as avg_order_30d,\n        cast(coalesce(orders_count.n, 0) as integer) as orders_30d\n    from users_at")
+    _edit(sql, "\n)\n\nselect * from final", "\n    left join orders_count\n        on orders_count.user_id = users_at.user_id\n        and orders_count.computed_at = users_at.computed_at\n)\n\nselect * from final")
+    _edit(yml, "      - name: avg_order_30d", "      - name: orders_30d\n        description: Orders in the 30 days before computed_at.\n        data_type: integer\n      - name: avg_order_30d")
+    _dbt_build_copy(project, warehouse_copy)
+    grown = load_registry(project / "target/manifest.json").view("user_features")
+    assert "orders_30d" in grown.feature_names
+    assert [grown.feature(f.name).definition_checksum for f in CHURN.features] == [f.definition_checksum for f in CHURN.features]
+    sync_online_store(warehouse_copy, store, grown)
+    assert redis_client.hget(f"features:user:{users[0]}", "orders_30d") is not None
+
+    after = [Predictor(store, ModelStore(root)).predict_one("churn_model", user).score for user in users]
+    assert after == before
+
+    _edit(yml, "the 30 days before computed_at.\n        data_type: integer", "the 30 days before computed_at.\n        data_type: double precision")
+    _edit(sql, "as integer) as events_30d", "as double precision) as events_30d")
+    _dbt_build_copy(project, warehouse_copy)
+    changed = load_registry(project / "target/manifest.json").view("user_features")
+    sync_online_store(warehouse_copy, store, changed)
+    with pytest.raises(SchemaMismatch, match=re.escape("reads user_features.events_30d as int64, but the online store holds it as float64")):
+        Predictor(store, ModelStore(root)).predict_one("churn_model", users[0])
