@@ -20,6 +20,8 @@ setup(
         "pandas==3.1.1",
         "numpy==2.4.6",
         "scikit-learn==1.9.1",
+        "scipy==1.17.1",
+        "matplotlib==3.11.2",
         "redis==8.1.0",
         "hiredis==3.5.0",
         "psycopg[binary]==3.3.9",

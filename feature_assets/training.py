@@ -24,12 +24,14 @@ LABEL_ROW = "label_row"
 # week; the first ones leave a month of history for the features, the last ones a full outcome window.
 _LABEL_EVERY = timedelta(days=7)
 _FIRST_AFTER = timedelta(days=30)
-_ACTIVE_WINDOW = timedelta(days=30)
 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """A label table: for users active in the 30 days before label_time, an outcome over `window` after it."""
+    """A label table: for every user signed up before label_time, an outcome over `window` after it.
+
+    Every user, not only active ones: serving scores the whole online store, so training sees the same population.
+    """
 
     table: str
     target: str
@@ -81,44 +83,46 @@ def labels_sql(spec: LabelSpec) -> tuple[str, list[Any]]:
             select k from generate_series(0, 1000) as s(k)
         ),
 
-        candidates as (
-            select
-                users.user_id,
-                cast(date_trunc('day', bounds.last_event) as timestamp) - ?
-                    - weeks.k * ? - (users.user_id % 168) * interval '1 hour' as label_time
-            from users
+        all_weeks as (
+            select cast(date_trunc('day', bounds.last_event) as timestamp) - ? - weeks.k * ? as week_end
+            from weeks
             cross join bounds
-            cross join weeks
-            where users.signup_at < cast(date_trunc('day', bounds.last_event) as timestamp) - ? - weeks.k * ?
         ),
 
-        active as (
-            select distinct candidates.user_id, candidates.label_time
-            from candidates
+        label_weeks as (
+            select all_weeks.week_end
+            from all_weeks
             cross join bounds
-            inner join events
-                on events.user_id = candidates.user_id
-                and events.created_at >= candidates.label_time - ?
-                and events.created_at < candidates.label_time
-            where candidates.label_time >= bounds.first_event + ?
+            where all_weeks.week_end >= bounds.first_event + ?
+        ),
+
+        labelled as (
+            select
+                users.user_id,
+                label_weeks.week_end - (users.user_id % 168) * interval '1 hour' as label_time
+            from users
+            cross join label_weeks
+            cross join bounds
+            where label_weeks.week_end - (users.user_id % 168) * interval '1 hour' >= bounds.first_event + ?
+                and users.signup_at < label_weeks.week_end - (users.user_id % 168) * interval '1 hour'
         ),
 
         final as (
             select
-                active.user_id,
-                active.label_time,
+                labelled.user_id,
+                labelled.label_time,
                 {spec.outcome} as {target}
-            from active
+            from labelled
             left join outcomes as outcome
-                on outcome.user_id = active.user_id
-                and outcome.created_at >= active.label_time
-                and outcome.created_at < active.label_time + ?
-            group by active.user_id, active.label_time
+                on outcome.user_id = labelled.user_id
+                and outcome.created_at >= labelled.label_time
+                and outcome.created_at < labelled.label_time + ?
+            group by labelled.user_id, labelled.label_time
         )
 
         select * from final
     """
-    params = [spec.window, _LABEL_EVERY, spec.window, _LABEL_EVERY, _ACTIVE_WINDOW, _FIRST_AFTER, spec.window]
+    params = [spec.window, _LABEL_EVERY, _FIRST_AFTER, _FIRST_AFTER, spec.window]
     return sql, params
 
 

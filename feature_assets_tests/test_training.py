@@ -128,7 +128,7 @@ def demo_warehouse(tmp_path_factory):
     return warehouse
 
 
-def test_labels_leave_a_full_outcome_window_and_cover_only_active_users(demo_warehouse):
+def test_labels_leave_a_full_outcome_window_and_cover_users_signed_up_before_label_time(demo_warehouse):
     churn = demo_warehouse.query("select * from churn_labels")
     ltv = demo_warehouse.query("select * from ltv_labels")
     last_event = demo_warehouse.query("select max(created_at) as t from raw_events")["t"].iloc[0]
@@ -137,6 +137,9 @@ def test_labels_leave_a_full_outcome_window_and_cover_only_active_users(demo_war
     assert 0.01 < churn["churned"].mean() < 0.5  # both classes, churn the minority
     assert (ltv["revenue_90d"] >= 0).all() and ltv["revenue_90d"].gt(0).any()
     assert churn["label_time"].dt.hour.nunique() == 24  # spread over the hours of the day
+    users = demo_warehouse.query("select user_id, signup_at from raw_users")
+    joined = churn.merge(users, on="user_id")
+    assert len(joined) == len(churn) and (joined["signup_at"] < joined["label_time"]).all()
 
 
 def test_leakage_check_passes_on_the_point_in_time_training_set(demo_warehouse):

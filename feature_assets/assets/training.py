@@ -40,7 +40,7 @@ def _label_asset(spec: LabelSpec) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"sql"},
         pool=WAREHOUSE_POOL,
-        description=f"One row per (user, label_time) for users active in the 30 days before label_time; {spec.description}.",
+        description=f"One row per (user, label_time), weekly per user signed up before label_time; {spec.description}.",
     )
     def label_table(warehouse: Warehouse) -> dg.MaterializeResult:
         sql, params = labels_sql(spec)
