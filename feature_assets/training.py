@@ -172,7 +172,6 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet, labels: str) -> tuple[
             select {key}, {LABEL_TIME} as at, 0 as is_snapshot, {LABEL_ROW}, {target} from labels
             union all
             select {key}, {stamp}, 1, null, null from {view.name}
-            where {key} in (select {key} from labels)
         ),
         carried as (
             select *,

@@ -2,7 +2,10 @@
     config(
         unique_key='computed_at',
         incremental_strategy='delete+insert',
-        post_hook="{{ thin_old_hourly_snapshots() }}"
+        post_hook=[
+            "{{ thin_old_hourly_snapshots() }}",
+            {"sql": "vacuum analyze {{ this }}", "transaction": false}
+        ]
     )
 }}
 
