@@ -17,6 +17,9 @@ __all__ = [
     "hourly_refresh_schedule",
     "online_sync_sensor",
     "check_refresh_fits_ttl",
+    "SKEW_REPORT_AUTOMATION",
+    "SKEW_REPORT_FRESHNESS",
+    "monitoring_sensor",
 ]
 
 REFRESH_INTERVAL = timedelta(hours=1)
@@ -78,3 +81,22 @@ def check_refresh_fits_ttl(views: Iterable[FeatureView], interval: timedelta | N
                 f"({view.online_ttl / hours:g} h), so online keys would expire between syncs; set online_ttl_hours "
                 f"to at least {2 * interval / hours:g} or refresh more often"
             )
+
+
+# The skew report runs after each online sync (and training-set rebuild) and at least daily.
+SKEW_REPORT_AUTOMATION = (dg.AutomationCondition.eager() | dg.AutomationCondition.on_cron("0 6 * * *")).with_label(
+    "after each online sync or training set, and daily at 06:00 UTC"
+)
+
+# A report older than a day and a bit means monitoring itself has stopped: the UI shows it.
+SKEW_REPORT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=49), warn_window=timedelta(hours=25))
+
+
+def monitoring_sensor(report_asset) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the skew report's automation condition; running by default, like the online sync's."""
+    return dg.AutomationConditionSensorDefinition(
+        "skew_monitoring",
+        target=dg.AssetSelection.assets(report_asset),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+    )

@@ -10,13 +10,15 @@ from dagster_dbt import DbtCliResource
 from feature_assets.assets.features import dbt_feature_models
 from feature_assets.assets.online import user_features_online, user_features_online_parity
 from feature_assets.assets.models import model_assets
+from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
 from feature_assets.assets.raw import demo_raw_data, external_raw_tables
 from feature_assets.assets.training import label_assets, training_set_assets
-from feature_assets.automation import check_refresh_fits_ttl, hourly_refresh_schedule, online_sync_sensor
+from feature_assets.automation import check_refresh_fits_ttl, hourly_refresh_schedule, monitoring_sensor, online_sync_sensor
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.model_store import model_store_for
 from feature_assets.resources.online import online_store_for
+from feature_assets.resources.served_log import served_log_for
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import Settings
 
@@ -51,15 +53,18 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     labels = label_assets()
     training_sets, leakage_checks = training_set_assets(registry)
     models = model_assets(registry)
+    skew_report, drift_checks = skew_report_assets(registry)
+    served_models = served_models_asset(registry, skew_report)
     train_job = dg.define_asset_job(
         "train_models",
-        selection=dg.AssetSelection.assets(*labels, *training_sets, *models),
-        description="Rebuilds the labels and the point-in-time training sets, then trains every model.",
+        selection=dg.AssetSelection.assets(*labels, *training_sets, *models, skew_report, served_models),
+        description="Rebuilds labels and point-in-time training sets, trains every model, reports skew, and promotes "
+        "the new models unless a drift check fails.",
     )
     return dg.Definitions(
-        assets=[*raw, dbt_feature_models, user_features_online, *labels, *training_sets, *models],
-        asset_checks=[user_features_online_parity, *leakage_checks],
-        sensors=[online_sync_sensor(user_features_online)],
+        assets=[*raw, dbt_feature_models, user_features_online, *labels, *training_sets, *models, skew_report, served_models],
+        asset_checks=[user_features_online_parity, *leakage_checks, *drift_checks],
+        sensors=[online_sync_sensor(user_features_online), monitoring_sensor(skew_report)],
         jobs=[refresh_job, train_job],
         schedules=[
             hourly_refresh_schedule(
@@ -71,6 +76,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable()),
             "online_store": online_store_for(settings),
             "model_store": model_store_for(settings),
+            "served_log": served_log_for(settings),
         },
         # One process runs every step of a local run: no start-up cost per step, and one DuckDB writer at a time.
         executor=dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor,

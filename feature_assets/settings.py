@@ -4,6 +4,8 @@ local (default): embedded DuckDB file under FEATURE_STORE_HOME, demo data genera
 prod: PostgreSQL from FEATURE_STORE_POSTGRES_URL; raw tables are the user's own.
 FEATURE_STORE_ONLINE picks the online store: sqlite (default in local, a file under FEATURE_STORE_HOME)
 or redis (default in prod, at FEATURE_STORE_REDIS_URL: redis:// or rediss://, password included).
+Served feature vectors are logged next to it (a Redis stream, or served_log.sqlite), sampling
+FEATURE_STORE_SERVED_LOG_RATE of them (default 1: all).
 """
 
 import os
@@ -34,6 +36,16 @@ def _flag(value: str, name: str) -> bool:
     raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
 
 
+def _rate(value: str, name: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"{name} must be a share between 0 and 1, got {value!r}")
+    return rate
+
+
 @dataclass(frozen=True)
 class Settings:
     env: Literal["local", "prod"]
@@ -41,6 +53,7 @@ class Settings:
     postgres_schema: str
     demo_data: bool
     online: Literal["redis", "sqlite"] = "sqlite"
+    served_log_rate: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -65,11 +78,16 @@ class Settings:
                 environ.get("FEATURE_STORE_DEMO_DATA", "1" if env == "local" else "0"), "FEATURE_STORE_DEMO_DATA"
             ),
             online=online,
+            served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
         )
 
     @property
     def duckdb_path(self) -> Path:
         return self.home / "warehouse.duckdb"
+
+    @property
+    def served_log_path(self) -> Path:
+        return self.home / "served_log.sqlite"
 
     @property
     def models_path(self) -> Path:

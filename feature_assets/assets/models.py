@@ -86,7 +86,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         kinds={"scikitlearn"},
         description=(
             f"The {feature_set.task} model of {feature_set.target}, trained on {table}; each materialization is a new "
-            "version in the model store, bound to the feature schema it was trained on, and becomes the served one."
+            "version in the model store, bound to the feature schema it was trained on (served_models promotes it)."
         ),
     )
     def model(warehouse: Warehouse, model_store: ModelStoreResource) -> dg.MaterializeResult:
@@ -102,9 +102,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
             rows={**rows, "without_features": skipped},
             metrics=metrics,
         )
-        store = model_store.store()
-        folder = store.save(card, pipeline)
-        store.promote(card.model, card.version)
+        folder = model_store.store().save(card, pipeline)
         return dg.MaterializeResult(
             metadata={
                 "version": card.version,

@@ -1,0 +1,196 @@
+"""Train/serve skew: the report comparing what models were trained on with what serving sees, its drift checks
+(the alerts), and the promotion of newly trained models, which a drift error blocks."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from feature_assets.assets.online import user_features_online
+from feature_assets.assets.raw import WAREHOUSE_POOL
+from feature_assets.assets.training import training_set_table
+from feature_assets.automation import SKEW_REPORT_AUTOMATION, SKEW_REPORT_FRESHNESS
+from feature_assets.online_sync import iter_latest_snapshots
+from feature_assets.registry import FeatureView, Registry
+from feature_assets.resources.model_store import ModelStoreResource
+from feature_assets.resources.online import OnlineStoreResource
+from feature_assets.resources.served_log import ServedLogResource
+from feature_assets.resources.warehouse import Warehouse
+from feature_assets.serving.reads import MISSING, FeatureReader
+from feature_assets.skew import DriftThresholds, histogram_markdown, skew_report
+from feature_assets.training import SNAPSHOT_AT
+
+__all__ = ["SkewReportConfig", "REPORT_TABLE", "skew_report_assets", "served_models_asset", "SEVERITIES"]
+
+REPORT_TABLE = "user_features_skew"
+SEVERITIES = ("ok", "warn", "error")
+_REPORT_COLUMNS = {
+    "report_at": "timestamp",
+    "feature": "varchar",
+    "dtype": "varchar",
+    "kind": "varchar",
+    "training_source": "varchar",
+    "serving_source": "varchar",
+    "training_rows": "bigint",
+    "serving_rows": "bigint",
+    "training_null_rate": "double precision",
+    "serving_null_rate": "double precision",
+    "null_rate_change": "double precision",
+    "training_mean": "double precision",
+    "serving_mean": "double precision",
+    "mean_shift": "double precision",
+    "psi": "double precision",
+    "ks": "double precision",
+    "largest_frequency_change": "double precision",
+    "largest_change_category": "varchar",
+    "severity": "varchar",
+    "reasons": "varchar",
+    "notes": "varchar",
+}
+
+
+class SkewReportConfig(dg.Config):
+    min_served_rows: int = Field(
+        default=500, description="Compare against the logged served vectors when at least this many; else the online snapshot."
+    )
+    serving_sample: int = Field(default=20_000, description="Entities sampled from the online snapshot (fallback).")
+    served_rows: int = Field(default=50_000, description="Most recent served vectors read from the log.")
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per-feature overrides, e.g. {'events_30d': {'error_psi': 0.4}}; keys: warn_mean_shift, warn_psi, "
+        "error_psi, error_null_rate_change. Defaults: warn at 10% mean shift or PSI 0.1, error at PSI 0.25 or 5 points "
+        "of null rate.",
+    )
+
+
+def _training_rows(warehouse: Warehouse, registry: Registry, view: FeatureView) -> tuple[pd.DataFrame, list[str], str]:
+    """The rows the view's models were trained on (the union of their training sets), and the features they use."""
+    frames, used, sources = [], [], []
+    with warehouse.connect() as con:
+        for feature_set in registry.feature_sets.values():
+            table = training_set_table(feature_set)
+            if feature_set.view.name != view.name or not warehouse.table_exists(con, table):
+                continue
+            names = ", ".join(feature_set.feature_names)
+            frames.append(warehouse.fetch(con, f"select {names} from {table} where {SNAPSHOT_AT} is not null"))
+            used += [name for name in feature_set.feature_names if name not in used]
+            sources.append(table)
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), used, " + ".join(sources)
+
+
+def _serving_rows(
+    config: SkewReportConfig, warehouse: Warehouse, online_store: OnlineStoreResource, served_log: ServedLogResource, view: FeatureView
+) -> tuple[pd.DataFrame, str]:
+    """The logged served vectors when there are enough, else the online values of a sample of entities."""
+    with served_log.open() as log:
+        served = log.read(view.name, limit=config.served_rows)
+    if len(served) >= config.min_served_rows:
+        return served, f"served log ({len(served)} vectors)"
+    with warehouse.connect() as con:
+        ids = pd.concat(
+            iter_latest_snapshots(warehouse, con, view, sample=config.serving_sample), ignore_index=True
+        )[view.entity_key].tolist()
+    with online_store.open() as store:
+        online = FeatureReader(store, view).get_online_features(ids)
+    return online[~online[MISSING]], f"online snapshot sample ({len(ids)} entities)"
+
+
+def _thresholds(config: SkewReportConfig) -> DriftThresholds:
+    return DriftThresholds.from_config({"features": config.thresholds})
+
+
+def _drifted(report: pd.DataFrame, severities: tuple[str, ...]) -> pd.DataFrame:
+    return report[report["severity"].isin(severities)]
+
+
+def _check_result(report: pd.DataFrame, severities: tuple[str, ...], severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+    drifted = _drifted(report, severities)
+    metadata: dict[str, Any] = {
+        "report_at": str(report["report_at"].iloc[0]) if len(report) else "no report",
+        "drifted_features": ", ".join(drifted["feature"]) or "none",
+    }
+    for row in drifted.to_dict("records"):
+        metadata[row["feature"]] = f"{row['severity']}: {row['reasons']}"
+    return dg.AssetCheckResult(passed=drifted.empty, severity=severity, metadata=metadata)
+
+
+def skew_report_assets(registry: Registry, view_name: str = "user_features"):
+    view = registry.view(view_name)
+
+    @dg.asset(
+        name=f"{view.name}_skew_report",
+        deps=[user_features_online, *(training_set_table(fs) for fs in registry.feature_sets.values() if fs.view.name == view.name)],
+        group_name="monitoring",
+        kinds={"python"},
+        pool=WAREHOUSE_POOL,
+        freshness_policy=SKEW_REPORT_FRESHNESS,
+        automation_condition=SKEW_REPORT_AUTOMATION,
+    )
+    def report_asset(
+        config: SkewReportConfig,
+        warehouse: Warehouse,
+        online_store: OnlineStoreResource,
+        served_log: ServedLogResource,
+    ) -> dg.MaterializeResult:
+        """Per feature: training vs serving distributions (mean shift, PSI, KS, null rates), one row per feature
+        per report in the warehouse table user_features_skew."""
+        training, used, training_source = _training_rows(warehouse, registry, view)
+        if training.empty:
+            raise dg.Failure(f"no training set of {view.name} exists yet; materialize the training sets first")
+        serving, serving_source = _serving_rows(config, warehouse, online_store, served_log, view)
+        if serving.empty:
+            raise dg.Failure(f"nothing to compare: no served vectors logged and no {view.name} entity in the online store")
+        features = [(name, view.feature(name).dtype) for name in used]
+        report = skew_report(training, serving, features, _thresholds(config))
+        report.insert(0, "report_at", datetime.now(UTC).replace(tzinfo=None))
+        report["training_source"], report["serving_source"] = training_source, serving_source
+        with warehouse.connect() as con:
+            warehouse.append(con, REPORT_TABLE, report, _REPORT_COLUMNS)
+        summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]]
+        metadata: dict[str, Any] = {
+            "report": dg.MetadataValue.md(summary.round(4).to_markdown(index=False)),
+            "training_source": training_source,
+            "serving_source": serving_source,
+            "drifted_features": ", ".join(_drifted(report, ("warn", "error"))["feature"]) or "none",
+            "unused_features": ", ".join(name for name in view.feature_names if name not in used) or "none",
+        }
+        for name in _drifted(report, ("warn", "error"))["feature"]:
+            dtype = view.feature(name).dtype
+            metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name], serving[name], name, dtype))
+        return dg.MaterializeResult(metadata=metadata)
+
+    def latest(warehouse: Warehouse) -> pd.DataFrame:
+        return warehouse.query(f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
+
+    @dg.asset_check(asset=report_asset, name="no_drift_error", blocking=True)
+    def no_drift_error(warehouse: Warehouse) -> dg.AssetCheckResult:
+        """ERROR (blocks promoting new models) when a feature's PSI or null-rate change crosses its error threshold."""
+        return _check_result(latest(warehouse), ("error",), dg.AssetCheckSeverity.ERROR)
+
+    @dg.asset_check(asset=report_asset, name="no_drift_warning")
+    def no_drift_warning(warehouse: Warehouse) -> dg.AssetCheckResult:
+        """WARN when a feature's mean shift or PSI crosses its warning threshold."""
+        return _check_result(latest(warehouse), ("warn", "error"), dg.AssetCheckSeverity.WARN)
+
+    return report_asset, [no_drift_error, no_drift_warning]
+
+
+def served_models_asset(registry: Registry, report_asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    models = list(registry.feature_sets)
+
+    @dg.asset(deps=[*models, report_asset], group_name="models", kinds={"python"})
+    def served_models(model_store: ModelStoreResource) -> dg.MaterializeResult:
+        """Each model's newest trained version becomes the one predict serves. Runs only after the skew report's
+        blocking drift check passed, so a drift error leaves the previous versions serving."""
+        store = model_store.store()
+        promoted = {}
+        for model in models:
+            versions = store.versions(model)
+            if versions:
+                store.promote(model, versions[-1])
+                promoted[model] = versions[-1]
+        return dg.MaterializeResult(metadata={f"{model}_version": version for model, version in promoted.items()})
+
+    return served_models

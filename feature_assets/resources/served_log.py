@@ -1,0 +1,49 @@
+"""Where served feature vectors are logged: a Redis stream next to the online store, or an SQLite file locally."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from feature_assets.errors import ConfigError
+from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
+from feature_assets.settings import Settings
+
+__all__ = ["ServedLogResource", "served_log_for", "open_served_log"]
+
+
+class ServedLogResource(dg.ConfigurableResource):
+    """Read by the skew report; the same store `featurestore predict` and model servers log to."""
+
+    kind: Literal["redis", "sqlite"]
+    redis_url: str = Field(default="", description="redis:// or rediss:// URL (kind=redis); a secret, pass it as an EnvVar.")
+    sqlite_path: str = Field(default="", description="SQLite file (kind=sqlite).")
+
+    @contextmanager
+    def open(self) -> Iterator[ServedLog]:
+        if self.kind == "redis":
+            if not self.redis_url:
+                raise ConfigError("the redis served log needs a URL (FEATURE_STORE_REDIS_URL)")
+            log: ServedLog = RedisServedLog(self.redis_url)
+        else:
+            log = SqliteServedLog(self.sqlite_path)
+        try:
+            yield log
+        finally:
+            log.close()
+
+
+def served_log_for(settings: Settings) -> ServedLogResource:
+    if settings.online == "redis":
+        return ServedLogResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
+    return ServedLogResource(kind="sqlite", sqlite_path=str(settings.served_log_path))
+
+
+def open_served_log(settings: Settings) -> ServedLog:
+    """The log outside Dagster (the CLI, a model server), sampling FEATURE_STORE_SERVED_LOG_RATE of the vectors."""
+    if settings.online == "redis":
+        return RedisServedLog(os.environ.get("FEATURE_STORE_REDIS_URL", ""), sample_rate=settings.served_log_rate)
+    return SqliteServedLog(settings.served_log_path, sample_rate=settings.served_log_rate)
