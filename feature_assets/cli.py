@@ -273,7 +273,7 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
-    """Scales one numeric feature of every entity in the online store: a scripted drift for demos."""
+    """Shifts one numeric feature of every entity in the online store by a share of its mean: a scripted drift."""
     from feature_assets.definitions import warehouse_for
     from feature_assets.online_sync import iter_latest_snapshots
     from feature_assets.project import dbt_project
@@ -284,17 +284,21 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
     view = load_registry(dbt_project.manifest_path).view("user_features")
     feature = view.feature(args.feature)
     if feature.dtype not in ("int64", "float64"):
-        raise FeatureStoreError(f"{args.feature} is {feature.dtype}; only numeric features can be scaled")
+        raise FeatureStoreError(f"{args.feature} is {feature.dtype}; only numeric features can be shifted")
     warehouse = warehouse_for(settings).process_config_and_initialize()
-    rows = 0
-    with open_online_store(settings) as store, warehouse.connect() as con, store.writer(view) as writer:
-        for frame in iter_latest_snapshots(warehouse, con, view):
-            scaled = frame[args.feature].astype("Float64") * args.factor
-            frame[args.feature] = scaled.round().astype("Int64") if feature.dtype == "int64" else scaled
+    with warehouse.connect() as con:
+        frames = list(iter_latest_snapshots(warehouse, con, view))
+    shift = args.by * pd.concat(frames)[args.feature].mean()
+    with open_online_store(settings) as store, store.writer(view) as writer:
+        for frame in frames:
+            shifted = frame[args.feature].astype("Float64") + shift
+            frame[args.feature] = shifted.round().astype("Int64") if feature.dtype == "int64" else shifted
             writer.write(encode_batch(view, frame))
-            rows += len(frame)
-    print(f"{args.feature} x {args.factor} for {rows} users in {store.describe()}; "
-          "`featurestore skew --refresh` reports it, `featurestore sync --full` restores the synced values")
+        where = store.describe()
+    print(
+        f"{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {sum(map(len, frames))} users in {where}; "
+        "`featurestore skew --refresh` reports it, `featurestore sync --full` restores the synced values"
+    )
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
@@ -383,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     skew.add_argument("--json", action="store_true")
     skew.set_defaults(run=cmd_skew)
 
-    drift = commands.add_parser("inject-drift", help="demo: scale a numeric feature in the online store to simulate drift")
+    drift = commands.add_parser("inject-drift", help="demo: shift a numeric feature in the online store to simulate drift")
     drift.add_argument("feature")
-    drift.add_argument("--factor", type=float, default=1.3)
+    drift.add_argument("--by", type=float, default=0.3, help="shift as a share of the feature's mean (default 0.3)")
     drift.set_defaults(run=cmd_inject_drift)
 
     dev = commands.add_parser("dev", help="open the Dagster UI (dagster dev) on this instance")

@@ -121,3 +121,43 @@ def online_store(request, tmp_path):
         store = SqliteOnlineStore(tmp_path / "online.sqlite")
     yield store
     store.close()
+
+
+# Training (issue 4): 1,000 users over 150 days with daily snapshots (enough that PSI noise stays well under
+# the 0.1 warning threshold), and both models trained once per module.
+def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult:
+    from feature_assets.assets.models import model_assets
+    from feature_assets.assets.training import label_assets, training_set_assets
+    from feature_assets.registry import load_registry
+    from feature_assets.resources.model_store import ModelStoreResource
+    from feature_assets.serving.models import ModelStore
+
+    registry = load_registry(dbt_project.manifest_path)
+    training_sets, _ = training_set_assets(registry)
+    result = dg.materialize(
+        [*label_assets(), *training_sets, *model_assets(registry)],
+        resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(models_root))},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    store = ModelStore(models_root)
+    for model in registry.feature_sets:
+        store.promote(model, store.versions(model)[-1])
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A DuckDB warehouse with demo data, daily snapshots, labels, training sets, and both models served."""
+    from datetime import timedelta
+
+    folder = tmp_path_factory.mktemp("trained")
+    warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
+    start = ANCHOR - timedelta(days=149)
+    result = materialize(
+        warehouse,
+        raw={"users": 1000, "days": 150, "anchor": ANCHOR.isoformat()},
+        as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24},
+    )
+    assert result.success
+    assert train_models(warehouse, folder / "models").success
+    return warehouse, folder / "models"

@@ -8,19 +8,15 @@ import subprocess
 from datetime import timedelta
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pytest
 
-from conftest import ANCHOR, dbt_resource, materialize
-from feature_assets.assets.models import model_assets
-from feature_assets.assets.training import label_assets, training_set_assets
+from conftest import ANCHOR
 from feature_assets.definitions import _dbt_executable
 from feature_assets.errors import DataError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
-from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import RedisOnlineStore
 from feature_assets.serving.models import ModelStore, Predictor, SchemaMismatch, feature_matrix
@@ -29,31 +25,6 @@ from feature_assets.training import build_table, point_in_time_sql
 REGISTRY = load_registry(dbt_project.manifest_path)
 CHURN = REGISTRY.feature_set("churn_model")
 VIEW = CHURN.view
-
-
-def _train(warehouse: Warehouse, models_root: Path) -> dg.ExecuteInProcessResult:
-    training_sets, checks = training_set_assets(REGISTRY)
-    return dg.materialize(
-        [*label_assets(), *training_sets, *model_assets(REGISTRY)],
-        resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(models_root))},
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """300 users over 150 days with daily snapshots on DuckDB, and both models trained once."""
-    folder = tmp_path_factory.mktemp("models")
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
-    start = ANCHOR - timedelta(days=149)
-    result = materialize(
-        warehouse,
-        raw={"users": 300, "days": 150, "anchor": ANCHOR.isoformat()},
-        as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24},
-    )
-    assert result.success
-    assert _train(warehouse, folder / "models").success
-    return warehouse, folder / "models"
 
 
 @pytest.fixture

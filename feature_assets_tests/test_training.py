@@ -1,6 +1,6 @@
 """Point-in-time training sets: the join against a row-by-row reference, on DuckDB and PostgreSQL, and the leakage check."""
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd

@@ -1,7 +1,7 @@
 """The feature history built by dbt, checked against the row-by-row reference, on DuckDB and PostgreSQL."""
 
 import math
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pandas as pd
 import pytest

@@ -1,0 +1,137 @@
+"""The skew report and its drift checks through Dagster: alerts name the drifted feature; a drift error keeps
+the previous model serving."""
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from conftest import REDIS_URL
+from feature_assets.assets.models import model_assets
+from feature_assets.assets.monitoring import REPORT_TABLE, served_models_asset, skew_report_assets
+from feature_assets.assets.training import label_assets, training_set_assets
+from feature_assets.online_sync import iter_latest_snapshots, sync_online_store
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+from feature_assets.resources.model_store import ModelStoreResource
+from feature_assets.resources.online import OnlineStoreResource
+from feature_assets.resources.served_log import ServedLogResource
+from feature_assets.serving import RedisOnlineStore, encode_batch
+from feature_assets.serving.models import ModelStore
+
+REGISTRY = load_registry(dbt_project.manifest_path)
+VIEW = REGISTRY.view("user_features")
+
+
+@pytest.fixture
+def monitored(trained, redis_client, tmp_path):
+    """The trained warehouse with its latest snapshots synced to Redis, and the resources the report needs."""
+    warehouse, models_root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    resources = {
+        "warehouse": warehouse,
+        "online_store": OnlineStoreResource(kind="redis", redis_url=REDIS_URL),
+        "served_log": ServedLogResource(kind="sqlite", sqlite_path=str(tmp_path / "served_log.sqlite")),
+        "model_store": ModelStoreResource(root=str(models_root)),
+    }
+    return warehouse, store, models_root, resources
+
+
+def _shift_online(warehouse, store, feature: str, share: float) -> None:
+    """Drift injected in the online store only: one integer feature shifted by `share` of its mean."""
+    with warehouse.connect() as con:
+        frames = list(iter_latest_snapshots(warehouse, con, VIEW))
+    shift = share * pd.concat(frames)[feature].mean()
+    with store.writer(VIEW) as writer:
+        for frame in frames:
+            frame[feature] = (frame[feature].astype("Float64") + shift).round().astype("Int64")
+            writer.write(encode_batch(VIEW, frame))
+
+
+def _report(resources) -> dg.ExecuteInProcessResult:
+    report, checks = skew_report_assets(REGISTRY)
+    return dg.materialize(
+        [report, *checks],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        selection=[report.key],
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {check.check_name: check for check in result.get_asset_check_evaluations()}
+
+
+def test_the_same_distribution_on_both_sides_passes_every_drift_check(monitored):
+    warehouse, _, _, resources = monitored
+    result = _report(resources)
+    checks = _checks(result)
+    assert checks["no_drift_error"].passed and checks["no_drift_warning"].passed
+    report = warehouse.query(f"select * from {REPORT_TABLE} order by feature")
+    assert sorted(report["feature"]) == sorted(VIEW.feature_names)
+    assert set(report["severity"]) == {"ok"}
+    assert report["serving_source"].str.startswith("online snapshot sample").all()
+
+
+def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_only_that_feature(monitored):
+    warehouse, store, _, resources = monitored
+    _shift_online(warehouse, store, "events_30d", 0.3)
+    result = _report(resources)
+    error = _checks(result)["no_drift_error"]
+    assert not error.passed and error.severity == dg.AssetCheckSeverity.ERROR
+    assert error.metadata["drifted_features"].value == "events_30d"
+    assert "psi" in error.metadata["events_30d"].value
+    report = warehouse.query(f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
+    severities = dict(zip(report["feature"], report["severity"]))
+    assert severities.pop("events_30d") == "error"
+    assert set(severities.values()) == {"ok"}
+    materialization = result.get_asset_materialization_events()[0].materialization
+    assert materialization.metadata["histogram_events_30d"].value.startswith("![events_30d](data:image/png;base64,")
+
+
+def test_a_drift_error_blocks_promotion_and_the_previous_model_keeps_serving(monitored):
+    warehouse, store, models_root, resources = monitored
+    models = ModelStore(models_root)
+    serving_before = models.current("churn_model")
+    _shift_online(warehouse, store, "events_30d", 0.3)
+
+    training_sets, _ = training_set_assets(REGISTRY)
+    report, checks = skew_report_assets(REGISTRY)
+    trained_models = model_assets(REGISTRY)
+    result = dg.materialize(
+        [*label_assets(), *training_sets, *trained_models, report, *checks, served_models_asset(REGISTRY, report)],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+    assert {"churn_model", "user_features_skew_report"} <= materialized
+    assert "served_models" not in materialized
+    assert models.versions("churn_model")[-1] != serving_before  # a new version was trained ...
+    assert models.current("churn_model") == serving_before  # ... and is not served
+
+
+def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tmp_path):
+    warehouse, _, _, resources = monitored
+    from feature_assets.serving.served_log import SqliteServedLog
+
+    log = SqliteServedLog(tmp_path / "served_log.sqlite")
+    with warehouse.connect() as con:
+        latest = next(iter_latest_snapshots(warehouse, con, VIEW))
+    for row in latest.to_dict("records"):
+        log.log(VIEW.name, VIEW.entity_key, row[VIEW.entity_key], {name: row[name] for name in VIEW.feature_names})
+    assert log.flush()
+    log.close()
+    report, checks = skew_report_assets(REGISTRY)
+    result = dg.materialize(
+        [report, *checks],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {report.op.name: {"config": {"min_served_rows": 100}}}},
+        selection=[report.key],
+    )
+    assert result.success
+    source = warehouse.query(f"select serving_source from {REPORT_TABLE} order by report_at desc limit 1")
+    assert source["serving_source"].iloc[0] == f"served log ({len(latest)} vectors)"
+
