@@ -155,10 +155,11 @@ def _train(settings: Settings) -> None:
 
 def _print_prediction(settings: Settings, model: str, entity_id: object, as_json: bool) -> None:
     from feature_assets.resources.online import open_online_store
+    from feature_assets.resources.served_log import open_served_log
     from feature_assets.serving.models import ModelStore, Predictor
 
-    with open_online_store(settings) as store:
-        prediction = Predictor(store, ModelStore(settings.models_path)).predict_one(model, entity_id)
+    with open_online_store(settings) as store, open_served_log(settings) as log:
+        prediction = Predictor(store, ModelStore(settings.models_path), served_log=log).predict_one(model, entity_id)
     if as_json:
         print(json.dumps({"entity_id": entity_id, "model": model, "version": prediction.version, "score": prediction.score,
                           "features": {k: _json_value(v) for k, v in prediction.features.items()}}, indent=2))

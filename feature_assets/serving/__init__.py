@@ -1,6 +1,8 @@
-"""Online serving: the online stores and typed reads. Imports neither Dagster nor dbt, so a model server stays light."""
+"""Online serving: the online stores, typed reads, predictions and the served-vector log.
+Imports neither Dagster nor dbt, so a model server stays light."""
 
 from feature_assets.serving.codec import EncodedBatch, encode_batch
+from feature_assets.serving.models import ModelCard, ModelStore, Prediction, Predictor, SchemaMismatch
 from feature_assets.serving.online_store import (
     OnlineStore,
     OnlineWriter,
@@ -9,6 +11,7 @@ from feature_assets.serving.online_store import (
     SyncRecord,
 )
 from feature_assets.serving.reads import FeatureReader
+from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
 
 __all__ = [
     "EncodedBatch",
@@ -19,4 +22,12 @@ __all__ = [
     "SqliteOnlineStore",
     "SyncRecord",
     "FeatureReader",
+    "ModelCard",
+    "ModelStore",
+    "Prediction",
+    "Predictor",
+    "SchemaMismatch",
+    "ServedLog",
+    "RedisServedLog",
+    "SqliteServedLog",
 ]

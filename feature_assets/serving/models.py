@@ -28,6 +28,7 @@ from feature_assets.errors import DataError, FeatureStoreError
 from feature_assets.registry import Feature, FeatureSet, FeatureView
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.reads import MISSING, FeatureReader
+from feature_assets.serving.served_log import ServedLog
 
 __all__ = ["ModelCard", "ModelStore", "Predictor", "Prediction", "SchemaMismatch", "feature_matrix", "schema_version"]
 
@@ -106,14 +107,17 @@ def feature_matrix(columns: Mapping[str, Sequence[Any]], features: Sequence[Mapp
     """The model input: one object column per feature in card order; numbers as floats and every null as NaN.
 
     Training and serving both build their input here, so the two paths cannot encode a value differently.
+    Plain numpy, no Series: serving calls this for one row, where pandas' per-call overhead was ~0.5 ms.
     """
     matrix = np.empty((len(next(iter(columns.values()))) if columns else 0, len(features)), dtype=object)
     for position, feature in enumerate(features):
-        values = pd.Series(columns[feature["name"]], dtype=object)
+        values = np.asarray(columns[feature["name"]], dtype=object)
+        null = pd.isna(values)  # None, NaN, pd.NA and NaT alike
         if feature["dtype"] in _NUMERIC:
-            matrix[:, position] = pd.to_numeric(values.where(values.notna(), np.nan), errors="raise").astype(float)
+            # float() of each value: ints, floats, bools, Decimals and numeric strings; anything else raises ValueError
+            matrix[:, position] = np.where(null, np.nan, values).astype(float)
         else:
-            matrix[:, position] = values.where(values.notna(), np.nan).to_numpy(dtype=object)
+            matrix[:, position] = np.where(null, np.nan, values)
     return matrix
 
 
@@ -205,10 +209,13 @@ def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard)
 
 
 class Predictor:
-    """Scores entities with the served version of a model, from the online store."""
+    """Scores entities with the served version of a model, from the online store.
 
-    def __init__(self, store: OnlineStore, models: ModelStore):
-        self.store, self.models = store, models
+    With a served_log, every scored feature vector is offered to it (it samples and writes off the request path).
+    """
+
+    def __init__(self, store: OnlineStore, models: ModelStore, served_log: ServedLog | None = None):
+        self.store, self.models, self.served_log = store, models, served_log
         self._served: dict[tuple[str, str], _Served] = {}
 
     def _current(self, model: str) -> _Served:
@@ -228,7 +235,10 @@ class Predictor:
             raise DataError(_missing_message(card, entity_id))
         features = {name: row[name] for name in served.names}
         matrix = feature_matrix({name: [value] for name, value in features.items()}, card.features)
-        return Prediction(entity_id, float(served.score_matrix(matrix)[0]), model, card.version, features)
+        prediction = Prediction(entity_id, float(served.score_matrix(matrix)[0]), model, card.version, features)
+        if self.served_log is not None:
+            self.served_log.log(card.view, card.entity_key, entity_id, features, model, card.version)
+        return prediction
 
     def predict(self, model: str, entity_ids: Iterable[Any]) -> pd.DataFrame:
         """Many entities: one row per id with its score, or with an error (missing or expired) and no score."""
@@ -239,8 +249,11 @@ class Predictor:
         found = ~frame[MISSING].to_numpy(dtype=bool)
         if found.any():
             present = frame[found]
-            matrix = feature_matrix({name: present[name].tolist() for name in served.names}, card.features)
-            scores[found] = served.score_matrix(matrix)
+            columns = {name: present[name].tolist() for name in served.names}
+            scores[found] = served.score_matrix(feature_matrix(columns, card.features))
+            if self.served_log is not None:
+                ids = present[card.entity_key].tolist()
+                self.served_log.log_batch(card.view, card.entity_key, ids, columns, model, card.version)
         errors = [None if ok else _missing_message(card, entity_id) for ok, entity_id in zip(found, frame[card.entity_key])]
         return pd.DataFrame(
             {

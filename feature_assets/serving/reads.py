@@ -17,6 +17,7 @@ from feature_assets.errors import DataError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import TIMESTAMP, cast_error, decoder, view_schema
 from feature_assets.serving.online_store import OnlineStore
+from feature_assets.serving.served_log import ServedLog
 
 __all__ = ["FeatureReader", "MISSING"]
 
@@ -41,11 +42,14 @@ class FeatureReader:
     Refuses to start if the store's last sync wrote any of the view's fields with another dtype, or not at
     all: decoding would be wrong. The view may be a slice of the synced one (a model's features): fields it
     does not read are ignored. A sync after a schema change rewrites everything.
+
+    With a served_log, every entity found is offered to it (model None), with the features the read returned.
     """
 
-    def __init__(self, store: OnlineStore, view: FeatureView):
+    def __init__(self, store: OnlineStore, view: FeatureView, served_log: ServedLog | None = None):
         self.store = store
         self.view = view
+        self.served_log = served_log
         record = store.last_sync(view)
         if record is not None:
             stored = dict(record.schema)
@@ -89,6 +93,9 @@ class FeatureReader:
                 dtype = plan.dtypes[plan.fields.index(field)]
                 raise cast_error(self.store.key_of(self.view, entity_id), field, value, dtype) from None
         result[MISSING] = False
+        if self.served_log is not None:
+            features = {field: result[field] for field in plan.fields[1:]}
+            self.served_log.log(self.view.name, self.view.entity_key, entity_id, features)
         return result
 
     def get_online_features(self, entity_ids: Iterable[Any], features: Iterable[str] | None = None) -> pd.DataFrame:
@@ -101,6 +108,9 @@ class FeatureReader:
             data[field] = self._decode_column(field, dtype, decode, column, ids)
         # The timestamp is null exactly where the entity is missing (the stores' contract).
         data[MISSING] = np.isnat(data[self.view.timestamp])
+        if self.served_log is not None:
+            columns = {field: data[field] for field in plan.fields[1:]}
+            self.served_log.log_batch(self.view.name, self.view.entity_key, ids, columns, rows=~data[MISSING])
         return pd.DataFrame(data, copy=False)
 
     def _decode_column(self, field: str, dtype: str, decode: Callable, column: Sequence[Any], ids: list) -> Any:

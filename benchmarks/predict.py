@@ -1,0 +1,239 @@
+"""One-user predict latency, with and without served-feature logging, all measured in one run (not a test).
+
+    .venv/bin/python benchmarks/predict.py [--users 2000] [--days 150] [--calls 6000]
+        [--redis-url redis://127.0.0.1:6379/11] [--log-url redis://127.0.0.1:6379/10] [--profile]
+
+Builds what a deployment serves, with the project's own code: demo data for --users users, the dbt build of
+daily snapshots over --days days on DuckDB (through dagster materialize, as the tests do), both models
+trained by their assets, and the latest snapshots synced to Redis. Then times end to end
+`Predictor.predict_one("churn_model", user)` for random users: without a served log, with a RedisServedLog
+at sample rate 1.0 and at 0.1 (its own client, another database; its writer thread drains while the calls
+are timed), and the floor, a bare redis-py HGETALL of the same keys. The variants take turns in rounds, so
+whatever else the box does hits them alike; compare ratios within one run. --profile prints where a
+predict_one spends its time (cProfile). Both Redis databases are flushed before and after.
+"""
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import io
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+# Everything the run writes goes to a temporary folder, never the working tree (as in the tests).
+os.environ.setdefault("FEATURE_STORE_HOME", tempfile.mkdtemp(prefix="featurestore-bench-"))
+os.environ.pop("DAGSTER_HOME", None)
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from feature_assets.serving import RedisOnlineStore  # noqa: E402
+from feature_assets.serving.models import ModelStore, Predictor  # noqa: E402
+from feature_assets.serving.served_log import RedisServedLog  # noqa: E402
+
+MODEL = "churn_model"
+ANCHOR = datetime(2026, 3, 31)
+TARGET_P99_MS = 2.0  # issue 4
+TARGET_LOG_OVERHEAD = 0.10  # issue 5
+
+
+def build_served_model(directory: Path, store: RedisOnlineStore, users: int, days: int) -> tuple[ModelStore, list[int]]:
+    """Demo data, dbt daily snapshots on DuckDB, both models trained, the latest snapshots synced to `store`.
+    Returns the model store and the users the online store holds."""
+    import dagster as dg
+    from dagster_dbt import DbtCliResource
+
+    from feature_assets.assets.features import dbt_feature_models
+    from feature_assets.assets.models import model_assets
+    from feature_assets.assets.raw import demo_raw_data
+    from feature_assets.assets.training import label_assets, training_set_assets
+    from feature_assets.definitions import _dbt_executable
+    from feature_assets.online_sync import sync_online_store
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+    from feature_assets.resources.model_store import ModelStoreResource
+    from feature_assets.resources.warehouse import Warehouse
+
+    registry = load_registry(dbt_project.manifest_path)
+    warehouse = Warehouse(kind="duckdb", duckdb_path=str(directory / "warehouse.duckdb"))
+    start = ANCHOR - timedelta(days=days - 1)
+    built = dg.materialize(
+        [demo_raw_data, dbt_feature_models],
+        resources={"warehouse": warehouse, "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())},
+        run_config={"ops": {
+            "demo_raw_data": {"config": {"users": users, "days": days, "anchor": ANCHOR.isoformat()}},
+            "dbt_feature_models": {"config": {"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24}},
+        }},
+        instance=dg.DagsterInstance.ephemeral(),
+    )  # fmt: skip
+    assert built.success
+    training_sets, _ = training_set_assets(registry)
+    trained = dg.materialize(
+        [*label_assets(), *training_sets, *model_assets(registry)],
+        resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(directory / "models"))},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert trained.success
+    models = ModelStore(directory / "models")
+    for name in registry.feature_sets:  # serve what was just trained, whichever asset promotes in the full graph
+        models.promote(name, models.versions(name)[-1])
+    view = registry.feature_set(MODEL).view
+    sync_online_store(warehouse, store, view, full_resync=True)
+    latest = warehouse.query(
+        f"select {view.entity_key} from {view.name} where {view.timestamp} = (select max({view.timestamp}) from {view.name})"
+    )
+    return models, [int(u) for u in latest[view.entity_key]]
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Sends this process's stdout and stderr (dbt's and Dagster's run logs included) to a file meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for descriptor in saved:
+                os.close(descriptor)
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
+
+
+def predict_latency_figures(
+    store: RedisOnlineStore,
+    models: ModelStore,
+    users: Sequence[int],
+    *,
+    log_url: str,
+    calls: int = 6000,
+    rounds: int = 12,
+    model: str = MODEL,
+    seed: int = 2,
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """p50 and p99 (ms) of predict_one for random users per variant: "floor" (bare HGETALL), "no log",
+    "log 1.0", "log 0.1"; each variant makes `calls` calls, in `rounds` turns. Also each log's counters.
+    The log database at log_url is flushed before and after."""
+    log_client = redis.Redis.from_url(log_url)
+    log_client.flushdb()
+    logs = {"log 1.0": RedisServedLog(log_url, sample_rate=1.0), "log 0.1": RedisServedLog(log_url, sample_rate=0.1, seed=seed)}
+    predictors = {"no log": Predictor(store, models), **{name: Predictor(store, models, log) for name, log in logs.items()}}
+    prefix = store.prefix(models.card(model).feature_view()).decode()  # the keys predict_one reads
+    client = store.client
+    ids = np.random.default_rng(seed).choice(np.asarray(users), calls).tolist()
+    variants: dict[str, Callable[[int], object]] = {
+        "floor": lambda user: client.hgetall(f"{prefix}{user}"),
+        **{name: (lambda user, p=predictor: p.predict_one(model, user)) for name, predictor in predictors.items()},
+    }
+    for fn in variants.values():  # connections, caches and the loaded model warm before any timing
+        for user in ids[:200]:
+            fn(user)
+    for log in logs.values():
+        log.flush(10)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    per_round = -(-calls // rounds)
+    for start in range(0, calls, per_round):
+        chunk = ids[start : start + per_round]
+        for name, fn in variants.items():
+            gc.collect()
+            gc.disable()
+            try:
+                for user in chunk:
+                    started = time.perf_counter()
+                    fn(user)
+                    samples[name].append(time.perf_counter() - started)
+            finally:
+                gc.enable()
+    counters = {}
+    for name, log in logs.items():
+        log.flush(10)
+        stats = log.stats()
+        counters[name] = f"logged {stats.logged:,}, dropped {stats.dropped_full_queue:,}, failed {stats.failed_writes:,}"
+        log.close()
+    log_client.flushdb()
+    log_client.close()
+    return {name: _percentiles(values) for name, values in samples.items()}, counters
+
+
+def profile_predict_one(predictor: Predictor, users: Sequence[int], calls: int = 3000, model: str = MODEL) -> str:
+    """cProfile of `calls` predict_one calls: the top functions by their own time and by cumulative time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for user in users[:calls]:
+        predictor.predict_one(model, user)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(25)
+    stats.sort_stats("tottime").print_stats(15)
+    return out.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=150)
+    parser.add_argument("--calls", type=int, default=6000, help="predict_one calls per variant")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11", help="the online store (flushed)")
+    parser.add_argument("--log-url", default="redis://127.0.0.1:6379/10", help="the served log (flushed)")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of predict_one")
+    args = parser.parse_args()
+
+    client = redis.Redis.from_url(args.redis_url)
+    client.flushdb()
+    store = RedisOnlineStore(client)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"Building: {args.users:,} users, daily snapshots over {args.days} days (DuckDB), churn + ltv trained, synced ...", flush=True)
+        started = time.perf_counter()
+        with _output_to(Path(tmp) / "build.log"):
+            models, users = build_served_model(Path(tmp), store, args.users, args.days)
+        print(f"built in {time.perf_counter() - started:.0f} s; {len(users):,} users online", flush=True)
+        figures, counters = predict_latency_figures(store, models, users, log_url=args.log_url, calls=args.calls)
+        if args.profile:
+            rng = np.random.default_rng(3)
+            print(profile_predict_one(Predictor(store, models), rng.choice(np.asarray(users), 3000).tolist()))
+    client.flushdb()
+
+    floor, plain = figures["floor"], figures["no log"]
+    rows = [("measure", "p50 / p99", "vs floor", "vs no log", "target")]
+    for name, (p50, p99) in figures.items():
+        target = ""
+        if name == "no log":
+            target = f"p99 < {TARGET_P99_MS:g} ms: {'yes' if p99 < TARGET_P99_MS else 'NO'}"
+        elif name.startswith("log"):
+            overhead = p50 / plain[0] - 1
+            target = f"p50 overhead <= {TARGET_LOG_OVERHEAD:.0%}: {'yes' if overhead <= TARGET_LOG_OVERHEAD else 'NO'}; {counters[name]}"
+        label = "bare HGETALL (floor)" if name == "floor" else f"predict_one, {name}"
+        rows.append((label, f"{p50:.3f} / {p99:.3f} ms", f"{p50 / floor[0]:.2f}x / {p99 / floor[1]:.2f}x",
+                     f"{p50 / plain[0]:.3f}x / {p99 / plain[1]:.3f}x", target))  # fmt: skip
+    print(f"\n{MODEL}: {args.calls:,} predict_one calls per variant for random users; online store {store.describe()}\n")
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        if n == 0:
+            print("  ".join("-" * width for width in widths) + "  " + "-" * 6)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Served-feature logging: predictions unchanged, the exact served vectors logged, sampled, bounded, outage-proof."""
+
+import socket
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+import redis
+
+from conftest import REDIS_URL
+from feature_assets.serving import FeatureReader, RedisOnlineStore
+from feature_assets.serving.codec import PANDAS_DTYPES
+from feature_assets.serving.models import ModelStore, Predictor
+from feature_assets.online_sync import sync_online_store
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+from feature_assets.serving.served_log import RedisServedLog, SqliteServedLog
+from test_online_sync import RedisServer
+
+VIEW = load_registry(dbt_project.manifest_path).feature_set("churn_model").view
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def served_log_factory(request, tmp_path):
+    """Makes served logs of one kind (Redis db 15, flushed by redis_client; or an SQLite file), closed afterwards."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_client")
+    made = []
+
+    def make(**options):
+        log = RedisServedLog(REDIS_URL, **options) if request.param == "redis" else SqliteServedLog(tmp_path / "log.sqlite", **options)
+        made.append(log)
+        return log
+
+    yield make
+    for log in made:
+        log.close()
+
+
+@pytest.fixture
+def synced(trained, redis_client):
+    """The trained models (conftest) and a Redis online store holding the latest snapshots; 30 of its users."""
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    latest = warehouse.query(
+        "select user_id from user_features where computed_at = (select max(computed_at) from user_features) "
+        "order by user_id limit 30"
+    )
+    return store, ModelStore(root), [int(user) for user in latest["user_id"]]
+
+
+def _features(row: pd.Series, names: list[str]) -> dict:
+    return {name: None if pd.isna(row[name]) else row[name] for name in names}
+
+
+def test_logging_leaves_predictions_unchanged_and_records_the_exact_served_vectors(synced, served_log_factory):
+    store, models, users = synced
+    log = served_log_factory()
+    plain, logged = Predictor(store, models), Predictor(store, models, served_log=log)
+    before = datetime.now(timezone.utc)
+    expected = [plain.predict_one("churn_model", user) for user in users]
+    served = [logged.predict_one("churn_model", user) for user in users]
+    assert [p.score for p in served] == [p.score for p in expected]
+    assert [p.features for p in served] == [p.features for p in expected]
+    batch = logged.predict("churn_model", [*users[:10], 987654])
+    pd.testing.assert_frame_equal(batch, plain.predict("churn_model", [*users[:10], 987654]))
+
+    assert log.flush(10)
+    assert (log.logged, log.dropped_full_queue, log.failed_writes) == (40, 0, 0)  # the missing user is not served
+    frame = log.read("user_features")
+    assert len(frame) == 40
+    names = models.card("churn_model").feature_names
+    assert list(frame.columns) == ["user_id", *names, "model", "version", "served_at"]
+    assert [str(frame[f["name"]].dtype) for f in models.card("churn_model").features] == [
+        PANDAS_DTYPES[f["dtype"]] for f in models.card("churn_model").features
+    ]
+    assert frame["user_id"].tolist() == users + users[:10]
+    for (_, row), prediction in zip(frame.iterrows(), [*served, *served[:10]]):
+        assert _features(row, names) == prediction.features  # values and types: ints stay ints, nulls stay null
+        assert (row["model"], row["version"]) == ("churn_model", prediction.version)
+    assert frame["served_at"].dt.tz is not None
+    assert (frame["served_at"] >= before).all() and (frame["served_at"] <= datetime.now(timezone.utc)).all()
+    assert log.read("user_features", limit=5)["user_id"].tolist() == users[5:10]
+
+
+def test_online_reads_log_what_they_returned_with_no_model(synced, served_log_factory):
+    store, _, users = synced
+    log = served_log_factory()
+    reader = FeatureReader(store, VIEW, served_log=log)
+    one = reader.get_entity(users[0])
+    many = reader.get_online_features([users[1], 987654, users[2]])
+    assert log.flush(10)
+    frame = log.read("user_features")
+    assert frame["user_id"].tolist() == [users[0], users[1], users[2]]
+    assert frame["model"].isna().all() and frame["version"].isna().all()
+    names = list(VIEW.feature_names)
+    assert _features(frame.iloc[0], names) == {name: one[name] for name in names}
+    found = many[~many["_missing"]].reset_index(drop=True)
+    for position in (0, 1):
+        assert _features(frame.iloc[1 + position], names) == _features(found.iloc[position], names)
+
+
+def test_a_sample_rate_of_one_half_logs_about_half_the_vectors_and_a_seed_repeats_the_choice(served_log_factory):
+    chosen = []
+    for view in ("first_view", "second_view"):
+        log = served_log_factory(sample_rate=0.5, seed=7)
+        for user in range(1000):
+            log.log(view, "user_id", user, {"age": user})
+        log.log_batch(view, "user_id", list(range(1000, 2000)), {"age": list(range(1000))})
+        assert log.flush(10)
+        chosen.append(log.read(view)["user_id"].tolist())
+    singles, batch = [u for u in chosen[0] if u < 1000], [u for u in chosen[0] if u >= 1000]
+    assert 440 <= len(singles) <= 560 and 440 <= len(batch) <= 560
+    assert chosen[0] == chosen[1]
+
+
+def test_the_stored_log_stays_bounded_by_its_max_length(served_log_factory):
+    log = served_log_factory(max_length=100)
+    for user in range(1500):
+        log.log("bounded_view", "user_id", user, {"age": user})
+    assert log.flush(10)
+    kept = log.read("bounded_view")["user_id"].tolist()
+    if isinstance(log, RedisServedLog):
+        # MAXLEN ~ trims whole stream nodes (100 entries by default): never more than one node over the bound.
+        assert 100 <= redis.Redis.from_url(REDIS_URL).xlen(log.key("bounded_view")) <= 200
+        assert kept == list(range(1500 - len(kept), 1500))
+    else:
+        assert kept == list(range(1400, 1500))
+
+
+def _timed(fn, *args):
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resumes_after(synced, tmp_path):
+    store, models, users = synced
+    plain = Predictor(store, models)
+    expected = {user: plain.predict_one("churn_model", user).score for user in users}
+    server = RedisServer(tmp_path)
+    server.start()
+    log = RedisServedLog(server.url, retry_interval=0.2)
+    try:
+        predictor = Predictor(store, models, served_log=log)
+        assert predictor.predict_one("churn_model", users[0]).score == expected[users[0]]
+        assert log.flush(10) and log.logged == 1
+
+        server.kill()
+        slowest = 0.0
+        for _ in range(5):
+            for user in users:
+                prediction, seconds = _timed(predictor.predict_one, "churn_model", user)
+                assert prediction.score == expected[user]
+                slowest = max(slowest, seconds)
+            time.sleep(0.1)  # the writer meets the dead server meanwhile
+        assert slowest < 0.1, f"a prediction took {slowest * 1e3:.1f} ms during the log outage"
+        pd.testing.assert_frame_equal(predictor.predict("churn_model", users), plain.predict("churn_model", users))
+        assert log.flush(10)
+        stats = log.stats()
+        assert stats.logged == 1 and stats.failed_writes + stats.dropped_full_queue == 6 * len(users)
+        assert stats.failed_writes > 0 and "ConnectionError" in stats.last_error
+
+        server.start()  # same port and AOF: the entry written before the outage comes back
+        for user in users[:5]:
+            assert predictor.predict_one("churn_model", user).score == expected[user]
+        assert log.flush(10)
+        assert log.logged == 6
+        assert log.read("user_features")["user_id"].tolist() == [users[0], *users[:5]]
+    finally:
+        log.close()
+        server.kill()
+
+
+def test_an_unresponsive_log_server_costs_callers_nothing_and_a_full_queue_drops_and_counts(synced):
+    """A server that accepts connections and never answers: writes time out in the writer thread only."""
+    store, models, users = synced
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # never accepted: connecting succeeds, replies never come
+        log = RedisServedLog(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", socket_timeout=0.3, queue_size=10)
+        try:
+            predictor = Predictor(store, models, served_log=log)
+            expected = {user: Predictor(store, models).predict_one("churn_model", user).score for user in users}
+            started = time.perf_counter()
+            for user in users:
+                assert predictor.predict_one("churn_model", user).score == expected[user]
+            assert time.perf_counter() - started < 0.5  # 30 predictions; a single write attempt alone takes 0.3 s
+            assert log.flush(10)
+            stats = log.stats()
+            assert stats.logged == 0 and stats.dropped_full_queue >= len(users) - 20
+            assert stats.failed_writes + stats.dropped_full_queue == len(users)
+            assert "Timeout" in stats.last_error
+        finally:
+            log.close()
