@@ -1,6 +1,9 @@
 """The feature history built by dbt, checked against the row-by-row reference, on DuckDB and PostgreSQL."""
 
+import json
 import math
+import os
+import subprocess
 from datetime import timedelta
 
 import pandas as pd
@@ -172,3 +175,31 @@ def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_wa
     assert "user_features" not in materialized
     with duckdb_warehouse.connect() as con:
         assert not duckdb_warehouse.table_exists(con, "user_features")
+
+
+def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(raw_frames, duckdb_warehouse, tmp_path):
+    """The history stays bounded: the retention windows (dbt vars) shortened to 1 and 3 days."""
+    from feature_assets.definitions import _dbt_executable
+    from feature_assets.project import dbt_project
+
+    write_raw(duckdb_warehouse, raw_frames)
+    variables = {
+        "as_of_start": str(ANCHOR - 5 * DAY),
+        "as_of_end": str(ANCHOR),
+        "cadence_hours": 6,
+        "hourly_snapshot_retention_days": 1,
+        "snapshot_retention_days": 3,
+    }
+    project = str(dbt_project.project_dir)
+    subprocess.run(
+        [_dbt_executable(), "build", "--select", "+user_features", "--vars", json.dumps(variables), "--quiet",
+         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
+        env={**os.environ, **duckdb_warehouse.dbt_env()},
+        check=True,
+        capture_output=True,
+    )
+    kept = sorted(pd.Timestamp(t).to_pydatetime() for t in read_features(duckdb_warehouse)["computed_at"].unique())
+    hour = timedelta(hours=1)
+    daily = [ANCHOR - 3 * DAY, ANCHOR - 2 * DAY]  # older than a day: the first snapshot of each day
+    recent = [ANCHOR - DAY + k * 6 * hour for k in range(5)]  # the last day: every snapshot
+    assert kept == daily + recent

@@ -1,12 +1,17 @@
 {#-
   Keeps the history bounded: snapshots older than var('hourly_snapshot_retention_days') before
-  the newest one are thinned to the first snapshot of each day (whatever hour that is).
+  the newest one are thinned to the first snapshot of each day (whatever hour that is), and
+  snapshots older than var('snapshot_retention_days') are deleted.
 -#}
 {% macro thin_old_hourly_snapshots() %}
-    {%- set days = var('hourly_snapshot_retention_days') | int -%}
+    {%- set hourly_days = var('hourly_snapshot_retention_days') | int -%}
+    {%- set days = var('snapshot_retention_days') | int -%}
     delete from {{ this }}
     where computed_at < (select max(computed_at) from {{ this }}) - cast('{{ days }} days' as interval)
-        and computed_at not in (
-            select min(computed_at) from {{ this }} group by cast(computed_at as date)
+        or (
+            computed_at < (select max(computed_at) from {{ this }}) - cast('{{ hourly_days }} days' as interval)
+            and computed_at not in (
+                select min(computed_at) from {{ this }} group by cast(computed_at as date)
+            )
         )
 {% endmacro %}
