@@ -189,7 +189,7 @@ def profile_predict_one(predictor: Predictor, users: Sequence[int], calls: int =
     return out.getvalue()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--days", type=int, default=150)
@@ -197,7 +197,7 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11", help="the online store (flushed)")
     parser.add_argument("--log-url", default="redis://127.0.0.1:6379/10", help="the served log (flushed)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of predict_one")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/training.py [--users 100000] [--days 28] [--labels 100000 1000000]
         [--postgres-url postgresql://postgres@127.0.0.1:5432/test] [--repeats 3] [--subquery-budget 60]
+        [--skip-predict]
 
 The project's join (feature_assets.training.point_in_time_sql, written by build_table as `create table as`)
 on DuckDB and on PostgreSQL, against the design note's correlated subquery on PostgreSQL (one
@@ -13,7 +14,8 @@ before anything is timed there. Ours on PostgreSQL is timed twice: on the fresh 
 a training run right after the feature build meets them) and again after VACUUM ANALYZE (visibility map
 set, as autovacuum leaves a settled table). Every method's rows are compared with ours on DuckDB: a benchmark of
 wrong answers is worthless. Times are medians of --repeats runs, from opening the connection to the
-commit of the new table, its row count included.
+commit of the new table, its row count included. Then the end-to-end `predict` latency of one user
+(benchmarks/predict.py: online read + model, p50/p99, against a bare HGETALL).
 """
 
 import argparse
@@ -38,6 +40,8 @@ from feature_assets.project import dbt_project  # noqa: E402
 from feature_assets.registry import load_registry  # noqa: E402
 from feature_assets.resources.warehouse import Warehouse  # noqa: E402
 from feature_assets.training import SNAPSHOT_AT, build_table, point_in_time_sql  # noqa: E402
+
+import predict  # noqa: E402 (benchmarks/predict.py, next to this script)
 
 FEATURE_SET = load_registry(dbt_project.manifest_path).feature_set("churn_model")
 VIEW = FEATURE_SET.view
@@ -424,6 +428,7 @@ def main() -> int:
     )
     parser.add_argument("--subquery-cap", type=int, default=0, help="run the correlated subquery on at most this many rows")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-predict", action="store_true", help="skip the end-to-end predict latency section")
     args = parser.parse_args()
     args.subquery_seconds_per_row = 0.0
 
@@ -454,7 +459,6 @@ def main() -> int:
                 }
 
             rows += training_build_times(args, data, duckdb, postgres)
-            # Further sections (end-to-end predict latency, issue 4 item 6) go here and add their own Rows.
         finally:
             with postgres.connect() as con:
                 postgres.execute(con, f"drop schema if exists {schema} cascade")
@@ -471,7 +475,11 @@ def main() -> int:
         "Times run from opening the connection to the commit of `create table as`, row count included; pandas "
         "builds a frame only. 'agrees': every label row's matched snapshot and features equal ours on DuckDB."
     )
-    return 0 if all(r.agrees.startswith(("yes", "n/a")) for r in rows if r.agrees and r.agrees != "(reference)") else 1
+    agreed = all(r.agrees.startswith(("yes", "n/a")) for r in rows if r.agrees and r.agrees != "(reference)")
+    if args.skip_predict:
+        return 0 if agreed else 1
+    print("\nEnd-to-end predict latency (benchmarks/predict.py):", flush=True)
+    return predict.main([]) if agreed else 1
 
 
 if __name__ == "__main__":

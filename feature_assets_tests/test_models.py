@@ -74,6 +74,10 @@ def test_prediction_reads_the_online_store_and_refuses_missing_users(trained, re
     assert many["score"].isna().tolist() == [False, True, False]
     assert many["score"].iloc[0] == pytest.approx(one.score)
     assert "987654" in many["error"].iloc[1] and many["error"].isna().tolist() == [True, False, True]
+    card, pipeline = ModelStore(root).load("ltv_model")
+    value = predictor.predict_one("ltv_model", users[2])
+    matrix = feature_matrix({name: [value.features[name]] for name in card.feature_names}, card.features)
+    assert value.score == pytest.approx(float(pipeline.predict(matrix)[0]), rel=1e-12)
 
 
 def test_training_row_and_online_prediction_see_the_same_feature_vector(trained, redis_client):

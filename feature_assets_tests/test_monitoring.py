@@ -135,3 +135,21 @@ def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tm
     source = warehouse.query(f"select serving_source from {REPORT_TABLE} order by report_at desc limit 1")
     assert source["serving_source"].iloc[0] == f"served log ({len(latest)} vectors)"
 
+
+
+def test_the_report_is_requested_after_each_online_sync(tmp_path):
+    from feature_assets.definitions import build_definitions
+    from feature_assets.settings import Settings
+
+    defs = build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
+    report = dg.AssetKey("user_features_skew_report")
+    instance = dg.DagsterInstance.ephemeral()
+    for upstream in defs.resolve_asset_graph().get(report).parent_keys:
+        instance.report_runless_asset_event(dg.AssetMaterialization(upstream))
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    assert quiet.get_num_requested(report) == 0
+
+    instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey("user_features_online")))
+    after_sync = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert after_sync.get_num_requested(report) == 1

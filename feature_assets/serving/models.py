@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
+from sklearn.compose import ColumnTransformer
 
 from feature_assets.errors import DataError, FeatureStoreError
 from feature_assets.registry import Feature, FeatureSet, FeatureView
@@ -183,11 +185,35 @@ class _Served:
         self.reader = FeatureReader(store, self.view)
         self.names = card.feature_names
         self.classifier = card.task == "classification"
+        self._steps = _direct_steps(pipeline)
 
     def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
         if self.classifier:
             return self.pipeline.predict_proba(matrix)[:, 1]
         return self.pipeline.predict(matrix)
+
+    def score_row(self, matrix: np.ndarray) -> float:
+        """One row through the pipeline's own fitted steps, called directly: for a single row, ColumnTransformer's
+        dispatch (~0.4 ms) costs more than its transformers. The same arithmetic as score_matrix."""
+        if self._steps is None:
+            return float(self.score_matrix(matrix)[0])
+        parts, estimator = self._steps
+        encoded = [transformer.transform(matrix[:, columns]) for transformer, columns in parts]
+        row = np.hstack([part.toarray() if sparse.issparse(part) else part for part in encoded]).astype(float)
+        return float(estimator.predict_proba(row)[0, 1] if self.classifier else estimator.predict(row)[0])
+
+
+def _direct_steps(pipeline: Any) -> tuple[list[tuple[Any, list[int]]], Any] | None:
+    """(transformer, columns) pairs and the final estimator of a Pipeline(ColumnTransformer, estimator) that
+    drops unlisted columns; None for any other shape (scored through the pipeline itself)."""
+    steps = getattr(pipeline, "steps", None)
+    if not steps or len(steps) != 2 or not isinstance(steps[0][1], ColumnTransformer):
+        return None
+    columns = steps[0][1]
+    if columns.remainder != "drop":
+        return None
+    parts = [(transformer, list(cols)) for _, transformer, cols in columns.transformers_ if transformer != "drop" and len(cols)]
+    return parts, steps[1][1]
 
 
 def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> None:
@@ -235,7 +261,7 @@ class Predictor:
             raise DataError(_missing_message(card, entity_id))
         features = {name: row[name] for name in served.names}
         matrix = feature_matrix({name: [value] for name, value in features.items()}, card.features)
-        prediction = Prediction(entity_id, float(served.score_matrix(matrix)[0]), model, card.version, features)
+        prediction = Prediction(entity_id, served.score_row(matrix), model, card.version, features)
         if self.served_log is not None:
             self.served_log.log(card.view, card.entity_key, entity_id, features, model, card.version)
         return prediction
