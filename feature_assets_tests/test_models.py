@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -155,3 +156,24 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
     sync_online_store(warehouse_copy, store, changed)
     with pytest.raises(SchemaMismatch, match=re.escape("reads user_features.events_30d as int64, but the online store holds it as float64")):
         Predictor(store, ModelStore(root)).predict_one("churn_model", users[0])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("definition", re.escape("reads user_features.events_30d, but its definition (SQL) changed since the model was trained")),
+        ("missing", "reads user_features.plan, but redis .* has no such feature"),
+    ],
+)
+def test_prediction_refuses_a_changed_definition_or_a_missing_feature_by_name(trained, redis_client, edit, message):
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    record = store.last_sync(VIEW)
+    if edit == "definition":
+        changed = replace(record, definitions=tuple((n, "edited" if n == "events_30d" else c) for n, c in record.definitions))
+    else:
+        changed = replace(record, schema=tuple((n, d) for n, d in record.schema if n != "plan"))
+    store.record_sync(VIEW, changed)
+    with pytest.raises(SchemaMismatch, match=message):
+        Predictor(store, ModelStore(root)).predict_one("churn_model", _latest_users(warehouse, 1)[0])
