@@ -17,8 +17,8 @@ from feature_assets.settings import Settings
 __all__ = ["main"]
 
 _DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-# Runs started here print only warnings; the full logs are in the Dagster UI.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Runs started here print nothing of their own: failures are reported by cause, the full logs are in the UI.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def dagster_home(settings: Settings) -> Path:
@@ -57,9 +57,17 @@ def _execute(
     )
     failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
     if not result.success and not (tolerate_failed_checks and failed_checks):
-        failures = [e.message for e in result.all_events if e.is_failure]
-        raise FeatureStoreError(f"the {what} failed:\n" + "\n".join(failures))
+        causes = [_root_cause(e) for e in result.all_events if e.is_step_failure]
+        raise FeatureStoreError(f"the {what} failed:\n" + "\n".join(causes or [result.failure_data.error.message]))
     return result
+
+
+def _root_cause(event) -> str:
+    """The innermost error of a failed step (e.g. a ConfigError naming the bad value), not Dagster's wrappers."""
+    error = event.step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    return f"{event.step_key}: {error.message.strip()}"
 
 
 def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):

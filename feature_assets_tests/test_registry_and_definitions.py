@@ -55,3 +55,14 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 31, 5))
     request = schedule.evaluate_tick(context).run_requests[0]
     assert request.run_config["ops"]["dbt_feature_models"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
+
+
+def test_a_failed_command_names_the_root_cause_not_dagsters_wrappers(tmp_path, monkeypatch, capsys):
+    from feature_assets.cli import main
+
+    monkeypatch.setenv("FEATURE_STORE_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    code = main(["backfill", "--start", "2026-01-01T00:00", "--end", "2026-01-02T05:00", "--cadence-hours", "24"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "ConfigError: the range 2026-01-01 00:00:00 .. 2026-01-02 05:00:00 is not a whole number of 24-hour steps" in error
