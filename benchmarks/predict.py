@@ -14,12 +14,14 @@ predict_one spends its time (cProfile). Both Redis databases are flushed before 
 """
 
 import argparse
+import atexit
 import contextlib
 import cProfile
 import gc
 import io
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,7 +31,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 # Everything the run writes goes to a temporary folder, never the working tree (as in the tests).
-os.environ.setdefault("FEATURE_STORE_HOME", tempfile.mkdtemp(prefix="featurestore-bench-"))
+if "FEATURE_STORE_HOME" not in os.environ:
+    os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-bench-")
+    atexit.register(shutil.rmtree, os.environ["FEATURE_STORE_HOME"], ignore_errors=True)
 os.environ.pop("DAGSTER_HOME", None)
 
 import numpy as np  # noqa: E402
