@@ -70,6 +70,13 @@ def _root_cause(event) -> str:
     return f"{event.step_key}: {error.message.strip()}"
 
 
+def _warehouse(settings: Settings):
+    """The warehouse outside a run: initializing the resource resolves its EnvVar fields (the prod PostgreSQL URL)."""
+    from feature_assets.definitions import warehouse_for
+
+    return warehouse_for(settings).process_config_and_initialize()
+
+
 def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
     ops = {"dbt_feature_models": {"config": as_of_config}}
     if settings.demo_data:
@@ -78,9 +85,7 @@ def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
 
 
 def _print_summary(settings: Settings) -> None:
-    from feature_assets.definitions import warehouse_for
-
-    warehouse = warehouse_for(settings).process_config_and_initialize()
+    warehouse = _warehouse(settings)
     with warehouse.connect() as con:
         counts = pd.concat(
             warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}")
@@ -122,9 +127,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     _print_skew(settings, as_json=False)
 
 
-def _sync_online(settings: Settings) -> None:
+def _sync_online(settings: Settings, full: bool = False) -> None:
     """Runs the online sync and its parity check (what the online_sync sensor triggers after a refresh)."""
-    result = _execute(settings, "online sync", {}, assets=("user_features_online",))
+    run_config = {"ops": {"user_features_online": {"config": {"full_resync": full}}}}
+    result = _execute(settings, "online sync", run_config, assets=("user_features_online",))
     meta = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     print(
         f"\nOnline store ({meta['store']}): {meta['mode']} sync wrote {meta['rows_written']} users in {meta['seconds']} s "
@@ -177,14 +183,13 @@ def _print_prediction(settings: Settings, model: str, entity_id: object, as_json
 
 
 def _print_skew(settings: Settings, as_json: bool) -> None:
-    from feature_assets.assets.monitoring import REPORT_TABLE
-    from feature_assets.definitions import warehouse_for
+    from feature_assets.assets.monitoring import REPORT_TABLE, latest_report
 
-    warehouse = warehouse_for(settings).process_config_and_initialize()
+    warehouse = _warehouse(settings)
     with warehouse.connect() as con:
         if not warehouse.table_exists(con, REPORT_TABLE):
             raise FeatureStoreError("no skew report yet; run `featurestore skew --refresh` (or `featurestore train`)")
-        report = warehouse.fetch(con, f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
+        report = latest_report(warehouse, con)
     if as_json:
         print(report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso", indent=2))
         return
@@ -195,15 +200,13 @@ def _print_skew(settings: Settings, as_json: bool) -> None:
 
 
 def _print_online_next_to_offline(settings: Settings) -> object:
-    from feature_assets.definitions import warehouse_for
     from feature_assets.project import dbt_project
     from feature_assets.registry import load_registry
     from feature_assets.resources.online import open_online_store
     from feature_assets.serving import FeatureReader
 
     view = load_registry(dbt_project.manifest_path).view("user_features")
-    # Outside a run, EnvVar fields (the prod PostgreSQL URL) are resolved only by initializing the resource.
-    offline = warehouse_for(settings).process_config_and_initialize().query(
+    offline = _warehouse(settings).query(
         f"select * from {view.name} where {view.timestamp} = (select max({view.timestamp}) from {view.name}) "
         f"order by {view.entity_key} limit 1"
     )
@@ -266,10 +269,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> None:
-    if args.full:
-        _execute(settings, "online sync", {"ops": {"user_features_online": {"config": {"full_resync": True}}}}, assets=("user_features_online",))
-    else:
-        _sync_online(settings)
+    _sync_online(settings, full=args.full)
 
 
 def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
@@ -281,31 +281,37 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
     _print_skew(settings, as_json=args.json)
 
 
-def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
-    """Shifts one numeric feature of every entity in the online store by a share of its mean: a scripted drift."""
-    from feature_assets.definitions import warehouse_for
+def shift_online_feature(warehouse, store, view, feature: str, share: float) -> tuple[float, int]:
+    """A scripted drift: every entity's latest value of one numeric feature, shifted by `share` of the feature's
+    mean, written to the online store only. Returns the shift and the number of entities."""
     from feature_assets.online_sync import iter_latest_snapshots
+    from feature_assets.serving import encode_batch
+
+    dtype = view.feature(feature).dtype
+    if dtype not in ("int64", "float64"):
+        raise FeatureStoreError(f"{feature} is {dtype}; only numeric features can be shifted")
+    with warehouse.connect() as con:
+        frames = list(iter_latest_snapshots(warehouse, con, view))
+    shift = share * pd.concat(frames)[feature].mean()
+    with store.writer(view) as writer:
+        for frame in frames:
+            shifted = frame[feature].astype("Float64") + shift
+            frame[feature] = shifted.round().astype("Int64") if dtype == "int64" else shifted
+            writer.write(encode_batch(view, frame))
+    return shift, sum(map(len, frames))
+
+
+def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.project import dbt_project
     from feature_assets.registry import load_registry
     from feature_assets.resources.online import open_online_store
-    from feature_assets.serving import encode_batch
 
     view = load_registry(dbt_project.manifest_path).view("user_features")
-    feature = view.feature(args.feature)
-    if feature.dtype not in ("int64", "float64"):
-        raise FeatureStoreError(f"{args.feature} is {feature.dtype}; only numeric features can be shifted")
-    warehouse = warehouse_for(settings).process_config_and_initialize()
-    with warehouse.connect() as con:
-        frames = list(iter_latest_snapshots(warehouse, con, view))
-    shift = args.by * pd.concat(frames)[args.feature].mean()
-    with open_online_store(settings) as store, store.writer(view) as writer:
-        for frame in frames:
-            shifted = frame[args.feature].astype("Float64") + shift
-            frame[args.feature] = shifted.round().astype("Int64") if feature.dtype == "int64" else shifted
-            writer.write(encode_batch(view, frame))
+    with open_online_store(settings) as store:
+        shift, entities = shift_online_feature(_warehouse(settings), store, view, args.feature, args.by)
         where = store.describe()
     print(
-        f"{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {sum(map(len, frames))} users in {where}; "
+        f"{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} users in {where}; "
         "`featurestore skew --refresh` reports it, `featurestore sync --full` restores the synced values"
     )
 

@@ -36,18 +36,20 @@ class LeakageReport:
         return not self.problems
 
 
-def _same(a: Any, b: Any) -> bool:
-    if a is None or (isinstance(a, float) and math.isnan(a)) or a is pd.NA:
-        return b is None or (isinstance(b, float) and math.isnan(b)) or b is pd.NA
-    if isinstance(a, (float, np.floating)) or isinstance(b, (float, np.floating)):
-        return b is not None and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
-
-
 def _python(value: Any) -> Any:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+    """A warehouse value as plain Python, every kind of null as None."""
+    if pd.isna(value):
         return None
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal plain-Python values (see _python); floats up to rounding between SQL and Python."""
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
 
 
 def check_leakage(warehouse: Warehouse, feature_set: FeatureSet, table: str, sample: int, seed: int = 0) -> LeakageReport:
@@ -55,18 +57,20 @@ def check_leakage(warehouse: Warehouse, feature_set: FeatureSet, table: str, sam
     table = validate_identifier(table, "training set table")
     key, ttl = feature_set.view.entity_key, feature_set.view.online_ttl
     names = feature_set.feature_names
+    recomputed = tuple(name for name in names if name in REFERENCE_FEATURES)
     with warehouse.connect() as con:
         total = int(warehouse.fetch(con, f"select count(*) as n from {table}")["n"].iloc[0])
+        if total == 0:
+            return LeakageReport(rows_checked=0, features_recomputed=recomputed)
         chosen = np.random.default_rng(seed).choice(np.arange(1, total + 1), size=min(sample, total), replace=False)
         marks = ", ".join("?" * len(chosen))
-        rows = warehouse.fetch(con, f"select * from {table} where {LABEL_ROW} in ({marks}) order by {LABEL_ROW}", chosen.tolist()) if len(chosen) else pd.DataFrame()
-        users = sorted({int(u) for u in rows.get(key, [])})
+        rows = warehouse.fetch(con, f"select * from {table} where {LABEL_ROW} in ({marks}) order by {LABEL_ROW}", chosen.tolist())
+        users = sorted({int(u) for u in rows[key]})
         user_marks = ", ".join("?" * len(users))
         raw = {
             raw_table: warehouse.fetch(con, f"select * from {raw_table} where user_id in ({user_marks})", users)
             for raw_table in _RAW_TABLES
-        } if users else {}
-    recomputed = tuple(name for name in names if name in REFERENCE_FEATURES)
+        }
     report = LeakageReport(rows_checked=len(rows), features_recomputed=recomputed)
     for row in rows.to_dict("records"):
         label_time: datetime = row[LABEL_TIME]
@@ -88,7 +92,7 @@ def check_leakage(warehouse: Warehouse, feature_set: FeatureSet, table: str, sam
 
         if pd.isna(snapshot_at):
             for name in names:
-                if not _same(_python(row[name]), None):
+                if _python(row[name]) is not None:
                     problem(name, "a value although the row matched no snapshot")
             continue
         if snapshot_at >= label_time:

@@ -96,15 +96,21 @@ def labels_sql(spec: LabelSpec) -> tuple[str, list[Any]]:
             where all_weeks.week_end >= bounds.first_event + ?
         ),
 
-        labelled as (
+        candidates as (
             select
                 users.user_id,
+                users.signup_at,
                 label_weeks.week_end - (users.user_id % 168) * interval '1 hour' as label_time
             from users
             cross join label_weeks
+        ),
+
+        labelled as (
+            select candidates.user_id, candidates.label_time
+            from candidates
             cross join bounds
-            where label_weeks.week_end - (users.user_id % 168) * interval '1 hour' >= bounds.first_event + ?
-                and users.signup_at < label_weeks.week_end - (users.user_id % 168) * interval '1 hour'
+            where candidates.label_time >= bounds.first_event + ?
+                and candidates.signup_at < candidates.label_time
         ),
 
         final as (

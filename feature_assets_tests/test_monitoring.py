@@ -2,20 +2,20 @@
 the previous model serving."""
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from conftest import REDIS_URL
 from feature_assets.assets.models import model_assets
-from feature_assets.assets.monitoring import REPORT_TABLE, served_models_asset, skew_report_assets
+from feature_assets.assets.monitoring import REPORT_TABLE, latest_report, served_models_asset, skew_report_assets
 from feature_assets.assets.training import label_assets, training_set_assets
+from feature_assets.cli import shift_online_feature
 from feature_assets.online_sync import iter_latest_snapshots, sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
-from feature_assets.serving import RedisOnlineStore, encode_batch
+from feature_assets.serving import RedisOnlineStore
 from feature_assets.serving.models import ModelStore
 
 REGISTRY = load_registry(dbt_project.manifest_path)
@@ -35,17 +35,6 @@ def monitored(trained, redis_client, tmp_path):
         "model_store": ModelStoreResource(root=str(models_root)),
     }
     return warehouse, store, models_root, resources
-
-
-def _shift_online(warehouse, store, feature: str, share: float) -> None:
-    """Drift injected in the online store only: one integer feature shifted by `share` of its mean."""
-    with warehouse.connect() as con:
-        frames = list(iter_latest_snapshots(warehouse, con, VIEW))
-    shift = share * pd.concat(frames)[feature].mean()
-    with store.writer(VIEW) as writer:
-        for frame in frames:
-            frame[feature] = (frame[feature].astype("Float64") + shift).round().astype("Int64")
-            writer.write(encode_batch(VIEW, frame))
 
 
 def _report(resources) -> dg.ExecuteInProcessResult:
@@ -76,13 +65,14 @@ def test_the_same_distribution_on_both_sides_passes_every_drift_check(monitored)
 
 def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_only_that_feature(monitored):
     warehouse, store, _, resources = monitored
-    _shift_online(warehouse, store, "events_30d", 0.3)
+    shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
     result = _report(resources)
     error = _checks(result)["no_drift_error"]
     assert not error.passed and error.severity == dg.AssetCheckSeverity.ERROR
     assert error.metadata["drifted_features"].value == "events_30d"
     assert "psi" in error.metadata["events_30d"].value
-    report = warehouse.query(f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
+    with warehouse.connect() as con:
+        report = latest_report(warehouse, con)
     severities = dict(zip(report["feature"], report["severity"]))
     assert severities.pop("events_30d") == "error"
     assert set(severities.values()) == {"ok"}
@@ -94,7 +84,7 @@ def test_a_drift_error_blocks_promotion_and_the_previous_model_keeps_serving(mon
     warehouse, store, models_root, resources = monitored
     models = ModelStore(models_root)
     serving_before = models.current("churn_model")
-    _shift_online(warehouse, store, "events_30d", 0.3)
+    shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
 
     training_sets, _ = training_set_assets(REGISTRY)
     report, checks = skew_report_assets(REGISTRY)

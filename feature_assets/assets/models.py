@@ -90,8 +90,9 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         ),
     )
     def model(warehouse: Warehouse, model_store: ModelStoreResource) -> dg.MaterializeResult:
-        frame = warehouse.query(f"select * from {table} where {SNAPSHOT_AT} is not null order by {LABEL_ROW}")
-        skipped = int(warehouse.query(f"select count(*) as n from {table} where {SNAPSHOT_AT} is null")["n"].iloc[0])
+        rows = warehouse.query(f"select * from {table} order by {LABEL_ROW}")
+        frame = rows[rows[SNAPSHOT_AT].notna()]
+        skipped = len(rows) - len(frame)
         pipeline, metrics, rows = train(feature_set, frame)
         trained_at = datetime.now(timezone.utc)
         card = ModelCard.for_feature_set(

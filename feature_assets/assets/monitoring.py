@@ -22,10 +22,9 @@ from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, histogram_markdown, skew_report
 from feature_assets.training import SNAPSHOT_AT
 
-__all__ = ["SkewReportConfig", "REPORT_TABLE", "skew_report_assets", "served_models_asset", "SEVERITIES"]
+__all__ = ["SkewReportConfig", "REPORT_TABLE", "latest_report", "skew_report_assets", "served_models_asset"]
 
 REPORT_TABLE = "user_features_skew"
-SEVERITIES = ("ok", "warn", "error")
 _REPORT_COLUMNS = {
     "report_at": "timestamp",
     "feature": "varchar",
@@ -97,6 +96,11 @@ def _serving_rows(
     return online[~online[MISSING]], f"online snapshot sample ({len(ids)} entities)"
 
 
+def latest_report(warehouse: Warehouse, con: Any) -> pd.DataFrame:
+    """The rows of the newest report (one per feature)."""
+    return warehouse.fetch(con, f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
+
+
 def _thresholds(config: SkewReportConfig) -> DriftThresholds:
     return DriftThresholds.from_config({"features": config.thresholds})
 
@@ -149,30 +153,30 @@ def skew_report_assets(registry: Registry, view_name: str = "user_features"):
         with warehouse.connect() as con:
             warehouse.append(con, REPORT_TABLE, report, _REPORT_COLUMNS)
         summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]]
+        drifted = _drifted(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
             "report": dg.MetadataValue.md(summary.round(4).to_markdown(index=False)),
             "training_source": training_source,
             "serving_source": serving_source,
-            "drifted_features": ", ".join(_drifted(report, ("warn", "error"))["feature"]) or "none",
+            "drifted_features": ", ".join(drifted) or "none",
             "unused_features": ", ".join(name for name in view.feature_names if name not in used) or "none",
         }
-        for name in _drifted(report, ("warn", "error"))["feature"]:
+        for name in drifted:
             dtype = view.feature(name).dtype
             metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name], serving[name], name, dtype))
         return dg.MaterializeResult(metadata=metadata)
 
-    def latest(warehouse: Warehouse) -> pd.DataFrame:
-        return warehouse.query(f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
-
     @dg.asset_check(asset=report_asset, name="no_drift_error", blocking=True)
     def no_drift_error(warehouse: Warehouse) -> dg.AssetCheckResult:
         """ERROR (blocks promoting new models) when a feature's PSI or null-rate change crosses its error threshold."""
-        return _check_result(latest(warehouse), ("error",), dg.AssetCheckSeverity.ERROR)
+        with warehouse.connect() as con:
+            return _check_result(latest_report(warehouse, con), ("error",), dg.AssetCheckSeverity.ERROR)
 
     @dg.asset_check(asset=report_asset, name="no_drift_warning")
     def no_drift_warning(warehouse: Warehouse) -> dg.AssetCheckResult:
         """WARN when a feature's mean shift or PSI crosses its warning threshold."""
-        return _check_result(latest(warehouse), ("warn", "error"), dg.AssetCheckSeverity.WARN)
+        with warehouse.connect() as con:
+            return _check_result(latest_report(warehouse, con), ("warn", "error"), dg.AssetCheckSeverity.WARN)
 
     return report_asset, [no_drift_error, no_drift_warning]
 

@@ -16,7 +16,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,6 @@ class ModelCard:
     training_window: dict[str, str]
     rows: dict[str, int]
     metrics: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_feature_set(cls, feature_set: FeatureSet, **fields: Any) -> "ModelCard":
@@ -168,11 +167,10 @@ class ModelStore:
 @dataclass(frozen=True)
 class Prediction:
     entity_id: Any
-    score: float | None
+    score: float
     model: str
     version: str
     features: dict[str, Any]
-    error: str | None = None
 
 
 class _Served:
