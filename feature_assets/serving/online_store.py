@@ -24,13 +24,13 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import numpy as np
 import redis
 
 from feature_assets.errors import ConfigError, DataError, OnlineStoreError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import NULL_MARKER, EncodedBatch, encode_entity_id, view_schema
+from feature_assets.serving.resp import bulk, read_replies
 
 __all__ = ["SyncRecord", "OnlineWriter", "OnlineStore", "RedisOnlineStore", "SqliteOnlineStore"]
 
@@ -150,28 +150,11 @@ class OnlineStore(ABC):
         self.close()
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-_NULL_BULK = _bulk(NULL_MARKER)
+_NULL_BULK = bulk(NULL_MARKER)
 _PEXPIRE = b"*3\r\n$7\r\nPEXPIRE\r\n"
 _DEL = b"*2\r\n$3\r\nDEL\r\n"
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
-
-
-def _read_replies(sock, count: int) -> list:
-    """Reads `count` replies off a socket that redis-py connected (and authenticated, and selected the db on)."""
-    reader = hiredis.Reader()
-    replies: list = []
-    while len(replies) < count:
-        data = sock.recv(1 << 20)
-        if not data:
-            raise redis.ConnectionError("Redis closed the connection")
-        reader.feed(data)
-        replies.extend(iter(reader.gets, False))  # every complete reply so far, without a Python loop per reply
-    return replies
 
 
 class RedisOnlineStore(OnlineStore):
@@ -243,7 +226,7 @@ class RedisOnlineStore(OnlineStore):
             return [[] for _ in fields]
         prefix = self.prefix(view)
         command = b"*%d\r\n$5\r\nHMGET\r\n$%%d\r\n" % (2 + len(fields)) + prefix.replace(b"%", b"%%") + b"%s\r\n"
-        command += b"".join(_bulk(field.encode()) for field in fields).replace(b"%", b"%%")
+        command += b"".join(bulk(field.encode()) for field in fields).replace(b"%", b"%%")
         payload = b"".join([command % (len(prefix) + len(entity_id), entity_id) for entity_id in ids])
         pool = self.client.connection_pool
         try:
@@ -252,7 +235,7 @@ class RedisOnlineStore(OnlineStore):
             raise self.unreachable(error) from None
         try:
             connection.send_packed_command([payload])
-            replies = _read_replies(connection._sock, len(ids))
+            replies = read_replies(connection._sock, len(ids))
         except BaseException as error:
             connection.disconnect()
             if isinstance(error, (redis.RedisError, OSError)):
@@ -339,12 +322,12 @@ class _RedisWriter(OnlineWriter):
         self._store = store
         self._prefix = store.prefix(view)
         self._replace = replace
-        self._fields = {name: _bulk(name.encode()) for name, _ in view_schema(view)}
+        self._fields = {name: bulk(name.encode()) for name, _ in view_schema(view)}
         # One bytes template per row: HSET key <every field>, PEXPIRE key ttl (in MULTI with a DEL first
         # if replacing). Filled with the key's length, the id and each column's ready-made field+value.
         key = b"$%d\r\n" + self._prefix.replace(b"%", b"%%") + b"%s\r\n"
         hset = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(self._fields)) + key + b"%s" * len(self._fields)
-        pexpire = _PEXPIRE + key + _bulk(b"%d" % int(view.online_ttl.total_seconds() * 1000))
+        pexpire = _PEXPIRE + key + bulk(b"%d" % int(view.online_ttl.total_seconds() * 1000))
         self._row = (_MULTI + _DEL + key + hset + pexpire + _EXEC) if replace else (hset + pexpire)
         self._lines_per_row = 8 if replace else 2
         self._rows_stored = 0

@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from feature_assets.errors import ConfigError, FeatureStoreError
+from feature_assets.serving.resp import bulk, read_replies
 
 __all__ = ["ServedLog", "ServedLogError", "ServedLogStats", "RedisServedLog", "SqliteServedLog"]
 
@@ -388,10 +389,6 @@ def _encode(items: list) -> list[Record]:
     return records
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
 class RedisServedLog(ServedLog):
     """A Redis stream per view (featurestore:served:<view>), trimmed with XADD MAXLEN ~ max_length.
 
@@ -421,35 +418,27 @@ class RedisServedLog(ServedLog):
     def _write(self, records: list[Record]) -> None:
         # Raw RESP, one pipelined round trip: redis-py's pipeline spends ~20 us of Python (and the GIL the request
         # threads need) per command.
-        maxlen = _bulk(b"%d" % self.max_length)
+        maxlen = bulk(b"%d" % self.max_length)
         commands = []
         for record in records:
             if len(commands) % _CHUNK == 0:
                 time.sleep(0)
             key = self._keys.get(record.view)
             if key is None:
-                key = self._keys[record.view] = _bulk(self.key(record.view).encode())
+                key = self._keys[record.view] = bulk(self.key(record.view).encode())
             fields = [record.entity_key.encode(), record.entity_id.encode(), b"features", record.features.encode()]
             if record.model is not None:
                 fields += [b"model", record.model.encode(), b"version", (record.version or "").encode()]
             fields += [b"served_at", record.served_at.encode()]
             commands.append(b"*%d\r\n$4\r\nXADD\r\n%s$6\r\nMAXLEN\r\n$1\r\n~\r\n%s$1\r\n*\r\n%s"
-                            % (6 + len(fields), key, maxlen, b"".join(map(_bulk, fields))))  # fmt: skip
+                            % (6 + len(fields), key, maxlen, b"".join(map(bulk, fields))))  # fmt: skip
         pool = self.client.connection_pool
         connection = pool.get_connection()
         try:
             connection.send_packed_command([b"".join(commands)])
-            # Replies parsed in C off the socket redis-py connected (as the online store's batch reads do).
-            reader, replies = hiredis.Reader(), 0
-            while replies < len(commands):
-                data = connection._sock.recv(1 << 16)
-                if not data:
-                    raise redis.ConnectionError("Redis closed the connection")
-                reader.feed(data)
-                for reply in iter(reader.gets, False):
-                    replies += 1
-                    if isinstance(reply, hiredis.ReplyError):
-                        raise redis.ResponseError(str(reply))
+            for reply in read_replies(connection._sock, len(commands)):
+                if isinstance(reply, hiredis.ReplyError):
+                    raise redis.ResponseError(str(reply))
         except BaseException:
             connection.disconnect()
             raise
