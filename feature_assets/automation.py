@@ -1,7 +1,8 @@
-"""When things refresh: the hourly schedule and the freshness policies it is measured against."""
+"""When things refresh: the hourly schedule (each view on its own cadence) and the freshness policies it is
+measured against."""
 
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -10,11 +11,11 @@ from feature_assets.errors import ConfigError
 from feature_assets.registry import FeatureView
 
 __all__ = [
-    "REFRESH_INTERVAL",
-    "USER_FEATURES_FRESHNESS",
-    "ONLINE_FRESHNESS",
+    "TICK",
+    "view_freshness",
+    "due_views",
     "SYNC_WHEN_FEATURES_PASS_CHECKS",
-    "hourly_refresh_schedule",
+    "refresh_schedule",
     "online_sync_sensor",
     "check_refresh_fits_ttl",
     "SKEW_REPORT_AUTOMATION",
@@ -22,34 +23,48 @@ __all__ = [
     "monitoring_sensor",
 ]
 
-REFRESH_INTERVAL = timedelta(hours=1)
-
-# An hourly refresh that misses one run warns; missing three fails.
-USER_FEATURES_FRESHNESS = dg.FreshnessPolicy.time_window(
-    fail_window=3 * REFRESH_INTERVAL + timedelta(minutes=30), warn_window=REFRESH_INTERVAL + timedelta(minutes=30)
-)
+# The schedule ticks every hour; each view is refreshed on the ticks that fall on its own cadence.
+TICK = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1)
 
 
-def hourly_refresh_schedule(job, raw_op: str | None, features_op: str):
-    """Each tick loads raw data up to, and snapshots features at, the tick's own hour (not the wall clock)."""
+def view_freshness(view: FeatureView) -> dg.FreshnessPolicy:
+    """A view (and its online snapshot) that misses one refresh warns; missing three fails."""
+    slack = timedelta(minutes=30)
+    return dg.FreshnessPolicy.time_window(fail_window=3 * view.refresh_interval + slack, warn_window=view.refresh_interval + slack)
+
+
+def due_views(views: Iterable[FeatureView], hour: datetime) -> list[FeatureView]:
+    """The views whose cadence falls on this hour (hours since the epoch divisible by the cadence)."""
+    return [view for view in views if (hour - _EPOCH) % view.refresh_interval == timedelta(0)]
+
+
+def refresh_schedule(
+    job,
+    views: list[FeatureView],
+    keys_for: Callable[[list[FeatureView]], set[dg.AssetKey]],
+    raw_op: str | None,
+    features_op: str,
+) -> dg.ScheduleDefinition:
+    """Each tick loads raw data up to, and snapshots the due views at, the tick's own hour (not the wall clock).
+    keys_for(due views) gives the assets the run materializes."""
 
     @dg.schedule(name="hourly_refresh", cron_schedule="0 * * * *", job=job, execution_timezone="UTC")
     def hourly_refresh(context: dg.ScheduleEvaluationContext):
-        hour = format_hour(context.scheduled_execution_time.replace(tzinfo=None, minute=0, second=0, microsecond=0))
+        moment = context.scheduled_execution_time.replace(tzinfo=None, minute=0, second=0, microsecond=0)
+        due = due_views(views, moment)
+        if not due:
+            return dg.SkipReason(f"no feature view is due at {format_hour(moment)}")
+        hour = format_hour(moment)
         ops = {features_op: {"config": {"as_of_end": hour}}}
         if raw_op:
             ops[raw_op] = {"config": {"anchor": hour}}
-        return dg.RunRequest(run_key=hour, run_config={"ops": ops})
+        return dg.RunRequest(run_key=hour, run_config={"ops": ops}, asset_selection=sorted(keys_for(due)), tags={"views": ",".join(v.name for v in due)})
 
     return hourly_refresh
 
 
-# The online snapshot follows user_features: same windows (the sync runs right after each refresh).
-ONLINE_FRESHNESS = dg.FreshnessPolicy.time_window(
-    fail_window=3 * REFRESH_INTERVAL + timedelta(minutes=30), warn_window=REFRESH_INTERVAL + timedelta(minutes=30)
-)
-
-# dbt materializes user_features before its tests run, and a plain asset sensor or eager() fires on the
+# dbt materializes a view before its tests run, and a plain asset sensor or eager() fires on the
 # materialization alone (STACK.md G9). dbt tests of severity error are blocking checks in dagster-dbt, so
 # requiring them to pass keeps data that failed its tests out of the online store; in_progress in eager()
 # waits for the dbt run, tests included, to end.
@@ -58,28 +73,29 @@ SYNC_WHEN_FEATURES_PASS_CHECKS = (
 ).with_label("eager, once upstream blocking checks passed")
 
 
-def online_sync_sensor(online_asset) -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the sync's automation condition; running by default so a materialization anywhere (schedule,
+def online_sync_sensor(online_assets: list[dg.AssetsDefinition]) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the syncs' automation condition; running by default so a materialization anywhere (schedule,
     UI, backfill) reaches the online store whenever the daemon runs."""
     return dg.AutomationConditionSensorDefinition(
         "online_sync",
-        target=dg.AssetSelection.assets(online_asset),
+        target=dg.AssetSelection.assets(*online_assets),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
     )
 
 
-def check_refresh_fits_ttl(views: Iterable[FeatureView], interval: timedelta | None = None) -> None:
+def check_refresh_fits_ttl(views: Iterable[FeatureView]) -> None:
     """Online keys live for the view's TTL from their last write. With a refresh slower than TTL/2, a single
     late or failed run lets every key expire before the next sync writes it again."""
-    interval = REFRESH_INTERVAL if interval is None else interval
+    hours = timedelta(hours=1)
     for view in views:
-        if interval > view.online_ttl / 2:
-            hours = timedelta(hours=1)
+        if view.refresh_interval % TICK:
+            raise ConfigError(f"{view.name}: refresh_hours must be a whole number of hours, got {view.refresh_interval / hours:g}")
+        if view.refresh_interval > view.online_ttl / 2:
             raise ConfigError(
-                f"the refresh interval ({interval / hours:g} h) is more than half the online TTL of {view.name} "
+                f"the refresh interval of {view.name} ({view.refresh_interval / hours:g} h) is more than half its online TTL "
                 f"({view.online_ttl / hours:g} h), so online keys would expire between syncs; set online_ttl_hours "
-                f"to at least {2 * interval / hours:g} or refresh more often"
+                f"to at least {2 * view.refresh_interval / hours:g} or refresh_hours to at most {view.online_ttl / hours / 2:g}"
             )
 
 
@@ -94,11 +110,11 @@ SKEW_REPORT_AUTOMATION = (
 SKEW_REPORT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=49), warn_window=timedelta(hours=25))
 
 
-def monitoring_sensor(report_asset) -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the skew report's automation condition; running by default, like the online sync's."""
+def monitoring_sensor(report_assets: list[dg.AssetsDefinition]) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the skew reports' automation condition; running by default, like the online sync's."""
     return dg.AutomationConditionSensorDefinition(
         "skew_monitoring",
-        target=dg.AssetSelection.assets(report_asset),
+        target=dg.AssetSelection.assets(*report_assets),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=60,
     )

@@ -70,6 +70,13 @@ def _root_cause(event) -> str:
     return f"{event.step_key}: {error.message.strip()}"
 
 
+def _registry():
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+
+    return load_registry(dbt_project.manifest_path)
+
+
 def _warehouse(settings: Settings):
     """The warehouse outside a run: initializing the resource resolves its EnvVar fields (the prod PostgreSQL URL)."""
     from feature_assets.definitions import warehouse_for
@@ -85,26 +92,30 @@ def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
 
 
 def _print_summary(settings: Settings) -> None:
+    from feature_assets.demo_data import RAW_TABLES
+
+    registry = _registry()
     warehouse = _warehouse(settings)
     with warehouse.connect() as con:
+        tables = [table for table in (*RAW_TABLES, *registry.views) if warehouse.table_exists(con, table)]
         counts = pd.concat(
-            warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}")
-            for table in ("raw_users", "raw_profile_changes", "raw_events", "raw_orders", "user_features")
+            warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}") for table in tables
         )
-        snapshots = warehouse.fetch(
-            con, "select count(distinct computed_at) as n, min(computed_at) as first, max(computed_at) as last from user_features"
-        )
-        latest = warehouse.fetch(
-            con,
-            "select * from user_features where computed_at = (select max(computed_at) from user_features) "
-            "order by user_id limit 5",
-        )
-    print("\nRow counts:")
-    print(counts.to_string(index=False))
-    row = snapshots.iloc[0]
-    print(f"\nuser_features: {row['n']} snapshots from {row['first']} to {row['last']}")
-    print("\nLatest snapshot, first users:")
-    print(latest.to_string(index=False))
+        print("\nRow counts:")
+        print(counts.to_string(index=False))
+        for view in registry.views.values():
+            if view.name not in tables:
+                continue
+            stamp = view.timestamp
+            row = warehouse.fetch(
+                con, f"select count(distinct {stamp}) as n, min({stamp}) as first, max({stamp}) as last from {view.name}"
+            ).iloc[0]
+            latest = warehouse.fetch(
+                con,
+                f"select * from {view.name} where {stamp} = (select max({stamp}) from {view.name}) order by {view.entity_key} limit 5",
+            )
+            print(f"\n{view.name} ({view.entity} features): {row['n']} snapshots from {row['first']} to {row['last']}; latest, first {view.entity_key}s:")
+            print(latest.to_string(index=False))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
@@ -118,27 +129,42 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     )
     _print_summary(settings)
     _sync_online(settings)
-    entity_id = _print_online_next_to_offline(settings)
+    entities = _print_online_next_to_offline(settings)
     _train(settings)
-    if entity_id is not None:
-        print()
-        _print_prediction(settings, "churn_model", entity_id, as_json=False)
+    registry = _registry()
+    for model in registry.feature_sets.values():
+        entity = entities.get(model.reads[0].view.name)
+        if entity is not None and len(model.caller_keys) == 1:
+            print()
+            _print_prediction(settings, model.model, [entity], {}, as_json=False)
     print()
-    _print_skew(settings, as_json=False)
+    _print_skew(settings, None, as_json=False)
+
+
+def _online_assets() -> list[str]:
+    from feature_assets.assets.online import online_asset_name
+
+    return [online_asset_name(view) for view in _registry().views.values()]
 
 
 def _sync_online(settings: Settings, full: bool = False) -> None:
-    """Runs the online sync and its parity check (what the online_sync sensor triggers after a refresh)."""
-    run_config = {"ops": {"user_features_online": {"config": {"full_resync": full}}}}
-    result = _execute(settings, "online sync", run_config, assets=("user_features_online",))
-    meta = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
-    print(
-        f"\nOnline store ({meta['store']}): {meta['mode']} sync wrote {meta['rows_written']} users in {meta['seconds']} s "
-        f"({meta['rows_per_second']} rows/s); {meta['keys_in_store']} users readable"
-    )
+    """Runs every view's online sync and parity check (what the online_sync sensor triggers after a refresh)."""
+    names = _online_assets()
+    run_config = {"ops": {name: {"config": {"full_resync": full}} for name in names}}
+    result = _execute(settings, "online sync", run_config, assets=tuple(names))
+    print()
+    for event in result.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        print(
+            f"{event.asset_key.to_user_string()} ({meta['store']}, keys {meta['key_pattern']}): {meta['mode']} sync wrote "
+            f"{meta['rows_written']} rows in {meta['seconds']} s ({meta['rows_per_second']} rows/s); {meta['keys_in_store']} readable"
+        )
     for check in result.get_asset_check_evaluations():
         checked = check.metadata.get("entities_checked")
-        print(f"{check.check_name}: {'passed' if check.passed else 'FAILED'} ({checked.value if checked else 0} users compared)")
+        print(
+            f"{check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} "
+            f"({checked.value if checked else 0} entities compared)"
+        )
 
 
 def _train(settings: Settings) -> None:
@@ -153,76 +179,114 @@ def _train(settings: Settings) -> None:
             print(f"  {name}: version {meta['version']}, {metrics} ({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)")
         elif name == "served_models":
             print("  served_models: " + ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in meta.items()))
-        elif "drifted_features" in meta:
+        elif "drifted_features" in meta and "report" in meta:
             print(f"  {name}: drifted features: {meta['drifted_features']}")
         elif "rows_with_features" in meta:
-            print(f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features, built in {meta['seconds']} s")
-        else:
-            print(f"  {name}: {meta.get('rows')} rows")
+            print(f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features of every view, built in {meta['seconds']} s")
     for check in result.get_asset_check_evaluations():
         rows = check.metadata.get("rows_checked")
-        detail = f"{rows.value} rows recomputed from raw data" if rows else f"drifted: {check.metadata['drifted_features'].value}"
+        drifted = check.metadata.get("drifted_features")
+        if rows is None and drifted is None:
+            continue  # the label tables' dbt tests
+        detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
         print(f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})")
     if not any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events()):
         print("  served_models: not promoted (a blocking check failed); the previous model versions keep serving")
 
 
-def _print_prediction(settings: Settings, model: str, entity_id: object, as_json: bool) -> None:
+def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
     from feature_assets.resources.online import open_online_store
     from feature_assets.resources.served_log import open_served_log
     from feature_assets.serving.models import ModelStore, Predictor
 
     with open_online_store(settings) as store, open_served_log(settings) as log:
-        prediction = Predictor(store, ModelStore(settings.models_path), served_log=log).predict_one(model, entity_id)
+        predictor = Predictor(store, ModelStore(settings.models_path), served_log=log)
+        caller = predictor.entity_keys(model)
+        positional = [key for key in caller if key not in keys]
+        if len(positional) != 1:
+            raise FeatureStoreError(
+                f"{model} needs the keys {', '.join(caller)}: pass ids for one of them and --key NAME=VALUE for the others"
+            )
+        if len(entities) > 1:
+            frame = pd.DataFrame({positional[0]: [_entity_id(e) for e in entities], **{k: _entity_id(v) for k, v in keys.items()}})
+            scored = predictor.predict(model, frame)
+            if as_json:
+                print(scored.astype(object).where(scored.notna(), None).to_json(orient="records", indent=2))
+            else:
+                print(scored.to_string(index=False))
+            if scored["error"].notna().all():
+                raise FeatureStoreError("no prediction: every entity is missing from the online store")
+            return
+        entity = {positional[0]: _entity_id(entities[0]), **{k: _entity_id(v) for k, v in keys.items()}}
+        prediction = predictor.predict_one(model, entity)
     if as_json:
-        print(json.dumps({"entity_id": entity_id, "model": model, "version": prediction.version, "score": prediction.score,
+        print(json.dumps({"entity": {k: _json_value(v) for k, v in prediction.entity.items()}, "model": model,
+                          "version": prediction.version, "score": prediction.score,
                           "features": {k: _json_value(v) for k, v in prediction.features.items()}}, indent=2))
         return
-    print(f"{model} version {prediction.version}, user {entity_id}: score {prediction.score:.4f}")
+    described = ", ".join(f"{key} {value}" for key, value in prediction.entity.items())
+    print(f"{model} version {prediction.version}, {described}: score {prediction.score:.4f}")
     print("  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items()))
 
 
-def _print_skew(settings: Settings, as_json: bool) -> None:
-    from feature_assets.assets.monitoring import REPORT_TABLE, latest_report
+def _monitored_views(view_name: str | None):
+    registry = _registry()
+    views = [view for view in registry.views.values() if any(view in fs.views for fs in registry.feature_sets.values())]
+    if view_name is None:
+        return views
+    view = registry.view(view_name)
+    if view not in views:
+        raise FeatureStoreError(f"no model reads {view.name}, so it has no skew report")
+    return [view]
+
+
+def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> None:
+    from feature_assets.assets.monitoring import latest_report, report_table
 
     warehouse = _warehouse(settings)
+    reports = []
     with warehouse.connect() as con:
-        if not warehouse.table_exists(con, REPORT_TABLE):
-            raise FeatureStoreError("no skew report yet; run `featurestore skew --refresh` (or `featurestore train`)")
-        report = latest_report(warehouse, con)
+        for view in _monitored_views(view_name):
+            if not warehouse.table_exists(con, report_table(view)):
+                raise FeatureStoreError(f"no skew report of {view.name} yet; run `featurestore skew --refresh` (or `featurestore train`)")
+            reports.append((view, latest_report(warehouse, con, view)))
     if as_json:
-        print(report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso", indent=2))
+        print(json.dumps({view.name: json.loads(report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso"))
+                          for view, report in reports}, indent=2))
         return
-    first = report.iloc[0]
-    print(f"Skew report of {first['report_at']}: training = {first['training_source']}; serving = {first['serving_source']}")
     columns = ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]
-    print(report[columns].round(4).to_string(index=False))
+    for view, report in reports:
+        first = report.iloc[0]
+        print(f"Skew report of {view.name}, {first['report_at']}: training = {first['training_source']}; serving = {first['serving_source']}")
+        print(report[columns].round(4).to_string(index=False))
 
 
-def _print_online_next_to_offline(settings: Settings) -> object:
-    from feature_assets.project import dbt_project
-    from feature_assets.registry import load_registry
+def _print_online_next_to_offline(settings: Settings) -> dict[str, object]:
+    """Per view, its first entity of the latest snapshot, offline and online side by side; returns those ids."""
     from feature_assets.resources.online import open_online_store
     from feature_assets.serving import FeatureReader
 
-    view = load_registry(dbt_project.manifest_path).view("user_features")
-    offline = _warehouse(settings).query(
-        f"select * from {view.name} where {view.timestamp} = (select max({view.timestamp}) from {view.name}) "
-        f"order by {view.entity_key} limit 1"
-    )
-    if offline.empty:
-        return None
-    entity_id = int(offline[view.entity_key].iloc[0])
+    shown = {}
     with open_online_store(settings) as store:
-        online = FeatureReader(store, view).get_entity(entity_id)
-    fields = [view.timestamp, *view.feature_names]
-    table = pd.DataFrame(
-        {"offline (latest snapshot)": [offline[f].iloc[0] for f in fields], "online": [online[f] for f in fields]},
-        index=fields,
-    )
-    print(f"\n{view.entity_key} {entity_id}, offline and online:")
-    print(table.to_string())
-    return entity_id
+        for view in _registry().views.values():
+            offline = _warehouse(settings).query(
+                f"select * from {view.name} where {view.timestamp} = (select max({view.timestamp}) from {view.name}) "
+                f"order by {view.entity_key} limit 1"
+            )
+            if offline.empty:
+                continue
+            entity_id = offline[view.entity_key].iloc[0]
+            entity_id = entity_id.item() if hasattr(entity_id, "item") else entity_id
+            online = FeatureReader(store, view).get_entity(entity_id)
+            fields = [view.timestamp, *view.feature_names]
+            table = pd.DataFrame(
+                {"offline (latest snapshot)": [offline[f].iloc[0] for f in fields], "online": [online[f] for f in fields]},
+                index=fields,
+            )
+            print(f"\n{view.name}, {view.entity_key} {entity_id} ({store.key_of(view, entity_id)}), offline and online:")
+            print(table.to_string())
+            shown[view.name] = entity_id
+    return shown
 
 
 def _json_value(value: object) -> object:
@@ -230,15 +294,14 @@ def _json_value(value: object) -> object:
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.project import dbt_project
-    from feature_assets.registry import load_registry
     from feature_assets.resources.online import open_online_store
     from feature_assets.serving import FeatureReader
 
-    view = load_registry(dbt_project.manifest_path).view(args.view)
+    view = _registry().view(args.view)
     entity_id = _entity_id(args.entity_id)
     with open_online_store(settings) as store:
         row = FeatureReader(store, view).get_entity(entity_id)
+        where = store.describe()
     if args.json:
         print(json.dumps({name: _json_value(value) for name, value in row.items()}, indent=2))
     elif not row["_missing"]:
@@ -246,22 +309,36 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
         table = pd.DataFrame(
             [(name, dtypes[name], row[name]) for name in dtypes], columns=["feature", "dtype", "value"]
         )
-        print(f"{view.entity_key} {entity_id} ({store.describe()}):")
+        print(f"{view.name}, {view.entity_key} {entity_id} ({where}):")
         print(table.to_string(index=False))
     if row["_missing"]:
         ttl_hours = view.online_ttl / timedelta(hours=1)
         raise FeatureStoreError(
-            f"{view.entity_key} {entity_id} is not in the online store (never synced, or expired after the {ttl_hours:g} h TTL)"
+            f"{view.entity_key} {entity_id} is not in the online store of {view.name} (never synced, or expired after the {ttl_hours:g} h TTL)"
         )
 
 
-def _entity_id(text: str) -> object:
+def _entity_id(text: object) -> object:
+    """An id as typed: digits are an int, anything else a string."""
+    if not isinstance(text, str):
+        return text
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _key_values(pairs: list[str]) -> dict[str, str]:
+    keys = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise FeatureStoreError(f"--key takes NAME=VALUE, e.g. --key country_code=DE; got {pair!r}")
+        keys[name] = value
+    return keys
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
     model = args.model if args.model.endswith("_model") else f"{args.model}_model"
-    _print_prediction(settings, model, _entity_id(args.entity_id), as_json=args.json)
+    _registry().feature_set(model)  # an unknown model is named with the known ones
+    _print_prediction(settings, model, args.entity_ids, _key_values(args.key), as_json=args.json)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
@@ -273,12 +350,15 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.assets.monitoring import skew_report_name
+
     if args.refresh:
-        result = _execute(settings, "skew report", {}, assets=("user_features_skew_report",), tolerate_failed_checks=True)
-        failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+        reports = tuple(skew_report_name(view) for view in _monitored_views(args.view))
+        result = _execute(settings, "skew report", {}, assets=reports, tolerate_failed_checks=True)
+        failed = [f"{c.asset_key.to_user_string()} {c.check_name}" for c in result.get_asset_check_evaluations() if not c.passed]
         if failed and not args.json:
             print(f"drift checks failed: {', '.join(failed)}\n")
-    _print_skew(settings, as_json=args.json)
+    _print_skew(settings, args.view, as_json=args.json)
 
 
 def shift_online_feature(warehouse, store, view, feature: str, share: float) -> tuple[float, int]:
@@ -302,16 +382,22 @@ def shift_online_feature(warehouse, store, view, feature: str, share: float) -> 
 
 
 def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.project import dbt_project
-    from feature_assets.registry import load_registry
     from feature_assets.resources.online import open_online_store
 
-    view = load_registry(dbt_project.manifest_path).view("user_features")
+    registry = _registry()
+    if args.view:
+        view = registry.view(args.view)
+    else:
+        holders = [view for view in registry.views.values() if args.feature in view.feature_names]
+        if len(holders) != 1:
+            where = ", ".join(v.name for v in holders) or "no view"
+            raise FeatureStoreError(f"{args.feature!r} is a feature of {where}; name the view with --view")
+        view = holders[0]
     with open_online_store(settings) as store:
         shift, entities = shift_online_feature(_warehouse(settings), store, view, args.feature, args.by)
         where = store.describe()
     print(
-        f"{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} users in {where}; "
+        f"{view.name}.{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} {view.entity}s in {where}; "
         "`featurestore skew --refresh` reports it, `featurestore sync --full` restores the synced values"
     )
 
@@ -326,24 +412,30 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.assets.features import dbt_feature_models
 
     config = {"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours}
-    # The whole dbt project, staging views included: on a fresh warehouse user_features cannot build without them.
-    models = tuple(key.to_user_string() for key in dbt_feature_models.keys)
+    # Every dbt model but the label tables, staging views included: on a fresh warehouse the views cannot build
+    # without them.
+    labels = _registry().labels
+    models = tuple(key.to_user_string() for key in dbt_feature_models.keys if key.path[-1] not in labels)
     _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=models)
     _print_summary(settings)
 
 
 def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.project import dbt_project
-    from feature_assets.registry import load_registry
-
-    for view in load_registry(dbt_project.manifest_path).views.values():
-        ttl_hours = view.online_ttl / timedelta(hours=1)
-        print(f"{view.name}: entity {view.entity} ({view.entity_key}), version {view.version}, online TTL {ttl_hours:g} h\n")
-        table = pd.DataFrame(
-            [(f.name, f.dtype, f"{ttl_hours:g} h", f.description) for f in view.features],
-            columns=["feature", "dtype", "ttl", "description"],
+    registry = _registry()
+    hours = timedelta(hours=1)
+    for view in registry.views.values():
+        print(
+            f"{view.name}: entity {view.entity} ({view.entity_key}), version {view.version}, online TTL "
+            f"{view.online_ttl / hours:g} h, refreshed every {view.refresh_interval / hours:g} h, "
+            f"online keys features:{view.online_namespace}:<{view.entity_key}>\n"
         )
-        print(table.to_string(index=False))
+        table = pd.DataFrame([(f.name, f.dtype, f.description) for f in view.features], columns=["feature", "dtype", "description"])
+        print(table.to_string(index=False) + "\n")
+    for feature_set in registry.feature_sets.values():
+        print(f"{feature_set.model} ({feature_set.task} of {feature_set.labels.name}.{feature_set.target}), keys: {', '.join(feature_set.caller_keys)}")
+        for read in feature_set.reads:
+            derived = f", {read.key} from {'.'.join(read.derived_from)}" if read.derived_from else ""
+            print(f"  {read.view.name}: {', '.join(f.name for f in read.features)}{derived}")
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
@@ -378,32 +470,35 @@ def main(argv: list[str] | None = None) -> int:
     features = commands.add_parser("features", help="print the feature registry")
     features.set_defaults(run=cmd_features)
 
-    get = commands.add_parser("get", help="print one entity's features from the online store")
-    get.add_argument("entity_id", metavar="user_id")
+    get = commands.add_parser("get", help="print one entity's features of one view from the online store")
+    get.add_argument("view", help="feature view, e.g. user_features (`featurestore features` lists them)")
+    get.add_argument("entity_id")
     get.add_argument("--json", action="store_true", help="print JSON (missing entities too, with _missing: true)")
-    get.add_argument("--view", default="user_features", help="feature view (default: user_features)")
     get.set_defaults(run=cmd_get)
 
-    predict = commands.add_parser("predict", help="score one entity with the served version of a model")
+    predict = commands.add_parser("predict", help="score entities with the served version of a model")
     predict.add_argument("model", help="model name, e.g. churn (churn_model) or ltv")
-    predict.add_argument("entity_id", metavar="user_id")
+    predict.add_argument("entity_ids", nargs="+", metavar="entity_id", help="one or more ids of the model's entity key")
+    predict.add_argument("--key", action="append", default=[], metavar="NAME=VALUE", help="another entity key, e.g. country_code=DE")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=cmd_predict)
 
     train = commands.add_parser("train", help="rebuild labels and training sets, train and serve every model")
     train.set_defaults(run=cmd_train)
 
-    sync = commands.add_parser("sync", help="sync the online store from the latest feature snapshots")
+    sync = commands.add_parser("sync", help="sync the online store from the latest snapshots of every feature view")
     sync.add_argument("--full", action="store_true", help="rewrite every entity, not only changed ones")
     sync.set_defaults(run=cmd_sync)
 
     skew = commands.add_parser("skew", help="print the latest train/serve skew report")
     skew.add_argument("--refresh", action="store_true", help="compute a new report (and run its drift checks) first")
+    skew.add_argument("--view", help="one feature view (default: every view a model reads)")
     skew.add_argument("--json", action="store_true")
     skew.set_defaults(run=cmd_skew)
 
     drift = commands.add_parser("inject-drift", help="demo: shift a numeric feature in the online store to simulate drift")
     drift.add_argument("feature")
+    drift.add_argument("--view", help="the feature's view, when several views have a feature of that name")
     drift.add_argument("--by", type=float, default=0.3, help="shift as a share of the feature's mean (default 0.3)")
     drift.set_defaults(run=cmd_inject_drift)
 

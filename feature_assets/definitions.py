@@ -7,15 +7,15 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from feature_assets.assets.features import dbt_feature_models
-from feature_assets.assets.online import user_features_online, user_features_online_parity
+from feature_assets.assets.features import dbt_feature_models, dbt_model_key
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
+from feature_assets.assets.online import online_assets
 from feature_assets.assets.raw import demo_raw_data, external_raw_tables
-from feature_assets.assets.training import label_assets, training_set_assets
-from feature_assets.automation import check_refresh_fits_ttl, hourly_refresh_schedule, monitoring_sensor, online_sync_sensor
+from feature_assets.assets.training import training_set_assets
+from feature_assets.automation import check_refresh_fits_ttl, monitoring_sensor, online_sync_sensor, refresh_schedule
 from feature_assets.project import dbt_project
-from feature_assets.registry import load_registry
+from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.resources.model_store import model_store_for
 from feature_assets.resources.online import online_store_for
 from feature_assets.resources.served_log import served_log_for
@@ -39,36 +39,65 @@ def _dbt_executable() -> str:
     return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"
 
 
+def _refresh_keys(registry: Registry, raw: list, due: list[FeatureView]) -> set[dg.AssetKey]:
+    """What an hourly run materializes for the due views: raw data (demo), every dbt model that is neither a
+    feature view nor a label table (staging), the due views and the views they are built from."""
+    specs = {spec.key: spec for spec in dbt_feature_models.specs}
+    view_keys = {dbt_model_key(view.name) for view in registry.views.values()}
+    label_keys = {dbt_model_key(name) for name in registry.labels}
+    keys = {key for key in specs if key not in view_keys | label_keys}
+    todo = [dbt_model_key(view.name) for view in due]
+    while todo:
+        key = todo.pop()
+        if key in specs and key not in keys:
+            keys.add(key)
+            todo.extend(dep.asset_key for dep in specs[key].deps)
+    for item in raw:
+        keys |= set(item.keys) if isinstance(item, dg.AssetsDefinition) else {item.key}
+    return keys
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
+    """Every pipeline piece is built from the registry: per feature view its online snapshot, parity check and
+    skew report; per model its training set, leakage check and model asset."""
     # Refuses to load on an invalid registry (e.g. a feature name that is not snake_case).
     registry = load_registry(dbt_project.manifest_path)
-    # Refuses to load if online keys would expire between two refreshes.
+    # Refuses to load if online keys would expire between two refreshes of a view.
     check_refresh_fits_ttl(registry.views.values())
     raw = [demo_raw_data] if settings.demo_data else external_raw_tables
+    views = list(registry.views.values())
+    refresh_selection = sorted(_refresh_keys(registry, raw, views))
     refresh_job = dg.define_asset_job(
         "refresh_features",
-        selection=dg.AssetSelection.assets(*raw, dbt_feature_models) if settings.demo_data else dg.AssetSelection.assets(dbt_feature_models),
-        description="Loads new raw rows (demo data) and appends the feature snapshot of the run's hour.",
+        selection=dg.AssetSelection.keys(*refresh_selection),
+        description="Loads new raw rows (demo data) and appends the feature snapshots of the run's hour (the due views).",
     )
-    labels = label_assets()
+    online = [online_assets(view) for view in views]
     training_sets, leakage_checks = training_set_assets(registry)
     models = model_assets(registry)
-    skew_report, drift_checks = skew_report_assets(registry)
-    served_models = served_models_asset(registry, skew_report)
+    monitored = [view for view in views if any(view in fs.views for fs in registry.feature_sets.values())]
+    reports = [skew_report_assets(registry, view) for view in monitored]
+    report_assets = [report for report, _ in reports]
+    served_models = served_models_asset(registry, report_assets)
+    labels = [dbt_model_key(name) for name in registry.labels]
     train_job = dg.define_asset_job(
         "train_models",
-        selection=dg.AssetSelection.assets(*labels, *training_sets, *models, skew_report, served_models),
+        selection=dg.AssetSelection.keys(*labels) | dg.AssetSelection.assets(*training_sets, *models, *report_assets, served_models),
         description="Rebuilds labels and point-in-time training sets, trains every model, reports skew, and promotes "
         "the new models unless a drift check fails.",
     )
     return dg.Definitions(
-        assets=[*raw, dbt_feature_models, user_features_online, *labels, *training_sets, *models, skew_report, served_models],
-        asset_checks=[user_features_online_parity, *leakage_checks, *drift_checks],
-        sensors=[online_sync_sensor(user_features_online), monitoring_sensor(skew_report)],
+        assets=[*raw, dbt_feature_models, *(asset for asset, _ in online), *training_sets, *models, *report_assets, served_models],
+        asset_checks=[*(check for _, check in online), *leakage_checks, *(check for _, checks in reports for check in checks)],
+        sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets)],
         jobs=[refresh_job, train_job],
         schedules=[
-            hourly_refresh_schedule(
-                refresh_job, raw_op=demo_raw_data.op.name if settings.demo_data else None, features_op=dbt_feature_models.op.name
+            refresh_schedule(
+                refresh_job,
+                views,
+                lambda due: _refresh_keys(registry, raw, due),
+                raw_op=demo_raw_data.op.name if settings.demo_data else None,
+                features_op=dbt_feature_models.op.name,
             )
         ],
         resources={

@@ -1,34 +1,32 @@
-"""The leakage check of a training set: sampled rows recomputed from the raw tables, row by row.
+"""The leakage check of a training set: sampled rows recomputed row by row from the stored feature history.
 
-For each sampled row that has features: the matched snapshot must be strictly before the label time (and
-within the TTL), and every feature must equal its value recomputed by the independent Python reference
-from raw rows created before and loaded by the snapshot time. Together: no feature used data created or
-loaded at or after the label time. Rows without a snapshot must have all features null.
+For each sampled row and each view the model reads, independently of the training-set SQL: the view's
+snapshot the row should have matched is found by a plain loop over that entity's snapshots (the latest one
+strictly before the label time, and not older than the view's TTL), and every feature of that view must equal
+the value stored in that snapshot; with no such snapshot, every feature of the view must be null. Together:
+no feature of any view saw a snapshot computed at or after the label time, or one staler than serving allows.
+The snapshots themselves only see facts created before and loaded by their as-of time; the feature views'
+own tests pin that against raw data.
 """
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from feature_assets.reference_features import REFERENCE_FEATURES, reference_features
-from feature_assets.registry import FeatureSet
+from feature_assets.registry import LABEL_ROW, FeatureSet, ViewRead, snapshot_column
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
-from feature_assets.training import LABEL_ROW, LABEL_TIME, SNAPSHOT_AT
 
 __all__ = ["LeakageReport", "check_leakage"]
-
-_RAW_TABLES = ("raw_users", "raw_profile_changes", "raw_events", "raw_orders")
 
 
 @dataclass
 class LeakageReport:
     rows_checked: int
-    features_recomputed: tuple[str, ...]
+    features_checked: tuple[str, ...]
     problems: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -38,13 +36,13 @@ class LeakageReport:
 
 def _python(value: Any) -> Any:
     """A warehouse value as plain Python, every kind of null as None."""
-    if pd.isna(value):
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     return value.item() if isinstance(value, np.generic) else value
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal plain-Python values (see _python); floats up to rounding between SQL and Python."""
+    """Equal plain-Python values (see _python); floats up to rounding."""
     if a is None or b is None:
         return a is b
     if isinstance(a, float) or isinstance(b, float):
@@ -52,60 +50,66 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _snapshots(warehouse: Warehouse, con: Any, read: ViewRead, entities: list) -> dict[Any, list[dict]]:
+    """Every stored snapshot of the given entities, per entity."""
+    view = read.view
+    columns = ", ".join([view.entity_key, view.timestamp, *(f.name for f in read.features)])
+    marks = ", ".join("?" * len(entities))
+    rows = warehouse.fetch(con, f"select {columns} from {view.name} where {view.entity_key} in ({marks})", entities)
+    by_entity: dict[Any, list[dict]] = {}
+    for row in rows.to_dict("records"):
+        by_entity.setdefault(_python(row[view.entity_key]), []).append(row)
+    return by_entity
+
+
 def check_leakage(warehouse: Warehouse, feature_set: FeatureSet, table: str, sample: int, seed: int = 0) -> LeakageReport:
-    """Checks `sample` random rows of training-set `table` (all rows if it has fewer)."""
+    """Checks `sample` random rows of training-set `table` (all rows if it has fewer), every feature of every view."""
     table = validate_identifier(table, "training set table")
-    key, ttl = feature_set.view.entity_key, feature_set.view.online_ttl
-    names = feature_set.feature_names
-    recomputed = tuple(name for name in names if name in REFERENCE_FEATURES)
+    label_time = feature_set.labels.label_time
+    report = LeakageReport(rows_checked=0, features_checked=tuple(f"{r.view.name}.{f.name}" for r in feature_set.reads for f in r.features))
     with warehouse.connect() as con:
         total = int(warehouse.fetch(con, f"select count(*) as n from {table}")["n"].iloc[0])
         if total == 0:
-            return LeakageReport(rows_checked=0, features_recomputed=recomputed)
+            return report
         chosen = np.random.default_rng(seed).choice(np.arange(1, total + 1), size=min(sample, total), replace=False)
         marks = ", ".join("?" * len(chosen))
         rows = warehouse.fetch(con, f"select * from {table} where {LABEL_ROW} in ({marks}) order by {LABEL_ROW}", chosen.tolist())
-        users = sorted({int(u) for u in rows[key]})
-        user_marks = ", ".join("?" * len(users))
-        raw = {
-            raw_table: warehouse.fetch(con, f"select * from {raw_table} where user_id in ({user_marks})", users)
-            for raw_table in _RAW_TABLES
-        }
-    report = LeakageReport(rows_checked=len(rows), features_recomputed=recomputed)
+        history = {}
+        for read in feature_set.reads:
+            entities = sorted({_python(k) for k in rows[read.key]} - {None})
+            history[read.view.name] = _snapshots(warehouse, con, read, entities) if entities else {}
+    report.rows_checked = len(rows)
     for row in rows.to_dict("records"):
-        label_time: datetime = row[LABEL_TIME]
-        snapshot_at = row[SNAPSHOT_AT]
-
-        def problem(feature: str, why: str, reference: Any = None) -> None:
-            report.problems.append(
-                {
-                    LABEL_ROW: int(row[LABEL_ROW]),
-                    key: _python(row[key]),
-                    LABEL_TIME: str(label_time),
-                    SNAPSHOT_AT: None if pd.isna(snapshot_at) else str(snapshot_at),
-                    "feature": feature,
-                    "training_value": _python(row[feature]),
-                    "reference_value": reference,
-                    "problem": why,
-                }
-            )
-
-        if pd.isna(snapshot_at):
-            for name in names:
-                if _python(row[name]) is not None:
-                    problem(name, "a value although the row matched no snapshot")
-            continue
-        if snapshot_at >= label_time:
-            for name in names:
-                problem(name, "taken from a snapshot computed at or after the label time")
-            continue
-        if snapshot_at < label_time - ttl:
-            for name in names:
-                problem(name, f"taken from a snapshot older than the {ttl} TTL")
-            continue
-        reference = reference_features(raw, _python(row[key]), snapshot_at.to_pydatetime()) or {}
-        for name in recomputed:
-            expected = reference.get(name)
-            if not _same(_python(row[name]), expected):
-                problem(name, "differs from the value recomputed from raw rows created before and loaded by the snapshot time", expected)
+        t = row[label_time]
+        for read in feature_set.reads:
+            view, entity = read.view, _python(row[read.key])
+            expected = None
+            for snapshot in history[view.name].get(entity, []):
+                if t - view.online_ttl <= snapshot[view.timestamp] < t:
+                    if expected is None or snapshot[view.timestamp] > expected[view.timestamp]:
+                        expected = snapshot
+            matched = _python(row[snapshot_column(view)])
+            for feature in read.features:
+                value = _python(row[feature.name])
+                reference = None if expected is None else _python(expected[feature.name])
+                if expected is None and (matched is not None or value is not None):
+                    why = f"a value although no {view.name} snapshot lies in [label time - TTL, label time)"
+                elif expected is not None and matched != expected[view.timestamp]:
+                    why = f"taken from the snapshot of {matched}, not the latest one before the label time ({expected[view.timestamp]})"
+                elif not _same(value, reference):
+                    why = f"differs from the {view.name} snapshot it was matched to"
+                else:
+                    continue
+                report.problems.append(
+                    {
+                        LABEL_ROW: int(row[LABEL_ROW]),
+                        "entity": f"{read.key} {entity}",
+                        label_time: str(t),
+                        "snapshot_at": None if matched is None else str(matched),
+                        "feature": f"{view.name}.{feature.name}",
+                        "training_value": value,
+                        "reference_value": reference,
+                        "problem": why,
+                    }
+                )
     return report

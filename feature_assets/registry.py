@@ -1,9 +1,11 @@
-"""The feature registry, read from the dbt manifest: the model YAML is the only place features are declared.
+"""The feature registry, read from the dbt manifest: the models' YAML is the only place features are declared.
 
 A model is a feature view when its meta has a `feature_view` block (entity, entity_key, timestamp,
-online_ttl_hours); every other column is a feature whose dtype is the contract's data_type.
-An ML model is a dbt exposure (type ml) whose meta has a `feature_set` block: the view and the features
-it reads, its label table and target column, and its task.
+online_ttl_hours, refresh_hours); every other column is a feature whose dtype is the contract's data_type.
+A model is a label table when its meta has a `labels` block (the entity keys it carries, its label time
+column and its target). An ML model is a dbt exposure (type ml) whose meta has a `feature_set` block: its
+label table, its task, the features it reads from each view, and optionally keys that serving derives from
+another view's online feature.
 """
 
 import hashlib
@@ -16,9 +18,26 @@ from pathlib import Path
 from feature_assets.definition_checksums import feature_checksums
 from feature_assets.errors import RegistryError
 
-__all__ = ["Feature", "FeatureView", "FeatureSet", "Registry", "load_registry", "DEFAULT_ONLINE_TTL", "TASKS"]
+__all__ = [
+    "Feature",
+    "FeatureView",
+    "LabelTable",
+    "ViewRead",
+    "FeatureSet",
+    "Registry",
+    "load_registry",
+    "DEFAULT_ONLINE_TTL",
+    "DEFAULT_REFRESH",
+    "TASKS",
+    "LABEL_ROW",
+    "snapshot_column",
+]
 
 DEFAULT_ONLINE_TTL = timedelta(hours=48)
+DEFAULT_REFRESH = timedelta(hours=1)
+TASKS = ("classification", "regression")
+# The training set's row number; each view's matched snapshot time is snapshot_column(view).
+LABEL_ROW = "label_row"
 
 _SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
@@ -36,13 +55,26 @@ _DTYPES = {
     "text": "string",
     "boolean": "bool",
 }
+_KEY_TYPES = ("smallint", "integer", "int", "bigint", "varchar", "text")
 
 
 def _snake_case(name: str, what: str) -> str:
-    if not _SNAKE_CASE.fullmatch(name):
-        suggestion = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_").replace(" ", "_")
+    if not isinstance(name, str) or not _SNAKE_CASE.fullmatch(name):
+        suggestion = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name)).lower().replace("-", "_").replace(" ", "_")
         raise RegistryError(f"{what} {name!r} is not snake_case (lowercase words joined by _, e.g. {suggestion!r})")
     return name
+
+
+def _hours(block: dict, name: str, default: timedelta, what: str) -> timedelta:
+    hours = block.get(name, default / timedelta(hours=1))
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
+        raise RegistryError(f"{what}: {name} must be a positive number of hours, got {hours!r}")
+    return timedelta(hours=hours)
+
+
+def snapshot_column(view: "FeatureView") -> str:
+    """The training-set column holding the time of the snapshot of `view` that a row matched (null: none)."""
+    return f"{view.name}_snapshot_at"
 
 
 @dataclass(frozen=True)
@@ -56,19 +88,27 @@ class Feature:
 
 @dataclass(frozen=True)
 class FeatureView:
-    """One entity's features as one dbt model produces them."""
+    """One entity's features as one dbt model produces them: a snapshot per entity per as-of time."""
 
     name: str
     entity: str
     entity_key: str
+    key_data_type: str
     timestamp: str
     online_ttl: timedelta
+    refresh_interval: timedelta
     features: tuple[Feature, ...]
     definition_checksum: str
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def online_namespace(self) -> str:
+        """The middle of its online keys, features:<namespace>:<id>: the entity for the view named
+        <entity>_features, the view's own name for any other view of that entity (so two never collide)."""
+        return self.entity if self.name == f"{self.entity}_features" else self.name
 
     @property
     def version(self) -> str:
@@ -84,28 +124,71 @@ class FeatureView:
         raise RegistryError(f"{self.name} has no feature {name!r}; it has {', '.join(self.feature_names)}")
 
 
-TASKS = ("classification", "regression")
+@dataclass(frozen=True)
+class LabelTable:
+    """A dbt model of labels: one row per (entity keys, label time) with the outcome to learn."""
+
+    name: str
+    entity_keys: tuple[str, ...]
+    label_time: str
+    target: str
+    target_data_type: str
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    """The features a model reads from one view. The label column named like the view's entity key holds the
+    entity; serving takes it from the caller, or, if derived_from = (view, feature), from that online feature."""
+
+    view: FeatureView
+    features: tuple[Feature, ...]
+    derived_from: tuple[str, str] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.view.entity_key
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """What one ML model reads: a subset of one feature view, in a fixed order, and what it predicts."""
+    """What one ML model reads (features of one or more views, in a fixed order) and what it predicts."""
 
     model: str
-    view: FeatureView
-    features: tuple[Feature, ...]
-    labels: str
-    target: str
+    reads: tuple[ViewRead, ...]
+    labels: LabelTable
     task: str
+
+    @property
+    def target(self) -> str:
+        return self.labels.target
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return tuple(feature for read in self.reads for feature in read.features)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
+    @property
+    def views(self) -> tuple[FeatureView, ...]:
+        return tuple(read.view for read in self.reads)
+
+    @property
+    def caller_keys(self) -> tuple[str, ...]:
+        """The entity keys a caller passes to predict (the others are derived from online features)."""
+        keys = [read.key for read in self.reads if read.derived_from is None]
+        return tuple(dict.fromkeys(keys))
+
+    @property
+    def training_set(self) -> str:
+        return f"{self.model.removesuffix('_model')}_training_set"
+
 
 @dataclass(frozen=True)
 class Registry:
     views: dict[str, FeatureView]
+    labels: dict[str, LabelTable]
     feature_sets: dict[str, FeatureSet]
 
     def feature_set(self, model: str) -> FeatureSet:
@@ -121,6 +204,17 @@ class Registry:
             raise RegistryError(f"no feature view {name!r}; known: {', '.join(sorted(self.views))}") from None
 
 
+def _columns(node: dict, what: str) -> dict[str, dict]:
+    columns = {}
+    for column in node.get("columns", {}).values():
+        columns[_snake_case(column["name"], f"column of {what}:")] = column
+    return columns
+
+
+def _data_type(column: dict) -> str:
+    return (column.get("data_type") or "").lower()
+
+
 def _feature_view(manifest: dict, node: dict) -> FeatureView:
     name = _snake_case(node["name"], "feature view")
     block = node["config"]["meta"]["feature_view"]
@@ -128,19 +222,18 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
         entity, entity_key, timestamp = block["entity"], block["entity_key"], block["timestamp"]
     except KeyError as missing:
         raise RegistryError(f"feature view {name}: meta.feature_view needs {missing.args[0]!r}") from None
-    ttl_hours = block.get("online_ttl_hours", DEFAULT_ONLINE_TTL / timedelta(hours=1))
-    if not isinstance(ttl_hours, (int, float)) or ttl_hours <= 0:
-        raise RegistryError(f"feature view {name}: online_ttl_hours must be a positive number, got {ttl_hours!r}")
-    columns = node.get("columns", {})
+    columns = _columns(node, f"feature view {name}")
     for key in (entity_key, timestamp):
         if key not in columns:
             raise RegistryError(f"feature view {name}: column {key!r} named in meta.feature_view is not declared")
+    key_type = _data_type(columns[entity_key])
+    if key_type not in _KEY_TYPES:
+        raise RegistryError(f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of {', '.join(_KEY_TYPES)}")
     declared = {}
-    for column in columns.values():
-        column_name = _snake_case(column["name"], f"feature in {name}:")
+    for column_name, column in columns.items():
         if column_name in (entity_key, timestamp):
             continue
-        data_type = (column.get("data_type") or "").lower()
+        data_type = _data_type(column)
         if data_type not in _DTYPES:
             raise RegistryError(
                 f"feature {name}.{column_name}: data_type {data_type or None!r} is not one of {', '.join(_DTYPES)}"
@@ -153,8 +246,10 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
         name=name,
         entity=_snake_case(entity, f"entity of {name}:"),
         entity_key=entity_key,
+        key_data_type=key_type,
         timestamp=timestamp,
-        online_ttl=timedelta(hours=ttl_hours),
+        online_ttl=_hours(block, "online_ttl_hours", DEFAULT_ONLINE_TTL, f"feature view {name}"),
+        refresh_interval=_hours(block, "refresh_hours", DEFAULT_REFRESH, f"feature view {name}"),
         features=tuple(
             Feature(feature, _DTYPES[data_type], data_type, description, checksums[feature])
             for feature, (data_type, description) in declared.items()
@@ -163,40 +258,125 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
     )
 
 
-def _feature_set(exposure: dict, views: dict[str, FeatureView]) -> FeatureSet:
+def _label_table(node: dict) -> LabelTable:
+    name = _snake_case(node["name"], "label table")
+    block = node["config"]["meta"]["labels"]
+    try:
+        keys, label_time, target = block["entity_keys"], block["label_time"], block["target"]
+    except KeyError as missing:
+        raise RegistryError(f"label table {name}: meta.labels needs {missing.args[0]!r}") from None
+    if isinstance(keys, str):
+        keys = [keys]
+    if not keys or len(set(keys)) != len(keys):
+        raise RegistryError(f"label table {name}: entity_keys must be a non-empty list without repeats, got {keys!r}")
+    columns = _columns(node, f"label table {name}")
+    for column in (*keys, label_time, target):
+        if column not in columns:
+            raise RegistryError(f"label table {name}: column {column!r} named in meta.labels is not declared")
+    return LabelTable(name, tuple(keys), label_time, target, _data_type(columns[target]))
+
+
+def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
     model = _snake_case(exposure["name"], "model")
     block = exposure["config"]["meta"]["feature_set"]
     try:
-        view_name, names, labels, target, task = (block[k] for k in ("view", "features", "labels", "target", "task"))
+        label_name, task, features = block["labels"], block["task"], block["features"]
     except KeyError as missing:
         raise RegistryError(f"model {model}: meta.feature_set needs {missing.args[0]!r}") from None
-    if view_name not in views:
-        raise RegistryError(f"model {model}: feature view {view_name!r} is not declared; known: {', '.join(sorted(views))}")
+    if label_name not in labels:
+        raise RegistryError(
+            f"model {model}: labels {label_name!r} is not a label table (a model with meta.labels); "
+            f"known: {', '.join(sorted(labels)) or 'none'}"
+        )
+    label_table = labels[label_name]
     if task not in TASKS:
         raise RegistryError(f"model {model}: task must be one of {', '.join(TASKS)}, got {task!r}")
-    if not names or len(set(names)) != len(names):
-        raise RegistryError(f"model {model}: features must be a non-empty list without repeats, got {names!r}")
-    view = views[view_name]
-    features = tuple(view.feature(_snake_case(name, f"feature of model {model}:")) for name in names)
-    return FeatureSet(model, view, features, _snake_case(labels, f"labels of {model}:"), _snake_case(target, f"target of {model}:"), task)
+    if not isinstance(features, dict) or not features:
+        raise RegistryError(f"model {model}: features must map each feature view to the list of features read from it")
+    derived = block.get("derived_keys") or {}
+    reads, seen = [], {}
+    for view_name, names in features.items():
+        if view_name not in views:
+            raise RegistryError(f"model {model}: feature view {view_name!r} is not declared; known: {', '.join(sorted(views))}")
+        if not isinstance(names, list) or not names or len(set(names)) != len(names):
+            raise RegistryError(f"model {model}: the features of {view_name} must be a non-empty list without repeats, got {names!r}")
+        view = views[view_name]
+        if view.entity_key not in label_table.entity_keys:
+            raise RegistryError(
+                f"model {model} reads {view_name}, keyed by {view.entity_key}, but label table {label_name} carries only "
+                f"{', '.join(label_table.entity_keys)}"
+            )
+        chosen = tuple(view.feature(_snake_case(name, f"feature of model {model}:")) for name in names)
+        for feature in chosen:
+            if feature.name in seen:
+                raise RegistryError(
+                    f"model {model} reads a feature named {feature.name} from both {seen[feature.name]} and {view_name}; "
+                    "feature names must be unique within a model"
+                )
+            if feature.name in (*label_table.entity_keys, label_table.label_time, label_table.target, LABEL_ROW):
+                raise RegistryError(f"model {model}: feature {view_name}.{feature.name} has the name of a column of {label_name}")
+            seen[feature.name] = view_name
+        reads.append(ViewRead(view, chosen, _derivation(model, view, derived.get(view.entity_key), views, features)))
+    for key in derived:
+        if key not in {read.key for read in reads}:
+            raise RegistryError(f"model {model}: derived key {key!r} is the entity key of none of the views it reads")
+    for read in reads:
+        if read.derived_from is not None:
+            source = next(r for r in reads if r.view.name == read.derived_from[0])
+            if source.derived_from is not None:
+                raise RegistryError(f"model {model}: {read.key} is derived from {source.view.name}, whose own key is derived")
+    return FeatureSet(model, tuple(reads), label_table, task)
+
+
+def _derivation(model: str, view: FeatureView, spec, views: dict[str, FeatureView], features: dict) -> tuple[str, str] | None:
+    if spec is None:
+        return None
+    source_view, _, source_feature = str(spec).partition(".")
+    if source_view not in features or source_view == view.name:
+        raise RegistryError(
+            f"model {model}: derived key {view.entity_key} must name <view>.<feature> of another view the model reads, got {spec!r}"
+        )
+    feature = views[source_view].feature(source_feature)
+    if feature.dtype not in ("int64", "string"):
+        raise RegistryError(f"model {model}: {spec} is a {feature.dtype}, which cannot be an entity key")
+    return source_view, source_feature
+
+
+def _check_namespaces(views: dict[str, FeatureView]) -> None:
+    owners: dict[str, str] = {}
+    for view in views.values():
+        other = owners.setdefault(view.online_namespace, view.name)
+        if other != view.name:
+            raise RegistryError(
+                f"feature views {other} and {view.name} would share the online keys features:{view.online_namespace}:<id>; rename one"
+            )
 
 
 def load_registry(manifest_path: Path) -> Registry:
-    """Reads every feature view from a dbt manifest; raises RegistryError on anything invalid."""
+    """Reads every feature view, label table and feature set from a dbt manifest; raises RegistryError on anything invalid."""
     try:
         manifest = json.loads(Path(manifest_path).read_text())
     except FileNotFoundError:
         raise RegistryError(f"no dbt manifest at {manifest_path}; run `make prepare` (dbt parse) first") from None
-    views = {}
-    for node in manifest["nodes"].values():
-        if node["resource_type"] == "model" and "feature_view" in node["config"].get("meta", {}):
+    views, labels = {}, {}
+    for node in sorted(manifest["nodes"].values(), key=lambda node: node["unique_id"]):
+        meta = node["config"].get("meta", {}) if node["resource_type"] == "model" else {}
+        if "feature_view" in meta:
             view = _feature_view(manifest, node)
             views[view.name] = view
+        if "labels" in meta:
+            label_table = _label_table(node)
+            labels[label_table.name] = label_table
     if not views:
         raise RegistryError(f"the dbt manifest at {manifest_path} declares no feature view (meta.feature_view)")
+    _check_namespaces(views)
     feature_sets = {}
-    for exposure in manifest.get("exposures", {}).values():
+    for exposure in sorted(manifest.get("exposures", {}).values(), key=lambda exposure: exposure["unique_id"]):
         if "feature_set" in exposure["config"].get("meta", {}):
-            feature_set = _feature_set(exposure, views)
+            feature_set = _feature_set(exposure, views, labels)
             feature_sets[feature_set.model] = feature_set
-    return Registry(views, feature_sets)
+    tables = {view.name for view in views.values()} | set(labels)
+    for feature_set in feature_sets.values():
+        if feature_set.training_set in tables:
+            raise RegistryError(f"model {feature_set.model}: its training set table {feature_set.training_set} is already a dbt model")
+    return Registry(views, labels, feature_sets)

@@ -30,6 +30,7 @@ __all__ = [
     "PSI_EPSILON",
     "REPORT_COLUMNS",
     "SEVERITIES",
+    "MIN_ENTITIES_FOR_PSI",
     "drift_severity",
     "feature_kind",
     "histogram_markdown",
@@ -45,6 +46,7 @@ __all__ = [
 PSI_EPSILON = 1e-4
 
 SEVERITIES = ("ok", "warn", "error")
+MIN_ENTITIES_FOR_PSI = 30
 
 REPORT_COLUMNS = (
     "feature",
@@ -260,7 +262,9 @@ def _numeric_values(series: pd.Series, feature: str, side: str) -> np.ndarray:
     return numeric.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _feature_row(name: str, dtype: str, training: pd.Series, serving: pd.Series, thresholds: DriftThresholds, bins: int) -> dict[str, Any]:
+def _feature_row(
+    name: str, dtype: str, training: pd.Series, serving: pd.Series, thresholds: DriftThresholds, bins: int, grade_psi: bool
+) -> dict[str, Any]:
     kind = feature_kind(dtype)
     row: dict[str, Any] = dict.fromkeys(REPORT_COLUMNS, math.nan)
     row.update(feature=name, dtype=dtype, kind=kind, training_rows=len(training), serving_rows=len(serving), largest_change_category=None)
@@ -305,7 +309,10 @@ def _feature_row(name: str, dtype: str, training: pd.Series, serving: pd.Series,
         row["serving_null_rate"] = s_nulls / len(serving)
     row["null_rate_change"] = row["serving_null_rate"] - row["training_null_rate"]
     row["severity"], reasons = drift_severity(
-        thresholds.for_feature(name), mean_shift=row["mean_shift"], psi=row["psi"], null_rate_change=row["null_rate_change"]
+        thresholds.for_feature(name),
+        mean_shift=row["mean_shift"],
+        psi=row["psi"] if grade_psi else math.nan,
+        null_rate_change=row["null_rate_change"],
     )
     row["reasons"] = "; ".join(reasons)
     row["notes"] = "; ".join(notes)
@@ -318,8 +325,13 @@ def skew_report(
     features: Sequence[tuple[str, str]],
     thresholds: DriftThresholds = DriftThresholds(),
     bins: int = 10,
+    serving_entities: int | None = None,
 ) -> pd.DataFrame:
     """One row per feature (in the given order) comparing `training` with `serving`; see REPORT_COLUMNS.
+
+    serving_entities: how many distinct entities the serving rows come from. Below MIN_ENTITIES_FOR_PSI (a view
+    of a few countries, say) the serving side is a handful of point masses whose PSI against a history is large
+    whatever happens, so PSI is reported but not graded (a note says so); mean shift and null rates still are.
 
     `features` holds (name, dtype) pairs, or objects with `.name` and `.dtype` such as the registry's
     Feature. `bins` is the number of training quantile bins for numeric PSI. A frame without rows may
@@ -328,10 +340,15 @@ def skew_report(
     if bins < 2:
         raise ConfigError(f"skew report bins must be at least 2, got {bins}")
     pairs = [(f.name, f.dtype) if hasattr(f, "name") else tuple(f) for f in features]
+    grade_psi = serving_entities is None or serving_entities >= MIN_ENTITIES_FOR_PSI
     rows = [
-        _feature_row(name, dtype, _column(training, name, "training"), _column(serving, name, "serving"), thresholds, bins)
+        _feature_row(name, dtype, _column(training, name, "training"), _column(serving, name, "serving"), thresholds, bins, grade_psi)
         for name, dtype in pairs
     ]
+    if not grade_psi:
+        note = f"PSI not graded: only {serving_entities} distinct entities served"
+        for row in rows:
+            row["notes"] = "; ".join(filter(None, [row["notes"], note]))
     report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
     # "str" keeps the category column's missing value NaN whether or not the report has a categorical feature.
     return report.astype({"training_rows": "int64", "serving_rows": "int64", "largest_change_category": "str"})

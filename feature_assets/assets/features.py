@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
 from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.assets.raw import WAREHOUSE_POOL
-from feature_assets.automation import USER_FEATURES_FRESHNESS
+from feature_assets.automation import view_freshness
 from feature_assets.errors import ConfigError
 from feature_assets.project import dbt_project
+from feature_assets.registry import Registry, load_registry
 from feature_assets.resources.warehouse import Warehouse
 
-__all__ = ["AsOfConfig", "FeatureTranslator", "dbt_feature_models"]
+__all__ = ["AsOfConfig", "FeatureTranslator", "dbt_feature_models", "dbt_model_key"]
 
 
 class AsOfConfig(dg.Config):
@@ -46,16 +47,22 @@ class AsOfConfig(dg.Config):
 
 
 class FeatureTranslator(DagsterDbtTranslator):
-    """dbt models join the `features` group; feature views carry the refresh freshness policy."""
+    """Label tables join the `training` group, other dbt models the `features` group; each feature view carries
+    the freshness policy of its own refresh cadence."""
+
+    def __init__(self, registry: Registry):
+        super().__init__()
+        self.registry = registry
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         node = manifest["nodes"].get(unique_id)
         if node is None or node["resource_type"] != "model":
             return spec
-        spec = spec.replace_attributes(group_name="features")
-        if "feature_view" in node["config"].get("meta", {}):
-            spec = spec.replace_attributes(freshness_policy=USER_FEATURES_FRESHNESS)
+        name = node["name"]
+        spec = spec.replace_attributes(group_name="training" if name in self.registry.labels else "features")
+        if name in self.registry.views:
+            spec = spec.replace_attributes(freshness_policy=view_freshness(self.registry.views[name]))
         return spec
 
 
@@ -77,11 +84,11 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
-    dagster_dbt_translator=FeatureTranslator(),
+    dagster_dbt_translator=FeatureTranslator(load_registry(dbt_project.manifest_path)),
     pool=WAREHOUSE_POOL,
 )
 def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
-    """Builds and tests the staging views and appends the feature snapshots for the configured as-of times."""
+    """Builds and tests the selected dbt models: staging views, the feature snapshots of the configured as-of times, label tables."""
     target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
     try:
         with _environment(warehouse.dbt_env()):
@@ -89,3 +96,8 @@ def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, w
         yield from invocation.stream()
     finally:
         shutil.rmtree(target_path, ignore_errors=True)
+
+
+def dbt_model_key(name: str) -> dg.AssetKey:
+    """The asset key of a dbt model of the project."""
+    return get_asset_key_for_model([dbt_feature_models], name)

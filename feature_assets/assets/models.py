@@ -13,13 +13,11 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from feature_assets.assets.training import training_set_table
 from feature_assets.errors import DataError
-from feature_assets.registry import FeatureSet, Registry
+from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving.models import ModelCard, feature_matrix
-from feature_assets.training import LABEL_ROW, LABEL_TIME, SNAPSHOT_AT
 
 __all__ = ["model_assets", "build_pipeline", "train"]
 
@@ -46,7 +44,7 @@ def build_pipeline(feature_set: FeatureSet) -> Pipeline:
 
 def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[str, float], dict[str, int]]:
     """Fits on the earlier label times and validates on the latest VALIDATION_SHARE of them."""
-    frame = frame.sort_values([LABEL_TIME, LABEL_ROW], kind="stable")
+    frame = frame.sort_values([feature_set.labels.label_time, LABEL_ROW], kind="stable")
     cut = int(len(frame) * (1 - VALIDATION_SHARE))
     fit, validation = frame.iloc[:cut], frame.iloc[cut:]
     if len(fit) < 20 or len(validation) < 5:
@@ -77,7 +75,8 @@ def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[
 
 
 def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
-    table = training_set_table(feature_set)
+    table = feature_set.training_set
+    label_time = feature_set.labels.label_time
 
     @dg.asset(
         name=feature_set.model,
@@ -86,12 +85,14 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         kinds={"scikitlearn"},
         description=(
             f"The {feature_set.task} model of {feature_set.target}, trained on {table}; each materialization is a new "
-            "version in the model store, bound to the feature schema it was trained on (served_models promotes it)."
+            "version in the model store, bound to the feature schema it was trained on (served_models promotes it). "
+            "It learns from the rows that matched a snapshot of every view it reads, as serving scores only those."
         ),
     )
     def model(warehouse: Warehouse, model_store: ModelStoreResource) -> dg.MaterializeResult:
         rows = warehouse.query(f"select * from {table} order by {LABEL_ROW}")
-        frame = rows[rows[SNAPSHOT_AT].notna()]
+        complete = np.logical_and.reduce([rows[snapshot_column(view)].notna().to_numpy() for view in feature_set.views])
+        frame = rows[complete]
         skipped = len(rows) - len(frame)
         pipeline, metrics, rows = train(feature_set, frame)
         trained_at = datetime.now(timezone.utc)
@@ -99,7 +100,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
             feature_set,
             version=trained_at.strftime("%Y%m%dT%H%M%S%fZ"),
             trained_at=trained_at.isoformat(),
-            training_window={"first_label_time": str(frame[LABEL_TIME].min()), "last_label_time": str(frame[LABEL_TIME].max())},
+            training_window={"first_label_time": str(frame[label_time].min()), "last_label_time": str(frame[label_time].max())},
             rows={**rows, "without_features": skipped},
             metrics=metrics,
         )

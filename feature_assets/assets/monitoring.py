@@ -8,9 +8,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from feature_assets.assets.online import user_features_online
+from feature_assets.assets.online import online_asset_name
 from feature_assets.assets.raw import WAREHOUSE_POOL
-from feature_assets.assets.training import training_set_table
 from feature_assets.automation import SKEW_REPORT_AUTOMATION, SKEW_REPORT_FRESHNESS
 from feature_assets.online_sync import iter_latest_snapshots
 from feature_assets.registry import FeatureView, Registry
@@ -20,11 +19,9 @@ from feature_assets.resources.served_log import ServedLogResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, histogram_markdown, skew_report
-from feature_assets.training import SNAPSHOT_AT
+from feature_assets.registry import snapshot_column
 
-__all__ = ["SkewReportConfig", "REPORT_TABLE", "latest_report", "skew_report_assets", "served_models_asset"]
-
-REPORT_TABLE = "user_features_skew"
+__all__ = ["SkewReportConfig", "report_table", "skew_report_name", "latest_report", "skew_report_assets", "served_models_asset"]
 _REPORT_COLUMNS = {
     "report_at": "timestamp",
     "feature": "varchar",
@@ -64,41 +61,72 @@ class SkewReportConfig(dg.Config):
     )
 
 
+def report_table(view: FeatureView) -> str:
+    """The warehouse table of a view's skew reports: one row per feature per report."""
+    return f"{view.name}_skew"
+
+
+def skew_report_name(view: FeatureView) -> str:
+    return f"{view.name}_skew_report"
+
+
 def _training_rows(warehouse: Warehouse, registry: Registry, view: FeatureView) -> tuple[pd.DataFrame, list[str], str]:
-    """The rows the view's models were trained on (the union of their training sets), and the features they use."""
+    """The view's features in the rows its models were trained on (the union of their training sets), and the
+    features they use."""
     frames, used, sources = [], [], []
     with warehouse.connect() as con:
         for feature_set in registry.feature_sets.values():
-            table = training_set_table(feature_set)
-            if feature_set.view.name != view.name or not warehouse.table_exists(con, table):
+            read = next((read for read in feature_set.reads if read.view.name == view.name), None)
+            table = feature_set.training_set
+            if read is None or not warehouse.table_exists(con, table):
                 continue
-            names = ", ".join(feature_set.feature_names)
-            frames.append(warehouse.fetch(con, f"select {names} from {table} where {SNAPSHOT_AT} is not null"))
-            used += [name for name in feature_set.feature_names if name not in used]
+            names = [f.name for f in read.features]
+            frames.append(warehouse.fetch(con, f"select {', '.join(names)} from {table} where {snapshot_column(view)} is not null"))
+            used += [name for name in names if name not in used]
             sources.append(table)
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), used, " + ".join(sources)
 
 
 def _serving_rows(
-    config: SkewReportConfig, warehouse: Warehouse, online_store: OnlineStoreResource, served_log: ServedLogResource, view: FeatureView
+    config: SkewReportConfig,
+    registry: Registry,
+    warehouse: Warehouse,
+    online_store: OnlineStoreResource,
+    served_log: ServedLogResource,
+    view: FeatureView,
 ) -> tuple[pd.DataFrame, str]:
-    """The logged served vectors when there are enough, else the online values of a sample of entities."""
+    """The logged served vectors when there are enough, else what serving would read now for a sample of the
+    entities models score: the view's own entities, or, when a model derives the view's key from another view's
+    feature (a user's country), that view's entities, each read through its derived key."""
     with served_log.open() as log:
         served = log.read(view.name, limit=config.served_rows)
     if len(served) >= config.min_served_rows:
         return served, f"served log ({len(served)} vectors)"
+    derived = next(
+        (read.derived_from for fs in registry.feature_sets.values() for read in fs.reads if read.view == view and read.derived_from),
+        None,
+    )
+    scored = registry.view(derived[0]) if derived else view
     with warehouse.connect() as con:
         ids = pd.concat(
-            iter_latest_snapshots(warehouse, con, view, sample=config.serving_sample), ignore_index=True
-        )[view.entity_key].tolist()
+            iter_latest_snapshots(warehouse, con, scored, sample=config.serving_sample), ignore_index=True
+        )[scored.entity_key].tolist()
     with online_store.open() as store:
-        online = FeatureReader(store, view).get_online_features(ids)
-    return online[~online[MISSING]], f"online snapshot sample ({len(ids)} entities)"
+        if derived:
+            keys = FeatureReader(store, scored).get_online_features(ids, [derived[1]])[derived[1]]
+            keys = keys[keys.notna()].tolist()
+            online = FeatureReader(store, view).get_online_features(keys)
+            source = f"online snapshot through {'.'.join(derived)} of {len(ids)} {scored.entity}s"
+        else:
+            online = FeatureReader(store, view).get_online_features(ids)
+            source = f"online snapshot sample ({len(ids)} entities)"
+    return online[~online[MISSING]], source
 
 
-def latest_report(warehouse: Warehouse, con: Any) -> pd.DataFrame:
-    """The rows of the newest report (one per feature)."""
-    return warehouse.fetch(con, f"select * from {REPORT_TABLE} where report_at = (select max(report_at) from {REPORT_TABLE})")
+def latest_report(warehouse: Warehouse, con: Any, view: FeatureView) -> pd.DataFrame:
+    """The rows of the view's newest report (one per feature)."""
+    table = report_table(view)
+    return warehouse.fetch(con, f"select * from {table} where report_at = (select max(report_at) from {table})")
 
 
 def _thresholds(config: SkewReportConfig) -> DriftThresholds:
@@ -120,17 +148,22 @@ def _check_result(report: pd.DataFrame, severities: tuple[str, ...], severity: d
     return dg.AssetCheckResult(passed=drifted.empty, severity=severity, metadata=metadata)
 
 
-def skew_report_assets(registry: Registry, view_name: str = "user_features"):
-    view = registry.view(view_name)
+def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
+    """The view's skew report, with its drift checks; built from the registry entry."""
+    training_sets = [fs.training_set for fs in registry.feature_sets.values() if view in fs.views]
 
     @dg.asset(
-        name=f"{view.name}_skew_report",
-        deps=[user_features_online, *(training_set_table(fs) for fs in registry.feature_sets.values() if fs.view.name == view.name)],
+        name=skew_report_name(view),
+        deps=[online_asset_name(view), *training_sets],
         group_name="monitoring",
         kinds={"python"},
         pool=WAREHOUSE_POOL,
         freshness_policy=SKEW_REPORT_FRESHNESS,
         automation_condition=SKEW_REPORT_AUTOMATION,
+        description=(
+            f"Per feature of {view.name}: training vs serving distributions (mean shift, PSI, KS, null rates), one row "
+            f"per feature per report in the warehouse table {report_table(view)}."
+        ),
     )
     def report_asset(
         config: SkewReportConfig,
@@ -138,20 +171,19 @@ def skew_report_assets(registry: Registry, view_name: str = "user_features"):
         online_store: OnlineStoreResource,
         served_log: ServedLogResource,
     ) -> dg.MaterializeResult:
-        """Per feature: training vs serving distributions (mean shift, PSI, KS, null rates), one row per feature
-        per report in the warehouse table user_features_skew."""
         training, used, training_source = _training_rows(warehouse, registry, view)
         if training.empty:
             raise dg.Failure(f"no training set of {view.name} exists yet; materialize the training sets first")
-        serving, serving_source = _serving_rows(config, warehouse, online_store, served_log, view)
+        serving, serving_source = _serving_rows(config, registry, warehouse, online_store, served_log, view)
         if serving.empty:
             raise dg.Failure(f"nothing to compare: no served vectors logged and no {view.name} entity in the online store")
         features = [(name, view.feature(name).dtype) for name in used]
-        report = skew_report(training, serving, features, _thresholds(config))
+        entities = serving[view.entity_key].nunique() if view.entity_key in serving.columns else None
+        report = skew_report(training, serving, features, _thresholds(config), serving_entities=entities)
         report.insert(0, "report_at", datetime.now(UTC).replace(tzinfo=None))
         report["training_source"], report["serving_source"] = training_source, serving_source
         with warehouse.connect() as con:
-            warehouse.append(con, REPORT_TABLE, report, _REPORT_COLUMNS)
+            warehouse.append(con, report_table(view), report, _REPORT_COLUMNS)
         summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]]
         drifted = _drifted(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
@@ -170,24 +202,24 @@ def skew_report_assets(registry: Registry, view_name: str = "user_features"):
     def no_drift_error(warehouse: Warehouse) -> dg.AssetCheckResult:
         """ERROR (blocks promoting new models) when a feature's PSI or null-rate change crosses its error threshold."""
         with warehouse.connect() as con:
-            return _check_result(latest_report(warehouse, con), ("error",), dg.AssetCheckSeverity.ERROR)
+            return _check_result(latest_report(warehouse, con, view), ("error",), dg.AssetCheckSeverity.ERROR)
 
     @dg.asset_check(asset=report_asset, name="no_drift_warning")
     def no_drift_warning(warehouse: Warehouse) -> dg.AssetCheckResult:
         """WARN when a feature's mean shift or PSI crosses its warning threshold."""
         with warehouse.connect() as con:
-            return _check_result(latest_report(warehouse, con), ("warn", "error"), dg.AssetCheckSeverity.WARN)
+            return _check_result(latest_report(warehouse, con, view), ("warn", "error"), dg.AssetCheckSeverity.WARN)
 
     return report_asset, [no_drift_error, no_drift_warning]
 
 
-def served_models_asset(registry: Registry, report_asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
     models = list(registry.feature_sets)
 
-    @dg.asset(deps=[*models, report_asset], group_name="models", kinds={"python"})
+    @dg.asset(deps=[*models, *report_assets], group_name="models", kinds={"python"})
     def served_models(model_store: ModelStoreResource) -> dg.MaterializeResult:
-        """Each model's newest trained version becomes the one predict serves. Runs only after the skew report's
-        blocking drift check passed, so a drift error leaves the previous versions serving."""
+        """Each model's newest trained version becomes the one predict serves. Runs only after the skew reports'
+        blocking drift checks passed, so a drift error leaves the previous versions serving."""
         store = model_store.store()
         promoted = {}
         for model in models:

@@ -43,24 +43,26 @@ class SchemaMismatch(FeatureStoreError):
 
 def schema_version(features: Sequence[Mapping[str, str]]) -> str:
     """A hash of the ordered feature names, dtypes and definition checksums: equal iff serving may decode alike."""
-    payload = json.dumps([[f["name"], f["dtype"], f["definition_checksum"]] for f in features])
+    payload = json.dumps([[f.get("view"), f["name"], f["dtype"], f["definition_checksum"]] for f in features])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Everything serving must know about a model version, as stored in card.json."""
+    """Everything serving must know about a model version, as stored in card.json.
+
+    views: per view read, in order: name, entity, entity_key, timestamp, online_ttl_hours, and derived_from
+    ([view, feature] whose online value is the entity key, or null when the caller passes it).
+    features: ordered, each with its view, name, dtype and definition_checksum.
+    """
 
     model: str
     version: str
     task: str
     target: str
-    view: str
-    entity: str
-    entity_key: str
-    timestamp: str
-    online_ttl_hours: float
-    features: list[dict[str, str]]  # ordered: name, dtype, definition_checksum
+    labels: str
+    views: list[dict[str, Any]]
+    features: list[dict[str, str]]
     schema_version: str
     trained_at: str
     training_window: dict[str, str]
@@ -69,39 +71,71 @@ class ModelCard:
 
     @classmethod
     def for_feature_set(cls, feature_set: FeatureSet, **fields: Any) -> "ModelCard":
-        view = feature_set.view
+        views = [
+            {
+                "name": read.view.name,
+                "entity": read.view.entity,
+                "entity_key": read.view.entity_key,
+                "timestamp": read.view.timestamp,
+                "online_ttl_hours": read.view.online_ttl / timedelta(hours=1),
+                "derived_from": list(read.derived_from) if read.derived_from else None,
+            }
+            for read in feature_set.reads
+        ]
         features = [
-            {"name": f.name, "dtype": f.dtype, "definition_checksum": f.definition_checksum} for f in feature_set.features
+            {"view": read.view.name, "name": f.name, "dtype": f.dtype, "definition_checksum": f.definition_checksum}
+            for read in feature_set.reads
+            for f in read.features
         ]
         return cls(
             model=feature_set.model,
             task=feature_set.task,
             target=feature_set.target,
-            view=view.name,
-            entity=view.entity,
-            entity_key=view.entity_key,
-            timestamp=view.timestamp,
-            online_ttl_hours=view.online_ttl / timedelta(hours=1),
+            labels=feature_set.labels.name,
+            views=views,
             features=features,
             schema_version=schema_version(features),
             **fields,
         )
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelCard":
+        """A stored card; cards written before models could read several views name their one view at the top."""
+        if "views" not in data:
+            data = dict(data)
+            view = {k: data.pop(k) for k in ("view", "entity", "entity_key", "timestamp", "online_ttl_hours")}
+            data["views"] = [{"name": view.pop("view"), **view, "derived_from": None}]
+            data["features"] = [{"view": data["views"][0]["name"], **f} for f in data["features"]]
+            data.setdefault("labels", "")
+        return cls(**data)
+
     @property
     def feature_names(self) -> list[str]:
         return [f["name"] for f in self.features]
 
-    def feature_view(self) -> FeatureView:
-        """The slice of the feature view this model reads, rebuilt from the card (no dbt manifest needed)."""
-        return FeatureView(
-            name=self.view,
-            entity=self.entity,
-            entity_key=self.entity_key,
-            timestamp=self.timestamp,
-            online_ttl=timedelta(hours=self.online_ttl_hours),
-            features=tuple(Feature(f["name"], f["dtype"], "", "", f["definition_checksum"]) for f in self.features),
-            definition_checksum="",
-        )
+    @property
+    def caller_keys(self) -> list[str]:
+        """The entity keys a caller passes to predict; the others are derived from online features."""
+        return list(dict.fromkeys(v["entity_key"] for v in self.views if not v["derived_from"]))
+
+    def feature_views(self) -> list[FeatureView]:
+        """The slice of each view this model reads, rebuilt from the card (no dbt manifest needed)."""
+        return [
+            FeatureView(
+                name=view["name"],
+                entity=view["entity"],
+                entity_key=view["entity_key"],
+                key_data_type="",
+                timestamp=view["timestamp"],
+                online_ttl=timedelta(hours=view["online_ttl_hours"]),
+                refresh_interval=timedelta(hours=1),
+                features=tuple(
+                    Feature(f["name"], f["dtype"], "", "", f["definition_checksum"]) for f in self.features if f["view"] == view["name"]
+                ),
+                definition_checksum="",
+            )
+            for view in self.views
+        ]
 
 
 def feature_matrix(columns: Mapping[str, Sequence[Any]], features: Sequence[Mapping[str, str]]) -> np.ndarray:
@@ -156,7 +190,7 @@ class ModelStore:
 
     def card(self, model: str, version: str | None = None) -> ModelCard:
         version = version or self.current(model)
-        return ModelCard(**json.loads((self.root / model / version / "card.json").read_text()))
+        return ModelCard.from_json(json.loads((self.root / model / version / "card.json").read_text()))
 
     def load(self, model: str, version: str | None = None) -> tuple[ModelCard, Any]:
         card = self.card(model, version)
@@ -166,21 +200,42 @@ class ModelStore:
 
 @dataclass(frozen=True)
 class Prediction:
-    entity_id: Any
+    entity: dict[str, Any]  # every entity key the prediction used, derived ones included
     score: float
     model: str
     version: str
     features: dict[str, Any]
 
 
+class _ViewPart:
+    """One view a served model reads: its reader, the fields one read asks for, and how its key is found."""
+
+    def __init__(self, store: OnlineStore, view: FeatureView, derived_from: list[str] | None, extra: tuple[str, ...]):
+        self.view = view
+        self.key = view.entity_key
+        self.derived_from = tuple(derived_from) if derived_from else None
+        self.reader = FeatureReader(store, view)
+        self.names = [*view.feature_names, *(name for name in extra if name not in view.feature_names)]
+        self.fields = self.reader.fields(self.names)
+
+
 class _Served:
-    """One loaded model version with its online reader, checked against the store's schema once."""
+    """One loaded model version with a reader per view, checked against the store's schema once."""
 
     def __init__(self, store: OnlineStore, card: ModelCard, pipeline: Any):
         self.card, self.pipeline = card, pipeline
-        self.view = card.feature_view()
-        _check_online_schema(store, self.view, card)  # first: it names the model and the feature that differ
-        self.reader = FeatureReader(store, self.view)
+        views = card.feature_views()
+        for view in views:
+            _check_online_schema(store, view, card)  # first: it names the model, view and feature that differ
+        # A view whose online feature gives another view's key reads that feature too, even if the model does not.
+        sources: dict[str, list[str]] = {}
+        for view in card.views:
+            if view["derived_from"]:
+                sources.setdefault(view["derived_from"][0], []).append(view["derived_from"][1])
+        self.parts = [
+            _ViewPart(store, view, entry["derived_from"], tuple(sources.get(view.name, ())))
+            for view, entry in zip(views, card.views)
+        ]
         self.names = card.feature_names
         self.classifier = card.task == "classification"
         self._steps = _direct_steps(pipeline)
@@ -217,11 +272,13 @@ def _direct_steps(pipeline: Any) -> tuple[list[tuple[Any, list[int]]], Any] | No
 def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> None:
     record = store.last_sync(view)
     if record is None:
-        raise SchemaMismatch(f"{store.describe()} holds no synced {card.view}; run the online sync before predicting")
+        raise SchemaMismatch(f"{store.describe()} holds no synced {view.name}; run the online sync before predicting")
     online_dtypes, online_definitions = dict(record.schema), dict(record.definitions)
     for feature in card.features:
+        if feature["view"] != view.name:
+            continue
         name = feature["name"]
-        where = f"model {card.model} version {card.version} reads {card.view}.{name}"
+        where = f"model {card.model} version {card.version} reads {view.name}.{name}"
         if name not in online_dtypes:
             raise SchemaMismatch(f"{where}, but {store.describe()} has no such feature (it has {', '.join(online_dtypes)})")
         if online_dtypes[name] != feature["dtype"]:
@@ -235,7 +292,11 @@ def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard)
 class Predictor:
     """Scores entities with the served version of a model, from the online store.
 
-    With a served_log, every scored feature vector is offered to it (it samples and writes off the request path).
+    A model may read several views: the caller passes the entity keys the card lists as caller keys (a single
+    value when there is one), and may pass a derived key too; any other key is read from the online feature it is
+    derived from. One prediction reads every view whose key is known in one exchange with the store, then the
+    views whose keys were derived in a second. With a served_log, every scored feature vector is offered to it,
+    per view (it samples and writes off the request path).
     """
 
     def __init__(self, store: OnlineStore, models: ModelStore, served_log: ServedLog | None = None):
@@ -250,47 +311,136 @@ class Predictor:
             served = self._served[(model, version)] = _Served(self.store, card, pipeline)
         return served
 
-    def predict_one(self, model: str, entity_id: Any) -> Prediction:
-        """One entity, the fast path: one online read, one model call. A missing entity is an error, never zeros."""
+    def entity_keys(self, model: str) -> list[str]:
+        """The keys a caller must pass to predict with the served version of `model`."""
+        return self._current(model).card.caller_keys
+
+    def predict_one(self, model: str, entity: Any) -> Prediction:
+        """One prediction, the fast path: at most one exchange per level of derived keys, one model call.
+        `entity` is the value of the one caller key, or a mapping of keys to values. A missing entity is an
+        error naming the view, never zeros."""
         served = self._current(model)
-        row = served.reader.get_entity(entity_id)
         card = served.card
-        if row[MISSING]:
-            raise DataError(_missing_message(card, entity_id))
-        features = {name: row[name] for name in served.names}
+        keys = _keys(card, entity)
+        rows: dict[str, dict[str, Any]] = {}
+        pending = served.parts
+        while pending:
+            ready = [part for part in pending if part.key in keys or (part.derived_from and part.derived_from[0] in rows)]
+            if not ready:
+                raise DataError(f"model {card.model}: the keys of {', '.join(p.view.name for p in pending)} cannot be found")
+            for part in ready:
+                if part.key not in keys:
+                    source_view, source_feature = part.derived_from
+                    value = rows[source_view][source_feature]
+                    if value is None:
+                        raise DataError(
+                            f"{part.key} is derived from {source_view}.{source_feature}, which is null for "
+                            f"{_describe(keys)}; pass {part.key} explicitly"
+                        )
+                    keys[part.key] = value
+            values = self.store.read_rows([(part.view, keys[part.key], part.fields) for part in ready])
+            for part, raw in zip(ready, values):
+                row = part.reader.decode_row(keys[part.key], raw, part.names)
+                if row[MISSING]:
+                    raise DataError(_missing_message(card, part.view, keys[part.key]))
+                rows[part.view.name] = row
+            pending = [part for part in pending if part.view.name not in rows]
+        features = {f["name"]: rows[f["view"]][f["name"]] for f in card.features}
         matrix = feature_matrix({name: [value] for name, value in features.items()}, card.features)
-        prediction = Prediction(entity_id, served.score_row(matrix), model, card.version, features)
+        prediction = Prediction(keys, served.score_row(matrix), model, card.version, features)
         if self.served_log is not None:
-            self.served_log.log(card.view, card.entity_key, entity_id, features, model, card.version)
+            for part in served.parts:
+                logged = {name: features[name] for name in part.view.feature_names}
+                self.served_log.log(part.view.name, part.key, keys[part.key], logged, model, card.version)
         return prediction
 
-    def predict(self, model: str, entity_ids: Iterable[Any]) -> pd.DataFrame:
-        """Many entities: one row per id with its score, or with an error (missing or expired) and no score."""
+    def predict(self, model: str, entities: Iterable[Any] | pd.DataFrame) -> pd.DataFrame:
+        """Many entities: one row per entity with its score, or with an error (missing or expired) and no score.
+        `entities`: values of the one caller key, or a frame with a column per caller key. Each view is read for
+        all entities in one exchange (views with derived keys after their source)."""
         served = self._current(model)
         card = served.card
-        frame = served.reader.get_online_features(list(entity_ids), served.names)
-        scores = pd.array([None] * len(frame), dtype="Float64")
-        found = ~frame[MISSING].to_numpy(dtype=bool)
+        keys = _key_frame(card, entities)
+        errors = pd.array([None] * len(keys), dtype="string")
+        frames: dict[str, pd.DataFrame] = {}
+        for part in _in_dependency_order(served.parts):
+            if part.key not in keys.columns:
+                source_view, source_feature = part.derived_from
+                keys[part.key] = frames[source_view][source_feature].astype(object).where(frames[source_view][source_feature].notna(), None)
+            ids = keys[part.key].tolist()
+            known = np.array([entity_id is not None for entity_id in ids], dtype=bool)
+            # A null derived key is read as the empty id, which no entity has, and then marked missing.
+            frame = part.reader.get_online_features([i if ok else "" for i, ok in zip(ids, known)], part.names)
+            frame.loc[~known, MISSING] = True
+            frames[part.view.name] = frame
+            for row in np.flatnonzero(frame[MISSING].to_numpy(dtype=bool)):
+                if pd.isna(errors[row]):
+                    errors[row] = (
+                        _missing_message(card, part.view, ids[row])
+                        if known[row]
+                        else f"{part.key} is derived from {'.'.join(part.derived_from)}, which is null; no prediction"
+                    )
+        found = np.asarray(pd.isna(errors), dtype=bool)
+        scores = pd.array([None] * len(keys), dtype="Float64")
         if found.any():
-            present = frame[found]
-            columns = {name: present[name].tolist() for name in served.names}
+            columns = {f["name"]: frames[f["view"]][f["name"]][found].tolist() for f in card.features}
             scores[found] = served.score_matrix(feature_matrix(columns, card.features))
             if self.served_log is not None:
-                ids = present[card.entity_key].tolist()
-                self.served_log.log_batch(card.view, card.entity_key, ids, columns, model, card.version)
-        errors = [None if ok else _missing_message(card, entity_id) for ok, entity_id in zip(found, frame[card.entity_key])]
-        return pd.DataFrame(
-            {
-                card.entity_key: frame[card.entity_key],
-                "score": scores,
-                "model_version": card.version,
-                "error": pd.array(errors, dtype="string"),
-            }
-        )
+                for part in served.parts:
+                    ids = keys[part.key][found].tolist()
+                    logged = {name: columns[name] for name in part.view.feature_names}
+                    self.served_log.log_batch(part.view.name, part.key, ids, logged, model, card.version)
+        result = keys[card.caller_keys + [k for k in keys.columns if k not in card.caller_keys]].copy()
+        result["score"] = scores
+        result["model_version"] = card.version
+        result["error"] = errors
+        return result.reset_index(drop=True)
 
 
-def _missing_message(card: ModelCard, entity_id: Any) -> str:
+def _in_dependency_order(parts: list[_ViewPart]) -> list[_ViewPart]:
+    """Views with a caller key first, then views whose key derives from them (one level, the registry's rule)."""
+    return [part for part in parts if part.derived_from is None] + [part for part in parts if part.derived_from is not None]
+
+
+def _keys(card: ModelCard, entity: Any) -> dict[str, Any]:
+    caller = card.caller_keys
+    if isinstance(entity, Mapping):
+        keys = dict(entity)
+    elif len(caller) == 1:
+        keys = {caller[0]: entity}
+    else:
+        raise DataError(f"model {card.model} needs the keys {', '.join(caller)}; pass them as a mapping")
+    missing = [key for key in caller if keys.get(key) is None]
+    if missing:
+        raise DataError(f"model {card.model} needs {', '.join(missing)} (its entity keys: {', '.join(caller)})")
+    known = {view["entity_key"] for view in card.views}
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise DataError(f"model {card.model} reads no view keyed by {', '.join(unknown)}; its keys: {', '.join(sorted(known))}")
+    return keys
+
+
+def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
+    caller = card.caller_keys
+    if isinstance(entities, pd.DataFrame):
+        frame = entities.reset_index(drop=True).copy()
+    elif len(caller) == 1:
+        frame = pd.DataFrame({caller[0]: pd.Series(list(entities), dtype=object)})
+    else:
+        raise DataError(f"model {card.model} needs the keys {', '.join(caller)}; pass a frame with those columns")
+    absent = [key for key in caller if key not in frame.columns]
+    if absent:
+        raise DataError(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _describe(keys: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in keys.items())
+
+
+def _missing_message(card: ModelCard, view: FeatureView, entity_id: Any) -> str:
+    ttl = next(v["online_ttl_hours"] for v in card.views if v["name"] == view.name)
     return (
-        f"{card.entity_key} {entity_id} has no features in the online store (never synced, or expired after the "
-        f"{card.online_ttl_hours:g} h TTL); no prediction"
+        f"{view.entity_key} {entity_id} has no {view.name} in the online store (never synced, or expired after the "
+        f"{ttl:g} h TTL); no prediction"
     )

@@ -5,8 +5,11 @@ Redis in production, and SQLite, the embedded default that needs no server. Valu
 text form of `codec`; stores hand raw values back and `reads.FeatureReader` decodes them.
 
 Redis layout, readable with plain redis-cli:
-    features:<entity>:<id>          hash: the snapshot's computed_at and one field per feature;
-                                    null is a single NUL byte ("\\x00"); the key has the view's TTL
+    features:<namespace>:<id>       hash: the snapshot's computed_at and one field per feature of one view;
+                                    null is a single NUL byte ("\\x00"); the key has the view's TTL. The
+                                    namespace is the entity (features:user:42) for the view named
+                                    <entity>_features, and the view's name for any other view of that entity
+                                    (features:user_order_features:42), so two views never share a hash
     featurestore:view:<view name>   hash: schema, definition version and the last completed sync,
                                     with the same TTL (a store that went quiet for a TTL starts over)
 """
@@ -115,6 +118,11 @@ class OnlineStore(ABC):
         """Stored values of `fields` (bytes or str; None for null), or None if the entity is missing or expired."""
 
     @abstractmethod
+    def read_rows(self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]]) -> list[Sequence[Any] | None]:
+        """Several entities, possibly of several views, in one exchange: per (view, entity id, fields) request what
+        read_row returns for it."""
+
+    @abstractmethod
     def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
         """Many entities in few round trips, column by column: one sequence per field, entities in the order
         given, None for null. An entity is missing or expired exactly where the first field (the timestamp) is None."""
@@ -183,9 +191,9 @@ class RedisOnlineStore(OnlineStore):
 
     def prefix(self, view: FeatureView) -> bytes:
         try:
-            return self._prefixes[view.entity]
+            return self._prefixes[view.online_namespace]
         except KeyError:
-            prefix = self._prefixes[view.entity] = f"features:{view.entity}:".encode()
+            prefix = self._prefixes[view.online_namespace] = f"features:{view.online_namespace}:".encode()
             return prefix
 
     def key_of(self, view: FeatureView, entity_id: Any) -> str:
@@ -217,6 +225,24 @@ class RedisOnlineStore(OnlineStore):
         except redis.RedisError as error:
             raise self.unreachable(error) from None
         return self._checked(view, key, fields, values)
+
+    def read_rows(self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]]) -> list[Sequence[Any] | None]:
+        if len(requests) == 1:  # one command needs no pipeline (which costs ~30 us more)
+            return [self.read_row(*requests[0])]
+        keys = [self.prefix(view) + encode_entity_id(entity_id) for view, entity_id, _ in requests]
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, (_, _, fields) in zip(keys, requests):
+                    pipe.execute_command("HMGET", key, *fields)
+                replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:
+            raise self.unreachable(error) from None
+        rows = []
+        for key, (view, _, fields), values in zip(keys, requests, replies):
+            if isinstance(values, redis.ResponseError):
+                raise DataError(f"online value at {key.decode()}: {values}")
+            rows.append(self._checked(view, key, fields, values))
+        return rows
 
     def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
         # Raw pipelined HMGETs parsed by hiredis: redis-py's pipeline costs ~20 us per command in Python and a
@@ -279,7 +305,7 @@ class RedisOnlineStore(OnlineStore):
             **record.to_json(),
             "entity": view.entity,
             "entity_key": view.entity_key,
-            "key_pattern": f"features:{view.entity}:<{view.entity_key}>",
+            "key_pattern": f"features:{view.online_namespace}:<{view.entity_key}>",
             "ttl_seconds": str(int(view.online_ttl.total_seconds())),
             "null": "a single NUL byte (\\x00)",
         }
@@ -531,6 +557,9 @@ class SqliteOnlineStore(OnlineStore):
             if "no such table" in str(error):
                 return None
             raise OnlineStoreError(f"{self.describe()}: {error}") from None
+
+    def read_rows(self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]]) -> list[Sequence[Any] | None]:
+        return [self.read_row(view, entity_id, fields) for view, entity_id, fields in requests]
 
     def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
         ids = [encode_entity_id(entity_id).decode() for entity_id in entity_ids]

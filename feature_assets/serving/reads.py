@@ -77,7 +77,20 @@ class FeatureReader:
     def get_entity(self, entity_id: Any, features: Iterable[str] | None = None) -> dict[str, Any]:
         """One entity's features as a dict of Python values; the fast path (one round trip, no pandas)."""
         plan = self._plans[None] if features is None else self._plan_for(features)
-        values = self.store.read_row(self.view, entity_id, plan.fields)
+        result = self.decode_row(entity_id, self.store.read_row(self.view, entity_id, plan.fields), features)
+        if self.served_log is not None and not result[MISSING]:
+            logged = {field: result[field] for field in plan.fields[1:]}
+            self.served_log.log(self.view.name, self.view.entity_key, entity_id, logged)
+        return result
+
+    def fields(self, features: Iterable[str] | None = None) -> tuple[str, ...]:
+        """The stored fields a read of these features asks the store for (the timestamp first)."""
+        return self._plan_for(features).fields
+
+    def decode_row(self, entity_id: Any, values: Sequence[Any] | None, features: Iterable[str] | None = None) -> dict[str, Any]:
+        """What the store's read_row returned for fields(features), typed: the entity key, the timestamp, the
+        features and `_missing`."""
+        plan = self._plans[None] if features is None else self._plan_for(features)
         result = {self.view.entity_key: entity_id}
         if values is None:
             result.update(plan.empty)
@@ -93,9 +106,6 @@ class FeatureReader:
                 dtype = plan.dtypes[plan.fields.index(field)]
                 raise cast_error(self.store.key_of(self.view, entity_id), field, value, dtype) from None
         result[MISSING] = False
-        if self.served_log is not None:
-            features = {field: result[field] for field in plan.fields[1:]}
-            self.served_log.log(self.view.name, self.view.entity_key, entity_id, features)
         return result
 
     def get_online_features(self, entity_ids: Iterable[Any], features: Iterable[str] | None = None) -> pd.DataFrame:
