@@ -69,7 +69,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     refresh_selection = sorted(_refresh_keys(registry, raw, views))
     refresh_job = dg.define_asset_job(
         "refresh_features",
-        selection=dg.AssetSelection.keys(*refresh_selection),
+        selection=dg.AssetSelection.assets(*refresh_selection),
         description="Loads new raw rows (demo data) and appends the feature snapshots of the run's hour (the due views).",
     )
     online = [online_assets(view) for view in views]
@@ -82,7 +82,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     labels = [dbt_model_key(name) for name in registry.labels]
     train_job = dg.define_asset_job(
         "train_models",
-        selection=dg.AssetSelection.keys(*labels) | dg.AssetSelection.assets(*training_sets, *models, *report_assets, served_models),
+        selection=dg.AssetSelection.assets(*labels, *training_sets, *models, *report_assets, served_models),
         description="Rebuilds labels and point-in-time training sets, trains every model, reports skew, and promotes "
         "the new models unless a drift check fails.",
     )

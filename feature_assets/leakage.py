@@ -92,10 +92,14 @@ def check_leakage(warehouse: Warehouse, feature_set: FeatureSet, table: str, sam
             for feature in read.features:
                 value = _python(row[feature.name])
                 reference = None if expected is None else _python(expected[feature.name])
-                if expected is None and (matched is not None or value is not None):
-                    why = f"a value although no {view.name} snapshot lies in [label time - TTL, label time)"
+                if matched is not None and matched >= t:
+                    why = f"taken from the snapshot of {matched}, computed at or after the label time"
+                elif matched is not None and expected is None:
+                    why = f"taken from the snapshot of {matched}, although no {view.name} snapshot lies in [label time - TTL, label time)"
                 elif expected is not None and matched != expected[view.timestamp]:
                     why = f"taken from the snapshot of {matched}, not the latest one before the label time ({expected[view.timestamp]})"
+                elif expected is None and value is not None:
+                    why = "a value although the row matched no snapshot"
                 elif not _same(value, reference):
                     why = f"differs from the {view.name} snapshot it was matched to"
                 else:

@@ -93,12 +93,12 @@ class FeatureView:
     name: str
     entity: str
     entity_key: str
-    key_data_type: str
     timestamp: str
     online_ttl: timedelta
-    refresh_interval: timedelta
     features: tuple[Feature, ...]
     definition_checksum: str
+    refresh_interval: timedelta = DEFAULT_REFRESH
+    key_data_type: str = "bigint"
 
     @property
     def feature_names(self) -> tuple[str, ...]:

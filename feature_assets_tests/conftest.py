@@ -123,11 +123,11 @@ def online_store(request, tmp_path):
     store.close()
 
 
-# Training (issue 4): 1,000 users over 150 days with daily snapshots (enough that PSI noise stays well under
-# the 0.1 warning threshold), and both models trained once per module.
+# Training: 1,000 users over 150 days with daily snapshots (enough that PSI noise stays well under the 0.1
+# warning threshold); the dbt build makes the label tables too; both models trained once per module.
 def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult:
     from feature_assets.assets.models import model_assets
-    from feature_assets.assets.training import label_assets, training_set_assets
+    from feature_assets.assets.training import training_set_assets
     from feature_assets.registry import load_registry
     from feature_assets.resources.model_store import ModelStoreResource
     from feature_assets.serving.models import ModelStore
@@ -135,7 +135,7 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
     registry = load_registry(dbt_project.manifest_path)
     training_sets, _ = training_set_assets(registry)
     result = dg.materialize(
-        [*label_assets(), *training_sets, *model_assets(registry)],
+        [*training_sets, *model_assets(registry)],
         resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(models_root))},
         instance=dg.DagsterInstance.ephemeral(),
     )
@@ -147,7 +147,7 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A DuckDB warehouse with demo data, daily snapshots, labels, training sets, and both models served."""
+    """A DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets, and both models served."""
     from datetime import timedelta
 
     folder = tmp_path_factory.mktemp("trained")

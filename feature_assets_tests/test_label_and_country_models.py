@@ -60,7 +60,7 @@ def _users_without_a_country() -> dict[str, pd.DataFrame]:
             "changed_at": [signup],
             "country": ["FR"],
             "plan": ["pro"],
-            "loaded_at": [ANCHOR - 30 * DAY],
+            "loaded_at": [ANCHOR - 60 * DAY],
         }
     )
     events = pd.DataFrame(

@@ -25,7 +25,12 @@ from feature_assets.training import build_table, point_in_time_sql
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 CHURN = REGISTRY.feature_set("churn_model")
-VIEW = CHURN.view
+USERS, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
+
+
+def sync_views(warehouse: Warehouse, store) -> None:
+    for view in REGISTRY.views.values():
+        sync_online_store(warehouse, store, view, full_resync=True)
 
 
 @pytest.fixture
@@ -50,7 +55,13 @@ def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     store = ModelStore(root)
     card = store.card("churn_model")
     assert card.version == store.current("churn_model") == store.versions("churn_model")[-1]
-    assert [(f["name"], f["dtype"]) for f in card.features] == [(f.name, f.dtype) for f in CHURN.features]
+    assert [(f["view"], f["name"], f["dtype"]) for f in card.features] == [
+        (read.view.name, f.name, f.dtype) for read in CHURN.reads for f in read.features
+    ]
+    assert [(v["name"], v["entity_key"], v["derived_from"]) for v in card.views] == [
+        ("user_features", "user_id", None),
+        ("country_features", "country_code", ["user_features", "country"]),
+    ]
     assert [f["definition_checksum"] for f in card.features] == [f.definition_checksum for f in CHURN.features]
     assert 0.5 < card.metrics["auc"] <= 1.0
     assert card.rows["fit"] > card.rows["validation"] > 0
@@ -61,19 +72,29 @@ def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     assert on_disk["schema_version"] == card.schema_version
 
 
-def test_prediction_reads_the_online_store_and_refuses_missing_users(trained, redis_client):
+def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view(trained, redis_client):
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
-    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    sync_views(warehouse, store)
     predictor = Predictor(store, ModelStore(root))
     users = _latest_users(warehouse, 3)
     one = predictor.predict_one("churn_model", users[0])
     assert 0.0 <= one.score <= 1.0 and one.version == ModelStore(root).current("churn_model")
-    with pytest.raises(DataError, match="user_id 987654 has no features in the online store"):
+    country = redis_client.hget(f"features:user:{users[0]}", "country").decode()
+    assert one.entity == {"user_id": users[0], "country_code": country}  # derived from the user's online country
+    assert one.features["country_paid_share"] == float(redis_client.hget(f"features:country:{country}", "country_paid_share"))
+    # The caller may pass the derived key: the same answer, in one exchange.
+    assert predictor.predict_one("churn_model", {"user_id": users[0], "country_code": country}).score == one.score
+    with pytest.raises(DataError, match="user_id 987654 has no user_features in the online store"):
         predictor.predict_one("churn_model", 987654)
+    with pytest.raises(DataError, match="country_code ZZ has no country_features in the online store"):
+        predictor.predict_one("churn_model", {"user_id": users[0], "country_code": "ZZ"})
+    with pytest.raises(DataError, match="model churn_model needs user_id"):
+        predictor.predict_one("churn_model", {"country_code": country})
     many = predictor.predict("churn_model", [users[0], 987654, users[1]])
     assert many["score"].isna().tolist() == [False, True, False]
     assert many["score"].iloc[0] == pytest.approx(one.score)
+    assert many["country_code"].iloc[0] == country
     assert "987654" in many["error"].iloc[1] and many["error"].isna().tolist() == [True, False, True]
     card, pipeline = ModelStore(root).load("ltv_model")
     value = predictor.predict_one("ltv_model", users[2])
@@ -85,13 +106,19 @@ def test_training_row_and_online_prediction_see_the_same_feature_vector(trained,
     """No skew: a label just after the latest snapshot gets, offline, exactly the vector serving reads online."""
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
-    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    sync_views(warehouse, store)
     users = _latest_users(warehouse, 40)
     with warehouse.connect() as con:
-        warehouse.execute(con, "create or replace table skew_labels (user_id bigint, label_time timestamp, churned boolean)")
-        for user in users:
-            warehouse.execute(con, "insert into skew_labels values (?, ?, false)", [user, ANCHOR + timedelta(hours=1)])
-        build_table(warehouse, con, "skew_training_set", *point_in_time_sql("duckdb", CHURN, "skew_labels"))
+        # The label carries the country the user had in the latest snapshot: the one serving derives the key from.
+        warehouse.execute(
+            con,
+            "create or replace table skew_labels as select user_id, country as country_code, "
+            "computed_at + interval '1 hour' as label_time, false as churned from user_features "
+            f"where computed_at = ? and user_id in ({', '.join(map(str, users))})",
+            [ANCHOR],
+        )
+        skew = replace(CHURN, labels=replace(CHURN.labels, name="skew_labels"))
+        build_table(warehouse, con, "skew_training_set", *point_in_time_sql("duckdb", skew))
         rows = warehouse.fetch(con, "select * from skew_training_set order by user_id")
     card, pipeline = ModelStore(root).load("churn_model")
     offline = feature_matrix({name: rows[name].tolist() for name in card.feature_names}, card.features)
@@ -127,7 +154,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(trained, warehouse_copy, redis_client, tmp_path):
     _, root = trained
     store = RedisOnlineStore(redis_client)
-    sync_online_store(warehouse_copy, store, VIEW, full_resync=True)
+    sync_views(warehouse_copy, store)
     users = _latest_users(warehouse_copy, 5)
     before = [Predictor(store, ModelStore(root)).predict_one("churn_model", user).score for user in users]
 
@@ -142,7 +169,7 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
     _dbt_build_copy(project, warehouse_copy)
     grown = load_registry(project / "target/manifest.json").view("user_features")
     assert "orders_30d" in grown.feature_names
-    assert [grown.feature(f.name).definition_checksum for f in CHURN.features] == [f.definition_checksum for f in CHURN.features]
+    assert [grown.feature(f.name).definition_checksum for f in USERS.features] == [f.definition_checksum for f in USERS.features]
     sync_online_store(warehouse_copy, store, grown)
     assert redis_client.hget(f"features:user:{users[0]}", "orders_30d") is not None
 
@@ -159,21 +186,29 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    "view, feature, edit, message",
     [
-        ("definition", re.escape("reads user_features.events_30d, but its definition (SQL) changed since the model was trained")),
-        ("missing", "reads user_features.plan, but redis .* has no such feature"),
+        ("user_features", "events_30d", "definition", re.escape("reads user_features.events_30d, but its definition (SQL) changed since the model was trained")),
+        ("user_features", "plan", "missing", "reads user_features.plan, but redis .* has no such feature"),
+        ("country_features", "country_paid_share", "definition", re.escape("reads country_features.country_paid_share, but its definition (SQL) changed")),
+        ("country_features", "country_paid_share", "dtype", re.escape("reads country_features.country_paid_share as float64, but the online store holds it as string")),
     ],
 )
-def test_prediction_refuses_a_changed_definition_or_a_missing_feature_by_name(trained, redis_client, edit, message):
+def test_prediction_refuses_a_change_in_either_view_naming_view_and_feature(trained, redis_client, view, feature, edit, message):
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
-    sync_online_store(warehouse, store, VIEW, full_resync=True)
-    record = store.last_sync(VIEW)
+    sync_views(warehouse, store)
+    changed_view = REGISTRY.view(view)
+    record = store.last_sync(changed_view)
     if edit == "definition":
-        changed = replace(record, definitions=tuple((n, "edited" if n == "events_30d" else c) for n, c in record.definitions))
+        changed = replace(record, definitions=tuple((n, "edited" if n == feature else c) for n, c in record.definitions))
+    elif edit == "dtype":
+        changed = replace(record, schema=tuple((n, "string" if n == feature else d) for n, d in record.schema))
     else:
-        changed = replace(record, schema=tuple((n, d) for n, d in record.schema if n != "plan"))
-    store.record_sync(VIEW, changed)
+        changed = replace(record, schema=tuple((n, d) for n, d in record.schema if n != feature))
+    store.record_sync(changed_view, changed)
     with pytest.raises(SchemaMismatch, match=message):
         Predictor(store, ModelStore(root)).predict_one("churn_model", _latest_users(warehouse, 1)[0])
+    # The model that does not read the changed view keeps serving.
+    if view == "country_features":
+        assert Predictor(store, ModelStore(root)).predict_one("ltv_model", _latest_users(warehouse, 1)[0]).version

@@ -1,5 +1,7 @@
-"""Point-in-time training sets: the join against a row-by-row reference, on DuckDB and PostgreSQL, and the leakage check."""
+"""Point-in-time training sets: the multi-view join against a row-by-row reference, on DuckDB and PostgreSQL,
+and the leakage check."""
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -9,24 +11,30 @@ import pytest
 from conftest import ANCHOR
 from feature_assets.leakage import check_leakage
 from feature_assets.project import dbt_project
-from feature_assets.registry import load_registry
-from feature_assets.training import LABEL_ROW, build_table, point_in_time_sql
+from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column
+from feature_assets.training import build_table, point_in_time_sql
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 CHURN = REGISTRY.feature_set("churn_model")
-VIEW = CHURN.view
-TTL = VIEW.online_ttl
-FEATURE_TYPES = {
-    "user_id": "bigint",
-    "computed_at": "timestamp",
-    **{feature.name: feature.data_type for feature in VIEW.features},
-}
-LABEL_TYPES = {"user_id": "bigint", "label_time": "timestamp", "churned": "boolean"}
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
+# The demo's two views, with TTLs of their own for this test: users 48 h, countries 10 h.
+USERS = REGISTRY.view("user_features")
+COUNTRIES = replace(REGISTRY.view("country_features"), online_ttl=10 * HOUR)
+LABELS = LabelTable("test_labels", ("user_id", "country_code"), "label_time", "churned", "boolean")
+FEATURE_SET = FeatureSet(
+    "test_model",
+    (ViewRead(USERS, USERS.features), ViewRead(COUNTRIES, COUNTRIES.features, derived_from=("user_features", "country"))),
+    LABELS,
+    "classification",
+)
 LONE_USER, LONE_SNAPSHOT = 999, ANCHOR - 5 * DAY  # a user with one snapshot, to pin each edge on it
 
 
-def _history(rng: np.random.Generator, users: int = 60) -> pd.DataFrame:
+def _types(view) -> dict[str, str]:
+    return {view.entity_key: view.key_data_type, view.timestamp: "timestamp", **{f.name: f.data_type for f in view.features}}
+
+
+def _user_history(rng: np.random.Generator, users: int = 60) -> pd.DataFrame:
     """Snapshots every 6 hours with gaps (some users skip days), values random, some nulls."""
     times = [ANCHOR - k * 6 * HOUR for k in range(40)]
     rows = [(user, t) for user in range(1, users + 1) for t in times if rng.random() < 0.7]
@@ -40,71 +48,118 @@ def _history(rng: np.random.Generator, users: int = 60) -> pd.DataFrame:
     return frame
 
 
-def _labels(rng: np.random.Generator, history: pd.DataFrame) -> pd.DataFrame:
-    """Label times at random hours, and on every edge: exactly at a snapshot, exactly TTL after one, just past
-    the TTL, before any snapshot; plus duplicated rows."""
-    snapshot = history.sample(30, random_state=1)
-    start = history["computed_at"].min()
-    rows = [(u, t) for u, t in zip(rng.integers(1, 65, 300), [start + int(h) * HOUR for h in rng.integers(-24, 260, 300)])]
-    rows += [(u, t) for u, t in zip(snapshot["user_id"], snapshot["computed_at"])]  # exactly at: excluded
-    rows += [(u, t + TTL) for u, t in zip(snapshot["user_id"], snapshot["computed_at"])]  # exactly TTL after: included
-    rows += [(u, t + TTL + timedelta(seconds=1)) for u, t in zip(snapshot["user_id"], snapshot["computed_at"])]
-    rows += [(u, start - DAY) for u in range(1, 6)]  # before any snapshot
-    rows += [(LONE_USER, LONE_SNAPSHOT + delta) for delta in (timedelta(0), TTL, TTL + timedelta(seconds=1), -HOUR)]
+def _country_history(rng: np.random.Generator) -> pd.DataFrame:
+    """Hourly snapshots of two countries with gaps (FR has none at all)."""
+    times = [ANCHOR - k * HOUR for k in range(240)]
+    frame = pd.DataFrame([(c, t) for c in ("US", "DE") for t in times if rng.random() < 0.4], columns=["country_code", "computed_at"])
+    n = len(frame)
+    frame["country_users"] = rng.integers(10, 500, n)
+    frame["country_active_share_30d"] = rng.random(n)
+    frame["country_paid_share"] = rng.random(n)
+    frame["country_avg_order_30d"] = np.where(rng.random(n) < 0.2, np.nan, rng.random(n) * 50)
+    return frame
+
+
+def _labels(rng: np.random.Generator, users: pd.DataFrame, countries: pd.DataFrame) -> pd.DataFrame:
+    """Label times at random hours, and on every edge of both views: exactly at a snapshot, exactly TTL after one,
+    just past the TTL, before any snapshot; countries without any snapshot or null; plus duplicated rows."""
+    start = users["computed_at"].min()
+    codes = ["US", "DE", "FR", None]
+    rows = [
+        (u, codes[c], start + int(h) * HOUR)
+        for u, c, h in zip(rng.integers(1, 65, 300), rng.integers(0, 4, 300), rng.integers(-24, 260, 300))
+    ]
+    for view, history in ((USERS, users), (COUNTRIES, countries)):
+        snapshot = history.sample(30, random_state=1)
+        for delta in (timedelta(0), view.online_ttl, view.online_ttl + timedelta(seconds=1)):
+            for _, row in snapshot.iterrows():
+                # The other key is random, so each edge of one view meets every situation of the other.
+                user = row["user_id"] if view is USERS else int(rng.integers(1, 65))
+                country = row["country_code"] if view is COUNTRIES else codes[int(rng.integers(0, 4))]
+                rows.append((user, country, row["computed_at"] + delta))
+    rows += [(u, "US", start - DAY) for u in range(1, 6)]  # before any snapshot
+    rows += [(LONE_USER, "DE", LONE_SNAPSHOT + delta) for delta in (timedelta(0), USERS.online_ttl, USERS.online_ttl + timedelta(seconds=1), -HOUR)]
     rows += rows[:20]  # duplicates
-    labels = pd.DataFrame(rows, columns=["user_id", "label_time"])
+    labels = pd.DataFrame(rows, columns=["user_id", "country_code", "label_time"])
     labels["churned"] = rng.random(len(labels)) < 0.2
     return labels
 
 
-def _reference(history: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """Row by row: the greatest computed_at < t with computed_at >= t - TTL, else nothing."""
-    by_user = {user: list(group.itertuples(index=False)) for user, group in history.groupby("user_id")}
+def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.DataFrame:
+    """Row by row, per view: the greatest timestamp < t with timestamp >= t - that view's TTL, else nothing."""
     out = []
-    for label in labels.itertuples(index=False):
-        best = None
-        for snapshot in by_user.get(label.user_id, []):
-            if label.label_time - TTL <= snapshot.computed_at < label.label_time:
-                if best is None or snapshot.computed_at > best.computed_at:
-                    best = snapshot
-        row = {"user_id": label.user_id, "label_time": label.label_time, "churned": label.churned}
-        row["snapshot_at"] = None if best is None else best.computed_at
-        for name in CHURN.feature_names:
-            row[name] = None if best is None else getattr(best, name)
+    for label in labels.to_dict("records"):
+        row = dict(label)
+        for read in FEATURE_SET.reads:
+            view = read.view
+            best = None
+            for snapshot in histories[view.name].to_dict("records"):
+                if snapshot[view.entity_key] == label[read.key] and label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"]:
+                    if best is None or snapshot[view.timestamp] > best[view.timestamp]:
+                        best = snapshot
+            row[snapshot_column(view)] = None if best is None else best[view.timestamp]
+            for feature in read.features:
+                row[feature.name] = None if best is None else best[feature.name]
         out.append(row)
     return pd.DataFrame(out)
 
 
 def _normalized(frame: pd.DataFrame) -> list[tuple]:
-    columns = ["user_id", "label_time", "churned", "snapshot_at", *CHURN.feature_names]
+    columns = ["user_id", "country_code", "label_time", "churned", *(snapshot_column(v) for v in FEATURE_SET.views), *FEATURE_SET.feature_names]
     rows = []
     for row in frame[columns].itertuples(index=False):
         rows.append(tuple(None if pd.isna(v) else round(v, 9) if isinstance(v, float) else v for v in row))
     return rows
 
 
-def test_training_set_matches_row_by_row_reference_on_every_edge(warehouse):
+@pytest.fixture(scope="module")
+def generated():
     rng = np.random.default_rng(3)
-    history = _history(rng)
-    labels = _labels(rng, history)
-    with warehouse.connect() as con:
-        warehouse.append(con, "user_features", history, FEATURE_TYPES)
-        warehouse.append(con, "churn_labels", labels, LABEL_TYPES)
-        sql, params = point_in_time_sql(warehouse.kind, CHURN, "churn_labels")
-        assert build_table(warehouse, con, "churn_training_set", sql, params) == len(labels)  # duplicates survive
-        first = warehouse.fetch(con, f"select * from churn_training_set order by {LABEL_ROW}")
-        build_table(warehouse, con, "churn_training_set", sql, params)
-        second = warehouse.fetch(con, f"select * from churn_training_set order by {LABEL_ROW}")
+    users, countries = _user_history(rng), _country_history(rng)
+    labels = _labels(rng, users, countries)
+    expected = _reference({"user_features": users, "country_features": countries}, labels)
+    return users, countries, labels, expected
 
-    expected = _reference(history, labels).sort_values(["label_time", "user_id", "churned"], kind="stable")
+
+def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_of_each_views_ttl(warehouse, generated):
+    users, countries, labels, expected = generated
+    with warehouse.connect() as con:
+        warehouse.append(con, "user_features", users, _types(USERS))
+        warehouse.append(con, "country_features", countries, _types(COUNTRIES))
+        warehouse.append(con, "test_labels", labels, {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"})
+        sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
+        assert build_table(warehouse, con, "test_training_set", sql, params) == len(labels)  # duplicates survive
+        first = warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}")
+        build_table(warehouse, con, "test_training_set", sql, params)
+        second = warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}")
+
+    expected = expected.sort_values(["label_time", "user_id", "country_code", "churned"], kind="stable", na_position="last")
     assert _normalized(first) == _normalized(expected)
     assert _normalized(first) == _normalized(second)  # a rebuild gives the same rows in the same order
     assert list(first[LABEL_ROW]) == list(range(1, len(labels) + 1))
-    lone = first[first["user_id"] == LONE_USER].set_index("label_time")["snapshot_at"]
+    lone = first[first["user_id"] == LONE_USER].set_index("label_time")["user_features_snapshot_at"]
     assert lone[LONE_SNAPSHOT] is pd.NaT  # the snapshot stamped t is not available at t
-    assert lone[LONE_SNAPSHOT + TTL] == LONE_SNAPSHOT  # exactly TTL old: still fresh
-    assert lone[LONE_SNAPSHOT + TTL + timedelta(seconds=1)] is pd.NaT  # older than the TTL: no features
+    assert lone[LONE_SNAPSHOT + USERS.online_ttl] == LONE_SNAPSHOT  # exactly TTL old: still fresh
+    assert lone[LONE_SNAPSHOT + USERS.online_ttl + timedelta(seconds=1)] is pd.NaT  # older than the TTL: no features
     assert lone[LONE_SNAPSHOT - HOUR] is pd.NaT  # before any snapshot
+    no_country = first[first["country_code"].isna() | (first["country_code"] == "FR")]
+    assert len(no_country) and no_country["country_features_snapshot_at"].isna().all()
+    assert no_country["country_users"].isna().all() and no_country["user_features_snapshot_at"].notna().any()
+
+
+def test_duckdb_and_postgres_give_identical_two_view_training_sets(duckdb_warehouse, postgres_warehouse, generated):
+    users, countries, labels, _ = generated
+    built = []
+    for warehouse in (duckdb_warehouse, postgres_warehouse):
+        with warehouse.connect() as con:
+            warehouse.append(con, "user_features", users, _types(USERS))
+            warehouse.append(con, "country_features", countries, _types(COUNTRIES))
+            warehouse.append(con, "test_labels", labels, {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"})
+            sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
+            build_table(warehouse, con, "test_training_set", sql, params)
+            built.append(warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}"))
+    assert list(built[0].columns) == list(built[1].columns)
+    assert _normalized(built[0]) == _normalized(built[1])
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +186,9 @@ def test_labels_leave_a_full_outcome_window_and_cover_users_signed_up_before_lab
 def test_leakage_check_passes_on_the_point_in_time_training_set(demo_warehouse):
     report = check_leakage(demo_warehouse, CHURN, "churn_training_set", sample=150)
     assert report.rows_checked == 150
-    assert report.features_recomputed == CHURN.feature_names
+    # Every feature of every view the model reads, the country view's included.
+    assert report.features_checked == tuple(f"{r.view.name}.{f.name}" for r in CHURN.reads for f in r.features)
+    assert any(name.startswith("country_features.") for name in report.features_checked)
     assert report.passed, report.problems[:3]
 
 
@@ -140,10 +197,12 @@ def test_leakage_check_fails_on_a_training_set_that_sees_the_snapshot_at_label_t
         # Labels exactly at snapshot times, joined with <= instead of <: the snapshot stamped t leaks in.
         demo_warehouse.execute(
             con,
-            "create or replace table exact_labels as select user_id, computed_at as label_time, false as churned "
-            "from user_features where computed_at > (select min(computed_at) from user_features) order by 1, 2 limit 50",
+            "create or replace table exact_labels as select user_id, country as country_code, computed_at as label_time, "
+            "false as churned from user_features where computed_at > (select min(computed_at) from user_features) "
+            "order by 1, 3 limit 50",
         )
-        sql, params = point_in_time_sql("duckdb", CHURN, "exact_labels")
+        exact = replace(CHURN, labels=replace(CHURN.labels, name="exact_labels"))
+        sql, params = point_in_time_sql("duckdb", exact)
         leaky_sql = sql.replace("labels.label_time > snapshot.computed_at", "labels.label_time >= snapshot.computed_at")
         assert leaky_sql != sql
         build_table(demo_warehouse, con, "leaky_training_set", leaky_sql, params)
@@ -152,8 +211,8 @@ def test_leakage_check_fails_on_a_training_set_that_sees_the_snapshot_at_label_t
     leaky = check_leakage(demo_warehouse, CHURN, "leaky_training_set", sample=50)
     assert not leaky.passed
     problem = leaky.problems[0]
-    assert problem["feature"] in CHURN.feature_names and problem[LABEL_ROW] >= 1
-    assert "at or after the label time" in problem["problem"]
+    assert problem["feature"] == "user_features.age" and problem[LABEL_ROW] >= 1
+    assert "computed at or after the label time" in problem["problem"]
     assert check_leakage(demo_warehouse, CHURN, "honest_training_set", sample=50).passed
 
 
@@ -162,9 +221,14 @@ def test_leakage_check_names_a_feature_whose_value_does_not_come_from_its_snapsh
         demo_warehouse.execute(con, "create or replace table tampered_training_set as select * from churn_training_set")
         demo_warehouse.execute(
             con, "update tampered_training_set set events_30d = events_30d + 1 where label_row = (select min(label_row) "
-            "from tampered_training_set where snapshot_at is not null)"
+            "from tampered_training_set where user_features_snapshot_at is not null)"
         )
-        row = int(demo_warehouse.fetch(con, "select min(label_row) as r from tampered_training_set where snapshot_at is not null")["r"].iloc[0])
+        demo_warehouse.execute(
+            con, "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select max(label_row) "
+            "from tampered_training_set where country_features_snapshot_at is not null)"
+        )
+        row = int(demo_warehouse.fetch(con, "select min(label_row) as r from tampered_training_set where user_features_snapshot_at is not null")["r"].iloc[0])
+        last = int(demo_warehouse.fetch(con, "select max(label_row) as r from tampered_training_set where country_features_snapshot_at is not null")["r"].iloc[0])
     total = int(demo_warehouse.query("select count(*) as n from tampered_training_set")["n"].iloc[0])
     report = check_leakage(demo_warehouse, CHURN, "tampered_training_set", sample=total)
-    assert [(p[LABEL_ROW], p["feature"]) for p in report.problems] == [(row, "events_30d")]
+    assert [(p[LABEL_ROW], p["feature"]) for p in report.problems] == [(row, "user_features.events_30d"), (last, "country_features.country_paid_share")]

@@ -125,10 +125,8 @@ class ModelCard:
                 name=view["name"],
                 entity=view["entity"],
                 entity_key=view["entity_key"],
-                key_data_type="",
                 timestamp=view["timestamp"],
                 online_ttl=timedelta(hours=view["online_ttl_hours"]),
-                refresh_interval=timedelta(hours=1),
                 features=tuple(
                     Feature(f["name"], f["dtype"], "", "", f["definition_checksum"]) for f in self.features if f["view"] == view["name"]
                 ),
