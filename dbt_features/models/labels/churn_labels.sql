@@ -20,51 +20,8 @@ events as (
     select * from {{ ref('stg_app__events') }}
 ),
 
-bounds as (
-    select
-        min(events.created_at) as first_event,
-        max(events.created_at) as last_event
-    from events
-),
-
-weeks as (
-    select series.k
-    from generate_series(0, 1000) as series (k)
-),
-
-all_weeks as (
-    select
-        cast(date_trunc('day', bounds.last_event) as timestamp)
-            - interval '30 days'
-            - weeks.k * interval '7 days' as week_end
-    from weeks
-    cross join bounds
-),
-
-label_weeks as (
-    select all_weeks.week_end
-    from all_weeks
-    cross join bounds
-    where all_weeks.week_end >= bounds.first_event + interval '30 days'
-),
-
-candidates as (
-    select
-        users.user_id,
-        users.signup_at,
-        label_weeks.week_end - (users.user_id % 168) * interval '1 hour' as label_time
-    from users
-    cross join label_weeks
-),
-
 labelled as (
-    select
-        candidates.user_id,
-        candidates.label_time
-    from candidates
-    cross join bounds
-    where candidates.label_time >= bounds.first_event + interval '30 days'
-        and candidates.signup_at < candidates.label_time
+    {{ weekly_label_times('users', 'events', '30 days') }}
 ),
 
 outcomes as (
