@@ -130,9 +130,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     _print_summary(settings)
     _sync_online(settings)
     entities = _print_online_next_to_offline(settings)
-    _train(settings)
+    promoted = _train(settings)
     registry = _registry()
-    for model in registry.feature_sets.values():
+    for model in registry.feature_sets.values() if promoted else ():
         entity = entities.get(model.reads[0].view.name)
         if entity is not None and len(model.caller_keys) == 1:
             print()
@@ -167,8 +167,9 @@ def _sync_online(settings: Settings, full: bool = False) -> None:
         )
 
 
-def _train(settings: Settings) -> None:
-    """Runs the train_models job: labels, point-in-time training sets (with leakage checks) and models."""
+def _train(settings: Settings) -> bool:
+    """Runs the train_models job (labels, point-in-time training sets with leakage checks, models, skew reports,
+    promotion); True when the new versions were promoted."""
     result = _execute(settings, "training run", {}, job_name="train_models", tolerate_failed_checks=True)
     print("\nTraining:")
     for event in result.get_asset_materialization_events():
@@ -190,8 +191,10 @@ def _train(settings: Settings) -> None:
             continue  # the label tables' dbt tests
         detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
         print(f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})")
-    if not any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events()):
+    promoted = any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events())
+    if not promoted:
         print("  served_models: not promoted (a blocking check failed); the previous model versions keep serving")
+    return promoted
 
 
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
@@ -254,10 +257,11 @@ def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> Non
         print(json.dumps({view.name: json.loads(report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso"))
                           for view, report in reports}, indent=2))
         return
-    columns = ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]
+    columns = ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons", "notes"]
     for view, report in reports:
         first = report.iloc[0]
-        print(f"Skew report of {view.name}, {first['report_at']}: training = {first['training_source']}; serving = {first['serving_source']}")
+        training = " + ".join(dict.fromkeys(t for sources in report["training_source"] for t in sources.split(" + ")))
+        print(f"Skew report of {view.name}, {first['report_at']}: training = {training}; serving = {first['serving_source']}")
         print(report[columns].round(4).to_string(index=False))
 
 

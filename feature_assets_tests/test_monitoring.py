@@ -6,8 +6,8 @@ import pytest
 
 from conftest import REDIS_URL
 from feature_assets.assets.models import model_assets
-from feature_assets.assets.monitoring import REPORT_TABLE, latest_report, served_models_asset, skew_report_assets
-from feature_assets.assets.training import label_assets, training_set_assets
+from feature_assets.assets.monitoring import latest_report, report_table, served_models_asset, skew_report_assets
+from feature_assets.assets.training import training_set_assets
 from feature_assets.cli import shift_online_feature
 from feature_assets.online_sync import iter_latest_snapshots, sync_online_store
 from feature_assets.project import dbt_project
@@ -19,7 +19,8 @@ from feature_assets.serving import RedisOnlineStore
 from feature_assets.serving.models import ModelStore
 
 REGISTRY = load_registry(dbt_project.manifest_path)
-VIEW = REGISTRY.view("user_features")
+VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
+REPORT_TABLE = report_table(VIEW)
 
 
 @pytest.fixture
@@ -27,7 +28,8 @@ def monitored(trained, redis_client, tmp_path):
     """The trained warehouse with its latest snapshots synced to Redis, and the resources the report needs."""
     warehouse, models_root = trained
     store = RedisOnlineStore(redis_client)
-    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    for view in (VIEW, COUNTRIES):
+        sync_online_store(warehouse, store, view, full_resync=True)
     resources = {
         "warehouse": warehouse,
         "online_store": OnlineStoreResource(kind="redis", redis_url=REDIS_URL),
@@ -37,8 +39,8 @@ def monitored(trained, redis_client, tmp_path):
     return warehouse, store, models_root, resources
 
 
-def _report(resources) -> dg.ExecuteInProcessResult:
-    report, checks = skew_report_assets(REGISTRY)
+def _report(resources, view=VIEW) -> dg.ExecuteInProcessResult:
+    report, checks = skew_report_assets(REGISTRY, view)
     return dg.materialize(
         [report, *checks],
         resources=resources,
@@ -72,7 +74,7 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
     assert error.metadata["drifted_features"].value == "events_30d"
     assert "psi" in error.metadata["events_30d"].value
     with warehouse.connect() as con:
-        report = latest_report(warehouse, con)
+        report = latest_report(warehouse, con, VIEW)
     severities = dict(zip(report["feature"], report["severity"]))
     assert severities.pop("events_30d") == "error"
     assert set(severities.values()) == {"ok"}
@@ -87,10 +89,16 @@ def test_a_drift_error_blocks_promotion_and_the_previous_model_keeps_serving(mon
     shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
 
     training_sets, _ = training_set_assets(REGISTRY)
-    report, checks = skew_report_assets(REGISTRY)
+    reports = [skew_report_assets(REGISTRY, view) for view in (VIEW, COUNTRIES)]
     trained_models = model_assets(REGISTRY)
     result = dg.materialize(
-        [*label_assets(), *training_sets, *trained_models, report, *checks, served_models_asset(REGISTRY, report)],
+        [
+            *training_sets,
+            *trained_models,
+            *(report for report, _ in reports),
+            *(check for _, checks in reports for check in checks),
+            served_models_asset(REGISTRY, [report for report, _ in reports]),
+        ],
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -113,7 +121,7 @@ def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tm
         log.log(VIEW.name, VIEW.entity_key, row[VIEW.entity_key], {name: row[name] for name in VIEW.feature_names})
     assert log.flush()
     log.close()
-    report, checks = skew_report_assets(REGISTRY)
+    report, checks = skew_report_assets(REGISTRY, VIEW)
     result = dg.materialize(
         [report, *checks],
         resources=resources,
@@ -125,6 +133,24 @@ def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tm
     source = warehouse.query(f"select serving_source from {REPORT_TABLE} order by report_at desc limit 1")
     assert source["serving_source"].iloc[0] == f"served log ({len(latest)} vectors)"
 
+
+
+def test_the_country_report_compares_training_with_what_serving_reads_through_each_users_country(monitored):
+    warehouse, store, _, resources = monitored
+    result = _report(resources, COUNTRIES)
+    assert _checks(result)["no_drift_error"].passed
+    with warehouse.connect() as con:
+        report = latest_report(warehouse, con, COUNTRIES)
+    assert sorted(report["feature"]) == sorted(f.name for f in REGISTRY.feature_set("churn_model").reads[1].features)
+    users = store.count_entities(VIEW)
+    assert (report["serving_source"] == f"online snapshot through user_features.country of {users} users").all()
+    assert (report["serving_rows"] == users).all()  # one served vector per user, read through its country
+    assert report["notes"].str.contains("PSI not graded: only 7 distinct entities served").all()
+
+    shift_online_feature(warehouse, store, COUNTRIES, "country_paid_share", 0.3)
+    checks = _checks(_report(resources, COUNTRIES))
+    assert not checks["no_drift_warning"].passed
+    assert "country_paid_share" in checks["no_drift_warning"].metadata["drifted_features"].value
 
 
 def test_the_report_is_requested_after_each_online_sync(tmp_path):

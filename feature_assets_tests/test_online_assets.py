@@ -2,6 +2,7 @@
 
 import json
 from datetime import timedelta
+from dataclasses import replace
 from types import SimpleNamespace
 
 import dagster as dg
@@ -10,7 +11,7 @@ import pytest
 from feature_assets import automation
 from feature_assets.as_of import format_hour
 from feature_assets.assets.features import dbt_feature_models
-from feature_assets.assets.online import user_features_online, user_features_online_parity
+from feature_assets.assets.online import online_assets
 from feature_assets.assets.raw import demo_raw_data
 from feature_assets.automation import online_sync_sensor
 from feature_assets.cli import main
@@ -27,14 +28,17 @@ from conftest import ANCHOR, REDIS_URL, dbt_resource
 
 ONLINE = dg.AssetKey("user_features_online")
 FEATURES = dg.AssetKey("user_features")
-VIEW = load_registry(dbt_project.manifest_path).view("user_features")
+REGISTRY = load_registry(dbt_project.manifest_path)
+VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
+user_features_online, user_features_online_parity = online_assets(VIEW)
+country_features_online, country_features_online_parity = online_assets(COUNTRIES)
 
 
 def definitions(warehouse: Warehouse, online: OnlineStoreResource) -> dg.Definitions:
     return dg.Definitions(
-        assets=[demo_raw_data, dbt_feature_models, user_features_online],
-        asset_checks=[user_features_online_parity],
-        sensors=[online_sync_sensor(user_features_online)],
+        assets=[demo_raw_data, dbt_feature_models, user_features_online, country_features_online],
+        asset_checks=[user_features_online_parity, country_features_online_parity],
+        sensors=[online_sync_sensor([user_features_online, country_features_online])],
         resources={"warehouse": warehouse, "dbt": dbt_resource(), "online_store": online},
     )
 
@@ -77,9 +81,10 @@ def offline_latest(warehouse: Warehouse):
     )
 
 
-def test_the_sync_is_requested_once_user_features_is_materialized_and_its_checks_passed(built):
+def test_each_views_sync_is_requested_once_the_view_is_materialized_and_its_checks_passed(built):
     assert built.before.total_requested == 0
     assert built.after.get_num_requested(ONLINE) == 1
+    assert built.after.get_num_requested(dg.AssetKey("country_features_online")) == 1
 
 
 def test_the_sync_waits_while_a_blocking_check_of_user_features_has_failed(built):
@@ -146,24 +151,31 @@ def test_the_parity_check_fails_the_run_and_shows_the_value_altered_by_hand(buil
     assert str(user) in examples and "plan" in examples and "platinum" in examples
 
 
-def test_featurestore_get_prints_one_users_online_features(built, monkeypatch, capsys):
+def test_featurestore_get_prints_one_entitys_online_features_of_the_named_view(built, monkeypatch, capsys):
     monkeypatch.setenv("FEATURE_STORE_HOME", str(built.home))
     for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE", "FEATURE_STORE_DEMO_DATA"):
         monkeypatch.delenv(name, raising=False)
     with SqliteOnlineStore(built.home / "online.sqlite") as store:
         sync_online_store(built.warehouse, store, VIEW)
+        sync_online_store(built.warehouse, store, COUNTRIES)
     offline = offline_latest(built.warehouse).iloc[0]
 
-    assert main(["get", str(offline["user_id"]), "--json"]) == 0
+    assert main(["get", "user_features", str(offline["user_id"]), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["user_id"] == offline["user_id"] and printed["age"] == offline["age"] and printed["_missing"] is False
     assert printed["computed_at"] == offline["computed_at"].isoformat()
 
-    assert main(["get", str(offline["user_id"])]) == 0
+    assert main(["get", "user_features", str(offline["user_id"])]) == 0
     assert "events_30d" in capsys.readouterr().out
 
-    assert main(["get", "987654321"]) == 1
-    assert "not in the online store" in capsys.readouterr().err
+    assert main(["get", "country_features", offline["country"]]) == 0
+    out = capsys.readouterr().out
+    assert f"country_code {offline['country']}" in out and "country_paid_share" in out
+
+    assert main(["get", "user_features", "987654321"]) == 1
+    assert "not in the online store of user_features" in capsys.readouterr().err
+    assert main(["get", "merchant_features", "1"]) == 1
+    assert "no feature view 'merchant_features'; known: country_features, user_features" in capsys.readouterr().err
 
 
 def test_definitions_include_the_synced_snapshot_its_blocking_parity_check_and_the_running_sensor(tmp_path):
@@ -173,8 +185,9 @@ def test_definitions_include_the_synced_snapshot_its_blocking_parity_check_and_t
     assert FEATURES in {dep.asset_key for dep in spec.deps}
     assert spec.freshness_policy is not None
     assert spec.automation_condition.get_label() == automation.SYNC_WHEN_FEATURES_PASS_CHECKS.get_label()
-    parity = defs.resolve_asset_graph().get_check_spec(dg.AssetCheckKey(ONLINE, "user_features_online_parity"))
-    assert parity.blocking
+    for view in (VIEW, COUNTRIES):
+        key = dg.AssetKey(f"{view.name}_online")
+        assert defs.resolve_asset_graph().get_check_spec(dg.AssetCheckKey(key, "parity")).blocking
     sensor = defs.resolve_sensor_def("online_sync")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resources["online_store"].kind == "sqlite"
@@ -190,8 +203,22 @@ def test_prod_settings_put_the_online_store_in_redis_from_the_environment(monkey
         Settings.from_env({"FEATURE_STORE_ONLINE": "memcached"})
 
 
-def test_definitions_refuse_a_refresh_interval_longer_than_half_the_ttl(tmp_path, monkeypatch):
-    monkeypatch.setattr(automation, "REFRESH_INTERVAL", timedelta(hours=30))
-    with pytest.raises(ConfigError, match=r"refresh interval \(30 h\).*TTL of user_features \(48 h\)"):
-        build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
-    automation.check_refresh_fits_ttl([VIEW], timedelta(hours=24))  # exactly half is enough
+def test_each_views_refresh_must_fit_twice_in_its_own_ttl():
+    slow = replace(COUNTRIES, refresh_interval=timedelta(hours=30))
+    with pytest.raises(ConfigError, match=r"refresh interval of country_features \(30 h\).*online TTL \(48 h\)"):
+        automation.check_refresh_fits_ttl([VIEW, slow])
+    automation.check_refresh_fits_ttl([VIEW, replace(COUNTRIES, refresh_interval=timedelta(hours=24))])  # exactly half is enough
+    with pytest.raises(ConfigError, match="refresh_hours must be a whole number of hours"):
+        automation.check_refresh_fits_ttl([replace(VIEW, refresh_interval=timedelta(minutes=90))])
+
+
+def test_the_hourly_schedule_refreshes_each_view_on_its_own_cadence(tmp_path):
+    daily = replace(COUNTRIES, refresh_interval=timedelta(hours=24))
+    assert automation.due_views([VIEW, daily], ANCHOR) == [VIEW, daily]  # midnight: both
+    assert automation.due_views([VIEW, daily], ANCHOR + timedelta(hours=5)) == [VIEW]
+    defs = build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
+    schedule = defs.resolve_schedule_def("hourly_refresh")
+    request = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=ANCHOR + timedelta(hours=5))).run_requests[0]
+    selected = {key.to_user_string() for key in request.asset_selection}
+    assert {"user_features", "country_features", "stg_app__users", "raw_events"} <= selected  # both views refresh hourly
+    assert not selected & {"churn_labels", "ltv_labels", "user_features_online"}  # labels belong to training, syncs to automation

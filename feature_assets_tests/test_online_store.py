@@ -224,6 +224,23 @@ def test_redis_layout_is_one_readable_hash_per_entity_with_the_ttl(redis_client)
         assert 3_590_000 < redis_client.pttl(key) <= 3_600_000
 
 
+def test_two_views_of_one_entity_keep_separate_hashes_and_one_exchange_reads_both(redis_client):
+    from dataclasses import replace
+
+    first = replace(VIEW, name="thing_features")  # the entity's own view: features:thing:<id>
+    second = replace(VIEW, name="thing_order_features", features=VIEW.features[:2])  # features:thing_order_features:<id>
+    store = RedisOnlineStore(redis_client)
+    write(store, first, ROWS)
+    other = ROWS.copy()
+    other["count"] = other["count"].fillna(0) // 2
+    write(store, second, other[["thing_id", "computed_at", "count", "score"]])
+    assert redis_client.hget("features:thing:1", "count") == str(BIG).encode()
+    assert redis_client.hget("features:thing_order_features:1", "count") == str(BIG // 2).encode()
+    assert store.count_entities(first) == store.count_entities(second) == len(ROWS)
+    rows = store.read_rows([(first, 1, ["computed_at", "count"]), (second, 1, ["computed_at", "count"]), (second, 99, ["count"])])
+    assert [row and row[1] for row in rows] == [str(BIG).encode(), str(BIG // 2).encode(), None]
+
+
 def test_a_redis_url_of_another_scheme_is_refused_without_echoing_it():
     with pytest.raises(ConfigError) as error:
         RedisOnlineStore.from_url("http://user:s3cret@host:6379/0")

@@ -1,9 +1,11 @@
 """The registry read from the dbt YAML, and the Dagster definitions built on it."""
 
+import copy
+import json
 import shutil
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +28,77 @@ def test_the_registry_lists_the_five_features_with_dtypes_and_ttl():
     ]
     assert view.online_ttl.total_seconds() == 48 * 3600
     assert (view.entity, view.entity_key, view.timestamp) == ("user", "user_id", "computed_at")
+
+
+def test_the_registry_declares_two_views_two_label_tables_and_a_churn_model_reading_both_views():
+    registry = load_registry(dbt_project.manifest_path)
+    countries = registry.view("country_features")
+    assert (countries.entity, countries.entity_key, countries.key_data_type) == ("country", "country_code", "varchar")
+    assert countries.refresh_interval == timedelta(hours=1) and countries.online_namespace == "country"
+    assert registry.labels["churn_labels"].entity_keys == ("user_id", "country_code")
+    churn = registry.feature_set("churn_model")
+    assert [read.view.name for read in churn.reads] == ["user_features", "country_features"]
+    assert churn.reads[1].derived_from == ("user_features", "country") and churn.caller_keys == ("user_id",)
+    assert (churn.labels.name, churn.target, churn.training_set) == ("churn_labels", "churned", "churn_training_set")
+
+
+MANIFEST = json.loads(Path(dbt_project.manifest_path).read_text())
+
+
+def _edited(tmp_path: Path, edit) -> Path:
+    manifest = copy.deepcopy(MANIFEST)
+    nodes = {node["name"]: node for node in manifest["nodes"].values() if node["resource_type"] == "model"}
+    exposures = {exposure["name"]: exposure for exposure in manifest["exposures"].values()}
+    edit(nodes, exposures)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _churn_set(exposures) -> dict:
+    return exposures["churn_model"]["config"]["meta"]["feature_set"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            # A view named like another view's entity: its own name is its key namespace, which the user view has.
+            lambda nodes, exposures: nodes["country_features"].update(name="user"),
+            "feature views user and user_features would share the online keys features:user:<id>; rename one",
+        ),
+        (
+            lambda nodes, exposures: nodes["churn_labels"]["config"]["meta"]["labels"].update(entity_keys=["user_id"]),
+            "model churn_model reads country_features, keyed by country_code, but label table churn_labels carries only user_id",
+        ),
+        (
+            lambda nodes, exposures: _churn_set(exposures)["features"]["country_features"].append("country_users")
+            or nodes["user_features"]["columns"].update(country_users={"name": "country_users", "data_type": "integer"})
+            or _churn_set(exposures)["features"]["user_features"].append("country_users"),
+            "model churn_model reads a feature named country_users from both user_features and country_features",
+        ),
+        (
+            lambda nodes, exposures: _churn_set(exposures).update(derived_keys={"country_code": "ltv_features.country"}),
+            "derived key country_code must name <view>.<feature> of another view the model reads, got 'ltv_features.country'",
+        ),
+        (
+            lambda nodes, exposures: _churn_set(exposures).update(labels="user_features"),
+            "labels 'user_features' is not a label table (a model with meta.labels); known: churn_labels, ltv_labels",
+        ),
+        (
+            lambda nodes, exposures: nodes["country_features"]["config"]["meta"]["feature_view"].update(refresh_hours=-1),
+            "feature view country_features: refresh_hours must be a positive number of hours, got -1",
+        ),
+        (
+            lambda nodes, exposures: _churn_set(exposures)["features"].update(user_features=["age", "label_time"]),
+            "user_features has no feature 'label_time'",
+        ),
+    ],
+)
+def test_an_inconsistent_declaration_is_refused_naming_what_to_fix(tmp_path, edit, message):
+    with pytest.raises(RegistryError) as refused:
+        load_registry(_edited(tmp_path, edit))
+    assert message in str(refused.value)
 
 
 def test_a_feature_name_that_is_not_snake_case_is_refused_naming_it(tmp_path):

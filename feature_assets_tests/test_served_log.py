@@ -18,7 +18,9 @@ from feature_assets.registry import load_registry
 from feature_assets.serving.served_log import RedisServedLog, SqliteServedLog
 from test_online_sync import RedisServer
 
-VIEW = load_registry(dbt_project.manifest_path).feature_set("churn_model").view
+REGISTRY = load_registry(dbt_project.manifest_path)
+VIEW = REGISTRY.view("user_features")
+MODEL = "ltv_model"  # reads user_features only; churn_model's two views are logged per view (test at the end)
 
 
 @pytest.fixture(params=["redis", "sqlite"])
@@ -43,7 +45,8 @@ def synced(trained, redis_client):
     """The trained models (conftest) and a Redis online store holding the latest snapshots; 30 of its users."""
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
-    sync_online_store(warehouse, store, VIEW, full_resync=True)
+    for view in REGISTRY.views.values():
+        sync_online_store(warehouse, store, view, full_resync=True)
     latest = warehouse.query(
         "select user_id from user_features where computed_at = (select max(computed_at) from user_features) "
         "order by user_id limit 30"
@@ -60,26 +63,26 @@ def test_logging_leaves_predictions_unchanged_and_records_the_exact_served_vecto
     log = served_log_factory()
     plain, logged = Predictor(store, models), Predictor(store, models, served_log=log)
     before = datetime.now(timezone.utc)
-    expected = [plain.predict_one("churn_model", user) for user in users]
-    served = [logged.predict_one("churn_model", user) for user in users]
+    expected = [plain.predict_one(MODEL, user) for user in users]
+    served = [logged.predict_one(MODEL, user) for user in users]
     assert [p.score for p in served] == [p.score for p in expected]
     assert [p.features for p in served] == [p.features for p in expected]
-    batch = logged.predict("churn_model", [*users[:10], 987654])
-    pd.testing.assert_frame_equal(batch, plain.predict("churn_model", [*users[:10], 987654]))
+    batch = logged.predict(MODEL, [*users[:10], 987654])
+    pd.testing.assert_frame_equal(batch, plain.predict(MODEL, [*users[:10], 987654]))
 
     assert log.flush(10)
     assert (log.logged, log.dropped_full_queue, log.failed_writes) == (40, 0, 0)  # the missing user is not served
     frame = log.read("user_features")
     assert len(frame) == 40
-    names = models.card("churn_model").feature_names
+    names = models.card(MODEL).feature_names
     assert list(frame.columns) == ["user_id", *names, "model", "version", "served_at"]
-    assert [str(frame[f["name"]].dtype) for f in models.card("churn_model").features] == [
-        PANDAS_DTYPES[f["dtype"]] for f in models.card("churn_model").features
+    assert [str(frame[f["name"]].dtype) for f in models.card(MODEL).features] == [
+        PANDAS_DTYPES[f["dtype"]] for f in models.card(MODEL).features
     ]
     assert frame["user_id"].tolist() == users + users[:10]
     for (_, row), prediction in zip(frame.iterrows(), [*served, *served[:10]]):
         assert _features(row, names) == prediction.features  # values and types: ints stay ints, nulls stay null
-        assert (row["model"], row["version"]) == ("churn_model", prediction.version)
+        assert (row["model"], row["version"]) == (MODEL, prediction.version)
     assert frame["served_at"].dt.tz is not None
     assert (frame["served_at"] >= before).all() and (frame["served_at"] <= datetime.now(timezone.utc)).all()
     assert log.read("user_features", limit=5)["user_id"].tolist() == users[5:10]
@@ -139,25 +142,25 @@ def _timed(fn, *args):
 def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resumes_after(synced, tmp_path):
     store, models, users = synced
     plain = Predictor(store, models)
-    expected = {user: plain.predict_one("churn_model", user).score for user in users}
+    expected = {user: plain.predict_one(MODEL, user).score for user in users}
     server = RedisServer(tmp_path)
     server.start()
     log = RedisServedLog(server.url, retry_interval=0.2)
     try:
         predictor = Predictor(store, models, served_log=log)
-        assert predictor.predict_one("churn_model", users[0]).score == expected[users[0]]
+        assert predictor.predict_one(MODEL, users[0]).score == expected[users[0]]
         assert log.flush(10) and log.logged == 1
 
         server.kill()
         slowest = 0.0
         for _ in range(5):
             for user in users:
-                prediction, seconds = _timed(predictor.predict_one, "churn_model", user)
+                prediction, seconds = _timed(predictor.predict_one, MODEL, user)
                 assert prediction.score == expected[user]
                 slowest = max(slowest, seconds)
             time.sleep(0.1)  # the writer meets the dead server meanwhile
         assert slowest < 0.1, f"a prediction took {slowest * 1e3:.1f} ms during the log outage"
-        pd.testing.assert_frame_equal(predictor.predict("churn_model", users), plain.predict("churn_model", users))
+        pd.testing.assert_frame_equal(predictor.predict(MODEL, users), plain.predict(MODEL, users))
         assert log.flush(10)
         stats = log.stats()
         assert stats.logged == 1 and stats.failed_writes + stats.dropped_full_queue == 6 * len(users)
@@ -165,7 +168,7 @@ def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resu
 
         server.start()  # same port and AOF: the entry written before the outage comes back
         for user in users[:5]:
-            assert predictor.predict_one("churn_model", user).score == expected[user]
+            assert predictor.predict_one(MODEL, user).score == expected[user]
         assert log.flush(10)
         assert log.logged == 6
         assert log.read("user_features")["user_id"].tolist() == [users[0], *users[:5]]
@@ -183,10 +186,10 @@ def test_an_unresponsive_log_server_costs_callers_nothing_and_a_full_queue_drops
         log = RedisServedLog(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", socket_timeout=0.3, queue_size=10)
         try:
             predictor = Predictor(store, models, served_log=log)
-            expected = {user: Predictor(store, models).predict_one("churn_model", user).score for user in users}
+            expected = {user: Predictor(store, models).predict_one(MODEL, user).score for user in users}
             started = time.perf_counter()
             for user in users:
-                assert predictor.predict_one("churn_model", user).score == expected[user]
+                assert predictor.predict_one(MODEL, user).score == expected[user]
             assert time.perf_counter() - started < 0.5  # 30 predictions; a single write attempt alone takes 0.3 s
             assert log.flush(10)
             stats = log.stats()
@@ -195,3 +198,18 @@ def test_an_unresponsive_log_server_costs_callers_nothing_and_a_full_queue_drops
             assert "Timeout" in stats.last_error
         finally:
             log.close()
+
+
+def test_a_two_view_prediction_logs_each_views_features_under_that_view_and_its_key(synced, tmp_path):
+    store, models, users = synced
+    log = SqliteServedLog(tmp_path / "log.sqlite")
+    predictions = [Predictor(store, models, served_log=log).predict_one("churn_model", user) for user in users[:5]]
+    assert log.flush(10)
+    by_user, by_country = log.read("user_features"), log.read("country_features")
+    log.close()
+    assert by_user["user_id"].tolist() == users[:5]
+    assert by_country["country_code"].tolist() == [p.entity["country_code"] for p in predictions]
+    country_names = [f.name for f in REGISTRY.feature_set("churn_model").reads[1].features]
+    assert list(by_country.columns) == ["country_code", *country_names, "model", "version", "served_at"]
+    for (_, row), prediction in zip(by_country.iterrows(), predictions):
+        assert _features(row, country_names) == {name: prediction.features[name] for name in country_names}

@@ -70,10 +70,11 @@ def skew_report_name(view: FeatureView) -> str:
     return f"{view.name}_skew_report"
 
 
-def _training_rows(warehouse: Warehouse, registry: Registry, view: FeatureView) -> tuple[pd.DataFrame, list[str], str]:
-    """The view's features in the rows its models were trained on (the union of their training sets), and the
-    features they use."""
-    frames, used, sources = [], [], []
+def _training_values(warehouse: Warehouse, registry: Registry, view: FeatureView) -> dict[str, tuple[pd.Series, str]]:
+    """Per feature of the view that models read: its values in the rows those models were trained on (the union of
+    the training sets that read it, rows that matched a snapshot of the view), and which training sets those are."""
+    values: dict[str, list[pd.Series]] = {}
+    sources: dict[str, list[str]] = {}
     with warehouse.connect() as con:
         for feature_set in registry.feature_sets.values():
             read = next((read for read in feature_set.reads if read.view.name == view.name), None)
@@ -81,10 +82,11 @@ def _training_rows(warehouse: Warehouse, registry: Registry, view: FeatureView) 
             if read is None or not warehouse.table_exists(con, table):
                 continue
             names = [f.name for f in read.features]
-            frames.append(warehouse.fetch(con, f"select {', '.join(names)} from {table} where {snapshot_column(view)} is not null"))
-            used += [name for name in names if name not in used]
-            sources.append(table)
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), used, " + ".join(sources)
+            frame = warehouse.fetch(con, f"select {', '.join(names)} from {table} where {snapshot_column(view)} is not null")
+            for name in names:
+                values.setdefault(name, []).append(frame[name])
+                sources.setdefault(name, []).append(table)
+    return {name: (pd.concat(values[name], ignore_index=True), " + ".join(sources[name])) for name in view.feature_names if name in values}
 
 
 def _serving_rows(
@@ -171,31 +173,36 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
         online_store: OnlineStoreResource,
         served_log: ServedLogResource,
     ) -> dg.MaterializeResult:
-        training, used, training_source = _training_rows(warehouse, registry, view)
-        if training.empty:
+        training = _training_values(warehouse, registry, view)
+        if not training:
             raise dg.Failure(f"no training set of {view.name} exists yet; materialize the training sets first")
         serving, serving_source = _serving_rows(config, registry, warehouse, online_store, served_log, view)
         if serving.empty:
             raise dg.Failure(f"nothing to compare: no served vectors logged and no {view.name} entity in the online store")
-        features = [(name, view.feature(name).dtype) for name in used]
         entities = serving[view.entity_key].nunique() if view.entity_key in serving.columns else None
-        report = skew_report(training, serving, features, _thresholds(config), serving_entities=entities)
+        # Feature by feature: each against the training sets that read it (models may read different features).
+        reports = []
+        for name, (values, source) in training.items():
+            one = skew_report(values.to_frame(name), serving, [(name, view.feature(name).dtype)], _thresholds(config), serving_entities=entities)
+            one["training_source"] = source
+            reports.append(one)
+        report = pd.concat(reports, ignore_index=True)
         report.insert(0, "report_at", datetime.now(UTC).replace(tzinfo=None))
-        report["training_source"], report["serving_source"] = training_source, serving_source
+        report["serving_source"] = serving_source
         with warehouse.connect() as con:
             warehouse.append(con, report_table(view), report, _REPORT_COLUMNS)
         summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]]
         drifted = _drifted(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
             "report": dg.MetadataValue.md(summary.round(4).to_markdown(index=False)),
-            "training_source": training_source,
+            "training_source": " + ".join(dict.fromkeys(t for _, (_, sources) in training.items() for t in sources.split(" + "))),
             "serving_source": serving_source,
             "drifted_features": ", ".join(drifted) or "none",
-            "unused_features": ", ".join(name for name in view.feature_names if name not in used) or "none",
+            "unused_features": ", ".join(name for name in view.feature_names if name not in training) or "none",
         }
         for name in drifted:
             dtype = view.feature(name).dtype
-            metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name], serving[name], name, dtype))
+            metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name][0], serving[name], name, dtype))
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(asset=report_asset, name="no_drift_error", blocking=True)
