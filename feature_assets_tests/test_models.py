@@ -212,3 +212,36 @@ def test_prediction_refuses_a_change_in_either_view_naming_view_and_feature(trai
     # The model that does not read the changed view keeps serving.
     if view == "country_features":
         assert Predictor(store, ModelStore(root)).predict_one("ltv_model", _latest_users(warehouse, 1)[0]).version
+
+
+def test_featurestore_predict_scores_one_or_many_users_and_names_bad_input(trained, monkeypatch, capsys):
+    from feature_assets.cli import main
+    from feature_assets.serving import SqliteOnlineStore
+
+    warehouse, root = trained
+    home = root.parent  # the trained folder: models/ is where the CLI looks
+    monkeypatch.setenv("FEATURE_STORE_HOME", str(home))
+    for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE", "FEATURE_STORE_DEMO_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    with SqliteOnlineStore(home / "online.sqlite") as store:
+        sync_views(warehouse, store)
+    users = _latest_users(warehouse, 2)
+
+    assert main(["predict", "churn", str(users[0]), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["entity"]["user_id"] == users[0] and printed["entity"]["country_code"]
+    assert {"age", "country_paid_share"} <= set(printed["features"])
+
+    assert main(["predict", "churn", str(users[0]), str(users[1]), "987654"]) == 0
+    table = capsys.readouterr().out
+    assert len(table.strip().splitlines()) == 4 and "user_id 987654 has no user_features" in table  # a header, three rows
+
+    cases = [
+        (["predict", "fraud", "1"], "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model"),
+        (["predict", "ltv", "1", "--key", "country_code=DE"], "model ltv_model reads no view keyed by country_code"),
+        (["predict", "churn", "1", "--key", "country_code"], "--key takes NAME=VALUE"),
+        (["predict", "churn", str(users[0]), "--key", "country_code=ZZ"], "country_code ZZ has no country_features in the online store"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ANCHOR, materialize, read_features, write_raw
 from feature_assets.demo_data import DemoDataSpec, generate
-from feature_assets.reference_features import reference_features
+from reference_features import reference_features
 
 DAY = timedelta(days=1)
 EDGE_T = ANCHOR - 2 * DAY
