@@ -21,6 +21,9 @@ from test_online_sync import RedisServer
 REGISTRY = load_registry(dbt_project.manifest_path)
 VIEW = REGISTRY.view("user_features")
 MODEL = "ltv_model"  # reads user_features only; churn_model's two views are logged per view (test at the end)
+# Timing tests use the logistic churn model (a one-row prediction well under a millisecond; ltv's boosted trees
+# take ~10 ms); each of its predictions logs one vector per view.
+FAST, PER_PREDICTION = "churn_model", 2
 
 
 @pytest.fixture(params=["redis", "sqlite"])
@@ -142,35 +145,35 @@ def _timed(fn, *args):
 def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resumes_after(synced, tmp_path):
     store, models, users = synced
     plain = Predictor(store, models)
-    expected = {user: plain.predict_one(MODEL, user).score for user in users}
+    expected = {user: plain.predict_one(FAST, user).score for user in users}
     server = RedisServer(tmp_path)
     server.start()
     log = RedisServedLog(server.url, retry_interval=0.2)
     try:
         predictor = Predictor(store, models, served_log=log)
-        assert predictor.predict_one(MODEL, users[0]).score == expected[users[0]]
-        assert log.flush(10) and log.logged == 1
+        assert predictor.predict_one(FAST, users[0]).score == expected[users[0]]
+        assert log.flush(10) and log.logged == PER_PREDICTION
 
         server.kill()
         slowest = 0.0
         for _ in range(5):
             for user in users:
-                prediction, seconds = _timed(predictor.predict_one, MODEL, user)
+                prediction, seconds = _timed(predictor.predict_one, FAST, user)
                 assert prediction.score == expected[user]
                 slowest = max(slowest, seconds)
             time.sleep(0.1)  # the writer meets the dead server meanwhile
         assert slowest < 0.1, f"a prediction took {slowest * 1e3:.1f} ms during the log outage"
-        pd.testing.assert_frame_equal(predictor.predict(MODEL, users), plain.predict(MODEL, users))
+        pd.testing.assert_frame_equal(predictor.predict(FAST, users), plain.predict(FAST, users))
         assert log.flush(10)
         stats = log.stats()
-        assert stats.logged == 1 and stats.failed_writes + stats.dropped_full_queue == 6 * len(users)
+        assert stats.logged == PER_PREDICTION and stats.failed_writes + stats.dropped_full_queue == 6 * PER_PREDICTION * len(users)
         assert stats.failed_writes > 0 and "ConnectionError" in stats.last_error
 
         server.start()  # same port and AOF: the entry written before the outage comes back
         for user in users[:5]:
-            assert predictor.predict_one(MODEL, user).score == expected[user]
+            assert predictor.predict_one(FAST, user).score == expected[user]
         assert log.flush(10)
-        assert log.logged == 6
+        assert log.logged == 6 * PER_PREDICTION
         assert log.read("user_features")["user_id"].tolist() == [users[0], *users[:5]]
     finally:
         log.close()
@@ -186,15 +189,15 @@ def test_an_unresponsive_log_server_costs_callers_nothing_and_a_full_queue_drops
         log = RedisServedLog(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", socket_timeout=0.3, queue_size=10)
         try:
             predictor = Predictor(store, models, served_log=log)
-            expected = {user: Predictor(store, models).predict_one(MODEL, user).score for user in users}
+            expected = {user: Predictor(store, models).predict_one(FAST, user).score for user in users}
             started = time.perf_counter()
             for user in users:
-                assert predictor.predict_one(MODEL, user).score == expected[user]
+                assert predictor.predict_one(FAST, user).score == expected[user]
             assert time.perf_counter() - started < 0.5  # 30 predictions; a single write attempt alone takes 0.3 s
             assert log.flush(10)
             stats = log.stats()
-            assert stats.logged == 0 and stats.dropped_full_queue >= len(users) - 20
-            assert stats.failed_writes + stats.dropped_full_queue == len(users)
+            assert stats.logged == 0 and stats.dropped_full_queue >= PER_PREDICTION * len(users) - 20
+            assert stats.failed_writes + stats.dropped_full_queue == PER_PREDICTION * len(users)
             assert "Timeout" in stats.last_error
         finally:
             log.close()
