@@ -321,12 +321,11 @@ class Predictor:
         card = served.card
         keys = _keys(card, entity)
         rows: dict[str, dict[str, Any]] = {}
-        pending = served.parts
-        while pending:
-            ready = [part for part in pending if part.key in keys or (part.derived_from and part.derived_from[0] in rows)]
-            if not ready:
-                raise DataError(f"model {card.model}: the keys of {', '.join(p.view.name for p in pending)} cannot be found")
-            for part in ready:
+        # Views whose key the caller passed, in one exchange; then those whose key derives from them (the registry
+        # allows one level), in a second.
+        passed = [part for part in served.parts if part.key in keys]
+        for level in (passed, [part for part in served.parts if part.key not in keys]):
+            for part in level:
                 if part.key not in keys:
                     source_view, source_feature = part.derived_from
                     value = rows[source_view][source_feature]
@@ -336,13 +335,12 @@ class Predictor:
                             f"{_describe(keys)}; pass {part.key} explicitly"
                         )
                     keys[part.key] = value
-            values = self.store.read_rows([(part.view, keys[part.key], part.fields) for part in ready])
-            for part, raw in zip(ready, values):
+            values = self.store.read_rows([(part.view, keys[part.key], part.fields) for part in level]) if level else ()
+            for part, raw in zip(level, values):
                 row = part.reader.decode_row(keys[part.key], raw, part.names)
                 if row[MISSING]:
                     raise DataError(_missing_message(card, part.view, keys[part.key]))
                 rows[part.view.name] = row
-            pending = [part for part in pending if part.view.name not in rows]
         features = {f["name"]: rows[f["view"]][f["name"]] for f in card.features}
         matrix = feature_matrix({name: [value] for name, value in features.items()}, card.features)
         prediction = Prediction(keys, served.score_row(matrix), model, card.version, features)
