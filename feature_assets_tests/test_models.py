@@ -96,6 +96,10 @@ def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view
     assert many["score"].iloc[0] == pytest.approx(one.score)
     assert many["country_code"].iloc[0] == country
     assert "987654" in many["error"].iloc[1] and many["error"].isna().tolist() == [True, False, True]
+    redis_client.hset(f"features:user:{users[2]}", "country", b"\x00")  # the online null marker
+    with pytest.raises(DataError, match=f"country_code is derived from user_features.country, which is null for user_id {users[2]}"):
+        predictor.predict_one("churn_model", users[2])
+    assert predictor.predict("churn_model", [users[2]])["error"].iloc[0].startswith("country_code is derived from user_features.country")
     card, pipeline = ModelStore(root).load("ltv_model")
     value = predictor.predict_one("ltv_model", users[2])
     matrix = feature_matrix({name: [value.features[name]] for name in card.feature_names}, card.features)
