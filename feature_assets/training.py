@@ -65,42 +65,43 @@ def _duckdb(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -> 
 
 def _postgres(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -> tuple[str, list[Any]]:
     time = feature_set.labels.label_time
-    steps, params, joins, selected = [ordered], [], [], [f"matched_0.{c}" for c in (LABEL_ROW, *label_columns)]
-    # The first view's timeline carries the label columns, so its matched rows are the base of the result.
-    carried_labels = ", ".join(c for c in label_columns if c != time)
+    # Each view's timeline is fed by the previous view's matched rows, which carry everything found so far: no join
+    # of per-view results on label_row (a hash join of two 1M-row sides). Each view's features are joined right
+    # after its running max, while the rows come in that view's (key, time) order, so index lookups stay local.
+    steps, params, previous, carried = [ordered], [], "labels", [LABEL_ROW, *label_columns]
     for position, read in enumerate(feature_set.reads):
-        view, timeline, carried, matched = read.view, f"timeline_{position}", f"carried_{position}", f"matched_{position}"
-        extra = f", {carried_labels}" if position == 0 else ""
-        nulls = ", null" * (len(label_columns) - 1) if position == 0 else ""
+        view, snapshot = read.view, f"snapshot_{position}"
+        timeline, running, matched = f"timeline_{position}", f"running_{position}", f"matched_{position}"
+        passed = [column for column in carried if column != time]
+        restored = [f"pit_at as {time}" if column == time else column for column in carried]
         steps.append(f"""
         {timeline} as (
-            select {read.key} as entity, {time} as at, 0 as is_snapshot, {LABEL_ROW}{extra} from labels
+            select {read.key} as pit_entity, {time} as pit_at, 0 as pit_is_snapshot, {', '.join(passed)} from {previous}
             union all
-            select {view.entity_key}, {view.timestamp}, 1, null{nulls} from {view.name}
+            select {view.entity_key}, {view.timestamp}, 1{', null' * len(passed)} from {view.name}
         ),
-        {carried} as (
+        {running} as (
             select *,
-                max(case when is_snapshot = 1 then at end) over (
-                    partition by entity order by at, is_snapshot rows between unbounded preceding and current row
-                ) as candidate_at
+                max(case when pit_is_snapshot = 1 then pit_at end) over (
+                    partition by pit_entity order by pit_at, pit_is_snapshot rows between unbounded preceding and current row
+                ) as pit_candidate_at
             from {timeline}
         ),
         {matched} as (
-            select {LABEL_ROW}, at as {time}{extra}, case when candidate_at >= at - ? then candidate_at end as snapshot_at
-            from {carried}
-            where is_snapshot = 0
+            select label.*, {', '.join(f"{snapshot}.{f.name}" for f in read.features)}
+            from (
+                select {', '.join(restored)},
+                    case when pit_candidate_at >= pit_at - ? then pit_candidate_at end as {snapshot_column(view)}
+                from {running}
+                where pit_is_snapshot = 0
+            ) as label
+            left join {view.name} as {snapshot}
+                on {snapshot}.{view.entity_key} = label.{read.key} and {snapshot}.{view.timestamp} = label.{snapshot_column(view)}
         )""")
         params.append(view.online_ttl)
-        alias = f"snapshot_{position}"
-        if position:
-            joins.append(f"left join {matched} on {matched}.{LABEL_ROW} = matched_0.{LABEL_ROW}")
-        joins.append(
-            f"left join {view.name} as {alias} on {alias}.{view.entity_key} = matched_0.{read.key} "
-            f"and {alias}.{view.timestamp} = {matched}.snapshot_at"
-        )
-        selected.append(f"{matched}.snapshot_at as {snapshot_column(view)}")
-        selected += [f"{alias}.{f.name}" for f in read.features]
-    sql = f"with {','.join(steps)}\n select {', '.join(selected)} from matched_0\n" + "\n".join(joins)
+        carried += [snapshot_column(view), *(f.name for f in read.features)]
+        previous = matched
+    sql = f"with {','.join(steps)}\n select {', '.join(carried)} from {previous}"
     return sql, params
 
 
