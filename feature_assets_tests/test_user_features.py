@@ -129,6 +129,14 @@ def test_postgres_builds_the_same_features_as_duckdb(duckdb_features, raw_frames
     write_raw(postgres_warehouse, raw_frames)
     assert materialize(postgres_warehouse, as_of=AS_OF).success
     _assert_same_features(read_features(postgres_warehouse), duckdb_features)
+    # Every feature view gets an index on (entity key, timestamp) for point-in-time lookups and sync scans.
+    indexes = postgres_warehouse.query(
+        "select tablename, indexdef from pg_indexes where schemaname = ? order by tablename", [postgres_warehouse.schema_name]
+    )
+    assert [(t, d.split(" USING ")[1]) for t, d in zip(indexes["tablename"], indexes["indexdef"])] == [
+        ("country_features", "btree (country_code, computed_at)"),
+        ("user_features", "btree (user_id, computed_at)"),
+    ]
 
 
 def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frames, tmp_path):
