@@ -55,14 +55,6 @@ _EVENT_CUM = np.cumsum([[0.62, 0.22, 0.12], [0.55, 0.17, 0.08]], axis=1)
 
 _TAG_USERS = 1
 _TAG_DAY = 2
-_TAG_MARKETS = 3
-
-# Each country's market goes through cycles: its churn hazard swings between e^-A and e^A times the user's own
-# (normalized to a mean of 1, so the overall churn rate stays) over a period of its own, so how a user's country
-# has been doing lately says something about the user's next month.
-_MARKET_AMPLITUDE = 1.0
-_MARKET_PERIOD_DAYS = (60.0, 150.0)
-_MAX_LIFETIME_DAYS = 200 * 365.0
 
 
 @dataclass(frozen=True)
@@ -193,10 +185,10 @@ def _population(spec: DemoDataSpec) -> _Population:
     plan_cum = _plan_cum(engagement)
     plan = _pick(rng.random(n), plan_cum)
     country = _pick(rng.random(n), _COUNTRY_CUM)
-    # Daily churn hazard: higher for low engagement and for the free plan (first plan, for simplicity), times the
-    # market cycle of the signup country.
+    # Daily churn hazard: higher for low engagement and for the free plan (first plan, for simplicity).
     hazard = 0.002 * _CHURN_PLAN_FACTOR[plan] * np.exp(-0.8 * (engagement - 1.5))
-    churn = signup + (_market_lifetimes(spec, signup, country, hazard, rng.exponential(1.0, n)) * _DAY).astype(np.int64)
+    lifetime = np.minimum(rng.exponential(1.0 / hazard, n), 200 * 365.0)
+    churn = signup + (lifetime * _DAY).astype(np.int64)
 
     # Later profile changes, drawn up front; each changes either country or plan.
     k = rng.poisson(_CHANGES_PER_YEAR * _CHANGE_HORIZON / _YEAR, n)
@@ -249,28 +241,6 @@ def _population(spec: DemoDataSpec) -> _Population:
     for a in vars(pop).values():
         a.flags.writeable = False  # shared through the cache
     return pop
-
-
-def _market_lifetimes(spec: DemoDataSpec, signup: np.ndarray, country: np.ndarray, hazard: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Days from signup until the cumulative hazard (the user's, times the country's cycle) reaches the user's
-    Exp(1) draw: the inversion on a daily grid, linear within a day, at the cycle's mean beyond the grid."""
-    rng = np.random.default_rng([spec.seed, _TAG_MARKETS])
-    periods = rng.uniform(*_MARKET_PERIOD_DAYS, len(_COUNTRIES))
-    phases = rng.uniform(0.0, 2 * np.pi, len(_COUNTRIES))
-    first = -_PRE_HISTORY_DAYS - 1
-    days = np.arange(first, spec.days + 3 * 365 + 1, dtype=float)
-    positions = np.arange(len(days) + 1, dtype=float)
-    start = signup / _DAY - first  # grid position of each signup
-    lifetimes = np.empty(len(signup))
-    for code in range(len(_COUNTRIES)):
-        members = np.flatnonzero(country == code)
-        cycle = np.exp(_MARKET_AMPLITUDE * np.sin(2 * np.pi * days / periods[code] + phases[code]))
-        cumulative = np.concatenate([[0.0], np.cumsum(cycle / cycle.mean())])
-        target = np.interp(start[members], positions, cumulative) + draws[members] / hazard[members]
-        beyond = len(days) + (target - cumulative[-1])  # the normalized cycle averages 1 a day
-        end = np.where(target <= cumulative[-1], np.interp(target, cumulative, positions), beyond)
-        lifetimes[members] = end - start[members]
-    return np.minimum(lifetimes, _MAX_LIFETIME_DAYS)
 
 
 def _day_chunk(spec: DemoDataSpec, pop: _Population, day: int) -> tuple[dict, dict]:
