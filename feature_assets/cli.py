@@ -326,6 +326,8 @@ def _entity_id(text: object) -> object:
     """An id as typed: digits are an int, anything else a string."""
     if not isinstance(text, str):
         return text
+    if not text.strip():
+        raise FeatureStoreError("an entity id cannot be empty")
     return int(text) if text.lstrip("-").isdigit() else text
 
 
@@ -401,7 +403,7 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
         shift, entities = shift_online_feature(_warehouse(settings), store, view, args.feature, args.by)
         where = store.describe()
     print(
-        f"{view.name}.{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} {view.entity}s in {where}; "
+        f"{view.name}.{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} entities ({view.entity_key}) in {where}; "
         "`featurestore skew --refresh` reports it, `featurestore sync --full` restores the synced values"
     )
 
