@@ -250,3 +250,18 @@ def test_featurestore_predict_scores_one_or_many_users_and_names_bad_input(train
     for argv, message in cases:
         assert main(argv) == 1, argv
         assert message in capsys.readouterr().err
+
+
+def test_a_card_written_before_models_read_several_views_still_loads_with_its_one_view(tmp_path):
+    old = {
+        "model": "churn_model", "version": "v1", "task": "classification", "target": "churned", "view": "user_features",
+        "entity": "user", "entity_key": "user_id", "timestamp": "computed_at", "online_ttl_hours": 48.0,
+        "features": [{"name": "age", "dtype": "int64", "definition_checksum": "c1"}], "schema_version": "s",
+        "trained_at": "t", "training_window": {}, "rows": {}, "metrics": {},
+    }  # fmt: skip
+    (tmp_path / "churn_model" / "v1").mkdir(parents=True)
+    (tmp_path / "churn_model" / "v1" / "card.json").write_text(json.dumps(old))
+    card = ModelStore(tmp_path).card("churn_model", "v1")
+    assert card.caller_keys == ["user_id"] and card.features[0]["view"] == "user_features"
+    [view] = card.feature_views()
+    assert (view.name, view.entity_key, view.feature_names, view.online_ttl) == ("user_features", "user_id", ("age",), timedelta(hours=48))
