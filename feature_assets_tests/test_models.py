@@ -100,6 +100,9 @@ def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view
     with pytest.raises(DataError, match=f"country_code is derived from user_features.country, which is null for user_id {users[2]}"):
         predictor.predict_one("churn_model", users[2])
     assert predictor.predict("churn_model", [users[2]])["error"].iloc[0].startswith("country_code is derived from user_features.country")
+    # Revenue is never negative, and neither is its prediction (a Poisson loss for a non-negative target).
+    revenue = predictor.predict("ltv_model", _latest_users(warehouse, 200))["score"]
+    assert revenue.notna().all() and (revenue >= 0).all()
     card, pipeline = ModelStore(root).load("ltv_model")
     value = predictor.predict_one("ltv_model", users[2])
     matrix = feature_matrix({name: [value.features[name]] for name in card.feature_names}, card.features)

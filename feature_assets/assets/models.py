@@ -24,10 +24,12 @@ __all__ = ["model_assets", "build_pipeline", "train"]
 VALIDATION_SHARE = 0.2  # the latest label times, so validation is a look into the future, as serving is
 
 
-def build_pipeline(feature_set: FeatureSet) -> Pipeline:
+def build_pipeline(feature_set: FeatureSet, non_negative_target: bool = False) -> Pipeline:
     """Numbers: median-imputed with a null indicator, scaled. Strings: one-hot, null and unseen values included.
 
-    Churn is a logistic regression: a one-row prediction takes well under a millisecond.
+    Classification is a logistic regression: a one-row prediction takes well under a millisecond. Regression is
+    gradient boosting; a target that is never negative (revenue, counts) gets a Poisson loss, so no prediction
+    is negative either.
     """
     numeric = [i for i, f in enumerate(feature_set.features) if f.dtype != "string"]
     categorical = [i for i, f in enumerate(feature_set.features) if f.dtype == "string"]
@@ -39,7 +41,8 @@ def build_pipeline(feature_set: FeatureSet) -> Pipeline:
     )
     if feature_set.task == "classification":
         return make_pipeline(columns, LogisticRegression(max_iter=2000))
-    return make_pipeline(columns, HistGradientBoostingRegressor(max_iter=200, random_state=0))
+    loss = "poisson" if non_negative_target else "squared_error"
+    return make_pipeline(columns, HistGradientBoostingRegressor(loss=loss, max_iter=200, random_state=0))
 
 
 def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[str, float], dict[str, int]]:
@@ -55,16 +58,17 @@ def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[
         return feature_matrix({f["name"]: part[f["name"]].tolist() for f in features}, features)
 
     target = feature_set.target
-    pipeline = build_pipeline(feature_set)
     if feature_set.task == "classification":
         y_fit, y_validation = fit[target].astype(bool).to_numpy(), validation[target].astype(bool).to_numpy()
         if y_fit.all() or not y_fit.any() or y_validation.all() or not y_validation.any():
             raise DataError(f"{feature_set.model}: {target} has a single class in the fit or validation rows")
+        pipeline = build_pipeline(feature_set)
         pipeline.fit(matrix(fit), y_fit)
         scores = pipeline.predict_proba(matrix(validation))[:, 1]
         metrics = {"auc": float(roc_auc_score(y_validation, scores)), "positive_rate": float(y_validation.mean())}
     else:
         y_fit, y_validation = fit[target].astype(float).to_numpy(), validation[target].astype(float).to_numpy()
+        pipeline = build_pipeline(feature_set, non_negative_target=bool((y_fit >= 0).all()))
         pipeline.fit(matrix(fit), y_fit)
         predictions = pipeline.predict(matrix(validation))
         metrics = {
