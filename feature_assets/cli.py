@@ -234,7 +234,7 @@ def _print_prediction(settings: Settings, model: str, entities: list[str], keys:
 
 def _monitored_views(view_name: str | None):
     registry = _registry()
-    views = [view for view in registry.views.values() if any(view in fs.views for fs in registry.feature_sets.values())]
+    views = registry.read_views
     if view_name is None:
         return views
     view = registry.view(view_name)
@@ -244,7 +244,7 @@ def _monitored_views(view_name: str | None):
 
 
 def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> None:
-    from feature_assets.assets.monitoring import latest_report, report_table
+    from feature_assets.assets.monitoring import latest_report, report_table, training_sources
 
     warehouse = _warehouse(settings)
     reports = []
@@ -260,8 +260,7 @@ def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> Non
     columns = ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons", "notes"]
     for view, report in reports:
         first = report.iloc[0]
-        training = " + ".join(dict.fromkeys(t for sources in report["training_source"] for t in sources.split(" + ")))
-        print(f"Skew report of {view.name}, {first['report_at']}: training = {training}; serving = {first['serving_source']}")
+        print(f"Skew report of {view.name}, {first['report_at']}: training = {training_sources(report)}; serving = {first['serving_source']}")
         print(report[columns].round(4).to_string(index=False))
 
 

@@ -75,8 +75,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     online = [online_assets(view) for view in views]
     training_sets, leakage_checks = training_set_assets(registry)
     models = model_assets(registry)
-    monitored = [view for view in views if any(view in fs.views for fs in registry.feature_sets.values())]
-    reports = [skew_report_assets(registry, view) for view in monitored]
+    reports = [skew_report_assets(registry, view) for view in registry.read_views]
     report_assets = [report for report, _ in reports]
     served_models = served_models_asset(registry, report_assets)
     labels = [dbt_model_key(name) for name in registry.labels]

@@ -197,6 +197,11 @@ class Registry:
         except KeyError:
             raise RegistryError(f"no model {model!r} declares a feature set; known: {', '.join(sorted(self.feature_sets))}") from None
 
+    @property
+    def read_views(self) -> list[FeatureView]:
+        """The views some model reads: those that have training sets, and so skew reports."""
+        return [view for view in self.views.values() if any(view in fs.views for fs in self.feature_sets.values())]
+
     def view(self, name: str) -> FeatureView:
         try:
             return self.views[name]

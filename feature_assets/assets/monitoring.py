@@ -21,7 +21,15 @@ from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, histogram_markdown, skew_report
 from feature_assets.registry import snapshot_column
 
-__all__ = ["SkewReportConfig", "report_table", "skew_report_name", "latest_report", "skew_report_assets", "served_models_asset"]
+__all__ = [
+    "SkewReportConfig",
+    "report_table",
+    "skew_report_name",
+    "latest_report",
+    "training_sources",
+    "skew_report_assets",
+    "served_models_asset",
+]
 _REPORT_COLUMNS = {
     "report_at": "timestamp",
     "feature": "varchar",
@@ -125,6 +133,11 @@ def _serving_rows(
     return online[~online[MISSING]], source
 
 
+def training_sources(report: pd.DataFrame) -> str:
+    """Every training set a report compared with (each feature row names those that read the feature)."""
+    return " + ".join(dict.fromkeys(table for sources in report["training_source"] for table in sources.split(" + ")))
+
+
 def latest_report(warehouse: Warehouse, con: Any, view: FeatureView) -> pd.DataFrame:
     """The rows of the view's newest report (one per feature)."""
     table = report_table(view)
@@ -195,7 +208,7 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
         drifted = _drifted(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
             "report": dg.MetadataValue.md(summary.round(4).to_markdown(index=False)),
-            "training_source": " + ".join(dict.fromkeys(t for _, (_, sources) in training.items() for t in sources.split(" + "))),
+            "training_source": training_sources(report),
             "serving_source": serving_source,
             "drifted_features": ", ".join(drifted) or "none",
             "unused_features": ", ".join(name for name in view.feature_names if name not in training) or "none",
