@@ -1,12 +1,19 @@
 """Copies each entity's latest snapshot from the warehouse to the online store, and checks the copy.
 
+The store holds, per entity, its latest snapshot computed within the view's TTL (the rule training applies):
+older ones are neither written nor served, and snapshots dated after the current time are ignored.
+
 The sync reads in bounded batches (DuckDB chunks, a PostgreSQL server-side cursor), encodes each batch
 column by column and streams it to the store, so memory does not grow with the table. It is incremental:
-only entities whose latest snapshot is newer than the watermark of the last completed sync are written
-(snapshots are point-in-time, so an as-of time once computed does not change). The watermark is recorded
-only after the last batch is stored: a sync that dies midway records nothing, and the next run rewrites
-everything after the old watermark. A full resync happens on request, when the store holds no completed
-sync (first run, or the record expired with the TTL), or when the view's definition version changed.
+only entities whose latest snapshot is newer than the watermark of the last completed sync are written.
+The watermark is recorded only after the last batch is stored: a sync that dies midway records nothing, and
+the next run rewrites everything after the old watermark.
+
+A full sync rewrites every entity and deletes those the warehouse no longer has a snapshot for (a deleted
+user, once its history is rebuilt). It happens on request, when the store holds no completed sync (first
+run, the record expired with the TTL, or a failed parity check dropped it), when the view's definition
+version changed, or when dbt rebuilt an as-of time the store already covered (a backfill after raw data
+was corrected): every dbt build of a feature view logs its as-of times in BUILD_LOG.
 """
 
 import random
@@ -20,13 +27,15 @@ import pandas as pd
 
 from feature_assets.errors import DataError
 from feature_assets.registry import FeatureView
-from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, view_schema
+from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, encode_entity_id, view_schema
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.reads import MISSING, FeatureReader
 
-__all__ = ["SyncResult", "ParityResult", "iter_latest_snapshots", "sync_online_store", "check_online_parity"]
+__all__ = ["BUILD_LOG", "SyncResult", "ParityResult", "iter_latest_snapshots", "sync_online_store", "check_online_parity"]
 
 DEFAULT_BATCH_ROWS = 20_000
+# Written by the dbt macro log_feature_build: one row per view, as-of time and build.
+BUILD_LOG = "featurestore_builds"
 _DUCKDB_VECTOR = 2048
 
 
@@ -38,6 +47,7 @@ class SyncResult:
     seconds: float
     watermark: datetime | None
     entities_in_store: int
+    entities_deleted: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -48,9 +58,9 @@ def _utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _latest_sql(view: FeatureView, since: bool, until: bool, sample: bool) -> str:
+def _latest_sql(view: FeatureView, after: bool, until: bool, sample: bool) -> str:
     columns = ", ".join([view.entity_key, view.timestamp, *view.feature_names])
-    bounds = [f"{view.timestamp} > ?"] * since + [f"{view.timestamp} <= ?"] * until
+    bounds = [f"{view.timestamp} > ?"] * after + [f"{view.timestamp} <= ?"] * until
     where = f"where {' and '.join(bounds)}" if bounds else ""
     # Portable SQL (DuckDB and PostgreSQL): no QUALIFY, no DISTINCT ON.
     sql = (
@@ -79,14 +89,15 @@ def iter_latest_snapshots(
     con: Any,
     view: FeatureView,
     *,
-    since: datetime | None = None,
+    after: datetime | None = None,
     until: datetime | None = None,
     sample: int | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> Iterator[pd.DataFrame]:
-    """Each entity's latest snapshot in (since, until], in frames of about batch_rows rows."""
-    sql = _latest_sql(view, since is not None, until is not None, sample is not None)
-    params = [value for value in (since, until, sample) if value is not None]
+    """Each entity's latest snapshot in (after, until], for the entities that have one there, in frames of about
+    batch_rows rows."""
+    sql = _latest_sql(view, after is not None, until is not None, sample is not None)
+    params = [value for value in (after, until, sample) if value is not None]
     if warehouse.kind == "duckdb":
         con.execute(sql, params)
         vectors = max(1, batch_rows // _DUCKDB_VECTOR)
@@ -100,11 +111,34 @@ def iter_latest_snapshots(
             yield _typed(view, columns, rows)
 
 
-def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView) -> datetime | None:
+def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView, now: datetime) -> datetime | None:
+    """The newest as-of time up to now: a snapshot dated in the future is never synced nor a watermark."""
     if not warehouse.table_exists(con, view.name):
         raise DataError(f"the warehouse has no table {view.name} yet; materialize it before syncing")
-    newest = warehouse.fetch(con, f"select max({view.timestamp}) as newest from {view.name}")["newest"].iloc[0]
+    newest = warehouse.fetch(con, f"select max({view.timestamp}) as newest from {view.name} where {view.timestamp} <= ?", [now])
+    newest = newest["newest"].iloc[0]
     return None if pd.isna(newest) else pd.Timestamp(newest).to_pydatetime()
+
+
+def _newest_build(warehouse: Any, con: Any, view: FeatureView) -> datetime | None:
+    """When dbt last built an as-of time of the view (None before the first logged build)."""
+    if not warehouse.table_exists(con, BUILD_LOG):
+        return None
+    newest = warehouse.fetch(con, f"select max(built_at) as built from {BUILD_LOG} where view_name = ?", [view.name])
+    newest = newest["built"].iloc[0]
+    return None if pd.isna(newest) else pd.Timestamp(newest).to_pydatetime()
+
+
+def _rebuilt_since(warehouse: Any, con: Any, view: FeatureView, record: SyncRecord) -> datetime | None:
+    """The earliest as-of time the last sync covered (at or before its watermark) that dbt rebuilt after it."""
+    if record.built_through is None or record.watermark is None or not warehouse.table_exists(con, BUILD_LOG):
+        return None
+    rebuilt = warehouse.fetch(
+        con,
+        f"select min(computed_at) as rebuilt from {BUILD_LOG} where view_name = ? and built_at > ? and computed_at <= ?",
+        [view.name, record.built_through, record.watermark],
+    )["rebuilt"].iloc[0]
+    return None if pd.isna(rebuilt) else pd.Timestamp(rebuilt).to_pydatetime()
 
 
 def sync_online_store(
@@ -118,33 +152,50 @@ def sync_online_store(
 ) -> SyncResult:
     """Writes the latest snapshot of every changed entity; on_batch(rows so far) is called after each batch."""
     started = time.perf_counter()
+    now = _utc_now()
     previous = store.last_sync(view)
     schema = view_schema(view)
-    if full_resync:
-        mode, reason = "full", "full resync requested"
-    elif previous is None:
-        mode, reason = "full", "the store holds no completed sync"
-    elif previous.version != view.version:
-        mode, reason = "full", f"the definition changed (version {previous.version} -> {view.version})"
-    else:
-        mode, reason = "incremental", f"snapshots after {previous.watermark}"
-    since = previous.watermark if mode == "incremental" else None
-    rows = 0
+    rows = deleted = 0
     with warehouse.connect() as con:
-        newest = _newest_snapshot(warehouse, con, view)
-        if newest is not None and (since is None or newest > since):
+        newest = _newest_snapshot(warehouse, con, view, now)
+        built = _newest_build(warehouse, con, view)
+        rebuilt = None if previous is None else _rebuilt_since(warehouse, con, view, previous)
+        if full_resync:
+            mode, reason = "full", "full resync requested"
+        elif previous is None:
+            mode, reason = "full", "the store holds no completed sync"
+        elif previous.version != view.version:
+            mode, reason = "full", f"the definition changed (version {previous.version} -> {view.version})"
+        elif rebuilt is not None:
+            mode, reason = "full", f"as-of times from {rebuilt} were rebuilt after the last sync"
+        else:
+            mode, reason = "incremental", f"snapshots after {previous.watermark}"
+        oldest_served = now - view.online_ttl
+        after = max(previous.watermark, oldest_served) if mode == "incremental" and previous.watermark else oldest_served
+        written: set[bytes] = set()
+        if newest is not None and newest > after:
             # A schema change leaves fields of the old schema behind unless each hash is replaced whole.
             with store.writer(view, replace=previous is not None and previous.schema != schema) as writer:
-                for frame in iter_latest_snapshots(warehouse, con, view, since=since, until=newest, batch_rows=batch_rows):
-                    writer.write(encode_batch(view, frame))
+                for frame in iter_latest_snapshots(warehouse, con, view, after=after, until=newest, batch_rows=batch_rows):
+                    batch = encode_batch(view, frame)
+                    writer.write(batch)
+                    if mode == "full":
+                        written.update(batch.entity_ids)
                     rows += len(frame)
                     if on_batch is not None:
                         on_batch(rows)
+    if mode == "full":
+        # Entities the warehouse no longer has a current snapshot for (deleted, or rebuilt away).
+        gone = store.entity_ids(view) - written
+        store.delete(view, gone)
+        deleted = len(gone)
     watermark = newest if newest is not None else (previous.watermark if previous else None)
     definitions = tuple((f.name, f.definition_checksum) for f in view.features)
-    store.record_sync(view, SyncRecord(view.version, schema, definitions, watermark, _utc_now(), rows, mode == "full"))
+    store.record_sync(
+        view, SyncRecord(view.version, schema, definitions, watermark, _utc_now(), rows, mode == "full", built)
+    )
     seconds = time.perf_counter() - started  # the count below scans the store; it is not part of the sync
-    return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view))
+    return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view), deleted)
 
 
 @dataclass(frozen=True)
@@ -172,9 +223,10 @@ def check_online_parity(
     batch_rows: int = 20_000,
     max_examples: int = 10,
 ) -> ParityResult:
-    """Compares, after typed decoding, the online values with the offline latest snapshot that the last
-    completed sync covered (snapshots newer than its watermark are the next sync's job).
-    Every entity is compared, or a random sample of `sample` entities."""
+    """Compares, after typed decoding, the online values with the offline latest snapshot (within the TTL) that
+    the last completed sync covered (snapshots newer than its watermark are the next sync's job). Every entity
+    is compared, and entities only the store holds count as mismatches; or a random sample of `sample`
+    offline entities."""
     try:
         reader = FeatureReader(store, view)
     except DataError as error:
@@ -185,13 +237,17 @@ def check_online_parity(
     checked = mismatched = 0
     examples: list[dict[str, Any]] = []
     fields = [(name, PANDAS_DTYPES[dtype]) for name, dtype in view_schema(view)]
+    offline_ids: set[bytes] = set()
+    oldest_served = _utc_now() - view.online_ttl
     with warehouse.connect() as con:
         if record.watermark is None:
             return ParityResult(0, 0)
         for offline in iter_latest_snapshots(
-            warehouse, con, view, until=record.watermark, sample=sample, batch_rows=batch_rows
+            warehouse, con, view, after=oldest_served, until=record.watermark, sample=sample, batch_rows=batch_rows
         ):
             ids = offline[view.entity_key].tolist()
+            if sample is None:
+                offline_ids.update(map(encode_entity_id, ids))
             online = reader.get_online_features(ids)
             bad = online[MISSING].to_numpy().copy()
             differs = {}
@@ -219,4 +275,10 @@ def check_online_parity(
                                 "online": _display(online[name].iat[row]),
                             }
                         )
+    if sample is None:
+        extra = sorted(store.entity_ids(view) - offline_ids)
+        checked += len(extra)
+        mismatched += len(extra)
+        for entity_id in extra[: max(0, max_examples - len(examples))]:
+            examples.append({"entity": entity_id.decode(), "feature": "*", "offline": "(none in the TTL)", "online": "(a snapshot)"})
     return ParityResult(checked, mismatched, examples)

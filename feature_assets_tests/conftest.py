@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 # The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
 os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
@@ -28,8 +28,9 @@ from feature_assets.resources.warehouse import Warehouse
 
 POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
-# A fixed anchor makes generated data reproducible.
-ANCHOR = datetime(2026, 3, 31, 0)
+# Generated data is reproducible relative to the anchor: the start of the current UTC day, so that snapshots
+# computed at it are within their online TTL (older ones are neither synced nor served) and not in the future.
+ANCHOR = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="session")
@@ -110,15 +111,57 @@ def redis_client():
     client.close()
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A local 3-master Redis Cluster on loopback ports, for the session."""
+    from redis_servers import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory):
+    """A local TLS-only Redis with a CA of its own, for the session."""
+    from redis_servers import start_tls_redis
+
+    server = start_tls_redis(tmp_path_factory.mktemp("tls"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_ca(tls_redis, monkeypatch):
+    """The environment a TLS deployment sets: the CA certificate to verify the server with."""
+    monkeypatch.setenv("FEATURE_STORE_REDIS_CA_CERT", str(tls_redis.ca_cert))
+    return tls_redis
+
+
+def _empty(store):
+    from feature_assets.serving.redis_io import primaries
+
+    for node in primaries(store.client):
+        node.flushdb()
+    return store
+
+
+# The store contract runs against every kind: a single Redis, a Redis Cluster, a TLS Redis and SQLite.
+@pytest.fixture(params=["redis", "cluster", "tls", "sqlite"])
 def online_store(request, tmp_path):
     """Each online store implementation, empty."""
     from feature_assets.serving import RedisOnlineStore, SqliteOnlineStore
 
-    if request.param == "redis":
-        store = RedisOnlineStore(request.getfixturevalue("redis_client"))
-    else:
+    if request.param == "sqlite":
         store = SqliteOnlineStore(tmp_path / "online.sqlite")
+    else:
+        url = {
+            "redis": lambda: REDIS_URL,
+            "cluster": lambda: request.getfixturevalue("redis_cluster").url,
+            "tls": lambda: request.getfixturevalue("tls_ca").url,
+        }[request.param]()
+        request.getfixturevalue("redis_client")  # fails clearly when no Redis runs at all
+        store = _empty(RedisOnlineStore.from_url(url))
     yield store
     store.close()
 

@@ -1,9 +1,8 @@
-"""The online store contract, run against both implementations (real Redis and SQLite)."""
+"""The online store contract, run against every kind: a single Redis, a Redis Cluster, a TLS Redis and SQLite."""
 
 import math
 import re
-import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ from feature_assets.serving.codec import view_schema
 BIG, SMALL = np.iinfo(np.int64).max, np.iinfo(np.int64).min
 
 
-def make_view(ttl: timedelta = timedelta(hours=1)) -> FeatureView:
+def make_view(ttl: timedelta = timedelta(days=2)) -> FeatureView:
     features = (
         Feature("count", "int64", "bigint", "", "count-v1"),
         Feature("score", "float64", "double precision", "", "score-v1"),
@@ -30,21 +29,16 @@ def make_view(ttl: timedelta = timedelta(hours=1)) -> FeatureView:
 VIEW = make_view()
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
 
+# Snapshot times within the view's TTL (an older snapshot is neither written nor served), down to the microsecond.
+HOUR = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+TIMES = [HOUR - timedelta(hours=5), HOUR - timedelta(hours=4), HOUR - timedelta(hours=3, microseconds=-1),
+         HOUR - timedelta(hours=2), HOUR, HOUR - timedelta(hours=1, seconds=1)]  # fmt: skip
+
 # Every dtype with its extremes and nulls; each row differs in every field from the others.
 ROWS = pd.DataFrame(
     {
         "thing_id": [1, 2, 3, 4, 5, 6],
-        "computed_at": np.array(
-            [
-                datetime(2026, 3, 31),
-                datetime(2026, 3, 31, 1),
-                datetime(2026, 3, 31, 2, 0, 0, 1),
-                datetime(1970, 1, 1),
-                datetime(2999, 12, 31, 23),
-                datetime(2000, 2, 29, 23, 59, 59),
-            ],
-            dtype="datetime64[us]",
-        ),
+        "computed_at": np.array(TIMES, dtype="datetime64[us]"),
         "count": pd.array([BIG, SMALL, 0, None, -1, 2**53 + 1], dtype="Int64"),
         "score": [5e-324, -0.0, 1.7976931348623157e308, np.nan, 0.1, -1 / 3],
         "label": pd.array(["ünïcødé ✓", "", "line\nbreak\ttab", None, "100%s", "x" * 10_000], dtype="str"),
@@ -88,7 +82,7 @@ def test_the_single_entity_path_returns_plain_python_values(online_store):
 
     assert reader.get_entity(1) == {
         "thing_id": 1,
-        "computed_at": datetime(2026, 3, 31),
+        "computed_at": TIMES[0],
         "count": BIG,
         "score": 5e-324,
         "label": "ünïcødé ✓",
@@ -100,7 +94,7 @@ def test_the_single_entity_path_returns_plain_python_values(online_store):
     assert math.copysign(1, reader.get_entity(2)["score"]) == -1.0
     assert reader.get_entity(3, features=["label"]) == {
         "thing_id": 3,
-        "computed_at": datetime(2026, 3, 31, 2, 0, 0, 1),
+        "computed_at": TIMES[2],
         "label": "line\nbreak\ttab",
         "_missing": False,
     }
@@ -138,7 +132,7 @@ def test_an_unknown_feature_name_is_a_clear_error(online_store):
 
 def _corrupt(store, field: str, value: str) -> None:
     """Overwrites one stored value by hand, as someone with a store client could."""
-    if isinstance(store, RedisOnlineStore):
+    if store.kind == "redis":
         store.client.hset("features:thing:2", field, value)
     else:
         con = store._connect()
@@ -167,37 +161,40 @@ def test_rewriting_an_entity_replaces_every_field(online_store):
 
     row = FeatureReader(online_store, VIEW).get_entity(1)
     assert (row["count"], row["score"], row["label"], row["active"]) == (None, None, None, True)
-    assert row["computed_at"] == datetime(1970, 1, 1)
+    assert row["computed_at"] == TIMES[3]
 
 
-def test_a_key_written_with_a_short_ttl_is_gone_after_it_and_reads_as_missing(online_store):
-    short = make_view(ttl=timedelta(milliseconds=700))
-    write(online_store, short, ROWS)
+def test_a_key_expires_at_its_snapshot_time_plus_the_ttl_not_a_ttl_after_the_write(online_store):
+    write(online_store, VIEW, ROWS)
+    if online_store.kind == "redis":
+        for thing_id, computed_at in zip(ROWS["thing_id"], TIMES):
+            expires = online_store.client.execute_command("PEXPIRETIME", f"features:thing:{thing_id}")
+            assert expires == int((computed_at + VIEW.online_ttl).replace(tzinfo=UTC).timestamp() * 1000)
+    # Read with a TTL that the older snapshots have outlived: they are served as missing, never as stale values.
+    short = make_view(ttl=timedelta(hours=3, minutes=30))
     reader = FeatureReader(online_store, short)
-    assert online_store.count_entities(short) == len(ROWS)
-    assert reader.get_entity(1)["_missing"] is False
-    if online_store.kind == "redis":
-        assert 0 < online_store.client.pttl("features:thing:1") <= 700
+    assert reader.get_online_features(ROWS["thing_id"])["_missing"].tolist() == [True, True, False, False, False, False]
+    assert reader.get_entity(1)["_missing"] is True and reader.get_entity(1)["count"] is None
+    assert reader.get_entity(4)["_missing"] is False
 
-    time.sleep(1.0)
 
-    assert reader.get_entity(1)["_missing"] is True
-    assert reader.get_online_features([1, 2])["_missing"].tolist() == [True, True]
-    assert online_store.count_entities(short) == 0
-    if online_store.kind == "redis":
-        assert online_store.client.exists("features:thing:1") == 0
+def test_a_snapshot_already_older_than_its_ttl_is_not_written(online_store):
+    short = make_view(ttl=timedelta(hours=3, minutes=30))
+    write(online_store, short, ROWS)
+    assert online_store.count_entities(short) == 4  # things 1 and 2 are 4 and 5 hours old
+    assert sorted(online_store.entity_ids(short)) == [b"3", b"4", b"5", b"6"]
 
 
 def test_the_sync_record_round_trips_and_starts_empty(online_store):
     assert online_store.last_sync(VIEW) is None
-    record = SyncRecord(VIEW.version, view_schema(VIEW), DEFINITIONS, datetime(2026, 3, 31), datetime(2026, 3, 31, 0, 5), 6, True)
+    record = SyncRecord(VIEW.version, view_schema(VIEW), DEFINITIONS, HOUR, HOUR + timedelta(minutes=5), 6, True, HOUR)
     online_store.record_sync(VIEW, record)
     assert online_store.last_sync(VIEW) == record
 
 
 def test_a_reader_refuses_a_store_synced_with_another_schema(online_store):
     old_schema = (("computed_at", "timestamp"), ("count", "string"))
-    online_store.record_sync(VIEW, SyncRecord("old", old_schema, (("count", "old"),), None, datetime(2026, 3, 31), 0, True))
+    online_store.record_sync(VIEW, SyncRecord("old", old_schema, (("count", "old"),), None, HOUR, 0, True))
     with pytest.raises(DataError, match="schema.*run the sync"):
         FeatureReader(online_store, VIEW)
 
@@ -205,10 +202,10 @@ def test_a_reader_refuses_a_store_synced_with_another_schema(online_store):
 def test_redis_layout_is_one_readable_hash_per_entity_with_the_ttl(redis_client):
     store = RedisOnlineStore(redis_client)
     write(store, VIEW, ROWS)
-    store.record_sync(VIEW, SyncRecord(VIEW.version, view_schema(VIEW), DEFINITIONS, datetime(2026, 3, 31), datetime(2026, 3, 31), 6, True))
+    store.record_sync(VIEW, SyncRecord(VIEW.version, view_schema(VIEW), DEFINITIONS, HOUR, HOUR, 6, True))
 
     assert redis_client.hgetall("features:thing:4") == {
-        b"computed_at": b"1970-01-01T00:00:00",
+        b"computed_at": TIMES[3].isoformat().encode(),
         b"count": b"\x00",
         b"score": b"\x00",
         b"label": b"\x00",
@@ -219,9 +216,8 @@ def test_redis_layout_is_one_readable_hash_per_entity_with_the_ttl(redis_client)
     meta = {k.decode(): v.decode() for k, v in redis_client.hgetall("featurestore:view:thing_features").items()}
     assert meta["version"] == VIEW.version
     assert meta["schema"] == '{"computed_at": "timestamp", "count": "int64", "score": "float64", "label": "string", "active": "bool"}'
-    assert meta["last_sync_watermark"] == "2026-03-31T00:00:00"
-    for key in [b"features:thing:%d" % i for i in range(1, 7)] + [b"featurestore:view:thing_features"]:
-        assert 3_590_000 < redis_client.pttl(key) <= 3_600_000
+    assert meta["last_sync_watermark"] == HOUR.isoformat()
+    assert 172_790_000 < redis_client.pttl(b"featurestore:view:thing_features") <= 172_800_000
 
 
 def test_two_views_of_one_entity_keep_separate_hashes_and_one_exchange_reads_both(redis_client):

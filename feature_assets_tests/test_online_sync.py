@@ -5,7 +5,7 @@ import socket
 import subprocess
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,9 @@ from feature_assets.serving.codec import PANDAS_DTYPES, view_schema
 
 VIEW = load_registry(dbt_project.manifest_path).view("user_features")
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
-T1, T2 = datetime(2026, 3, 30), datetime(2026, 3, 31)
+# Two recent as-of times: snapshots older than the view's TTL are neither synced nor served.
+T2 = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
+T1 = T2 - timedelta(days=1)
 COLUMNS = {VIEW.entity_key: "bigint", VIEW.timestamp: "timestamp", **{f.name: f.data_type for f in VIEW.features}}
 
 

@@ -62,10 +62,12 @@ class EncodedColumn:
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Rows ready for any store: entity ids as text and the columns (computed_at first) encoded."""
+    """Rows ready for any store: entity ids as text, the columns (computed_at first) encoded, and when each row's
+    snapshot expires (computed_at + the view's TTL, in milliseconds since the epoch)."""
 
     entity_ids: list[bytes]
     columns: dict[str, EncodedColumn]
+    expires_at_ms: np.ndarray
 
     def __len__(self) -> int:
         return len(self.entity_ids)
@@ -142,7 +144,11 @@ def encode_batch(view: FeatureView, frame: pd.DataFrame) -> EncodedBatch:
         if field not in frame.columns:
             raise DataError(f"{view.name}: the warehouse rows have no column {field!r}")
         columns[field] = _encode_column(frame[field], dtype, field)
-    return EncodedBatch(entity_ids, columns)
+    computed_at = frame[view.timestamp]
+    if computed_at.isna().any():
+        raise DataError(f"{view.name}: {int(computed_at.isna().sum())} rows have no {view.timestamp}")
+    expires_at_ms = computed_at.to_numpy(dtype="datetime64[ms]").astype(np.int64) + int(view.online_ttl.total_seconds() * 1000)
+    return EncodedBatch(entity_ids, columns, expires_at_ms)
 
 
 _BOOLS = {b"true": True, b"false": False, "true": True, "false": False}

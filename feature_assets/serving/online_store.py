@@ -1,39 +1,54 @@
 """The online store: each entity's latest snapshot, replaced atomically and expiring after the view's TTL.
 
-Two implementations honour one contract (feature_assets_tests/test_online_store.py runs against both):
-Redis in production, and SQLite, the embedded default that needs no server. Values are stored in the
+Two implementations honour one contract (feature_assets_tests/test_online_store.py runs against each): Redis
+in production (a single server, a cluster, TLS), and SQLite, the embedded default that needs no server. Values are stored in the
 text form of `codec`; stores hand raw values back and `reads.FeatureReader` decodes them.
 
-Redis layout, readable with plain redis-cli:
+An entity's snapshot lives until its computed_at + the view's TTL (the staleness rule training applies), not for
+a TTL from the write: a resync never revives an old snapshot, and one already past its TTL is not written.
+
+Redis layout, readable with plain redis-cli (on a cluster, keys spread over the masters by hash slot):
     features:<namespace>:<id>       hash: the snapshot's computed_at and one field per feature of one view;
-                                    null is a single NUL byte ("\\x00"); the key has the view's TTL. The
+                                    null is a single NUL byte ("\\x00"); the key expires at computed_at + TTL,
+                                    set in the same MULTI/EXEC as its fields. The
                                     namespace is the entity (features:user:42) for the view named
                                     <entity>_features, and the view's name for any other view of that entity
                                     (features:user_order_features:42), so two views never share a hash
     featurestore:view:<view name>   hash: schema, definition version and the last completed sync,
-                                    with the same TTL (a store that went quiet for a TTL starts over)
+                                    expiring a TTL after the sync (a store that went quiet for a TTL starts over)
 """
 
 import json
-import queue
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
-from feature_assets.errors import ConfigError, DataError, OnlineStoreError
+from feature_assets.errors import DataError, OnlineStoreError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import NULL_MARKER, EncodedBatch, encode_entity_id, view_schema
-from feature_assets.serving.resp import bulk, read_replies
+from feature_assets.serving.redis_io import (
+    RedisClient,
+    bulk,
+    close,
+    connect,
+    describe,
+    errors,
+    exchange,
+    node_for,
+    primaries,
+    read,
+    slot_of,
+    timeout_from_env,
+)
 
 __all__ = ["SyncRecord", "OnlineWriter", "OnlineStore", "RedisOnlineStore", "SqliteOnlineStore"]
 
@@ -41,7 +56,8 @@ __all__ = ["SyncRecord", "OnlineWriter", "OnlineStore", "RedisOnlineStore", "Sql
 @dataclass(frozen=True)
 class SyncRecord:
     """What the last completed sync of a view wrote: its schema (dtype and definition checksum per feature),
-    and the newest snapshot time it covered."""
+    the newest snapshot time it covered, and the newest dbt build of the view it saw (a later build of an
+    as-of time it covered makes the next sync a full one)."""
 
     version: str
     schema: tuple[tuple[str, str], ...]
@@ -50,6 +66,7 @@ class SyncRecord:
     completed_at: datetime
     rows_written: int
     full: bool
+    built_through: datetime | None = None
 
     def to_json(self) -> dict[str, str]:
         return {
@@ -60,6 +77,7 @@ class SyncRecord:
             "last_sync_completed_at": self.completed_at.isoformat(),
             "last_sync_rows_written": str(self.rows_written),
             "last_sync_mode": "full" if self.full else "incremental",
+            "built_through": self.built_through.isoformat() if self.built_through else "",
         }
 
     @classmethod
@@ -74,6 +92,7 @@ class SyncRecord:
                 completed_at=datetime.fromisoformat(fields["last_sync_completed_at"]),
                 rows_written=int(fields["last_sync_rows_written"]),
                 full=fields["last_sync_mode"] == "full",
+                built_through=datetime.fromisoformat(built) if (built := fields.get("built_through")) else None,
             )
         except (KeyError, ValueError) as error:
             raise DataError(f"the online store's sync record is unreadable ({error!r}); run a full resync") from None
@@ -114,11 +133,16 @@ class OnlineStore(ABC):
         """A writer for one sync. replace=True also drops fields of an older schema."""
 
     @abstractmethod
-    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str]) -> Sequence[Any] | None:
-        """Stored values of `fields` (bytes or str; None for null), or None if the entity is missing or expired."""
+    def read_row(
+        self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None
+    ) -> Sequence[Any] | None:
+        """Stored values of `fields` (bytes or str; None for null), or None if the entity is missing or expired.
+        timeout (seconds) bounds the wait for the answer, where the store can wait (default: the store's own)."""
 
     @abstractmethod
-    def read_rows(self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]]) -> list[Sequence[Any] | None]:
+    def read_rows(
+        self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]], *, timeout: float | None = None
+    ) -> list[Sequence[Any] | None]:
         """Several entities, possibly of several views, in one exchange: per (view, entity id, fields) request what
         read_row returns for it."""
 
@@ -136,8 +160,20 @@ class OnlineStore(ABC):
         """Marks a sync complete; called only after its last batch is stored."""
 
     @abstractmethod
+    def forget_sync(self, view: FeatureView) -> None:
+        """Drops the sync record, so the next sync rewrites every entity (the repair after a failed parity check)."""
+
+    @abstractmethod
     def count_entities(self, view: FeatureView) -> int:
         """Entities of the view currently readable (not expired)."""
+
+    @abstractmethod
+    def entity_ids(self, view: FeatureView) -> set[bytes]:
+        """The encoded ids of every entity of the view in the store."""
+
+    @abstractmethod
+    def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
+        """Removes entities (encoded ids) of the view."""
 
     @abstractmethod
     def key_of(self, view: FeatureView, entity_id: Any) -> str:
@@ -159,35 +195,40 @@ class OnlineStore(ABC):
 
 
 _NULL_BULK = bulk(NULL_MARKER)
-_PEXPIRE = b"*3\r\n$7\r\nPEXPIRE\r\n"
-_DEL = b"*2\r\n$3\r\nDEL\r\n"
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+# Rows per MULTI/EXEC: Redis runs a transaction without serving anyone else, ~3 ms for this many rows.
+_TRANSACTION_ROWS = 1000
+# The sync waits longer than a request: a batch of megabytes is in flight while Redis works on the one before.
+_SYNC_TIMEOUT = 30.0
 
 
 class RedisOnlineStore(OnlineStore):
-    """Redis: a hash per entity. Use `from_url` with redis://, rediss:// (TLS) or unix:// URLs, password included."""
+    """Redis or Redis Cluster: a hash per entity. Use `from_url` with redis://, rediss:// (TLS) or unix:// URLs,
+    user and password included; a URL naming any node of a cluster uses the whole cluster."""
 
     kind = "redis"
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: RedisClient, *, sync_client: RedisClient | None = None):
         self.client = client
+        self.sync_client = sync_client or client
         self._prefixes: dict[str, bytes] = {}
 
     @classmethod
-    def from_url(cls, url: str) -> "RedisOnlineStore":
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            # The URL may hold a password: name only its scheme.
-            raise ConfigError(f"the Redis URL must start with redis://, rediss:// or unix://, not {url.split(':', 1)[0]!r}://")
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30))
+    def from_url(cls, url: str, *, timeout: float | None = None) -> "RedisOnlineStore":
+        """timeout (seconds) bounds each connect and request; default FEATURE_STORE_REDIS_TIMEOUT_MS."""
+        timeout = timeout_from_env() if timeout is None else timeout
+        client = connect(url, timeout=timeout)
+        return cls(client, sync_client=connect(url, timeout=max(timeout, _SYNC_TIMEOUT)))
 
     def describe(self) -> str:
-        kwargs = self.client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-        return f"redis {where} db {kwargs.get('db', 0)}"
+        return describe(self.client)
 
-    def unreachable(self, error: Exception) -> OnlineStoreError:
-        return OnlineStoreError(f"{self.describe()}: {type(error).__name__}: {error}")
+    def unreachable(self, error: Exception, node: redis.Redis | None = None) -> OnlineStoreError:
+        where = describe(node) if node is not None and node is not self.client else self.describe()
+        if isinstance(error, redis.TimeoutError):
+            return OnlineStoreError(f"{where}: no answer in time ({error})")
+        return OnlineStoreError(f"{where}: {type(error).__name__}: {error}")
 
     def prefix(self, view: FeatureView) -> bytes:
         try:
@@ -206,7 +247,9 @@ class RedisOnlineStore(OnlineStore):
     def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
         return _RedisWriter(self, view, replace)
 
-    def _checked(self, view: FeatureView, key: bytes, fields: Sequence[str], values: list) -> list | None:
+    def _checked(self, key: bytes, fields: Sequence[str], values: Any) -> list | None:
+        if isinstance(values, redis.ResponseError):
+            raise _reply_error(key, values)
         if values[0] is None:
             return None
         if None in values:
@@ -216,64 +259,85 @@ class RedisOnlineStore(OnlineStore):
             return [None if value == NULL_MARKER else value for value in values]
         return values
 
-    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str]) -> Sequence[Any] | None:
-        key = self.prefix(view) + encode_entity_id(entity_id)
-        try:
-            values = self.client.execute_command("HMGET", key, *fields)
-        except redis.ResponseError as error:
-            raise DataError(f"online value at {key.decode()}: {error}") from None
-        except redis.RedisError as error:
-            raise self.unreachable(error) from None
-        return self._checked(view, key, fields, values)
+    @staticmethod
+    def _hmget(key: bytes, fields: Sequence[str]) -> bytes:
+        return b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields)) + bulk(key) + b"".join(bulk(f.encode()) for f in fields)
 
-    def read_rows(self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]]) -> list[Sequence[Any] | None]:
-        if len(requests) == 1:  # one command needs no pipeline (which costs ~30 us more)
-            return [self.read_row(*requests[0])]
-        keys = [self.prefix(view) + encode_entity_id(entity_id) for view, entity_id, _ in requests]
+    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None) -> Sequence[Any] | None:
+        key = self.prefix(view) + encode_entity_id(entity_id)
+        node = node_for(self.client, key)
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for key, (_, _, fields) in zip(keys, requests):
-                    pipe.execute_command("HMGET", key, *fields)
-                replies = pipe.execute(raise_on_error=False)
+            (values,) = exchange(node, self._hmget(key, fields), 1, timeout)
         except redis.RedisError as error:
-            raise self.unreachable(error) from None
-        rows = []
-        for key, (view, _, fields), values in zip(keys, requests, replies):
-            if isinstance(values, redis.ResponseError):
-                raise DataError(f"online value at {key.decode()}: {values}")
-            rows.append(self._checked(view, key, fields, values))
-        return rows
+            raise self.unreachable(error, node) from None
+        return self._checked(key, fields, values)
+
+    def read_rows(
+        self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]], *, timeout: float | None = None
+    ) -> list[Sequence[Any] | None]:
+        if len(requests) == 1:
+            return [self.read_row(*requests[0], timeout=timeout)]
+        keys = [self.prefix(view) + encode_entity_id(entity_id) for view, entity_id, _ in requests]
+        commands = [self._hmget(key, fields) for key, (_, _, fields) in zip(keys, requests)]
+        replies = self._per_node(keys, commands, timeout)
+        return [self._checked(key, fields, values) for key, (_, _, fields), values in zip(keys, requests, replies)]
+
+    def _per_node(self, keys: Sequence[bytes], commands: Sequence[bytes], timeout: float | None) -> list:
+        """One reply per command (command i touches keys[i]); each node's commands go out in one round, all
+        nodes' rounds are sent before any reply is read."""
+        if not isinstance(self.client, RedisCluster):
+            return self._round({self.client: list(range(len(keys)))}, commands, timeout)
+        by_node: dict[redis.Redis, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_node.setdefault(node_for(self.client, key), []).append(index)
+        return self._round(by_node, commands, timeout)
+
+    def _round(self, by_node: dict, commands: Sequence[bytes], timeout: float | None) -> list:
+        try:
+            return self._round_once(by_node, commands, timeout)
+        except OnlineStoreError as error:
+            if not isinstance(error.__cause__, redis.ConnectionError):
+                raise
+            # A pooled connection the server closed (a restart, an idle timeout): reads may run twice.
+            return self._round_once(by_node, commands, timeout)
+
+    def _round_once(self, by_node: dict, commands: Sequence[bytes], timeout: float | None) -> list:
+        replies: list = [None] * len(commands)
+        taken = []
+        node = None
+        try:
+            for node, indexes in by_node.items():
+                connection = node.connection_pool.get_connection()
+                taken.append((node, connection, indexes))
+                connection.send_packed_command([b"".join([commands[i] for i in indexes])])
+            for node, connection, indexes in taken:
+                for index, reply in zip(indexes, read(connection, len(indexes), timeout)):
+                    replies[index] = reply
+        except BaseException as error:
+            for _, connection, _ in taken:
+                connection.disconnect()
+            if isinstance(error, (redis.RedisError, OSError)):
+                raise self.unreachable(error, node) from error
+            raise
+        finally:
+            for taken_node, connection, _ in taken:
+                taken_node.connection_pool.release(connection)
+        return replies
 
     def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
-        # Raw pipelined HMGETs parsed by hiredis: redis-py's pipeline costs ~20 us per command in Python and a
-        # Lua loop ~9 us per key inside Redis (both measured); this is bound by Redis's own ~1.5 us per HMGET.
         ids = list(map(encode_entity_id, entity_ids))
         if not ids:
             return [[] for _ in fields]
         prefix = self.prefix(view)
         command = b"*%d\r\n$5\r\nHMGET\r\n$%%d\r\n" % (2 + len(fields)) + prefix.replace(b"%", b"%%") + b"%s\r\n"
         command += b"".join(bulk(field.encode()) for field in fields).replace(b"%", b"%%")
-        payload = b"".join([command % (len(prefix) + len(entity_id), entity_id) for entity_id in ids])
-        pool = self.client.connection_pool
-        try:
-            connection = pool.get_connection()
-        except redis.RedisError as error:
-            raise self.unreachable(error) from None
-        try:
-            connection.send_packed_command([payload])
-            replies = read_replies(connection._sock, len(ids))
-        except BaseException as error:
-            connection.disconnect()
-            if isinstance(error, (redis.RedisError, OSError)):
-                raise self.unreachable(error) from None
-            raise
-        finally:
-            pool.release(connection)
+        commands = [command % (len(prefix) + len(entity_id), entity_id) for entity_id in ids]
+        replies = self._per_node([prefix + entity_id for entity_id in ids], commands, None)
         try:
             columns = list(zip(*replies))  # transposed in C; an error reply is not iterable
         except TypeError:
             row = next(row for row, reply in enumerate(replies) if type(reply) is not list)
-            raise DataError(f"online value at {(prefix + ids[row]).decode()}: {replies[row]}") from None
+            raise _reply_error(prefix + ids[row], replies[row]) from None
         # Membership tests scan a column in C; only a column holding a None (a missing entity, or a hash that lacks
         # the field) is compared row by row with the timestamp's, which is None exactly where the entity is missing.
         missing = None
@@ -307,10 +371,11 @@ class RedisOnlineStore(OnlineStore):
             "entity_key": view.entity_key,
             "key_pattern": f"features:{view.online_namespace}:<{view.entity_key}>",
             "ttl_seconds": str(int(view.online_ttl.total_seconds())),
+            "expiry": "each key expires at its snapshot's computed_at + ttl_seconds",
             "null": "a single NUL byte (\\x00)",
         }
         try:
-            with self.client.pipeline(transaction=True) as pipe:
+            with node_for(self.sync_client, key.encode()).pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.hset(key, mapping=mapping)
                 pipe.pexpire(key, int(view.online_ttl.total_seconds() * 1000))
@@ -318,165 +383,176 @@ class RedisOnlineStore(OnlineStore):
         except redis.RedisError as error:
             raise self.unreachable(error) from None
 
-    def count_entities(self, view: FeatureView) -> int:
-        pattern, cursor, count = self.prefix(view) + b"*", 0, 0
+    def forget_sync(self, view: FeatureView) -> None:
         try:
-            while True:
-                cursor, keys = self.client.scan(cursor, match=pattern, count=50_000)
-                count += len(keys)
-                if not cursor:
-                    return count
+            self.sync_client.delete(self.meta_key(view))
         except redis.RedisError as error:
             raise self.unreachable(error) from None
 
+    def _scan(self, view: FeatureView) -> Iterator[list[bytes]]:
+        pattern = self.prefix(view) + b"*"
+        for node in primaries(self.sync_client):
+            cursor = None
+            try:
+                while cursor != 0:
+                    cursor, keys = node.scan(cursor or 0, match=pattern, count=50_000)
+                    yield keys
+            except redis.RedisError as error:
+                raise self.unreachable(error, node) from None
+
+    def count_entities(self, view: FeatureView) -> int:
+        return sum(len(keys) for keys in self._scan(view))
+
+    def entity_ids(self, view: FeatureView) -> set[bytes]:
+        start = len(self.prefix(view))
+        return {key[start:] for keys in self._scan(view) for key in keys}
+
+    def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
+        prefix = self.prefix(view)
+        keys = [prefix + entity_id for entity_id in entity_ids]
+        for start in range(0, len(keys), 10_000):
+            chunk = keys[start : start + 10_000]
+            replies = self._per_node(chunk, [b"*2\r\n$3\r\nDEL\r\n" + bulk(key) for key in chunk], _SYNC_TIMEOUT)
+            for key, reply in zip(chunk, replies):
+                if isinstance(reply, redis.ResponseError):
+                    raise _reply_error(key, reply)
+
     def close(self) -> None:
-        self.client.close()
-        self.client.connection_pool.disconnect()
+        for client in {id(self.client): self.client, id(self.sync_client): self.sync_client}.values():
+            close(client)
+
+
+def _reply_error(key: bytes, error: redis.ResponseError) -> Exception:
+    if str(error).startswith(("MOVED", "ASK", "CLUSTERDOWN")):
+        return OnlineStoreError(f"the Redis cluster moved {key.decode()} while it was read ({error}); retry the request")
+    return DataError(f"online value at {key.decode()}: {error}")
 
 
 class _RedisWriter(OnlineWriter):
-    """Streams batches as raw RESP on a connection of its own while the caller encodes the next batch.
+    """Writes each entity's hash and its expiry (PEXPIREAT: computed_at + TTL) in one MULTI/EXEC with the rest of
+    its transaction (up to _TRANSACTION_ROWS rows; on a cluster, the rows of one hash slot), so no key ever exists
+    without an expiry, whatever happens to the connection. Per entity one HSET of every field (null included), so
+    the whole hash changes at once; replace=True puts a DEL first (only after a schema change).
 
-    Per entity one HSET of every field (null included), so the whole hash changes at once, then a PEXPIRE.
-    replace=True wraps DEL, HSET and PEXPIRE in MULTI/EXEC per entity (slower; only after a schema change).
-    The RESP is assembled column by column from each column's distinct values. One thread sends, another
-    reads the replies as they come (Redis never waits on a full socket); replies are counted, not parsed:
-    every reply is one line and only an error reply holds a "-".
+    One thread, one connection per node: a batch is sent, then the replies of the batch before it are read, so
+    Redis works on one batch while this process reads the last and encodes the next.
     """
 
     def __init__(self, store: RedisOnlineStore, view: FeatureView, replace: bool):
         self._store = store
+        self._client = store.sync_client
         self._prefix = store.prefix(view)
         self._replace = replace
         self._fields = {name: bulk(name.encode()) for name, _ in view_schema(view)}
-        # One bytes template per row: HSET key <every field>, PEXPIRE key ttl (in MULTI with a DEL first
-        # if replacing). Filled with the key's length, the id and each column's ready-made field+value.
+        # One bytes template per row: [DEL key], HSET key <every field>, PEXPIREAT key <ms>. Filled with the key's
+        # length and id, each column's ready-made field+value, and the expiry.
         key = b"$%d\r\n" + self._prefix.replace(b"%", b"%%") + b"%s\r\n"
         hset = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(self._fields)) + key + b"%s" * len(self._fields)
-        pexpire = _PEXPIRE + key + bulk(b"%d" % int(view.online_ttl.total_seconds() * 1000))
-        self._row = (_MULTI + _DEL + key + hset + pexpire + _EXEC) if replace else (hset + pexpire)
-        self._lines_per_row = 8 if replace else 2
+        pexpireat = b"*3\r\n$9\r\nPEXPIREAT\r\n" + key + b"%s"
+        self._row = (b"*2\r\n$3\r\nDEL\r\n" + key if replace else b"") + hset + pexpireat
+        self._commands_per_row = 3 if replace else 2
+        self._connections: dict[int, tuple[redis.Redis, Any]] = {}
+        self._in_flight: list[tuple[Any, redis.Redis, list[bytes]]] = []
         self._rows_stored = 0
         self._failure: BaseException | None = None
-        self._pool = store.client.connection_pool
-        try:
-            self._connection = self._pool.get_connection()
-        except redis.RedisError as error:
-            raise store.unreachable(error) from None
-        # redis-py keeps the socket in _sock; using it directly is what lets one sync stream megabytes.
-        self._sock = self._connection._sock
-        # At most two encoded batches wait, so memory stays bounded whatever the table size.
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
-        self._sent: queue.Queue = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._send_loop, name="online-writer-send", daemon=True),
-            threading.Thread(target=self._receive_loop, name="online-writer-receive", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
 
-    def _payload(self, batch: EncodedBatch) -> bytes:
-        ids = batch.entity_ids
+    def _rows(self, batch: EncodedBatch, keep: np.ndarray) -> list[bytes]:
+        ids = [entity_id for entity_id, kept in zip(batch.entity_ids, keep) if kept] if not keep.all() else batch.entity_ids
         lengths = (np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + len(self._prefix)).tolist()
         columns = []
         for name, column in batch.columns.items():
             field = self._fields[name]
-            bulk = field.replace(b"%", b"%%") + b"$%d\r\n%s\r\n"
+            template = field.replace(b"%", b"%%") + b"$%d\r\n%s\r\n"
             values = column.values
-            table = np.array([*map(bulk.__mod__, zip(map(len, values), values)), field + _NULL_BULK], dtype=object)
-            columns.append(table[column.codes].tolist())
+            table = np.array([*map(template.__mod__, zip(map(len, values), values)), field + _NULL_BULK], dtype=object)
+            columns.append(table[column.codes[keep]].tolist())
+        moments, codes = np.unique(batch.expires_at_ms[keep], return_inverse=True)
+        expiries = np.array([bulk(b"%d" % moment) for moment in moments.tolist()], dtype=object)[codes].tolist()
         heads = (lengths, ids, lengths, ids) if self._replace else (lengths, ids)
-        rows = zip(*heads, *columns, lengths, ids)
-        return b"".join(map(self._row.__mod__, rows))
+        return list(map(self._row.__mod__, zip(*heads, *columns, lengths, ids, expiries)))
+
+    def _transactions(self, batch: EncodedBatch, keep: np.ndarray) -> dict[redis.Redis, list[list[bytes]]]:
+        """Each node's transactions, each a list of row commands."""
+        rows = self._rows(batch, keep)
+        if not isinstance(self._client, RedisCluster):
+            return {self._client: [rows[i : i + _TRANSACTION_ROWS] for i in range(0, len(rows), _TRANSACTION_ROWS)]}
+        ids = [entity_id for entity_id, kept in zip(batch.entity_ids, keep) if kept]
+        by_slot: dict[int, list[bytes]] = {}
+        for entity_id, row in zip(ids, rows):
+            by_slot.setdefault(slot_of(self._prefix + entity_id), []).append(row)
+        by_node: dict[redis.Redis, list[list[bytes]]] = {}
+        for slot, slot_rows in by_slot.items():
+            by_node.setdefault(node_for(self._client, slot=slot), []).append(slot_rows)
+        return by_node
+
+    def _connection(self, node: redis.Redis):
+        taken = self._connections.get(id(node))
+        if taken is None:
+            taken = self._connections[id(node)] = (node, node.connection_pool.get_connection())
+        return taken[1]
 
     def write(self, batch: EncodedBatch) -> None:
         self._raise_failure()
-        if len(batch):
-            self._queue.put((self._payload(batch), len(batch)))
-
-    def _fail(self, error: BaseException) -> None:
-        """Records the first failure (handed to the caller's thread by _raise_failure) and stops both threads."""
-        if self._failure is None:
-            self._failure = error
-        self._connection.disconnect()
-
-    def _send_loop(self) -> None:
+        keep = batch.expires_at_ms > time.time() * 1000  # a snapshot past its TTL is not written
+        if not keep.any():
+            return
         try:
-            while (item := self._queue.get()) is not None:
-                if self._failure is None:  # after a failure, keep taking batches so the caller never blocks
-                    payload, rows = item
-                    try:
-                        self._sock.sendall(payload)
-                    except BaseException as error:
-                        self._fail(error)
-                    else:
-                        self._sent.put(rows)
-        finally:
-            self._sent.put(None)
-
-    def _receive_loop(self) -> None:
-        try:
-            self._count_replies()
+            sent = []
+            for node, transactions in self._transactions(batch, keep).items():
+                connection = self._connection(node)
+                connection.send_packed_command([b"".join(_MULTI + b"".join(rows) + _EXEC for rows in transactions)])
+                sent.append((connection, node, [len(rows) for rows in transactions]))
+            self._collect()
+            self._in_flight = sent
         except BaseException as error:
             self._fail(error)
+            self._raise_failure()
 
-    def _count_replies(self) -> None:
-        expected = seen = 0
-        last, sending = b"\n", True  # the byte before the data: a reply starts after a newline
-        while sending or seen < expected:
-            while sending and (seen >= expected or not self._sent.empty()):
-                rows = self._sent.get()  # blocks only while every row sent so far is acknowledged
-                if rows is None:
-                    sending = False
-                else:
-                    expected += rows * self._lines_per_row
-            if seen >= expected:
-                continue
-            data = self._sock.recv(1 << 20)
-            if not data:
-                raise redis.ConnectionError("Redis closed the connection")
-            chunk = last + data
-            error_at = chunk.find(b"\n-")
-            if error_at >= 0:
-                row = (seen + chunk[:error_at].count(b"\r\n")) // self._lines_per_row
-                end = chunk.find(b"\r\n", error_at)
-                message = chunk[error_at + 2 : end if end >= 0 else None].decode(errors="replace")
-                raise redis.ResponseError(f"Redis refused the write of row {row} of the sync: {message}")
-            seen += chunk.count(b"\r\n")
-            self._rows_stored = seen // self._lines_per_row
-            last = data[-1:]
+    def _collect(self) -> None:
+        """Reads the replies of the batch in flight: per transaction OK, one QUEUED per command, then EXEC's array."""
+        for connection, node, transactions in self._in_flight:
+            for rows in transactions:
+                queued = read(connection, 1 + rows * self._commands_per_row, _SYNC_TIMEOUT)
+                (result,) = read(connection, 1, _SYNC_TIMEOUT)
+                refused = errors(queued) or (errors(result) if isinstance(result, list) else [result])
+                if refused:
+                    raise redis.ResponseError(f"Redis refused a write of the sync at {describe(node)}: {refused[0]}")
+                self._rows_stored += rows
+        self._in_flight = []
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        for _, connection in self._connections.values():
+            connection.disconnect()
 
     def _raise_failure(self) -> None:
         failure = self._failure
         if failure is None:
             return
         raise OnlineStoreError(
-            f"{self._store.describe()}: the sync failed after {self._rows_stored} stored rows "
+            f"{describe(self._client)}: the sync failed after {self._rows_stored} stored rows "
             f"({type(failure).__name__}: {failure}); earlier values stay readable and the next sync resumes"
         ) from failure
 
     def finish(self) -> None:
-        self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
+        if self._failure is None:
+            try:
+                self._collect()
+            except BaseException as error:
+                self._fail(error)
         self._release()
         self._raise_failure()
 
     def _release(self) -> None:
-        # Replies were read past redis-py's parser: the connection goes back to the pool closed, reopened on use.
-        self._connection.disconnect()
-        self._pool.release(self._connection)
+        for node, connection in self._connections.values():
+            node.connection_pool.release(connection)
+        self._connections = {}
 
     def abort(self) -> None:
-        self._failure = self._failure or RuntimeError("aborted")
-        self._connection.disconnect()  # unblocks a send or receive in progress
-        try:
-            self._queue.put(None, timeout=5)
-        except queue.Full:
-            pass
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._pool.release(self._connection)
+        # Unread replies of the batch in flight would confuse the connection's next user: it goes back closed.
+        self._fail(self._failure or RuntimeError("aborted"))
+        self._release()
 
 
 class SqliteOnlineStore(OnlineStore):
@@ -533,7 +609,7 @@ class SqliteOnlineStore(OnlineStore):
         except BaseException:
             con.execute("rollback")
             raise
-        return _SqliteWriter(con, table, view, len(expected))
+        return _SqliteWriter(con, table, len(expected))
 
     def _select(self, view: FeatureView, fields: Sequence[str], many: bool) -> str:
         cache_key = (view.name, tuple(fields), many)
@@ -548,7 +624,7 @@ class SqliteOnlineStore(OnlineStore):
             sql = self._sql[cache_key] = sql
         return sql
 
-    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str]) -> Sequence[Any] | None:
+    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None) -> Sequence[Any] | None:
         try:
             return self._connect().execute(
                 self._select(view, fields, False), (encode_entity_id(entity_id).decode(), time.time())
@@ -558,7 +634,9 @@ class SqliteOnlineStore(OnlineStore):
                 return None
             raise OnlineStoreError(f"{self.describe()}: {error}") from None
 
-    def read_rows(self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]]) -> list[Sequence[Any] | None]:
+    def read_rows(
+        self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]], *, timeout: float | None = None
+    ) -> list[Sequence[Any] | None]:
         return [self.read_row(view, entity_id, fields) for view, entity_id, fields in requests]
 
     def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
@@ -587,14 +665,29 @@ class SqliteOnlineStore(OnlineStore):
             (view.name, json.dumps(record.to_json()), time.time() + view.online_ttl.total_seconds()),
         )
 
+    def forget_sync(self, view: FeatureView) -> None:
+        self._connect().execute("delete from featurestore_views where name = ?", (view.name,))
+
     def count_entities(self, view: FeatureView) -> int:
+        return len(self.entity_ids(view))
+
+    def entity_ids(self, view: FeatureView) -> set[bytes]:
         try:
-            return self._connect().execute(
-                f'select count(*) from "{self.table(view)}" where expires_at > ?', (time.time(),)
-            ).fetchone()[0]
+            rows = self._connect().execute(f'select entity_id from "{self.table(view)}" where expires_at > ?', (time.time(),))
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
-                return 0
+                return set()
+            raise OnlineStoreError(f"{self.describe()}: {error}") from None
+        return {row[0].encode() for row in rows}
+
+    def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
+        con = self._connect()
+        con.execute("begin immediate")
+        try:
+            con.executemany(f'delete from "{self.table(view)}" where entity_id = ?', ((i.decode(),) for i in entity_ids))
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
             raise
 
     def close(self) -> None:
@@ -606,23 +699,24 @@ class SqliteOnlineStore(OnlineStore):
 class _SqliteWriter(OnlineWriter):
     """One transaction per batch: INSERT OR REPLACE of whole rows, bound column by column."""
 
-    def __init__(self, con: sqlite3.Connection, table: str, view: FeatureView, width: int):
+    def __init__(self, con: sqlite3.Connection, table: str, width: int):
         self._con = con
-        self._ttl = view.online_ttl.total_seconds()
         self._sql = f'insert or replace into "{table}" values ({", ".join("?" * width)})'
 
     def write(self, batch: EncodedBatch) -> None:
-        if not len(batch):
+        keep = batch.expires_at_ms > time.time() * 1000  # a snapshot past its TTL is not written
+        if not keep.any():
             return
         columns = []
         for column in batch.columns.values():
             table = np.array([value.decode() for value in column.values] + [None], dtype=object)
-            columns.append(table[column.codes].tolist())
-        ids = [entity_id.decode() for entity_id in batch.entity_ids]
+            columns.append(table[column.codes[keep]].tolist())
+        ids = [entity_id.decode() for entity_id, kept in zip(batch.entity_ids, keep) if kept]
+        expires_at = (batch.expires_at_ms[keep] / 1000).tolist()
         con = self._con
         con.execute("begin immediate")
         try:
-            con.executemany(self._sql, zip(ids, repeat(time.time() + self._ttl), *columns))
+            con.executemany(self._sql, zip(ids, expires_at, *columns))
             con.execute("commit")
         except BaseException:
             con.execute("rollback")

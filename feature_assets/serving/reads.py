@@ -2,12 +2,12 @@
 
 Values come back with the registry's dtypes: ints stay ints (nullable Int64 in frames), floats are the
 exact doubles that were synced, nulls stay null, strings stay strings. An entity that is not in the store
-(never synced, or expired after the TTL) comes back flagged `_missing`, never as zeros.
+(never synced, or its snapshot older than the view's TTL) comes back flagged `_missing`, never as zeros.
 """
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,10 @@ class FeatureReader:
             except _CAST_ERRORS:
                 dtype = plan.dtypes[plan.fields.index(field)]
                 raise cast_error(self.store.key_of(self.view, entity_id), field, value, dtype) from None
+        if result[self.view.timestamp] <= _utc_now() - self.view.online_ttl:  # the store's clock may lag
+            result.update(plan.empty)
+            result[MISSING] = True
+            return result
         result[MISSING] = False
         return result
 
@@ -117,6 +121,11 @@ class FeatureReader:
         for field, dtype, decode, column in zip(plan.fields, plan.dtypes, plan.decoders, columns):
             data[field] = self._decode_column(field, dtype, decode, column, ids)
         # The timestamp is null exactly where the entity is missing (the stores' contract).
+        stale = data[self.view.timestamp] <= np.datetime64(_utc_now() - self.view.online_ttl, "us")
+        if stale.any():  # the store's clock may lag: a snapshot past its TTL is not served
+            for field in plan.fields:
+                data[field] = data[field].copy()
+                data[field][stale] = None if field != self.view.timestamp else np.datetime64("NaT")
         data[MISSING] = np.isnat(data[self.view.timestamp])
         if self.served_log is not None:
             columns = {field: data[field] for field in plan.fields[1:]}
@@ -148,6 +157,10 @@ class FeatureReader:
         decoded.append(_FILL[dtype])
         values = np.array(decoded, dtype=_NUMPY[dtype])[codes]
         return _ARRAYS[dtype](values, codes == null)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 _EPOCH = datetime(1970, 1, 1)

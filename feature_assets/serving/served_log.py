@@ -31,15 +31,13 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import hiredis
 import numpy as np
 import pandas as pd
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from feature_assets.errors import ConfigError, FeatureStoreError
-from feature_assets.serving.resp import bulk, read_replies
+from feature_assets.serving import redis_io
+from feature_assets.serving.redis_io import bulk
 
 __all__ = ["ServedLog", "ServedLogError", "ServedLogStats", "RedisServedLog", "SqliteServedLog"]
 
@@ -392,34 +390,37 @@ def _encode(items: list) -> list[Record]:
 class RedisServedLog(ServedLog):
     """A Redis stream per view (featurestore:served:<view>), trimmed with XADD MAXLEN ~ max_length.
 
-    Its own client from `url`, with short connect and socket timeouts, so an unreachable log costs the writer
-    thread a fraction of a second per attempt and the online store nothing.
+    Its own client from `url` (a single server or a cluster), with short connect and socket timeouts and made on
+    first use, so an unreachable log costs the writer thread a fraction of a second per attempt and neither the
+    online store nor the caller anything.
     """
 
     def __init__(self, url: str, *, socket_timeout: float = 0.5, **options: Any):
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"the served-log Redis URL must start with redis://, rediss:// or unix://, not {url.split(':', 1)[0]!r}://")
-        # No retries: the next batch is the retry, and a retried connect would hold the writer for seconds.
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=socket_timeout, socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
-        )
+        redis_io.check_url(url, "the served-log Redis URL")
+        self._url = url
+        self._timeout = socket_timeout
+        self._client: redis_io.RedisClient | None = None
         self._keys: dict[str, bytes] = {}
         super().__init__(**options)
+
+    @property
+    def client(self) -> redis_io.RedisClient:
+        if self._client is None:
+            self._client = redis_io.connect(self._url, timeout=self._timeout, what="the served-log Redis URL")
+        return self._client
 
     @staticmethod
     def key(view: str) -> str:
         return f"featurestore:served:{view}"
 
     def describe(self) -> str:
-        kwargs = self.client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-        return f"redis {where} db {kwargs.get('db', 0)}"
+        return redis_io.describe_url(self._url) if self._client is None else redis_io.describe(self._client)
 
     def _write(self, records: list[Record]) -> None:
-        # Raw RESP, one pipelined round trip: redis-py's pipeline spends ~20 us of Python (and the GIL the request
-        # threads need) per command.
+        # Pre-encoded commands, one pipelined round trip per stream: redis-py's pipeline spends ~20 us of Python
+        # (and the GIL the request threads need) per command.
         maxlen = bulk(b"%d" % self.max_length)
-        commands = []
+        commands: dict[bytes, list[bytes]] = {}
         for record in records:
             if len(commands) % _CHUNK == 0:
                 time.sleep(0)
@@ -430,20 +431,15 @@ class RedisServedLog(ServedLog):
             if record.model is not None:
                 fields += [b"model", record.model.encode(), b"version", (record.version or "").encode()]
             fields += [b"served_at", record.served_at.encode()]
-            commands.append(b"*%d\r\n$4\r\nXADD\r\n%s$6\r\nMAXLEN\r\n$1\r\n~\r\n%s$1\r\n*\r\n%s"
-                            % (6 + len(fields), key, maxlen, b"".join(map(bulk, fields))))  # fmt: skip
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command([b"".join(commands)])
-            for reply in read_replies(connection._sock, len(commands)):
-                if isinstance(reply, hiredis.ReplyError):
-                    raise redis.ResponseError(str(reply))
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
+            commands.setdefault(key, []).append(
+                b"*%d\r\n$4\r\nXADD\r\n%s$6\r\nMAXLEN\r\n$1\r\n~\r\n%s$1\r\n*\r\n%s"
+                % (6 + len(fields), key, maxlen, b"".join(map(bulk, fields)))
+            )
+        for key, stream in commands.items():
+            node = redis_io.node_for(self.client, key.split(b"\r\n")[1])
+            refused = redis_io.errors(redis_io.exchange(node, b"".join(stream), len(stream), retry=False))
+            if refused:
+                raise refused[0]
 
     def read(self, view: str, limit: int | None = None) -> pd.DataFrame:
         try:
@@ -453,6 +449,8 @@ class RedisServedLog(ServedLog):
                 entries = self.client.xrevrange(self.key(view), count=limit)[::-1]
         except redis.RedisError as error:
             raise ServedLogError(f"served log at {self.describe()}: {type(error).__name__}: {error}") from None
+        except FeatureStoreError as error:
+            raise ServedLogError(f"served log: {error}") from None
         rows = []
         for _, fields in entries:
             fields = {name.decode(): value.decode() for name, value in fields.items()}
@@ -463,8 +461,8 @@ class RedisServedLog(ServedLog):
         return _records_frame(rows)
 
     def _close_backend(self) -> None:
-        self.client.close()
-        self.client.connection_pool.disconnect()
+        if self._client is not None:
+            redis_io.close(self._client)
 
 
 class SqliteServedLog(ServedLog):

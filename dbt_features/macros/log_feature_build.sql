@@ -1,0 +1,15 @@
+{#-
+  Logs the as-of times a build of a feature view computed, with the build's start (UTC). The online sync
+  reads the log to notice an as-of time it already copied being rebuilt (a backfill after raw data was
+  corrected) and then rewrites the online store in full.
+-#}
+{% macro log_feature_build() %}
+    {%- set log = this.schema ~ '.featurestore_builds' -%}
+    create table if not exists {{ log }} (view_name varchar, computed_at timestamp, built_at timestamp);
+    insert into {{ log }}
+    select
+        '{{ this.identifier }}' as view_name,
+        built.computed_at,
+        cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as timestamp) as built_at
+    from ({{ as_of_times() }}) as built
+{% endmacro %}

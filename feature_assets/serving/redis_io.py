@@ -1,0 +1,195 @@
+"""Redis connections for the online store and the served log: one URL for a single server or a cluster,
+TLS and AUTH from the URL, timeouts on every wait, and pipelined exchanges through redis-py's public API.
+
+redis-py's pipeline spends ~20 µs of Python per command, so the bulk paths pre-encode their commands
+(RESP) and send them with `Connection.send_packed_command`; each reply is read with
+`Connection.read_response`, which hiredis parses in C and which understands RESP3 push messages. A
+connection is only ever used by one thread at a time, so TLS connections are safe.
+
+On a cluster, `node_for(client, key)` gives the plain client of the master serving a key: bulk work is
+grouped by node (and, for MULTI/EXEC, by hash slot), and each node's share goes out in one round.
+"""
+
+import os
+from urllib.parse import urlsplit
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.retry import Retry
+
+from feature_assets.errors import ConfigError, OnlineStoreError
+
+__all__ = [
+    "RedisClient",
+    "DEFAULT_TIMEOUT_MS",
+    "bulk",
+    "check_url",
+    "close",
+    "connect",
+    "describe_url",
+    "describe",
+    "primaries",
+    "node_for",
+    "slot_of",
+    "errors",
+    "exchange",
+    "read",
+    "timeout_from_env",
+]
+
+RedisClient = redis.Redis | RedisCluster
+DEFAULT_TIMEOUT_MS = 500
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def timeout_from_env(environ=os.environ) -> float:
+    """FEATURE_STORE_REDIS_TIMEOUT_MS in seconds: how long serving waits for Redis to connect or answer."""
+    text = environ.get("FEATURE_STORE_REDIS_TIMEOUT_MS", str(DEFAULT_TIMEOUT_MS))
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 600_000:
+        raise ConfigError(f"FEATURE_STORE_REDIS_TIMEOUT_MS must be a whole number of milliseconds (1 to 600000), got {text[:20]!r}")
+    return int(text) / 1000
+
+
+def check_url(url: str, what: str = "the Redis URL") -> None:
+    if not url.startswith(_SCHEMES):
+        # The URL may hold a password: name only its scheme.
+        raise ConfigError(f"{what} must start with redis://, rediss:// or unix://, not {url.split(':', 1)[0][:20]!r}://")
+
+
+def describe_url(url: str) -> str:
+    """Where a URL points, without user or password."""
+    parts = urlsplit(url)
+    return f"redis {parts.path}" if parts.scheme == "unix" else f"redis {parts.hostname}:{parts.port or 6379}"
+
+
+def connect(url: str, *, timeout: float, what: str = "the Redis URL") -> RedisClient:
+    """A client for the server or cluster at `url`. A cluster is detected (INFO cluster), so a URL naming any
+    node of one needs no other setting. rediss:// uses TLS, verified against FEATURE_STORE_REDIS_CA_CERT when
+    set (or the URL's ssl_ca_certs parameter); user and password in the URL authenticate (ACL users too)."""
+    check_url(url, what)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # One retry, on a broken connection only (a pooled one the server closed): a timed-out request is not
+        # retried, it would wait a second timeout.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 30,
+    }
+    ca_cert = os.environ.get("FEATURE_STORE_REDIS_CA_CERT")
+    if url.startswith("rediss://") and ca_cert:
+        options["ssl_ca_certs"] = ca_cert
+    single = redis.Redis.from_url(url, **options)
+    probe = f"{describe(single)}"
+    try:
+        cluster = single.info("cluster").get("cluster_enabled") == 1
+    except redis.ConnectionError as error:
+        single.close()
+        raise OnlineStoreError(f"{probe}: cannot connect ({_why(url, error)})") from None
+    except redis.TimeoutError:
+        single.close()
+        raise OnlineStoreError(
+            f"{probe}: no answer within {timeout * 1000:g} ms"
+            + (" (is it a TLS port? use rediss://)" if url.startswith("redis://") else "")
+            + (" (TLS: is it a plain port? use redis://)" if url.startswith("rediss://") else "")
+        ) from None
+    except redis.RedisError as error:
+        single.close()
+        raise OnlineStoreError(f"{probe}: {type(error).__name__}: {error}") from None
+    if not cluster:
+        return single
+    single.close()
+    options.pop("health_check_interval")
+    return RedisCluster.from_url(url, **options)
+
+
+def _why(url: str, error: Exception) -> str:
+    text = str(error)
+    if url.startswith("rediss://") and ("SSL" in text or "certificate" in text):
+        return f"TLS handshake failed: {text}"
+    if url.startswith("redis://") and ("reset" in text.lower() or "closed" in text.lower()):
+        return f"{text}; a TLS port needs rediss://"
+    return text
+
+
+def describe(client: RedisClient) -> str:
+    """Where the client points, without secrets."""
+    if isinstance(client, RedisCluster):
+        nodes = sorted(f"{node.host}:{node.port}" for node in client.get_primaries())
+        return f"redis cluster {', '.join(nodes)}"
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"redis {where} db {kwargs.get('db', 0)}"
+
+
+def close(client: RedisClient) -> None:
+    client.close()
+    if not isinstance(client, RedisCluster):
+        client.connection_pool.disconnect()
+
+
+def primaries(client: RedisClient) -> list[redis.Redis]:
+    """A plain client per master (the client itself for a single server)."""
+    if isinstance(client, RedisCluster):
+        return [node.redis_connection for node in client.get_primaries()]
+    return [client]
+
+
+def slot_of(key: bytes) -> int:
+    return key_slot(key)
+
+
+def node_for(client: RedisClient, key: bytes | None = None, slot: int | None = None) -> redis.Redis:
+    """The plain client of the master that serves a key (or hash slot)."""
+    if not isinstance(client, RedisCluster):
+        return client
+    if slot is None:
+        slot = key_slot(key)
+    return client.nodes_manager.get_node_from_slot(slot).redis_connection
+
+
+def exchange(node: redis.Redis, payload: bytes, replies: int, timeout: float | None = None, *, retry: bool = True) -> list:
+    """Sends pre-encoded commands to one server and reads their `replies` replies. An error reply comes back
+    as a redis.ResponseError value, not raised; any other failure closes the connection and raises. With
+    retry, commands that met a broken connection (one the server closed) are sent once more on a new one:
+    only for commands that may run twice."""
+    pool = node.connection_pool
+    for attempt in range(2 if retry else 1):
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([payload])
+            return read(connection, replies, timeout)
+        except redis.ConnectionError:
+            connection.disconnect()
+            if attempt or not retry:
+                raise
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+    raise AssertionError("unreachable")
+
+
+def read(connection, replies: int, timeout: float | None = None) -> list:
+    """`replies` replies off a connection, error replies as values."""
+    results = []
+    options = {} if timeout is None else {"timeout": timeout}
+    for _ in range(replies):
+        try:
+            results.append(connection.read_response(**options))
+        except redis.ResponseError as error:
+            results.append(error)
+    return results
+
+
+def errors(replies: Iterable) -> list[redis.ResponseError]:
+    return [reply for reply in replies if isinstance(reply, redis.ResponseError)]
