@@ -15,6 +15,7 @@ __all__ = [
     "view_freshness",
     "due_views",
     "SYNC_WHEN_FEATURES_PASS_CHECKS",
+    "REPAIR_AFTER_FAILED_PARITY",
     "refresh_schedule",
     "online_sync_sensor",
     "check_refresh_fits_ttl",
@@ -73,6 +74,13 @@ SYNC_WHEN_FEATURES_PASS_CHECKS = (
 ).with_label("eager, once upstream blocking checks passed")
 
 
+# A failed parity check has asked the store for a full sync (see assets/online.py): run it once, now.
+REPAIR_AFTER_FAILED_PARITY = (
+    dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed()).newly_true()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("once its parity check failed (the repair)")
+
+
 def online_sync_sensor(online_assets: list[dg.AssetsDefinition]) -> dg.AutomationConditionSensorDefinition:
     """Evaluates the syncs' automation condition; running by default so a materialization anywhere (schedule,
     UI, backfill) reaches the online store whenever the daemon runs."""
@@ -85,8 +93,8 @@ def online_sync_sensor(online_assets: list[dg.AssetsDefinition]) -> dg.Automatio
 
 
 def check_refresh_fits_ttl(views: Iterable[FeatureView]) -> None:
-    """Online keys live for the view's TTL from their last write. With a refresh slower than TTL/2, a single
-    late or failed run lets every key expire before the next sync writes it again."""
+    """Online keys live until their snapshot's time + the view's TTL. With a refresh slower than TTL/2, a single
+    late or failed run lets every key expire before the next sync writes a newer snapshot."""
     hours = timedelta(hours=1)
     for view in views:
         if view.refresh_interval % TICK:

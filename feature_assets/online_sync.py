@@ -11,7 +11,7 @@ the next run rewrites everything after the old watermark.
 
 A full sync rewrites every entity and deletes those the warehouse no longer has a snapshot for (a deleted
 user, once its history is rebuilt). It happens on request, when the store holds no completed sync (first
-run, the record expired with the TTL, or a failed parity check dropped it), when the view's definition
+run, or the record expired with the TTL), after a failed parity check asked for one, when the view's definition
 version changed, or when dbt rebuilt an as-of time the store already covered (a backfill after raw data
 was corrected): every dbt build of a feature view logs its as-of times in BUILD_LOG.
 """
@@ -166,6 +166,8 @@ def sync_online_store(
             mode, reason = "full", "the store holds no completed sync"
         elif previous.version != view.version:
             mode, reason = "full", f"the definition changed (version {previous.version} -> {view.version})"
+        elif previous.full_sync_due:
+            mode, reason = "full", f"a full sync was requested: {previous.full_sync_due}"
         elif rebuilt is not None:
             mode, reason = "full", f"as-of times from {rebuilt} were rebuilt after the last sync"
         else:
@@ -208,6 +210,19 @@ class ParityResult:
     @property
     def passed(self) -> bool:
         return self.problem is None and self.mismatched_entities == 0
+
+    def summary(self, view: FeatureView) -> str:
+        """One line naming what differs, for the check's description and the CLI."""
+        if self.problem:
+            return self.problem
+        if self.passed:
+            return f"all {self.entities_checked} {view.entity} entities match the warehouse"
+        named = sorted({str(example["entity"]) for example in self.examples})
+        more = "" if len(named) >= self.mismatched_entities else ", ..."
+        return (
+            f"{self.mismatched_entities} of {self.entities_checked} {view.entity} entities differ from the warehouse "
+            f"({view.entity_key} {', '.join(named)}{more}); a full sync repairs them"
+        )
 
 
 def _display(value: Any) -> Any:

@@ -149,6 +149,38 @@ def test_the_parity_check_fails_the_run_and_shows_the_value_altered_by_hand(buil
     assert parity.metadata["mismatched_entities"].value == 1
     examples = parity.metadata["examples"].value
     assert str(user) in examples and "plan" in examples and "platinum" in examples
+    assert f"user_id {user}" in parity.description and "a full sync repairs them" in parity.description
+
+    # The failure asked for a full sync; the repair run rewrites the altered value and parity holds again.
+    with online.open() as store:
+        assert "parity check found 1 mismatched" in store.last_sync(VIEW).full_sync_due
+    repaired = dg.materialize(
+        [user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral()
+    )
+    assert repaired.asset_materializations_for_node("user_features_online")[0].metadata["mode"].value == "full"
+    assert repaired.get_asset_check_evaluations()[0].passed
+    assert redis_client.hget(f"features:user:{user}", "plan") != b"platinum"
+
+
+def test_a_user_only_the_online_store_holds_fails_parity_and_the_repair_deletes_it(built, redis_client):
+    online = OnlineStoreResource(kind="redis", redis_url=REDIS_URL)
+    resources = {"warehouse": built.warehouse, "online_store": online}
+    dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    some_user = int(offline_latest(built.warehouse)["user_id"].iloc[0])
+    redis_client.copy(f"features:user:{some_user}", "features:user:987654321")  # a user deleted from the warehouse
+
+    failed = dg.materialize([user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    [parity] = failed.get_asset_check_evaluations()
+    assert not parity.passed and "user_id 987654321" in parity.description
+    dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert not redis_client.exists("features:user:987654321")
+
+
+def test_a_failed_parity_check_makes_the_automation_request_the_repair_sync():
+    from feature_assets.automation import REPAIR_AFTER_FAILED_PARITY, SYNC_WHEN_FEATURES_PASS_CHECKS
+
+    condition = user_features_online.automation_conditions_by_key[user_features_online.key]
+    assert REPAIR_AFTER_FAILED_PARITY in condition.children and SYNC_WHEN_FEATURES_PASS_CHECKS in condition.children
 
 
 def test_featurestore_get_prints_one_entitys_online_features_of_the_named_view(built, monkeypatch, capsys):

@@ -284,3 +284,33 @@ def test_a_write_that_redis_refuses_fails_the_sync_naming_the_reason_and_records
     with pytest.raises(OnlineStoreError, match="WRONGTYPE"):
         sync_online_store(duckdb_warehouse, store, VIEW, batch_rows=500)
     assert store.last_sync(VIEW) is None
+
+
+def test_a_backfill_after_raw_data_was_corrected_reaches_the_online_store_and_deleted_users_leave_it(duckdb_warehouse, tmp_path):
+    """Re-running as-of times the store already holds (the watermark does not move) still rewrites it: dbt logs
+    each build of an as-of time, and the sync goes full when one it covered was rebuilt."""
+    from feature_assets.demo_data import DemoDataSpec, generate
+
+    from conftest import ANCHOR, materialize, write_raw
+
+    write_raw(duckdb_warehouse, generate(DemoDataSpec(users=60, days=40, origin=ANCHOR - timedelta(days=40)), None, ANCHOR))
+    as_of = {"as_of_start": str(ANCHOR - timedelta(days=1)), "as_of_end": str(ANCHOR), "cadence_hours": 24}
+    assert materialize(duckdb_warehouse, as_of=as_of).success
+    store = SqliteOnlineStore(tmp_path / "online.sqlite")
+    assert sync_online_store(duckdb_warehouse, store, VIEW).mode == "full"
+    assert sync_online_store(duckdb_warehouse, store, VIEW).rows_written == 0  # nothing new
+    deleted, corrected = 7, 8
+    assert {b"7", b"8"} <= store.entity_ids(VIEW)
+
+    with duckdb_warehouse.connect() as con:  # a user deleted, another's orders corrected, in the raw data
+        for table in ("raw_users", "raw_profile_changes", "raw_events", "raw_orders"):
+            con.execute(f"delete from {table} where user_id = ?", [deleted])
+        con.execute("update raw_orders set amount = amount + 1000 where user_id = ?", [corrected])
+    assert materialize(duckdb_warehouse, as_of=as_of).success  # the same as-of times, rebuilt
+
+    result = sync_online_store(duckdb_warehouse, store, VIEW)
+    assert result.mode == "full" and "rebuilt" in result.reason
+    assert b"7" not in store.entity_ids(VIEW) and result.entities_deleted == 1
+    assert check_online_parity(duckdb_warehouse, store, VIEW).passed
+    assert sync_online_store(duckdb_warehouse, store, VIEW).mode == "incremental"  # the rebuild is taken into account once
+    store.close()

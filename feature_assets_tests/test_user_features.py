@@ -164,6 +164,7 @@ def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_wa
     orders = bad["raw_orders"]
     orders.loc[0, "amount"] = -5.0
     orders.loc[1, "amount"] = float("nan")
+    orders.loc[2, "amount"] = float("inf")  # passes not_null and non_negative; would make averages inf
     events = bad["raw_events"]
     events.loc[0, "created_at"] = events.loc[0, "loaded_at"] + DAY  # arrived a day before it happened
     bad["raw_users"] = pd.concat([bad["raw_users"], bad["raw_users"].iloc[[0]]], ignore_index=True)
@@ -175,6 +176,7 @@ def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_wa
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert {
         "non_negative_stg_app__orders_amount",
+        "finite_stg_app__orders_amount",
         "not_null_stg_app__orders_amount",
         "not_later_than_stg_app__events_loaded_at__created_at",
         "unique_stg_app__users_user_id",

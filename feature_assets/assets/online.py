@@ -7,7 +7,7 @@ from pydantic import Field
 
 from feature_assets.assets.features import dbt_model_key
 from feature_assets.assets.raw import WAREHOUSE_POOL
-from feature_assets.automation import SYNC_WHEN_FEATURES_PASS_CHECKS, view_freshness
+from feature_assets.automation import REPAIR_AFTER_FAILED_PARITY, SYNC_WHEN_FEATURES_PASS_CHECKS, view_freshness
 from feature_assets.online_sync import DEFAULT_BATCH_ROWS, check_online_parity, sync_online_store
 from feature_assets.registry import FeatureView
 from feature_assets.resources.online import OnlineStoreResource
@@ -40,7 +40,7 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
         kinds={"python"},
         pool=WAREHOUSE_POOL,
         freshness_policy=view_freshness(view),
-        automation_condition=SYNC_WHEN_FEATURES_PASS_CHECKS,
+        automation_condition=SYNC_WHEN_FEATURES_PASS_CHECKS | REPAIR_AFTER_FAILED_PARITY,
         description=(
             f"Each {view.entity}'s latest {view.name} snapshot in the online store (Redis hash "
             f"features:{view.online_namespace}:<{view.entity_key}>, or SQLite), expiring after "
@@ -78,14 +78,20 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
 
     @dg.asset_check(asset=online_snapshot, name="parity", blocking=True, pool=WAREHOUSE_POOL)
     def parity(config: ParityConfig, warehouse: Warehouse, online_store: OnlineStoreResource) -> dg.AssetCheckResult:
-        """Online values equal the offline latest snapshot exactly, after typed decoding (all entities or a sample)."""
+        """Online values equal the offline latest snapshot exactly, after typed decoding (all entities or a sample),
+        and the store holds no entity the warehouse lacks. A failure names the entities and asks for a full sync,
+        which the automation runs at once (the repair)."""
         with online_store.open() as store:
             result = check_online_parity(warehouse, store, view, sample=config.sample)
+            if not result.passed and not result.problem:
+                store.request_full_sync(view, f"the parity check found {result.mismatched_entities} mismatched entities")
         metadata = {"entities_checked": result.entities_checked, "mismatched_entities": result.mismatched_entities}
         if result.problem:
             metadata["problem"] = result.problem
         if result.examples:
             metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(result.examples).to_markdown(index=False))
-        return dg.AssetCheckResult(passed=result.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+        return dg.AssetCheckResult(
+            passed=result.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata, description=result.summary(view)
+        )
 
     return online_snapshot, parity

@@ -12,9 +12,11 @@ added to the view never breaks an older model.
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -26,13 +28,29 @@ import pandas as pd
 from scipy import sparse
 from sklearn.compose import ColumnTransformer
 
-from feature_assets.errors import DataError, FeatureStoreError
+from feature_assets.errors import ConfigError, DataError, FeatureStoreError, OnlineStoreError
 from feature_assets.registry import Feature, FeatureSet, FeatureView
 from feature_assets.serving.online_store import OnlineStore
-from feature_assets.serving.reads import MISSING, FeatureReader
+from feature_assets.serving.reads import MISSING, RECHECK_SECONDS, FeatureReader
 from feature_assets.serving.served_log import ServedLog
 
-__all__ = ["ModelCard", "ModelStore", "Predictor", "Prediction", "SchemaMismatch", "feature_matrix", "schema_version"]
+__all__ = [
+    "ModelCard",
+    "ModelStore",
+    "Predictor",
+    "Prediction",
+    "SchemaMismatch",
+    "deadline_from_env",
+    "feature_matrix",
+    "schema_version",
+]
+
+def deadline_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """FEATURE_STORE_PREDICT_DEADLINE_MS in seconds: the most one prediction may take, reads included."""
+    text = environ.get("FEATURE_STORE_PREDICT_DEADLINE_MS", "1000")
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 600_000:
+        raise ConfigError(f"FEATURE_STORE_PREDICT_DEADLINE_MS must be a whole number of milliseconds (1 to 600000), got {text[:20]!r}")
+    return int(text) / 1000
 
 _NUMERIC = ("int64", "float64", "bool")
 
@@ -218,13 +236,14 @@ class _ViewPart:
 
 
 class _Served:
-    """One loaded model version with a reader per view, checked against the store's schema once."""
+    """One loaded model version with a reader per view, checked against the sync records it was loaded with."""
 
     def __init__(self, store: OnlineStore, card: ModelCard, pipeline: Any):
         self.card, self.pipeline = card, pipeline
         views = card.feature_views()
-        for view in views:
-            _check_online_schema(store, view, card)  # first: it names the model, view and feature that differ
+        self.views = views
+        self.records = [_check_online_schema(store, view, card) for view in views]  # names what differs
+        self.checked_at = time.monotonic()
         # A view whose online feature gives another view's key reads that feature too, even if the model does not.
         sources: dict[str, list[str]] = {}
         for view in card.views:
@@ -235,6 +254,7 @@ class _Served:
             for view, entry in zip(views, card.views)
         ]
         self.names = card.feature_names
+        self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
         self._steps = _direct_steps(pipeline)
 
@@ -267,7 +287,8 @@ def _direct_steps(pipeline: Any) -> tuple[list[tuple[Any, list[int]]], Any] | No
     return parts, steps[1][1]
 
 
-def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> None:
+def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> tuple:
+    """The store's sync record of the view (what was checked), or SchemaMismatch naming what differs."""
     record = store.last_sync(view)
     if record is None:
         raise SchemaMismatch(f"{store.describe()} holds no synced {view.name}; run the online sync before predicting")
@@ -285,6 +306,11 @@ def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard)
             )
         if online_definitions.get(name) != feature["definition_checksum"]:
             raise SchemaMismatch(f"{where}, but its definition (SQL) changed since the model was trained; retrain the model")
+    return _what_was_checked(record)
+
+
+def _what_was_checked(record: Any) -> tuple:
+    return None if record is None else (record.version, record.schema, record.definitions)
 
 
 class Predictor:
@@ -297,16 +323,29 @@ class Predictor:
     per view (it samples and writes off the request path).
     """
 
-    def __init__(self, store: OnlineStore, models: ModelStore, served_log: ServedLog | None = None):
+    def __init__(
+        self, store: OnlineStore, models: ModelStore, served_log: ServedLog | None = None, *, deadline: float | None = None
+    ):
+        """deadline: seconds one predict_one may take in all (default FEATURE_STORE_PREDICT_DEADLINE_MS, 1000)."""
         self.store, self.models, self.served_log = store, models, served_log
+        self.deadline = deadline_from_env() if deadline is None else deadline
         self._served: dict[tuple[str, str], _Served] = {}
 
     def _current(self, model: str) -> _Served:
         version = self.models.current(model)
         served = self._served.get((model, version))
+        if served is not None and time.monotonic() - served.checked_at >= RECHECK_SECONDS:
+            # A long-lived server notices a re-sync (a changed definition or schema) as a new process would.
+            records = [_what_was_checked(self.store.last_sync(view)) for view in served.views]
+            if records != served.records:
+                del self._served[(model, version)]
+                served = None
+            else:
+                served.checked_at = time.monotonic()
         if served is None:
             card, pipeline = self.models.load(model, version)
-            served = self._served[(model, version)] = _Served(self.store, card, pipeline)
+            served = _Served(self.store, card, pipeline)
+            self._served[(model, version)] = served
         return served
 
     def entity_keys(self, model: str) -> list[str]:
@@ -317,6 +356,7 @@ class Predictor:
         """One prediction, the fast path: at most one exchange per level of derived keys, one model call.
         `entity` is the value of the one caller key, or a mapping of keys to values. A missing entity is an
         error naming the view, never zeros."""
+        deadline = time.monotonic() + self.deadline
         served = self._current(model)
         card = served.card
         keys = _keys(card, entity)
@@ -335,13 +375,22 @@ class Predictor:
                             f"{_describe(keys)}; pass {part.key} explicitly"
                         )
                     keys[part.key] = value
-            values = self.store.read_rows([(part.view, keys[part.key], part.fields) for part in level]) if level else ()
+            if not level:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OnlineStoreError(f"predict {model}: no answer within its {self.deadline * 1000:g} ms deadline")
+            values = self.store.read_rows([(part.view, keys[part.key], part.fields) for part in level], timeout=remaining)
             for part, raw in zip(level, values):
                 row = part.reader.decode_row(keys[part.key], raw, part.names)
                 if row[MISSING]:
                     raise DataError(_missing_message(card, part.view, keys[part.key]))
                 rows[part.view.name] = row
         features = {f["name"]: rows[f["view"]][f["name"]] for f in card.features}
+        for view, name in served.floats:
+            value = features[name]
+            if value is not None and not math.isfinite(value):
+                raise DataError(_not_finite_message(view, name, value, keys))
         matrix = feature_matrix({name: [value] for name, value in features.items()}, card.features)
         prediction = Prediction(keys, served.score_row(matrix), model, card.version, features)
         if self.served_log is not None:
@@ -376,6 +425,11 @@ class Predictor:
                         if known[row]
                         else f"{part.key} is derived from {'.'.join(part.derived_from)}, which is null; no prediction"
                     )
+        for view, name in served.floats:
+            column = frames[view][name].to_numpy(dtype=np.float64, na_value=0.0)
+            for row in np.flatnonzero(~np.isfinite(column)):
+                if pd.isna(errors[row]):
+                    errors[row] = _not_finite_message(view, name, column[row], keys.iloc[row].to_dict())
         found = np.asarray(pd.isna(errors), dtype=bool)
         scores = pd.array([None] * len(keys), dtype="Float64")
         if found.any():
@@ -432,6 +486,10 @@ def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
 
 def _describe(keys: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in keys.items())
+
+
+def _not_finite_message(view: str, name: str, value: float, keys: Mapping[str, Any]) -> str:
+    return f"{view}.{name} is {value!r} for {_describe(keys)}, not a finite number; no prediction"
 
 
 def _missing_message(card: ModelCard, view: FeatureView, entity_id: Any) -> str:

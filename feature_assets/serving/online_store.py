@@ -67,6 +67,7 @@ class SyncRecord:
     rows_written: int
     full: bool
     built_through: datetime | None = None
+    full_sync_due: str = ""  # why the next sync must be a full one (set by a failed parity check)
 
     def to_json(self) -> dict[str, str]:
         return {
@@ -93,6 +94,7 @@ class SyncRecord:
                 rows_written=int(fields["last_sync_rows_written"]),
                 full=fields["last_sync_mode"] == "full",
                 built_through=datetime.fromisoformat(built) if (built := fields.get("built_through")) else None,
+                full_sync_due=fields.get("full_sync_due", ""),
             )
         except (KeyError, ValueError) as error:
             raise DataError(f"the online store's sync record is unreadable ({error!r}); run a full resync") from None
@@ -160,8 +162,9 @@ class OnlineStore(ABC):
         """Marks a sync complete; called only after its last batch is stored."""
 
     @abstractmethod
-    def forget_sync(self, view: FeatureView) -> None:
-        """Drops the sync record, so the next sync rewrites every entity (the repair after a failed parity check)."""
+    def request_full_sync(self, view: FeatureView, reason: str) -> None:
+        """Marks the sync record so the next sync rewrites every entity (the repair after a failed parity check);
+        serving goes on reading meanwhile."""
 
     @abstractmethod
     def count_entities(self, view: FeatureView) -> int:
@@ -383,9 +386,11 @@ class RedisOnlineStore(OnlineStore):
         except redis.RedisError as error:
             raise self.unreachable(error) from None
 
-    def forget_sync(self, view: FeatureView) -> None:
+    def request_full_sync(self, view: FeatureView, reason: str) -> None:
+        key = self.meta_key(view)
         try:
-            self.sync_client.delete(self.meta_key(view))
+            if self.sync_client.exists(key):  # without a record the next sync is a full one anyway
+                self.sync_client.hset(key, "full_sync_due", reason)
         except redis.RedisError as error:
             raise self.unreachable(error) from None
 
@@ -665,8 +670,12 @@ class SqliteOnlineStore(OnlineStore):
             (view.name, json.dumps(record.to_json()), time.time() + view.online_ttl.total_seconds()),
         )
 
-    def forget_sync(self, view: FeatureView) -> None:
-        self._connect().execute("delete from featurestore_views where name = ?", (view.name,))
+    def request_full_sync(self, view: FeatureView, reason: str) -> None:
+        con = self._connect()
+        row = con.execute("select record from featurestore_views where name = ?", (view.name,)).fetchone()
+        if row is not None:
+            record = {**json.loads(row[0]), "full_sync_due": reason}
+            con.execute("update featurestore_views set record = ? where name = ?", (json.dumps(record), view.name))
 
     def count_entities(self, view: FeatureView) -> int:
         return len(self.entity_ids(view))

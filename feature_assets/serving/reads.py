@@ -5,6 +5,7 @@ exact doubles that were synced, nulls stay null, strings stay strings. An entity
 (never synced, or its snapshot older than the view's TTL) comes back flagged `_missing`, never as zeros.
 """
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,12 +17,14 @@ import pandas as pd
 from feature_assets.errors import DataError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import TIMESTAMP, cast_error, decoder, view_schema
-from feature_assets.serving.online_store import OnlineStore
+from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.served_log import ServedLog
 
 __all__ = ["FeatureReader", "MISSING"]
 
 MISSING = "_missing"
+# How often a long-lived reader looks for a new sync record (one small read).
+RECHECK_SECONDS = 1.0
 
 _CAST_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
 
@@ -41,7 +44,8 @@ class FeatureReader:
 
     Refuses to start if the store's last sync wrote any of the view's fields with another dtype, or not at
     all: decoding would be wrong. The view may be a slice of the synced one (a model's features): fields it
-    does not read are ignored. A sync after a schema change rewrites everything.
+    does not read are ignored. A sync after a schema change rewrites everything. A long-lived reader looks at
+    the sync record again at most once per RECHECK_SECONDS and refuses by name as a new one would.
 
     With a served_log, every entity found is offered to it (model None), with the features the read returned.
     """
@@ -50,17 +54,24 @@ class FeatureReader:
         self.store = store
         self.view = view
         self.served_log = served_log
-        record = store.last_sync(view)
+        self._check(store.last_sync(view))
+        self._plans: dict[tuple[str, ...] | None, _Plan] = {None: self._plan(view.feature_names)}
+
+    def _check(self, record: SyncRecord | None) -> None:
         if record is not None:
             stored = dict(record.schema)
-            differing = {name: dtype for name, dtype in view_schema(view) if stored.get(name) != dtype}
+            differing = {name: dtype for name, dtype in view_schema(self.view) if stored.get(name) != dtype}
             if differing:
                 raise DataError(
-                    f"{store.describe()} holds {view.name} with schema {stored}, but the reader expects {differing}; "
-                    "run the sync (it rewrites every entity after a schema change)"
+                    f"{self.store.describe()} holds {self.view.name} with schema {stored}, but the reader expects "
+                    f"{differing}; run the sync (it rewrites every entity after a schema change)"
                 )
         self.synced_version = None if record is None else record.version
-        self._plans: dict[tuple[str, ...] | None, _Plan] = {None: self._plan(view.feature_names)}
+        self._checked_at = time.monotonic()
+
+    def _recheck(self) -> None:
+        if time.monotonic() - self._checked_at >= RECHECK_SECONDS:
+            self._check(self.store.last_sync(self.view))
 
     def _plan(self, names: Sequence[str]) -> _Plan:
         dtypes = (TIMESTAMP, *(self.view.feature(name).dtype for name in names))  # unknown name -> RegistryError
@@ -76,6 +87,7 @@ class FeatureReader:
 
     def get_entity(self, entity_id: Any, features: Iterable[str] | None = None) -> dict[str, Any]:
         """One entity's features as a dict of Python values; the fast path (one round trip, no pandas)."""
+        self._recheck()
         plan = self._plans[None] if features is None else self._plan_for(features)
         result = self.decode_row(entity_id, self.store.read_row(self.view, entity_id, plan.fields), features)
         if self.served_log is not None and not result[MISSING]:
@@ -114,6 +126,7 @@ class FeatureReader:
 
     def get_online_features(self, entity_ids: Iterable[Any], features: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per requested id (in order): the entity key, computed_at, the features and `_missing`."""
+        self._recheck()
         ids = list(entity_ids)
         plan = self._plan_for(features)
         columns = self.store.read_columns(self.view, ids, plan.fields)
