@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ANCHOR
 from feature_assets.definitions import _dbt_executable
-from feature_assets.errors import DataError
+from feature_assets.errors import DataError, FeatureStoreError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
@@ -268,3 +268,70 @@ def test_a_card_written_before_models_read_several_views_still_loads_with_its_on
     assert card.caller_keys == ["user_id"] and card.features[0]["view"] == "user_features"
     [view] = card.feature_views()
     assert (view.name, view.entity_key, view.feature_names, view.online_ttl) == ("user_features", "user_id", ("age",), timedelta(hours=48))
+
+
+def test_serving_refuses_a_non_finite_feature_value_by_name(trained, redis_client):
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_views(warehouse, store)
+    predictor = Predictor(store, ModelStore(root))
+    bad, good = _latest_users(warehouse, 2)
+    redis_client.hset(f"features:user:{bad}", "avg_order_30d", "inf")
+
+    with pytest.raises(DataError, match=rf"user_features\.avg_order_30d is inf for user_id {bad}.*not a finite number"):
+        predictor.predict_one("churn_model", bad)
+    batch = predictor.predict("churn_model", [bad, good])
+    assert "not a finite number" in batch.loc[0, "error"] and batch["score"].isna().tolist() == [True, False]
+
+
+def test_a_long_lived_predictor_notices_a_resync_with_a_changed_definition(trained, redis_client):
+    import time
+
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_views(warehouse, store)
+    predictor = Predictor(store, ModelStore(root))
+    user = _latest_users(warehouse, 1)[0]
+    predictor.predict_one("churn_model", user)
+
+    # Another process re-syncs user_features after the SQL of events_30d changed.
+    record = store.last_sync(USERS)
+    changed = tuple((name, "changed" if name == "events_30d" else checksum) for name, checksum in record.definitions)
+    store.record_sync(USERS, replace(record, definitions=changed, version="changed"))
+
+    deadline = time.monotonic() + 5
+    while True:  # noticed within about a second (RECHECK_SECONDS), without a restart
+        try:
+            predictor.predict_one("churn_model", user)
+        except SchemaMismatch as refused:
+            assert "user_features.events_30d" in str(refused) and "definition (SQL) changed" in str(refused)
+            break
+        assert time.monotonic() < deadline, "the predictor kept serving after the definition changed"
+        time.sleep(0.1)
+
+
+def test_a_predict_against_a_hung_redis_fails_within_its_deadline(trained, tmp_path):
+    import signal
+    import time
+
+    from redis_servers import start_acl_redis
+
+    warehouse, root = trained
+    server = start_acl_redis(tmp_path)
+    try:
+        store = RedisOnlineStore.from_url(server.url, timeout=10)  # the socket would wait 10 s; the deadline is 0.3 s
+        sync_views(warehouse, store)
+        predictor = Predictor(store, ModelStore(root), deadline=0.3)
+        user = _latest_users(warehouse, 1)[0]
+        predictor.predict_one("churn_model", user)
+        os.killpg(server.processes[0].pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(FeatureStoreError, match="no answer"):
+                predictor.predict_one("churn_model", user)
+            assert time.monotonic() - started < 5
+        finally:
+            os.killpg(server.processes[0].pid, signal.SIGCONT)
+        store.close()
+    finally:
+        server.stop()

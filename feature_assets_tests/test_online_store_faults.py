@@ -132,7 +132,7 @@ def test_acl_user_and_password_from_the_url_authenticate_and_a_wrong_password_is
 
 def test_a_tls_plain_mismatch_is_an_error_that_says_so_within_the_timeout(tls_ca):
     plain_to_tls = tls_ca.url.replace("rediss://", "redis://")
-    with pytest.raises(OnlineStoreError, match="TLS|rediss"):
+    with pytest.raises(OnlineStoreError, match="rediss"):
         RedisOnlineStore.from_url(plain_to_tls, timeout=0.5)
     tls_to_plain = REDIS_URL.replace("redis://", "rediss://")
     with pytest.raises(OnlineStoreError, match="TLS"):

@@ -97,9 +97,8 @@ def connect(url: str, *, timeout: float, what: str = "the Redis URL") -> RedisCl
     except redis.TimeoutError:
         single.close()
         raise OnlineStoreError(
-            f"{probe}: no answer within {timeout * 1000:g} ms"
-            + (" (is it a TLS port? use rediss://)" if url.startswith("redis://") else "")
-            + (" (TLS: is it a plain port? use redis://)" if url.startswith("rediss://") else "")
+            f"{probe}: no answer within {timeout * 1000:g} ms (a hung server, or "
+            + ("a TLS port: TLS needs rediss://)" if url.startswith("redis://") else "a plain port: without TLS use redis://)")
         ) from None
     except redis.RedisError as error:
         single.close()
