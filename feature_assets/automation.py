@@ -16,6 +16,7 @@ __all__ = [
     "due_views",
     "SYNC_WHEN_FEATURES_PASS_CHECKS",
     "REPAIR_AFTER_FAILED_PARITY",
+    "ONLINE_SYNC_AUTOMATION",
     "refresh_schedule",
     "online_sync_sensor",
     "check_refresh_fits_ttl",
@@ -79,6 +80,11 @@ REPAIR_AFTER_FAILED_PARITY = (
     dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed()).newly_true()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("once its parity check failed (the repair)")
+
+
+ONLINE_SYNC_AUTOMATION = (SYNC_WHEN_FEATURES_PASS_CHECKS | REPAIR_AFTER_FAILED_PARITY).with_label(
+    "eager once upstream blocking checks passed, and once after a failed parity check"
+)
 
 
 def online_sync_sensor(online_assets: list[dg.AssetsDefinition]) -> dg.AutomationConditionSensorDefinition:

@@ -169,18 +169,42 @@ def test_a_user_only_the_online_store_holds_fails_parity_and_the_repair_deletes_
     some_user = int(offline_latest(built.warehouse)["user_id"].iloc[0])
     redis_client.copy(f"features:user:{some_user}", "features:user:987654321")  # a user deleted from the warehouse
 
-    failed = dg.materialize([user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    failed = dg.materialize(
+        [user_features_online, user_features_online_parity],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        selection=dg.AssetSelection.all_asset_checks(),
+    )
     [parity] = failed.get_asset_check_evaluations()
     assert not parity.passed and "user_id 987654321" in parity.description
     dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
     assert not redis_client.exists("features:user:987654321")
 
 
-def test_a_failed_parity_check_makes_the_automation_request_the_repair_sync():
-    from feature_assets.automation import REPAIR_AFTER_FAILED_PARITY, SYNC_WHEN_FEATURES_PASS_CHECKS
+def test_a_failed_parity_check_makes_the_automation_request_the_repair_sync_once():
+    none = dg.ResourceDefinition.none_resource()
+    defs = dg.Definitions(
+        assets=[user_features_online],
+        asset_checks=[user_features_online_parity],
+        resources={"online_store": none, "warehouse": none},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    key = user_features_online.key
 
-    condition = user_features_online.automation_conditions_by_key[user_features_online.key]
-    assert REPAIR_AFTER_FAILED_PARITY in condition.children and SYNC_WHEN_FEATURES_PASS_CHECKS in condition.children
+    def requested(cursor=None):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return result.total_requested, result.cursor
+
+    _, cursor = requested()
+    instance.report_runless_asset_event(dg.AssetMaterialization(key))
+    count, cursor = requested(cursor)
+    assert count == 0
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(asset_key=key, check_name="parity", passed=False))
+    count, cursor = requested(cursor)
+    assert count == 1  # the repair
+    count, _ = requested(cursor)
+    assert count == 0  # once, not on every tick while the check stays failed
 
 
 def test_featurestore_get_prints_one_entitys_online_features_of_the_named_view(built, monkeypatch, capsys):
@@ -216,7 +240,7 @@ def test_definitions_include_the_synced_snapshot_its_blocking_parity_check_and_t
     spec = next(iter(online.specs))
     assert FEATURES in {dep.asset_key for dep in spec.deps}
     assert spec.freshness_policy is not None
-    assert spec.automation_condition.get_label() == automation.SYNC_WHEN_FEATURES_PASS_CHECKS.get_label()
+    assert spec.automation_condition.get_label() == automation.ONLINE_SYNC_AUTOMATION.get_label()
     for view in (VIEW, COUNTRIES):
         key = dg.AssetKey(f"{view.name}_online")
         assert defs.resolve_asset_graph().get_check_spec(dg.AssetCheckKey(key, "parity")).blocking

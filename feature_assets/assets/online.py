@@ -7,7 +7,7 @@ from pydantic import Field
 
 from feature_assets.assets.features import dbt_model_key
 from feature_assets.assets.raw import WAREHOUSE_POOL
-from feature_assets.automation import REPAIR_AFTER_FAILED_PARITY, SYNC_WHEN_FEATURES_PASS_CHECKS, view_freshness
+from feature_assets.automation import ONLINE_SYNC_AUTOMATION, view_freshness
 from feature_assets.online_sync import DEFAULT_BATCH_ROWS, check_online_parity, sync_online_store
 from feature_assets.registry import FeatureView
 from feature_assets.resources.online import OnlineStoreResource
@@ -40,7 +40,7 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
         kinds={"python"},
         pool=WAREHOUSE_POOL,
         freshness_policy=view_freshness(view),
-        automation_condition=SYNC_WHEN_FEATURES_PASS_CHECKS | REPAIR_AFTER_FAILED_PARITY,
+        automation_condition=ONLINE_SYNC_AUTOMATION,
         description=(
             f"Each {view.entity}'s latest {view.name} snapshot in the online store (Redis hash "
             f"features:{view.online_namespace}:<{view.entity_key}>, or SQLite), expiring after "
