@@ -12,9 +12,17 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
+from feature_assets.errors import ConfigError
 from feature_assets.settings import validate_identifier
 
-__all__ = ["Warehouse"]
+__all__ = ["Warehouse", "POSTGRES_CONNECT_TIMEOUT_S", "POSTGRES_STATEMENT_TIMEOUT_S"]
+
+# A server that accepts TCP and never answers must not hang a refresh: libpq gives up connecting after this,
+# and the server cancels any statement running longer than the statement timeout (training builds included).
+POSTGRES_CONNECT_TIMEOUT_S = 10
+POSTGRES_STATEMENT_TIMEOUT_S = 3600
+# Connection parameters of FEATURE_STORE_POSTGRES_URL that dbt's profile takes as well.
+_DBT_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -41,10 +49,25 @@ class Warehouse(dg.ConfigurableResource):
             finally:
                 con.close()
         else:
-            with psycopg.connect(self.postgres_url) as con:
+            with self._postgres() as con:
                 con.execute(f"create schema if not exists {schema}")
                 con.execute(f"set search_path to {schema}")
                 yield con
+
+    def _postgres(self) -> psycopg.Connection:
+        parts = conninfo_to_dict(self.postgres_url) if self.postgres_url else {}
+        where = f"PostgreSQL at {parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+        try:
+            return psycopg.connect(
+                self.postgres_url,
+                connect_timeout=int(parts.get("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)),
+                options=f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
+            )
+        except psycopg.OperationalError as error:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{where}: cannot connect ({reason[:300]})") from None
+        except psycopg.ProgrammingError as error:  # an unparsable URL: never echo it, it holds the password
+            raise ConfigError(f"FEATURE_STORE_POSTGRES_URL is not a valid PostgreSQL URL ({type(error).__name__})") from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Runs one query with ? placeholders (values always bound, never spliced)."""
@@ -101,4 +124,5 @@ class Warehouse(dg.ConfigurableResource):
             "FEATURE_STORE_PG_PASSWORD": str(parts.get("password", "")),
             "FEATURE_STORE_PG_DBNAME": str(parts.get("dbname", "postgres")),
             "FEATURE_STORE_PG_SCHEMA": self.schema_name,
+            **{f"FEATURE_STORE_PG_{name.upper()}": str(parts[name]) for name in _DBT_PARAMETERS if name in parts},
         }
