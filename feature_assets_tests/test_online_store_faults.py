@@ -150,3 +150,16 @@ def test_the_ca_certificate_may_come_in_the_url(tls_redis, monkeypatch):
     with RedisOnlineStore.from_url(f"{tls_redis.url}?ssl_ca_certs={tls_redis.ca_cert}") as store:
         assert store.count_entities(VIEW) >= 0
 
+
+
+def test_the_served_vector_log_works_on_a_cluster(redis_cluster):
+    from feature_assets.serving.served_log import RedisServedLog
+
+    with RedisServedLog(redis_cluster.url) as log:
+        for view in ("user_features", "country_features"):  # two streams, likely on two masters
+            log.log(view, "entity_id", 7, {"count": 1, "score": 0.5})
+        assert log.flush()
+        assert log.stats().failed_writes == 0
+        for view in ("user_features", "country_features"):
+            frame = log.read(view)
+            assert frame["entity_id"].tolist() == [7] and frame["count"].tolist() == [1]

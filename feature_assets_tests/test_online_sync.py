@@ -314,3 +314,16 @@ def test_a_backfill_after_raw_data_was_corrected_reaches_the_online_store_and_de
     assert check_online_parity(duckdb_warehouse, store, VIEW).passed
     assert sync_online_store(duckdb_warehouse, store, VIEW).mode == "incremental"  # the rebuild is taken into account once
     store.close()
+
+
+def test_a_snapshot_dated_in_the_future_is_neither_synced_nor_the_watermark(duckdb_warehouse, online_store):
+    users = np.arange(1, 21)
+    append(duckdb_warehouse, snapshot(users, T1, 0))
+    append(duckdb_warehouse, snapshot(users[:1], datetime(2099, 1, 1), 5))  # a mistaken as-of time
+    first = sync_online_store(duckdb_warehouse, online_store, VIEW)
+    assert first.watermark == T1 and first.rows_written == 20
+    append(duckdb_warehouse, snapshot(users[:5], T2, 1))  # the next real snapshot is not skipped
+    second = sync_online_store(duckdb_warehouse, online_store, VIEW)
+    assert (second.watermark, second.rows_written) == (T2, 5)
+    online = FeatureReader(online_store, VIEW).get_online_features(users)
+    assert online["computed_at"].tolist() == [T2] * 5 + [T1] * 15
