@@ -2,7 +2,7 @@
 one run (not a test).
 
     .venv/bin/python benchmarks/predict.py [--users 2000] [--days 150] [--calls 6000]
-        [--redis-url redis://127.0.0.1:6379/14] [--log-url redis://127.0.0.1:6379/13] [--profile]
+        [--redis-url redis://127.0.0.1:6379/8] [--log-url redis://127.0.0.1:6379/7] [--profile]
 
 Builds what a deployment serves, with the project's own code: demo data for --users users, the dbt build of
 daily snapshots over --days days on DuckDB (through dagster materialize, as the tests do: user_features,
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 # Everything the run writes goes to a temporary folder, never the working tree (as in the tests).
@@ -49,7 +49,8 @@ from feature_assets.serving import RedisOnlineStore  # noqa: E402
 from feature_assets.serving.models import ModelStore, Predictor  # noqa: E402
 from feature_assets.serving.served_log import RedisServedLog  # noqa: E402
 
-ANCHOR = datetime(2026, 3, 31)
+# Snapshots must be recent: one older than its online TTL is neither synced nor served.
+ANCHOR = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
 USER_MODEL, TWO_VIEW_MODEL = "ltv_model", "churn_model"  # one view; two views, the country derived
 TARGET_P99_MS = 2.0  # issue 4
 TARGET_LOG_OVERHEAD = 0.10  # issue 5
@@ -233,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--days", type=int, default=150)
     parser.add_argument("--calls", type=int, default=6000, help="predict_one calls per variant")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="the online store (flushed)")
-    parser.add_argument("--log-url", default="redis://127.0.0.1:6379/13", help="the served log (flushed)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the online store (flushed)")
+    parser.add_argument("--log-url", default="redis://127.0.0.1:6379/7", help="the served log (flushed)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of predict_one")
     args = parser.parse_args(argv)
 

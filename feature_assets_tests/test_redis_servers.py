@@ -28,13 +28,6 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory):
-    server = start_tls_redis(tmp_path_factory.mktemp("tls"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory):
     server = start_acl_redis(tmp_path_factory.mktemp("acl"))
     yield server

@@ -444,7 +444,6 @@ class _RedisWriter(OnlineWriter):
     """
 
     def __init__(self, store: RedisOnlineStore, view: FeatureView, replace: bool):
-        self._store = store
         self._client = store.sync_client
         self._prefix = store.prefix(view)
         self._replace = replace
