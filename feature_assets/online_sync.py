@@ -19,6 +19,8 @@ was corrected): every dbt build of a feature view logs its as-of times in BUILD_
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -98,17 +100,32 @@ def iter_latest_snapshots(
     batch_rows rows."""
     sql = _latest_sql(view, after is not None, until is not None, sample is not None)
     params = [value for value in (after, until, sample) if value is not None]
-    if warehouse.kind == "duckdb":
-        con.execute(sql, params)
-        vectors = max(1, batch_rows // _DUCKDB_VECTOR)
-        while not (frame := con.fetch_df_chunk(vectors)).empty:
+    # The next batch is read in a thread while the caller works on the last: the warehouse waits on the network or
+    # works in C with the GIL released. One read at a time, and the pool's exit (before the cursor's) waits for the
+    # one under way, so the connection is never used by two threads at once, even when the caller stops early.
+    with ExitStack() as stack:
+        if warehouse.kind == "duckdb":
+            con.execute(sql, params)
+            vectors = max(1, batch_rows // _DUCKDB_VECTOR)
+
+            def fetch() -> pd.DataFrame | None:
+                frame = con.fetch_df_chunk(vectors)
+                return None if frame.empty else frame
+
+        else:
+            cursor = stack.enter_context(con.cursor(name=f"latest_{view.name}_{random.getrandbits(32):08x}"))
+            cursor.execute(sql.replace("?", "%s"), params)
+            columns = [view.entity_key, view.timestamp, *view.feature_names]
+
+            def fetch() -> pd.DataFrame | None:
+                rows = cursor.fetchmany(batch_rows)
+                return _typed(view, columns, rows) if rows else None
+
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="warehouse-read"))
+        pending = pool.submit(fetch)
+        while (frame := pending.result()) is not None:
+            pending = pool.submit(fetch)
             yield frame
-        return
-    with con.cursor(name=f"latest_{view.name}_{random.getrandbits(32):08x}") as cursor:
-        cursor.execute(sql.replace("?", "%s"), params)
-        columns = [view.entity_key, view.timestamp, *view.feature_names]
-        while rows := cursor.fetchmany(batch_rows):
-            yield _typed(view, columns, rows)
 
 
 def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView, now: datetime) -> datetime | None:
