@@ -4,8 +4,9 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 # The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
@@ -30,6 +31,16 @@ POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://p
 
 # A fixed anchor makes generated data reproducible.
 ANCHOR = datetime(2026, 3, 31, 0)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Waits for something another thread or process does; the deadline only turns a hang into a failure, so it is
+    far above what the wait takes on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,13 @@
 
 import math
 import re
-import time
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import wait_until
 from feature_assets.errors import ConfigError, DataError, RegistryError
 from feature_assets.registry import Feature, FeatureView
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord, encode_batch
@@ -170,18 +170,16 @@ def test_rewriting_an_entity_replaces_every_field(online_store):
     assert row["computed_at"] == datetime(1970, 1, 1)
 
 
-def test_a_key_written_with_a_short_ttl_is_gone_after_it_and_reads_as_missing(online_store):
+def test_a_key_written_with_a_short_ttl_expires_and_then_reads_as_missing(online_store):
     short = make_view(ttl=timedelta(milliseconds=700))
     write(online_store, short, ROWS)
     reader = FeatureReader(online_store, short)
-    assert online_store.count_entities(short) == len(ROWS)
-    assert reader.get_entity(1)["_missing"] is False
     if online_store.kind == "redis":
-        assert 0 < online_store.client.pttl("features:thing:1") <= 700
+        # The key carries the view's TTL; on a slow machine it may have expired already (-2), never be persistent (-1).
+        assert online_store.client.pttl("features:thing:1") in (-2, *range(1, 701))
 
-    time.sleep(1.0)
+    wait_until(lambda: reader.get_entity(1)["_missing"], "entity 1 expiring after its 0.7 s TTL")
 
-    assert reader.get_entity(1)["_missing"] is True
     assert reader.get_online_features([1, 2])["_missing"].tolist() == [True, True]
     assert online_store.count_entities(short) == 0
     if online_store.kind == "redis":
