@@ -12,9 +12,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
+from feature_assets.errors import WarehouseError
 from feature_assets.settings import validate_identifier
 
 __all__ = ["Warehouse"]
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -30,7 +35,11 @@ class Warehouse(dg.ConfigurableResource):
         """A DB-API connection with the schema selected; commits on success, rolls back on error."""
         schema = validate_identifier(self.schema_name, "warehouse schema")
         if self.kind == "duckdb":
-            con = duckdb.connect(self.duckdb_path)
+            try:
+                con = duckdb.connect(self.duckdb_path)
+            except duckdb.Error as error:
+                # Typically the file's lock, held by a refresh, a sync or the UI: DuckDB admits one writing process.
+                raise WarehouseError(f"cannot open the DuckDB warehouse: {_first_line(error)}") from None
             try:
                 con.execute("begin")
                 yield con
@@ -41,7 +50,14 @@ class Warehouse(dg.ConfigurableResource):
             finally:
                 con.close()
         else:
-            with psycopg.connect(self.postgres_url) as con:
+            try:
+                connection = psycopg.connect(self.postgres_url)
+            except psycopg.ProgrammingError:
+                # libpq's parse errors may quote the URL, password included.
+                raise WarehouseError("the PostgreSQL warehouse URL is not a valid libpq URL") from None
+            except psycopg.OperationalError as error:
+                raise WarehouseError(f"cannot connect to the PostgreSQL warehouse: {_first_line(error)}") from None
+            with connection as con:
                 con.execute(f"create schema if not exists {schema}")
                 con.execute(f"set search_path to {schema}")
                 yield con
