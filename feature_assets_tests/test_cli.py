@@ -2,6 +2,7 @@
 `featurestore: <what and why>` with a non-zero exit, never a traceback."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,8 +136,9 @@ def test_a_failed_dbt_build_says_why_and_points_to_a_log_that_exists(home, wareh
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     line = assert_one_line(backfill.returncode, backfill.stderr, "the backfill failed: dbt_feature_models: dbt build exited with code")
     assert "Could not set lock" in line
-    log = line.rsplit("dbt's log: ", 1)[1].rstrip(")")
-    assert Path(log).is_file()
+    log = Path(line.rsplit("dbt's log: ", 1)[1].rstrip(")"))
+    assert log.is_file()
+    shutil.rmtree(log.parent)
 
 
 RUN_ON_FIRST_OPEN = """
