@@ -18,9 +18,9 @@ prepare: install
 demo: prepare
 	$(BIN)/featurestore demo
 
+# ensure-services prints the PostgreSQL URL the tests log in with.
 test: prepare
-	scripts/ensure-services
-	$(BIN)/python -m pytest -q
+	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url $(BIN)/python -m pytest -q
 
 dev: prepare
 	$(BIN)/featurestore dev

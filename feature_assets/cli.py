@@ -1,17 +1,19 @@
 """The `featurestore` command line."""
 
 import argparse
+import fcntl
 import json
 import os
-import shutil
+import re
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
-from feature_assets.errors import FeatureStoreError
+from feature_assets.errors import FeatureStoreError, shown
 from feature_assets.settings import Settings
 
 __all__ = ["main"]
@@ -19,6 +21,8 @@ __all__ = ["main"]
 _DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 # Runs started here print nothing of their own: failures are reported by cause, the full logs are in the UI.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# Our errors' messages say what went wrong by themselves; their class name says nothing to a user.
+_OUR_ERROR_CLASS = re.compile(r"^feature_assets\.[\w.]+: ")
 
 
 def dagster_home(settings: Settings) -> Path:
@@ -27,9 +31,23 @@ def dagster_home(settings: Settings) -> Path:
         return Path(os.environ["DAGSTER_HOME"])
     home = settings.home / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_DEPLOY / settings.env / "dagster.yaml", home / "dagster.yaml")
+    # Replaced, not rewritten in place: another command may be reading it.
+    with tempfile.NamedTemporaryFile("wb", dir=home, delete=False) as copy:
+        copy.write((_DEPLOY / settings.env / "dagster.yaml").read_bytes())
+    os.replace(copy.name, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def dagster_instance(settings: Settings):
+    """The Dagster instance, opened under a lock on its folder: the first open creates its SQLite storage, and two
+    commands creating it at once corrupt its schema record and lose a run. Opening an existing one is safe."""
+    import dagster as dg
+
+    home = dagster_home(settings)
+    with open(home / ".open.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 def _execute(
@@ -47,27 +65,26 @@ def _execute(
 
     from feature_assets.definitions import defs
 
-    dagster_home(settings)
+    instance = dagster_instance(settings)
     if job_name:
         job = defs.resolve_job_def(job_name)
     else:
         job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(a) for a in assets})
-    result = job.execute_in_process(
-        run_config={**run_config, **_QUIET}, instance=dg.DagsterInstance.get(), raise_on_error=False
-    )
+    result = job.execute_in_process(run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False)
     failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
     if not result.success and not (tolerate_failed_checks and failed_checks):
         causes = [_root_cause(e) for e in result.all_events if e.is_step_failure]
-        raise FeatureStoreError(f"the {what} failed:\n" + "\n".join(causes or [result.failure_data.error.message]))
+        raise FeatureStoreError(f"the {what} failed: " + "; ".join(causes or [result.failure_data.error.message]))
     return result
 
 
 def _root_cause(event) -> str:
-    """The innermost error of a failed step (e.g. a ConfigError naming the bad value), not Dagster's wrappers."""
+    """The innermost error of a failed step (e.g. a ConfigError naming the bad value), not Dagster's wrappers; our
+    own errors without their class name, which says nothing to a user."""
     error = event.step_failure_data.error
     while error.cause is not None:
         error = error.cause
-    return f"{event.step_key}: {error.message.strip()}"
+    return f"{event.step_key}: {_OUR_ERROR_CLASS.sub('', error.message.strip())}"
 
 
 def _registry():
@@ -211,7 +228,7 @@ def _print_prediction(settings: Settings, model: str, entities: list[str], keys:
                 f"{model} needs the keys {', '.join(caller)}: pass ids for one of them and --key NAME=VALUE for the others"
             )
         if len(entities) > 1:
-            frame = pd.DataFrame({positional[0]: [_entity_id(e) for e in entities], **{k: _entity_id(v) for k, v in keys.items()}})
+            frame = pd.DataFrame({positional[0]: entities, **keys}, dtype=object)
             scored = predictor.predict(model, frame)
             if as_json:
                 print(scored.astype(object).where(scored.notna(), None).to_json(orient="records", indent=2))
@@ -220,8 +237,7 @@ def _print_prediction(settings: Settings, model: str, entities: list[str], keys:
             if scored["error"].notna().all():
                 raise FeatureStoreError("no prediction: every entity is missing from the online store")
             return
-        entity = {positional[0]: _entity_id(entities[0]), **{k: _entity_id(v) for k, v in keys.items()}}
-        prediction = predictor.predict_one(model, entity)
+        prediction = predictor.predict_one(model, {positional[0]: entities[0], **keys})
     if as_json:
         print(json.dumps({"entity": {k: _json_value(v) for k, v in prediction.entity.items()}, "model": model,
                           "version": prediction.version, "score": prediction.score,
@@ -299,9 +315,10 @@ def _json_value(value: object) -> object:
 def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.resources.online import open_online_store
     from feature_assets.serving import FeatureReader
+    from feature_assets.serving.codec import parse_entity_id
 
     view = _registry().view(args.view)
-    entity_id = _entity_id(args.entity_id)
+    entity_id = parse_entity_id(args.entity_id, view.key_data_type, view.entity_key)
     with open_online_store(settings) as store:
         row = FeatureReader(store, view).get_entity(entity_id)
         where = store.describe()
@@ -321,21 +338,12 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
         )
 
 
-def _entity_id(text: object) -> object:
-    """An id as typed: digits are an int, anything else a string."""
-    if not isinstance(text, str):
-        return text
-    if not text.strip():
-        raise FeatureStoreError("an entity id cannot be empty")
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
 def _key_values(pairs: list[str]) -> dict[str, str]:
     keys = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not value:
-            raise FeatureStoreError(f"--key takes NAME=VALUE, e.g. --key country_code=DE; got {pair!r}")
+            raise FeatureStoreError(f"--key takes NAME=VALUE, e.g. --key country_code=DE; got {shown(pair)}")
         keys[name] = value
     return keys
 
@@ -396,7 +404,7 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
         holders = [view for view in registry.views.values() if args.feature in view.feature_names]
         if len(holders) != 1:
             where = ", ".join(v.name for v in holders) or "no view"
-            raise FeatureStoreError(f"{args.feature!r} is a feature of {where}; name the view with --view")
+            raise FeatureStoreError(f"{shown(args.feature)} is a feature of {where}; name the view with --view")
         view = holders[0]
     with open_online_store(settings) as store:
         shift, entities = shift_online_feature(_warehouse(settings), store, view, args.feature, args.by)
@@ -444,7 +452,7 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
-    dagster_home(settings)
+    dagster_instance(settings).dispose()
     bin_dir = Path(sys.executable).parent
     # Under `dagster dev`, DbtProject.prepare_if_dev() runs the dbt found on PATH; an unactivated venv has none there.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -452,8 +460,24 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
 
 
+class _UsageError(Exception):
+    """Arguments argparse refuses."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse quotes what was typed in full; a word past 40 characters is cut like any value we echo.
+        short = re.sub(r"\S{41,}", lambda word: word[0][:40] + "...", message)
+        raise _UsageError(f"{short} (`{self.prog} --help` shows the usage)")
+
+
+def _report(error: Exception) -> None:
+    """The one line a failed command ends with (dbt's and PostgreSQL's messages span several)."""
+    print("featurestore: " + " ".join(str(error).split()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="featurestore", description=__doc__)
+    parser = _Parser(prog="featurestore", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate demo data, build the feature history and print it")
@@ -512,11 +536,14 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(run=cmd_dev)
 
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         args.run(args, Settings.from_env())
+    except _UsageError as error:
+        _report(error)
+        return 2
     except FeatureStoreError as error:
-        print(f"featurestore: {error}", file=sys.stderr)
+        _report(error)
         return 1
     return 0
 

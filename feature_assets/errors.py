@@ -1,6 +1,15 @@
 """One error hierarchy, so callers can catch everything the feature store refuses with one class."""
 
-__all__ = ["FeatureStoreError", "ConfigError", "RegistryError", "DataError", "OnlineStoreError"]
+__all__ = [
+    "FeatureStoreError",
+    "ConfigError",
+    "RegistryError",
+    "DataError",
+    "OnlineStoreError",
+    "WarehouseError",
+    "DbtBuildError",
+    "shown",
+]
 
 
 class FeatureStoreError(Exception):
@@ -21,3 +30,19 @@ class DataError(FeatureStoreError):
 
 class OnlineStoreError(FeatureStoreError):
     """The online store failed or is unreachable; what it held before stays readable."""
+
+
+class WarehouseError(FeatureStoreError):
+    """The warehouse could not be opened: PostgreSQL unreachable, or the DuckDB file held by another process."""
+
+
+class DbtBuildError(FeatureStoreError):
+    """A dbt build failed; the message carries dbt's errors and where its log is."""
+
+
+def shown(value: object) -> str:
+    """A value as an error message quotes what a user typed: its repr (escapes included), cut to 40 characters."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"  # repr() refuses ints of more than 4,300 digits
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."

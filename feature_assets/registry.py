@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feature_assets.definition_checksums import feature_checksums
-from feature_assets.errors import RegistryError
+from feature_assets.errors import RegistryError, shown
 
 __all__ = [
     "Feature",
@@ -121,7 +121,7 @@ class FeatureView:
         for f in self.features:
             if f.name == name:
                 return f
-        raise RegistryError(f"{self.name} has no feature {name!r}; it has {', '.join(self.feature_names)}")
+        raise RegistryError(f"{self.name} has no feature {shown(name)}; it has {', '.join(self.feature_names)}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Registry:
         try:
             return self.feature_sets[model]
         except KeyError:
-            raise RegistryError(f"no model {model!r} declares a feature set; known: {', '.join(sorted(self.feature_sets))}") from None
+            raise RegistryError(f"no model {shown(model)} declares a feature set; known: {', '.join(sorted(self.feature_sets))}") from None
 
     @property
     def read_views(self) -> list[FeatureView]:
@@ -206,7 +206,7 @@ class Registry:
         try:
             return self.views[name]
         except KeyError:
-            raise RegistryError(f"no feature view {name!r}; known: {', '.join(sorted(self.views))}") from None
+            raise RegistryError(f"no feature view {shown(name)}; known: {', '.join(sorted(self.views))}") from None
 
 
 def _columns(node: dict, what: str) -> dict[str, dict]:

@@ -4,8 +4,9 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 # The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
@@ -31,6 +32,16 @@ POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://p
 # Generated data is reproducible relative to the anchor: the start of the current UTC day, so that snapshots
 # computed at it are within their online TTL (older ones are neither synced nor served) and not in the future.
 ANCHOR = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Waits for something another thread or process does; the deadline only turns a hang into a failure, so it is
+    far above what the wait takes on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -245,9 +245,9 @@ def test_featurestore_predict_scores_one_or_many_users_and_names_bad_input(train
 
     cases = [
         (["predict", "fraud", "1"], "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model"),
-        (["predict", "ltv", "1", "--key", "country_code=DE"], "model ltv_model reads no view keyed by country_code"),
+        (["predict", "ltv", "1", "--key", "country_code=DE"], "model ltv_model reads no view keyed by 'country_code'"),
         (["predict", "churn", "1", "--key", "country_code"], "--key takes NAME=VALUE"),
-        (["predict", "churn", " "], "an entity id cannot be empty"),
+        (["predict", "churn", " "], "user_id cannot be empty"),
         (["predict", "churn", str(users[0]), "--key", "country_code=ZZ"], "country_code ZZ has no country_features in the online store"),
     ]
     for argv, message in cases:

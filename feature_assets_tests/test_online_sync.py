@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import redis
 
+from conftest import wait_until
 from feature_assets.errors import OnlineStoreError
 from feature_assets.online_sync import check_online_parity, sync_online_store
 from feature_assets.project import dbt_project
@@ -216,8 +217,8 @@ def test_a_sync_killed_with_redis_keeps_old_values_whole_records_nothing_and_the
     def kill_midway(rows: int) -> None:
         if rows >= 15_000 and own_redis.process.poll() is None:
             # Wait until Redis has applied part of the new snapshot, then kill it (SIGKILL).
-            while probe.info("commandstats")["cmdstat_hset"]["calls"] < len(users) + 2_000:
-                time.sleep(0.005)
+            hsets = len(users) + 2_000
+            wait_until(lambda: probe.info("commandstats")["cmdstat_hset"]["calls"] >= hsets, f"Redis applying {hsets} HSETs")
             own_redis.kill()
 
     with pytest.raises(OnlineStoreError, match="earlier values stay readable"):

@@ -138,4 +138,7 @@ def test_a_failed_command_names_the_root_cause_not_dagsters_wrappers(tmp_path, m
     code = main(["backfill", "--start", "2026-01-01T00:00", "--end", "2026-01-02T05:00", "--cadence-hours", "24"])
     assert code == 1
     error = capsys.readouterr().err
-    assert "ConfigError: the range 2026-01-01 00:00:00 .. 2026-01-02 05:00:00 is not a whole number of 24-hour steps" in error
+    assert error == (
+        "featurestore: the backfill failed: dbt_feature_models: "
+        "the range 2026-01-01 00:00:00 .. 2026-01-02 05:00:00 is not a whole number of 24-hour steps\n"
+    )

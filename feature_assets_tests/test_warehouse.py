@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from feature_assets.errors import ConfigError
+from feature_assets.errors import WarehouseError
 from feature_assets.resources.warehouse import Warehouse
 
 
@@ -16,11 +16,11 @@ def test_a_server_that_accepts_and_never_answers_fails_within_the_connect_timeou
     port = silent.getsockname()[1]
     warehouse = Warehouse(kind="postgres", postgres_url=f"postgresql://postgres:s3cret@127.0.0.1:{port}/test?connect_timeout=1")
     started = time.monotonic()
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(WarehouseError) as error:
         with warehouse.connect():
             pass
     assert time.monotonic() - started < 10, "the connect timeout did not bound the wait"
-    assert f"PostgreSQL at 127.0.0.1:{port}/test: cannot connect" in str(error.value)
+    assert f"cannot connect to the PostgreSQL warehouse at 127.0.0.1:{port}/test" in str(error.value)
     assert "s3cret" not in str(error.value)
     silent.close()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -11,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
 from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import view_freshness
-from feature_assets.errors import ConfigError
+from feature_assets.errors import ConfigError, DbtBuildError
 from feature_assets.project import dbt_project
 from feature_assets.registry import Registry, load_registry
 from feature_assets.resources.warehouse import Warehouse
@@ -90,12 +91,39 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
     """Builds and tests the selected dbt models: staging views, the feature snapshots of the configured as-of times, label tables."""
     target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
-    try:
-        with _environment(warehouse.dbt_env()):
-            invocation = dbt.cli(["build", "--vars", json.dumps(config.dbt_vars())], context=context, target_path=target_path)
-        yield from invocation.stream()
-    finally:
-        shutil.rmtree(target_path, ignore_errors=True)
+    with _environment(warehouse.dbt_env()):
+        invocation = dbt.cli(
+            ["build", "--vars", json.dumps(config.dbt_vars())], context=context, target_path=target_path, raise_on_error=False
+        )
+    yield from invocation.stream()
+    if not invocation.is_successful():
+        raise DbtBuildError(_failure(invocation, target_path))
+    # A failed build keeps its folder: the error names the dbt.log in it.
+    shutil.rmtree(target_path, ignore_errors=True)
+
+
+def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:
+    """What went wrong and where the whole log is. The reasons: the first few distinct errors of dbt's nodes (each
+    its heading and the database's message; SQL context follows), or, when dbt failed before running any (e.g.
+    the DuckDB file locked), the errors dbt logged."""
+    results = target_path / "run_results.json"
+    failed = json.loads(results.read_text())["results"] if results.exists() else []
+    reasons = [
+        ": ".join(line.strip() for line in result["message"].splitlines()[:2])
+        for result in failed
+        if result["status"] in ("error", "fail") and result["message"]
+    ]
+    if not reasons:
+        logged = str(invocation.get_error()).partition("Errors parsed from dbt logs:")[2]
+        logged = _ANSI.sub("", logged).partition("Traceback (most recent call last):")[0]  # dbt's own, not ours
+        reasons = [" ".join(logged.split())] if logged.strip() else []
+    reasons = list(dict.fromkeys(reasons))
+    shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    code = invocation.process.returncode
+    return f"dbt build exited with code {code}{': ' + shown if shown else ''} (dbt's log: {target_path / 'dbt.log'})"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def dbt_model_key(name: str) -> dg.AssetKey:

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
-from feature_assets.errors import ConfigError
+from feature_assets.errors import WarehouseError
 from feature_assets.settings import validate_identifier
 
 __all__ = ["Warehouse", "POSTGRES_CONNECT_TIMEOUT_S", "POSTGRES_STATEMENT_TIMEOUT_S"]
@@ -23,6 +23,10 @@ POSTGRES_CONNECT_TIMEOUT_S = 10
 POSTGRES_STATEMENT_TIMEOUT_S = 3600
 # Connection parameters of FEATURE_STORE_POSTGRES_URL that dbt's profile takes as well.
 _DBT_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -38,7 +42,11 @@ class Warehouse(dg.ConfigurableResource):
         """A DB-API connection with the schema selected; commits on success, rolls back on error."""
         schema = validate_identifier(self.schema_name, "warehouse schema")
         if self.kind == "duckdb":
-            con = duckdb.connect(self.duckdb_path)
+            try:
+                con = duckdb.connect(self.duckdb_path)
+            except duckdb.Error as error:
+                # Typically the file's lock, held by a refresh, a sync or the UI: DuckDB admits one writing process.
+                raise WarehouseError(f"cannot open the DuckDB warehouse: {_first_line(error)}") from None
             try:
                 con.execute("begin")
                 yield con
@@ -56,18 +64,18 @@ class Warehouse(dg.ConfigurableResource):
 
     def _postgres(self) -> psycopg.Connection:
         parts = conninfo_to_dict(self.postgres_url) if self.postgres_url else {}
-        where = f"PostgreSQL at {parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
         try:
             return psycopg.connect(
                 self.postgres_url,
                 connect_timeout=int(parts.get("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)),
                 options=f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
             )
+        except psycopg.ProgrammingError:
+            # libpq's parse errors may quote the URL, password included.
+            raise WarehouseError("the PostgreSQL warehouse URL is not a valid libpq URL") from None
         except psycopg.OperationalError as error:
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"{where}: cannot connect ({reason[:300]})") from None
-        except psycopg.ProgrammingError as error:  # an unparsable URL: never echo it, it holds the password
-            raise ConfigError(f"FEATURE_STORE_POSTGRES_URL is not a valid PostgreSQL URL ({type(error).__name__})") from None
+            where = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+            raise WarehouseError(f"cannot connect to the PostgreSQL warehouse at {where}: {_first_line(error)}") from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Runs one query with ? placeholders (values always bound, never spliced)."""

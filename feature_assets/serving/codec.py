@@ -16,6 +16,7 @@ reads return (and DuckDB's pandas bridge) cannot tell the two apart. A string co
 refused (PostgreSQL cannot store one either).
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from feature_assets.errors import DataError
+from feature_assets.errors import DataError, shown
 from feature_assets.registry import FeatureView
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "EncodedBatch",
     "encode_batch",
     "encode_entity_id",
+    "parse_entity_id",
+    "MAX_TEXT_KEY",
     "decoder",
     "cast_error",
     "view_schema",
@@ -90,6 +93,45 @@ def encode_entity_id(entity_id: object) -> bytes:
     if isinstance(entity_id, (int, np.integer)) and not isinstance(entity_id, (bool, np.bool_)):
         return b"%d" % int(entity_id)
     raise DataError(f"entity id {entity_id!r} ({kind.__name__}) is not an int or a string")
+
+
+# Each integer key type's bound (ids lie in [-bound, bound)), as the registry names them; other keys are text.
+_INTEGER_KEYS = {"smallint": 2**15, "integer": 2**31, "int": 2**31, "bigint": 2**63}
+# ASCII only: str.isdigit() and int() also take '١٢٣' and '１２３' (123), and isdigit() takes '²', which int() refuses.
+_DIGITS = re.compile(r"-?[0-9]+")
+MAX_TEXT_KEY = 256
+
+
+def parse_entity_id(value: object, key_type: str | None, key: str) -> int | str:
+    """An entity id as its key's declared type (the registry's data_type) takes it, or a DataError naming it.
+
+    Integer keys take ints, or text of ASCII digits with an optional leading '-', within the type's range; text
+    keys take printable text (no control characters, nor undecodable bytes) of 1 to MAX_TEXT_KEY characters. A
+    key_type of None (a model card from before key types were recorded) takes an int as a bigint, text as text.
+    """
+    if isinstance(value, str) and not value.strip():
+        raise DataError(f"{key} cannot be empty")
+    if key_type is None:
+        key_type = "text" if isinstance(value, str) else "bigint"
+    if key_type in _INTEGER_KEYS:
+        bound = _INTEGER_KEYS[key_type]
+        out_of_range = f"is outside the range of a {key_type} ({-bound} to {bound - 1})"
+        if isinstance(value, str) and _DIGITS.fullmatch(value):
+            if len(value) > 20:  # out of range anyway, and int() refuses more than 4,300 digits
+                raise DataError(f"{key} {shown(value)} {out_of_range}")
+            value = int(value)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+            raise DataError(f"{key} {shown(value)} is not a {key_type}: an id of ASCII digits, optionally after a '-'")
+        if not -bound <= value < bound:
+            raise DataError(f"{key} {shown(int(value))} {out_of_range}")
+        return int(value)
+    if not isinstance(value, str):
+        raise DataError(f"{key} {shown(value)} is not text ({key_type})")
+    if len(value) > MAX_TEXT_KEY:
+        raise DataError(f"{key} {shown(value)} is longer than {MAX_TEXT_KEY} characters")
+    if not value.isprintable():
+        raise DataError(f"{key} {shown(value)} holds control characters or undecodable bytes")
+    return value
 
 
 _ACCEPTS: dict[str, Callable[[object], bool]] = {

@@ -28,8 +28,9 @@ import pandas as pd
 from scipy import sparse
 from sklearn.compose import ColumnTransformer
 
-from feature_assets.errors import ConfigError, DataError, FeatureStoreError, OnlineStoreError
+from feature_assets.errors import ConfigError, DataError, FeatureStoreError, OnlineStoreError, shown
 from feature_assets.registry import Feature, FeatureSet, FeatureView
+from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.reads import MISSING, RECHECK_SECONDS, FeatureReader
 from feature_assets.serving.served_log import ServedLog
@@ -44,6 +45,7 @@ __all__ = [
     "feature_matrix",
     "schema_version",
 ]
+
 
 def deadline_from_env(environ: Mapping[str, str] = os.environ) -> float:
     """FEATURE_STORE_PREDICT_DEADLINE_MS in seconds: the most one prediction may take, reads included."""
@@ -69,8 +71,9 @@ def schema_version(features: Sequence[Mapping[str, str]]) -> str:
 class ModelCard:
     """Everything serving must know about a model version, as stored in card.json.
 
-    views: per view read, in order: name, entity, entity_key, timestamp, online_ttl_hours, and derived_from
-    ([view, feature] whose online value is the entity key, or null when the caller passes it).
+    views: per view read, in order: name, entity, entity_key, key_data_type (absent in cards written before it was
+    recorded), timestamp, online_ttl_hours, and derived_from ([view, feature] whose online value is the entity key,
+    or null when the caller passes it).
     features: ordered, each with its view, name, dtype and definition_checksum.
     """
 
@@ -94,6 +97,7 @@ class ModelCard:
                 "name": read.view.name,
                 "entity": read.view.entity,
                 "entity_key": read.view.entity_key,
+                "key_data_type": read.view.key_data_type,
                 "timestamp": read.view.timestamp,
                 "online_ttl_hours": read.view.online_ttl / timedelta(hours=1),
                 "derived_from": list(read.derived_from) if read.derived_from else None,
@@ -463,11 +467,16 @@ def _keys(card: ModelCard, entity: Any) -> dict[str, Any]:
     missing = [key for key in caller if keys.get(key) is None]
     if missing:
         raise DataError(f"model {card.model} needs {', '.join(missing)} (its entity keys: {', '.join(caller)})")
-    known = {view["entity_key"] for view in card.views}
-    unknown = [key for key in keys if key not in known]
+    key_types = _key_types(card)
+    unknown = [key for key in keys if key not in key_types]
     if unknown:
-        raise DataError(f"model {card.model} reads no view keyed by {', '.join(unknown)}; its keys: {', '.join(sorted(known))}")
-    return keys
+        known = ", ".join(sorted(key_types))
+        raise DataError(f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}")
+    return {key: parse_entity_id(value, key_types[key], key) for key, value in keys.items()}
+
+
+def _key_types(card: ModelCard) -> dict[str, str | None]:
+    return {view["entity_key"]: view.get("key_data_type") for view in card.views}
 
 
 def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
@@ -481,7 +490,12 @@ def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
     absent = [key for key in caller if key not in frame.columns]
     if absent:
         raise DataError(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
-    return frame.astype(object).where(frame.notna(), None)
+    frame = frame.astype(object).where(frame.notna(), None)
+    key_types = _key_types(card)
+    for key in frame.columns.intersection(list(key_types)):
+        parsed = [parse_entity_id(value, key_types[key], key) for value in frame[key].tolist()]
+        frame[key] = pd.Series(parsed, index=frame.index, dtype=object)
+    return frame
 
 
 def _describe(keys: Mapping[str, Any]) -> str:

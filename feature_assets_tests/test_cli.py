@@ -1,0 +1,214 @@
+"""The command line at its edges: whatever a user types or whatever fails, the answer is a result or one line
+`featurestore: <what and why>` with a non-zero exit, never a traceback."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from feature_assets.cli import main
+from feature_assets.errors import DataError
+from feature_assets.online_sync import sync_online_store
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
+from feature_assets.serving import SqliteOnlineStore
+from feature_assets.serving.models import ModelStore, Predictor
+
+REGISTRY = load_registry(dbt_project.manifest_path)
+FEATURESTORE = Path(sys.executable).with_name("featurestore")
+
+
+@pytest.fixture(scope="module")
+def store(trained) -> tuple[Path, list[int]]:
+    """The trained folder as a FEATURE_STORE_HOME (models/, warehouse.duckdb) with its SQLite online store synced;
+    and a few users of the latest snapshot."""
+    warehouse, root = trained
+    home = root.parent
+    with SqliteOnlineStore(home / "online.sqlite") as online:
+        for view in REGISTRY.views.values():
+            sync_online_store(warehouse, online, view, full_resync=True)
+    latest = warehouse.query(
+        "select user_id from user_features where computed_at = (select max(computed_at) from user_features) order by user_id limit 3"
+    )
+    return home, [int(user) for user in latest["user_id"]]
+
+
+@pytest.fixture
+def home(store, monkeypatch) -> Path:
+    home, _ = store
+    monkeypatch.setenv("FEATURE_STORE_HOME", str(home))
+    for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE", "FEATURE_STORE_DEMO_DATA", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, err: str, *expected: str) -> str:
+    assert code != 0 and "Traceback" not in err
+    [line] = err.splitlines()
+    assert line.startswith("featurestore: ") and len(line) < 600, line
+    for part in expected:
+        assert part in line
+    return line
+
+
+@pytest.fixture
+def warehouse_held_by_another_process(home):
+    """A process holding the DuckDB warehouse's lock, as a refresh does while it runs."""
+    code = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(home / "warehouse.duckdb")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_ids_parse_strictly_as_the_registry_types_each_key(home, store, capsys):
+    _, users = store
+    long = "7" * 5_000
+    for argv, expected in [
+        (["get", "user_features", "١٢٣"], "user_id '١٢٣' is not a bigint"),
+        (["get", "user_features", "１２３"], "user_id '１２３' is not a bigint"),
+        (["get", "user_features", "²"], "user_id '²' is not a bigint"),
+        (["get", "user_features", "--", "--5"], "user_id '--5' is not a bigint"),
+        (["get", "user_features", long], f"user_id '{long[:39]}... is outside the range of a bigint"),
+        (["get", "user_features", "9223372036854775808"], "is outside the range of a bigint"),
+        (["get", "country_features", "\udcff\udcfe"], "country_code '\\udcff\\udcfe' holds control characters or undecodable bytes"),
+        (["get", "country_features", "D" * 100_000], "is longer than 256 characters"),
+        (["predict", "churn", str(users[0]), "１２３"], "user_id '１２３' is not a bigint"),
+        (["predict", "churn", str(users[0]), "--key", "country_code=\x1b[31m"], "country_code '\\x1b[31m' holds control characters"),
+    ]:
+        line = assert_one_line(*run(argv, capsys)[::2], expected)
+        assert len(line) < 300, "the bad value is echoed cut short"
+    # A negative id is a valid bigint: it is looked up, and is not there.
+    assert_one_line(*run(["get", "user_features", "-5"], capsys)[::2], "user_id -5 is not in the online store")
+    code, out, _ = run(["get", "user_features", str(users[0])], capsys)
+    assert code == 0 and f"user_id {users[0]}" in out
+
+
+def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
+    _, users = store
+    predictor = Predictor(SqliteOnlineStore(home / "online.sqlite"), ModelStore(home / "models"))
+    assert predictor.predict_one("churn_model", str(users[0])).score == predictor.predict_one("churn_model", users[0]).score
+    for bad in ("١٢٣", 2**63, True, "1.0"):
+        with pytest.raises(DataError, match="user_id .* (is not a bigint|is outside the range)"):
+            predictor.predict_one("churn_model", bad)
+    with pytest.raises(DataError, match="user_id '１２３' is not a bigint"):
+        predictor.predict("churn_model", [users[0], "１２３"])
+
+
+def test_undecodable_bytes_on_the_command_line_are_one_line(home):
+    run = subprocess.run([FEATURESTORE, b"get", b"country_features", b"\xff\xfeDE"], capture_output=True, timeout=300)
+    err = run.stderr.decode("utf-8", "backslashreplace")
+    assert_one_line(run.returncode, err, "country_code '\\udcff\\udcfeDE' holds control characters or undecodable bytes")
+
+
+def test_skew_with_an_unreachable_postgres_is_one_line_without_the_password(home, monkeypatch, capsys):
+    monkeypatch.setenv("FEATURE_STORE_ENV", "prod")
+    monkeypatch.setenv("FEATURE_STORE_ONLINE", "sqlite")
+    monkeypatch.setenv("FEATURE_STORE_POSTGRES_URL", "postgresql://nobody:s3cret@127.0.0.1:1/features")
+    line = assert_one_line(*run(["skew"], capsys)[::2], "cannot connect to the PostgreSQL warehouse", "Connection refused")
+    assert "s3cret" not in line
+
+
+def test_skew_during_a_refresh_says_the_warehouse_is_held(home, warehouse_held_by_another_process, capsys):
+    assert_one_line(*run(["skew"], capsys)[::2], "cannot open the DuckDB warehouse", "Could not set lock")
+
+
+def test_a_failed_dbt_build_says_why_and_points_to_a_log_that_exists(home, warehouse_held_by_another_process):
+    # A process of its own: the definitions resolve FEATURE_STORE_HOME when imported, and this one imported them already.
+    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30T00:00", "--end", "2026-03-31T00:00"]
+    backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    line = assert_one_line(backfill.returncode, backfill.stderr, "the backfill failed: dbt_feature_models: dbt build exited with code")
+    assert "Could not set lock" in line
+    log = Path(line.rsplit("dbt's log: ", 1)[1].rstrip(")"))
+    assert log.is_file()
+    shutil.rmtree(log.parent)
+
+
+RUN_ON_FIRST_OPEN = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+from feature_assets.cli import dagster_instance
+from feature_assets.settings import Settings
+
+@dg.op
+def one():
+    return 1
+
+@dg.job
+def job():
+    one()
+
+while not Path(sys.argv[1]).exists():  # every process imported: start together
+    time.sleep(0.001)
+print(job.execute_in_process(instance=dagster_instance(Settings.from_env())).success)
+"""
+
+
+def test_first_commands_started_together_on_a_fresh_home_all_keep_their_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"FEATURE_STORE_HOME": str(tmp_path / "home")}
+    go = tmp_path / "go"
+    commands = [
+        subprocess.Popen([sys.executable, "-c", RUN_ON_FIRST_OPEN, str(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    try:
+        go.touch()  # imports take seconds; waiting processes poll the file
+        results = [command.communicate(timeout=300) for command in commands]
+    finally:
+        for command in commands:
+            command.kill()
+    for command, (out, err) in zip(commands, results):
+        assert command.returncode == 0 and out.strip() == "True", err[-2000:]
+    os.environ["DAGSTER_HOME"] = str(tmp_path / "home" / "dagster")
+    try:
+        with dg.DagsterInstance.get() as instance:  # its schema record intact: it opens, and holds every run
+            assert len(instance.get_runs()) == 3
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+# What a new user might type. Commands that run the pipeline (demo, refresh, train, sync, ...) are left out: they
+# take seconds each, and their failures are reported through one path (_execute), tested above.
+ids = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.text(max_size=30),
+    st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), min_size=1, max_size=3),  # undecodable bytes
+    st.sampled_from(["1", "-1", "DE", "US", "١٢٣", "１２３", "²", "--5", "0x10", "1e3", " 7", "7 ", "\t"]),
+)
+names = st.one_of(st.sampled_from(["user_features", "country_features", "churn", "ltv", "churn_model"]), st.text(max_size=20))
+arguments = st.one_of(
+    st.tuples(st.just("get"), names, ids).map(list),
+    st.tuples(st.just("get"), names, ids, st.just("--json")).map(list),
+    st.builds(lambda model, first, more: ["predict", model, first, *more], names, ids, st.lists(ids, max_size=3)),
+    st.builds(lambda first, name, value: ["predict", "churn", first, "--key", f"{name}={value}"], ids, names, ids),
+    st.builds(lambda view, flag: ["skew", "--view", view, *flag], names, st.sampled_from([[], ["--json"]])),
+    st.lists(st.text(max_size=12), max_size=4).filter(lambda argv: not argv or argv[0] not in {"demo", "refresh", "backfill", "train", "sync", "inject-drift", "dev", "skew"}),
+)
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=arguments)
+def test_any_arguments_give_an_answer_or_one_line_never_a_traceback(home, capsys, argv):
+    code, out, err = run(argv, capsys)
+    if code == 0:
+        assert out and not err, (argv, err)
+    else:
+        assert_one_line(code, err)
