@@ -73,7 +73,9 @@ def _execute(
     result = job.execute_in_process(run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False)
     failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
     if not result.success and not (tolerate_failed_checks and failed_checks):
-        causes = [_root_cause(e) for e in result.all_events if e.is_step_failure]
+        # A failed check says what it found (the parity check names the entities); a step failure says why it stopped.
+        causes = [f"{c.asset_key.to_user_string()} {c.check_name}: {c.description}" for c in failed_checks if c.description]
+        causes += [_root_cause(e) for e in result.all_events if e.is_step_failure and not causes]
         raise FeatureStoreError(f"the {what} failed: " + "; ".join(causes or [result.failure_data.error.message]))
     return result
 

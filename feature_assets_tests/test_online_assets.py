@@ -182,6 +182,37 @@ def test_a_user_only_the_online_store_holds_fails_parity_and_the_repair_deletes_
     assert not redis_client.exists("features:user:987654321")
 
 
+def test_featurestore_sync_names_the_users_a_failed_parity_check_found_and_the_next_sync_repairs_them(built):
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATURE_STORE_", "DAGSTER_"))}
+    env["FEATURE_STORE_HOME"] = str(built.home)
+
+    def sync() -> subprocess.CompletedProcess:
+        command = [Path(sys.executable).with_name("featurestore"), "sync"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+    assert sync().returncode == 0
+    user = int(offline_latest(built.warehouse)["user_id"].iloc[2])
+    with sqlite3.connect(built.home / "online.sqlite") as con:
+        con.execute("update online_user_features set plan = 'platinum' where entity_id = ?", (str(user),))
+
+    failed = sync()
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith("featurestore: the online sync failed")
+    assert f"user_id {user}" in error and "a full sync repairs them" in error
+
+    repaired = sync()
+    assert repaired.returncode == 0 and "user_features_online (sqlite" in repaired.stdout and "full sync" in repaired.stdout
+    with sqlite3.connect(built.home / "online.sqlite") as con:
+        assert con.execute("select plan from online_user_features where entity_id = ?", (str(user),)).fetchone()[0] != "platinum"
+
+
 def test_a_failed_parity_check_makes_the_automation_request_the_repair_sync_once():
     none = dg.ResourceDefinition.none_resource()
     defs = dg.Definitions(
