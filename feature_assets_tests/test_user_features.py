@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ANCHOR, materialize, read_features, write_raw
+from feature_assets.as_of import current_hour
 from feature_assets.demo_data import DemoDataSpec, generate
 from reference_features import reference_features
 
@@ -185,11 +186,26 @@ def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_wa
         assert not duckdb_warehouse.table_exists(con, "user_features")
 
 
-def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(raw_frames, duckdb_warehouse, tmp_path):
-    """The history stays bounded: the retention windows (dbt vars) shortened to 1 and 3 days."""
+def _build_user_features(warehouse, variables: dict, tmp_path) -> None:
     from feature_assets.definitions import _dbt_executable
     from feature_assets.project import dbt_project
 
+    project = str(dbt_project.project_dir)
+    subprocess.run(
+        [_dbt_executable(), "build", "--select", "+user_features", "--vars", json.dumps(variables), "--quiet",
+         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
+        env={**os.environ, **warehouse.dbt_env()},
+        check=True,
+        capture_output=True,
+    )
+
+
+def _snapshot_times(warehouse) -> list:
+    return sorted(pd.Timestamp(t).to_pydatetime() for t in read_features(warehouse)["computed_at"].unique())
+
+
+def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(raw_frames, duckdb_warehouse, tmp_path):
+    """The history stays bounded: the retention windows (dbt vars) shortened to 1 and 3 days."""
     write_raw(duckdb_warehouse, raw_frames)
     variables = {
         "as_of_start": str(ANCHOR - 5 * DAY),
@@ -198,16 +214,32 @@ def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(r
         "hourly_snapshot_retention_days": 1,
         "snapshot_retention_days": 3,
     }
-    project = str(dbt_project.project_dir)
-    subprocess.run(
-        [_dbt_executable(), "build", "--select", "+user_features", "--vars", json.dumps(variables), "--quiet",
-         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
-        env={**os.environ, **duckdb_warehouse.dbt_env()},
-        check=True,
-        capture_output=True,
-    )
-    kept = sorted(pd.Timestamp(t).to_pydatetime() for t in read_features(duckdb_warehouse)["computed_at"].unique())
+    _build_user_features(duckdb_warehouse, variables, tmp_path)
+    kept = _snapshot_times(duckdb_warehouse)
     hour = timedelta(hours=1)
     daily = [ANCHOR - 3 * DAY, ANCHOR - 2 * DAY]  # older than a day: the first snapshot of each day
     recent = [ANCHOR - DAY + k * 6 * hour for k in range(5)]  # the last day: every snapshot
     assert kept == daily + recent
+
+
+def test_a_snapshot_stamped_in_the_future_does_not_thin_the_real_history(raw_frames, duckdb_warehouse, tmp_path):
+    """Retention counts from the newest snapshot, but never from one after the current hour (as a warehouse
+    refreshed `--as-of` a future time holds): the last days' snapshots stay, every one of them."""
+    write_raw(duckdb_warehouse, raw_frames)
+    now = current_hour()
+    recent = {"as_of_start": str(now - 2 * DAY), "as_of_end": str(now), "cadence_hours": 6}
+    _build_user_features(duckdb_warehouse, recent, tmp_path)
+    history = _snapshot_times(duckdb_warehouse)
+    assert len(history) == 9
+    future = now + 180 * DAY  # more than hourly_snapshot_retention_days (14) ahead
+    with duckdb_warehouse.connect() as con:
+        duckdb_warehouse.execute(
+            con,
+            "insert into user_features select user_id, cast(? as timestamp), age, country, plan, events_30d, avg_order_30d "
+            "from user_features where computed_at = ?",
+            [future, now],
+        )
+
+    _build_user_features(duckdb_warehouse, {"as_of_end": str(now)}, tmp_path)
+
+    assert _snapshot_times(duckdb_warehouse) == [*history, future]
