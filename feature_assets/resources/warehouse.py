@@ -27,11 +27,16 @@ class Warehouse(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
-        """A DB-API connection with the schema selected; commits on success, rolls back on error."""
+        """A DB-API connection in UTC with the schema selected; commits on success, rolls back on error.
+
+        UTC, whatever the server's or machine's zone: naive times written or read here are UTC, as the dbt models
+        compute them; in another zone a timestamptz column would take or give wall times of that zone.
+        """
         schema = validate_identifier(self.schema_name, "warehouse schema")
         if self.kind == "duckdb":
             con = duckdb.connect(self.duckdb_path)
             try:
+                con.execute("set timezone = 'UTC'")
                 con.execute("begin")
                 yield con
                 con.execute("commit")
@@ -42,6 +47,7 @@ class Warehouse(dg.ConfigurableResource):
                 con.close()
         else:
             with psycopg.connect(self.postgres_url) as con:
+                con.execute("set timezone = 'UTC'")
                 con.execute(f"create schema if not exists {schema}")
                 con.execute(f"set search_path to {schema}")
                 yield con
