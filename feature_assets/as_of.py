@@ -12,7 +12,12 @@ def current_hour() -> datetime:
 
 
 def parse_hour(value: str, what: str) -> datetime:
-    """Parses an ISO time that must be an hour boundary; a timezone, if given, is converted to UTC."""
+    """Parses an ISO time that must be an hour boundary, not after the current hour; a timezone, if given, is
+    converted to UTC.
+
+    A future snapshot would see no facts yet (ages advanced, windows empty), and as the newest snapshot it
+    would drive retention and the sync watermark: the real history would be thinned and later hours skipped.
+    """
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -21,6 +26,9 @@ def parse_hour(value: str, what: str) -> datetime:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     if parsed != parsed.replace(minute=0, second=0, microsecond=0):
         raise ConfigError(f"{what} {value!r} is not an hour boundary (minutes and seconds must be 0)")
+    now = current_hour()
+    if parsed > now:
+        raise ConfigError(f"{what} {value!r} is after the current hour {format_hour(now)} (UTC): the future has no facts yet")
     return parsed
 
 

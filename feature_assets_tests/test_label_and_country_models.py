@@ -19,6 +19,7 @@ from conftest import ANCHOR, materialize, write_raw
 from feature_assets.resources.warehouse import Warehouse
 
 DAY, HOUR, WEEK = timedelta(days=1), timedelta(hours=1), timedelta(days=7)
+LATE_ARRIVAL = 3 * DAY  # the dbt var late_arrival_days: raw rows arrive at most this late
 RAW = {"users": 300, "days": 150, "anchor": ANCHOR.isoformat()}
 AS_OF = {"as_of_start": (ANCHOR - 149 * DAY).isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24}
 ENGINES = ("duckdb", "postgres")
@@ -41,6 +42,7 @@ TABLES = {
 }
 # Every demo user has a country from signup on; these do not: one never, one only once a late change is loaded.
 NO_COUNTRY_USER, LATE_COUNTRY_USER = 900_001, 900_002
+LATE_USER = 900_003  # only in the test of labels under later loads
 SOURCES = ("raw_users", "raw_profile_changes", "raw_events", "raw_orders", "user_features")
 
 
@@ -125,9 +127,10 @@ def _by_user(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
 def _reference_labels(raw: dict[str, list[dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
     """The label rows restated from their definition, one user and one label time at a time."""
     window = {"churn": 30 * DAY, "ltv": 90 * DAY}[kind]
-    created = [event["created_at"] for event in raw["raw_events"]]
-    first_event, last_event = min(created), max(created)
-    last_day = datetime(last_event.year, last_event.month, last_event.day)
+    first_event = min(event["created_at"] for event in raw["raw_events"])
+    # Every outcome row created before this has been loaded; a label's window must end by then.
+    observed_until = max(row["loaded_at"] for row in raw["raw_events" if kind == "churn" else "raw_orders"]) - LATE_ARRIVAL
+    last_day = datetime(observed_until.year, observed_until.month, observed_until.day)
     week_ends = [last_day - window - k * WEEK for k in range(1001)]
     week_ends = [week_end for week_end in week_ends if week_end >= first_event + 30 * DAY]
     events, orders, changes = (_by_user(raw[t]) for t in ("raw_events", "raw_orders", "raw_profile_changes"))
@@ -231,3 +234,50 @@ def test_country_features_equal_the_aggregation_of_user_features_per_country_and
 @pytest.mark.parametrize("table", list(TABLES))
 def test_duckdb_and_postgres_produce_the_same_rows(builds, table):
     _assert_same_rows(table, builds["postgres"][table], builds["duckdb"][table])
+
+
+def _late_user_rows(late_at: datetime) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """A user active long ago, then once more at late_at with an event and an order that arrive a day after
+    ANCHOR: the rows loaded by ANCHOR, and the late ones."""
+    signup = ANCHOR - 120 * DAY
+    early = {
+        "raw_users": pd.DataFrame({"user_id": [LATE_USER], "birthdate": pd.to_datetime(["1990-01-01"]), "signup_at": [signup], "loaded_at": [signup]}),
+        "raw_profile_changes": pd.DataFrame(
+            {"user_id": [LATE_USER], "changed_at": [signup], "country": ["FR"], "plan": ["pro"], "loaded_at": [signup]}
+        ),
+        "raw_events": pd.DataFrame(
+            {"event_id": [10**15 + 3], "user_id": [LATE_USER], "event_type": ["search"], "created_at": [signup], "loaded_at": [signup]}
+        ),
+    }
+    late = {
+        "raw_events": pd.DataFrame(
+            {"event_id": [10**15 + 4], "user_id": [LATE_USER], "event_type": ["search"], "created_at": [late_at], "loaded_at": [ANCHOR + DAY]}
+        ),
+        "raw_orders": pd.DataFrame(
+            {"order_id": [10**15 + 1], "user_id": [LATE_USER], "amount": [50.0], "created_at": [late_at], "loaded_at": [ANCHOR + DAY]}
+        ),
+    }
+    return early, late
+
+
+def test_labels_once_taken_do_not_change_when_later_rows_arrive(tmp_path):
+    """A label is taken only once every row of its outcome window has been loaded (rows arrive up to 3 days
+    late), so a week of further loads adds label times but changes none: the newest labels, the validation
+    rows, are as honest as the oldest. The late user's event and order fall just inside the outcome windows
+    that end on the day of the newest event loaded by ANCHOR."""
+    warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    early, late = _late_user_rows(ANCHOR - DAY - (LATE_USER % 168) * HOUR - HOUR)
+    taken = []
+    for anchor, rows in ((ANCHOR, early), (ANCHOR + WEEK, late)):
+        assert materialize(warehouse, raw={**RAW, "anchor": anchor.isoformat()}).success
+        write_raw(warehouse, rows)
+        assert materialize(warehouse, as_of={"as_of_end": anchor.isoformat()}).success
+        taken.append({table: warehouse.query(f"select * from {table}") for table in ("churn_labels", "ltv_labels")})
+    for table in ("churn_labels", "ltv_labels"):
+        columns, grain = TABLES[table]
+        then, later = taken[0][table], taken[1][table]
+        assert len(later) > len(then) > 0, table
+        kept = then.merge(later, on=list(grain), how="left", suffixes=("", "_later"))
+        for column in set(columns) - set(grain):
+            changed = kept[kept[column].ne(kept[f"{column}_later"]) & ~(kept[column].isna() & kept[f"{column}_later"].isna())]
+            assert changed.empty, (table, column, changed)

@@ -4,13 +4,20 @@ import json
 import math
 import os
 import subprocess
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pandas as pd
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from conftest import ANCHOR, materialize, read_features, write_raw
+from feature_assets.as_of import current_hour
+from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.demo_data import DemoDataSpec, generate
+from feature_assets.resources.warehouse import Warehouse
 from reference_features import reference_features
 
 DAY = timedelta(days=1)
@@ -78,8 +85,6 @@ def raw_frames() -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def duckdb_features(raw_frames, tmp_path_factory):
-    from feature_assets.resources.warehouse import Warehouse
-
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("pit") / "w.duckdb"))
     write_raw(warehouse, raw_frames)
     result = materialize(warehouse, as_of=AS_OF)
@@ -139,9 +144,48 @@ def test_postgres_builds_the_same_features_as_duckdb(duckdb_features, raw_frames
     ]
 
 
-def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frames, tmp_path):
-    from feature_assets.resources.warehouse import Warehouse
+@pytest.fixture
+def new_york_postgres(postgres_url) -> Iterator[Warehouse]:
+    """A PostgreSQL whose sessions start in America/New_York, as on a server configured so: a role of its own
+    with that time zone, and a schema of its own; both dropped afterwards."""
+    role, schema = f"fs_test_ny_{uuid.uuid4().hex[:8]}", f"fs_test_{uuid.uuid4().hex[:10]}"
+    database = conninfo_to_dict(postgres_url)["dbname"]
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute(f"create role {role} login")
+        con.execute(f"alter role {role} set timezone = 'America/New_York'")
+        con.execute(f"grant create on database {database} to {role}")
+    try:
+        yield Warehouse(kind="postgres", postgres_url=make_conninfo(postgres_url, user=role), schema_name=schema)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as con:
+            con.execute(f"drop schema if exists {schema} cascade")
+            con.execute(f"drop owned by {role}")
+            con.execute(f"drop role {role}")
 
+
+def test_timestamptz_raw_columns_on_a_server_in_another_time_zone_give_the_same_features(
+    duckdb_features, raw_frames, new_york_postgres
+):
+    """Production raw tables often hold timestamptz, and a server's default zone is rarely UTC; New York's
+    clocks moved on 2026-03-08, inside the history. The raw rows are written as the instants they are."""
+    warehouse = new_york_postgres
+    writer = warehouse.model_copy(update={"postgres_url": make_conninfo(warehouse.postgres_url, options="-c timezone=UTC")})
+    with writer.connect() as con:
+        for table, columns in RAW_COLUMNS.items():
+            types = {column: "timestamptz" if kind == "timestamp" else kind for column, kind in columns.items()}
+            writer.append(con, table, raw_frames[table], types)
+
+    assert materialize(warehouse, as_of=AS_OF).success
+    _assert_same_features(read_features(warehouse), duckdb_features)
+    # The staging views convert explicitly: read in a session of the server's zone, they still give UTC.
+    with psycopg.connect(warehouse.postgres_url) as con:
+        assert con.execute("show timezone").fetchone()[0] == "America/New_York"
+        staged = con.execute(f"select event_id, created_at from {warehouse.schema_name}.stg_app__events").fetchall()
+    events = raw_frames["raw_events"]
+    assert dict(staged) == dict(zip(events["event_id"], events["created_at"].dt.to_pydatetime()))
+
+
+def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frames, tmp_path):
     hours = [ANCHOR - timedelta(hours=h) for h in (2, 1, 0)]
     backfilled = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "backfill.duckdb"))
     hourly = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "hourly.duckdb"))
@@ -187,11 +231,26 @@ def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_wa
         assert not duckdb_warehouse.table_exists(con, "user_features")
 
 
-def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(raw_frames, duckdb_warehouse, tmp_path):
-    """The history stays bounded: the retention windows (dbt vars) shortened to 1 and 3 days."""
+def _build_user_features(warehouse, variables: dict, tmp_path) -> None:
     from feature_assets.definitions import _dbt_executable
     from feature_assets.project import dbt_project
 
+    project = str(dbt_project.project_dir)
+    subprocess.run(
+        [_dbt_executable(), "build", "--select", "+user_features", "--vars", json.dumps(variables), "--quiet",
+         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
+        env={**os.environ, **warehouse.dbt_env()},
+        check=True,
+        capture_output=True,
+    )
+
+
+def _snapshot_times(warehouse) -> list:
+    return sorted(pd.Timestamp(t).to_pydatetime() for t in read_features(warehouse)["computed_at"].unique())
+
+
+def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(raw_frames, duckdb_warehouse, tmp_path):
+    """The history stays bounded: the retention windows (dbt vars) shortened to 1 and 3 days."""
     write_raw(duckdb_warehouse, raw_frames)
     variables = {
         "as_of_start": str(ANCHOR - 5 * DAY),
@@ -200,16 +259,32 @@ def test_old_snapshots_are_thinned_to_one_a_day_and_dropped_past_the_retention(r
         "hourly_snapshot_retention_days": 1,
         "snapshot_retention_days": 3,
     }
-    project = str(dbt_project.project_dir)
-    subprocess.run(
-        [_dbt_executable(), "build", "--select", "+user_features", "--vars", json.dumps(variables), "--quiet",
-         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
-        env={**os.environ, **duckdb_warehouse.dbt_env()},
-        check=True,
-        capture_output=True,
-    )
-    kept = sorted(pd.Timestamp(t).to_pydatetime() for t in read_features(duckdb_warehouse)["computed_at"].unique())
+    _build_user_features(duckdb_warehouse, variables, tmp_path)
+    kept = _snapshot_times(duckdb_warehouse)
     hour = timedelta(hours=1)
     daily = [ANCHOR - 3 * DAY, ANCHOR - 2 * DAY]  # older than a day: the first snapshot of each day
     recent = [ANCHOR - DAY + k * 6 * hour for k in range(5)]  # the last day: every snapshot
     assert kept == daily + recent
+
+
+def test_a_snapshot_stamped_in_the_future_does_not_thin_the_real_history(raw_frames, duckdb_warehouse, tmp_path):
+    """Retention counts from the newest snapshot, but never from one after the current hour (as a warehouse
+    refreshed `--as-of` a future time holds): the last days' snapshots stay, every one of them."""
+    write_raw(duckdb_warehouse, raw_frames)
+    now = current_hour()
+    recent = {"as_of_start": str(now - 2 * DAY), "as_of_end": str(now), "cadence_hours": 6}
+    _build_user_features(duckdb_warehouse, recent, tmp_path)
+    history = _snapshot_times(duckdb_warehouse)
+    assert len(history) == 9
+    future = now + 180 * DAY  # more than hourly_snapshot_retention_days (14) ahead
+    with duckdb_warehouse.connect() as con:
+        duckdb_warehouse.execute(
+            con,
+            "insert into user_features select user_id, cast(? as timestamp), age, country, plan, events_30d, avg_order_30d "
+            "from user_features where computed_at = ?",
+            [future, now],
+        )
+
+    _build_user_features(duckdb_warehouse, {"as_of_end": str(now)}, tmp_path)
+
+    assert _snapshot_times(duckdb_warehouse) == [*history, future]

@@ -1,15 +1,21 @@
 {#-
   The snapshot times to compute: hour boundaries from var('as_of_start') to var('as_of_end')
   every var('cadence_hours'). Without vars, the current UTC hour. Values are validated here
-  because they are spliced into SQL.
+  because they are spliced into SQL, and refused after the current hour: a future snapshot sees
+  no facts yet, and as the newest snapshot it would drive the thinning of the real history.
 -#}
 {% macro as_of_times() %}
-    {%- set end = var('as_of_end', none) or modules.datetime.datetime.utcnow().strftime('%Y-%m-%d %H:00:00') -%}
+    {%- set now = current_utc_hour() -%}
+    {%- set end = var('as_of_end', none) or now -%}
     {%- set start = var('as_of_start', none) or end -%}
     {%- set cadence = var('cadence_hours', 1) -%}
     {%- for value in [start, end] -%}
         {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:00(:00)?', value | string) -%}
             {{ exceptions.raise_compiler_error("as-of time '" ~ value ~ "' is not an hour boundary like 2026-01-31 13:00:00") }}
+        {%- endif -%}
+        {#- Both are 'YYYY-MM-DD HH' once the separator is a space, so the strings compare as the times do. -#}
+        {%- if (value | string)[:13] | replace('T', ' ') > now[:13] -%}
+            {{ exceptions.raise_compiler_error("as-of time '" ~ value ~ "' is after the current hour " ~ now ~ " (UTC): the future has no facts yet") }}
         {%- endif -%}
     {%- endfor -%}
     {%- if not (cadence | string).isdigit() or cadence | int < 1 -%}
@@ -21,4 +27,8 @@
         cast('{{ end }}' as timestamp),
         cast('{{ cadence | int }} hours' as interval)
     ) as series (computed_at)
+{% endmacro %}
+
+{% macro current_utc_hour() %}
+    {{- return(modules.datetime.datetime.now(modules.pytz.utc).strftime('%Y-%m-%d %H:00:00')) -}}
 {% endmacro %}

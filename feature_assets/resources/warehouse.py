@@ -39,7 +39,11 @@ class Warehouse(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
-        """A DB-API connection with the schema selected; commits on success, rolls back on error."""
+        """A DB-API connection in UTC with the schema selected; commits on success, rolls back on error.
+
+        UTC, whatever the server's or machine's zone: naive times written or read here are UTC, as the dbt models
+        compute them; in another zone a timestamptz column would take or give wall times of that zone.
+        """
         schema = validate_identifier(self.schema_name, "warehouse schema")
         if self.kind == "duckdb":
             try:
@@ -48,6 +52,7 @@ class Warehouse(dg.ConfigurableResource):
                 # Typically the file's lock, held by a refresh, a sync or the UI: DuckDB admits one writing process.
                 raise WarehouseError(f"cannot open the DuckDB warehouse: {_first_line(error)}") from None
             try:
+                con.execute("set timezone = 'UTC'")
                 con.execute("begin")
                 yield con
                 con.execute("commit")
@@ -68,7 +73,7 @@ class Warehouse(dg.ConfigurableResource):
             return psycopg.connect(
                 self.postgres_url,
                 connect_timeout=int(parts.get("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)),
-                options=f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
+                options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
             )
         except psycopg.ProgrammingError:
             # libpq's parse errors may quote the URL, password included.

@@ -1,8 +1,8 @@
 {#-
   One label per user and week: churned when the user has no event in the 30 days from label_time.
   Label times are weekly, shifted by (user_id mod 168) hours so they spread over every hour of the
-  week; the first ones leave a month of history for the features, the last ones end a full outcome
-  window before the day of the newest event, so every outcome is observed. Every user signed up
+  week; the first ones leave a month of history for the features, the last ones have their whole
+  outcome window loaded (weekly_label_times), so no late event is missing. Every user signed up
   before label_time gets a label, not only active ones: serving scores the whole online store.
 -#}
 
@@ -21,7 +21,7 @@ events as (
 ),
 
 labelled as (
-    {{ weekly_label_times('users', 'events', '30 days') }}
+    {{ weekly_label_times('users', 'events', 'events', '30 days') }}
 ),
 
 outcomes as (

@@ -2,7 +2,7 @@
   One label per user and week: revenue_90d, the sum of the user's orders in the 90 days from
   label_time (0 without orders). Label times follow churn_labels' rule with a 90-day outcome
   window: weekly, shifted by (user_id mod 168) hours, a month after the first event at the
-  earliest and a full window before the day of the newest event at the latest.
+  earliest, and at the latest with the whole window's orders loaded.
 -#}
 
 with
@@ -20,7 +20,7 @@ orders as (
 ),
 
 labelled as (
-    {{ weekly_label_times('users', 'events', '90 days') }}
+    {{ weekly_label_times('users', 'events', 'orders', '90 days') }}
 ),
 
 outcomes as (

@@ -9,8 +9,8 @@ renamed as (
         cast(event_id as bigint) as event_id,
         cast(user_id as bigint) as user_id,
         cast(event_type as varchar) as event_type,
-        cast(created_at as timestamp) as created_at,
-        cast(loaded_at as timestamp) as loaded_at
+        {{ utc_timestamp(source('app', 'raw_events'), 'created_at') }} as created_at,
+        {{ utc_timestamp(source('app', 'raw_events'), 'loaded_at') }} as loaded_at
     from source
 )
 

@@ -9,8 +9,8 @@ renamed as (
         cast(order_id as bigint) as order_id,
         cast(user_id as bigint) as user_id,
         cast(amount as double precision) as amount,
-        cast(created_at as timestamp) as created_at,
-        cast(loaded_at as timestamp) as loaded_at
+        {{ utc_timestamp(source('app', 'raw_orders'), 'created_at') }} as created_at,
+        {{ utc_timestamp(source('app', 'raw_orders'), 'loaded_at') }} as loaded_at
     from source
 )
 

@@ -7,10 +7,10 @@ source as (
 renamed as (
     select
         cast(user_id as bigint) as user_id,
-        cast(changed_at as timestamp) as changed_at,
+        {{ utc_timestamp(source('app', 'raw_profile_changes'), 'changed_at') }} as changed_at,
         cast(country as varchar) as country,
         cast(plan as varchar) as plan,
-        cast(loaded_at as timestamp) as loaded_at
+        {{ utc_timestamp(source('app', 'raw_profile_changes'), 'loaded_at') }} as loaded_at
     from source
 )
 

@@ -8,8 +8,8 @@ renamed as (
     select
         cast(user_id as bigint) as user_id,
         cast(birthdate as date) as birthdate,
-        cast(signup_at as timestamp) as signup_at,
-        cast(loaded_at as timestamp) as loaded_at
+        {{ utc_timestamp(source('app', 'raw_users'), 'signup_at') }} as signup_at,
+        {{ utc_timestamp(source('app', 'raw_users'), 'loaded_at') }} as loaded_at
     from source
 )
 
