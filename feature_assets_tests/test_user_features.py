@@ -6,19 +6,23 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pandas as pd
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import ANCHOR, materialize, read_features, write_raw
+from conftest import materialize, read_features, write_raw
 from feature_assets.as_of import current_hour
 from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.demo_data import DemoDataSpec, generate
 from feature_assets.resources.warehouse import Warehouse
 from reference_features import reference_features
+
+# A fixed anchor in the past: these tests build features and labels but never sync them online, and their
+# edge rows name dates (a leap-day birthday, the 2026 DST change).
+ANCHOR = datetime(2026, 3, 31)
 
 DAY = timedelta(days=1)
 EDGE_T = ANCHOR - 2 * DAY
