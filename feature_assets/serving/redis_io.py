@@ -11,6 +11,7 @@ grouped by node (and, for MULTI/EXEC, by hash slot), and each node's share goes 
 """
 
 import os
+from functools import partial
 from urllib.parse import urlsplit
 from collections.abc import Iterable
 from typing import Any
@@ -180,13 +181,14 @@ def exchange(node: redis.Redis, payload: bytes, replies: int, timeout: float | N
 
 def read(connection, replies: int, timeout: float | None = None) -> list:
     """`replies` replies off a connection, error replies as values."""
-    results = []
-    options = {} if timeout is None else {"timeout": timeout}
+    results: list = []
+    append = results.append
+    receive = connection.read_response if timeout is None else partial(connection.read_response, timeout=timeout)
     for _ in range(replies):
         try:
-            results.append(connection.read_response(**options))
+            append(receive())
         except redis.ResponseError as error:
-            results.append(error)
+            append(error)
     return results
 
 
