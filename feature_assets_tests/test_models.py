@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +65,14 @@ def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     assert [f["definition_checksum"] for f in card.features] == [f.definition_checksum for f in CHURN.features]
     assert 0.5 < card.metrics["auc"] <= 1.0
     assert card.rows["fit"] > card.rows["validation"] > 0
-    assert card.training_window["first_label_time"] < card.training_window["last_label_time"]
+    # Validation is the latest label times; fit label times end one outcome window (30 days) before them.
+    window = {name: datetime.fromisoformat(time) for name, time in card.training_window.items()}
+    assert window["first_label_time"] < window["last_fit_label_time"] < window["first_validation_label_time"] < window["last_label_time"]
+    assert window["first_validation_label_time"] - window["last_fit_label_time"] >= timedelta(days=30)
     ltv = store.card("ltv_model")
     assert ltv.metrics["mae"] < ltv.metrics["mae_of_mean_baseline"]
+    ltv_window = {name: datetime.fromisoformat(time) for name, time in ltv.training_window.items()}
+    assert ltv_window["first_validation_label_time"] - ltv_window["last_fit_label_time"] >= timedelta(days=90)
     on_disk = json.loads((root / "churn_model" / card.version / "card.json").read_text())
     assert on_disk["schema_version"] == card.schema_version
 
