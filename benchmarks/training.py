@@ -58,7 +58,7 @@ LABEL_TIME, TARGET = "label_time", "churned"
 TWO_VIEWS = FeatureSet(
     model="bench_two_views",
     reads=tuple(ViewRead(read.view, read.features) for read in REGISTRY.feature_set("churn_model").reads),
-    labels=LabelTable("", (USER_KEY, COUNTRY_KEY), LABEL_TIME, TARGET, "boolean"),
+    labels=LabelTable("", (USER_KEY, COUNTRY_KEY), LABEL_TIME, TARGET, "boolean", timedelta(days=30)),
     task="classification",
 )
 SINGLE_VIEW = replace(

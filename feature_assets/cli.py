@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="generate demo data, build the feature history and print it")
     demo.add_argument("--users", type=int, default=2000)
-    demo.add_argument("--days", type=int, default=150, help="history; LTV labels need 90 days after a label time")
+    demo.add_argument("--days", type=int, default=300, help="history; LTV needs 90 days of outcome and 90 between fit and validation")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=cmd_demo)
 

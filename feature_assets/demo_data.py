@@ -32,7 +32,11 @@ _HOUR = 3600 * _SEC
 _DAY = 24 * _HOUR
 _YEAR = 365 * _DAY
 
-_PRE_HISTORY_DAYS = 180  # some users exist before the history starts
+# Signups grow by this share a day, from long before the history up to its end: with a steady growth
+# rate the users' tenures, and with them the share of churned and quiet users, are distributed alike at
+# every time (a stable population). Training on old label times then sees what serving sees now; with
+# a constant signup rate, churned users would pile up and recent activity would drift down.
+_SIGNUP_GROWTH = 0.004
 _CHANGE_HORIZON = 3 * _YEAR  # profile changes are drawn up front over this span
 _CHANGES_PER_YEAR = 2.0
 _FADE = 14 * _DAY  # engagement fades linearly to 0 over the days before churn
@@ -175,7 +179,8 @@ def _population(spec: DemoDataSpec) -> _Population:
     """Drawn once per spec (cached: an hourly job would otherwise redraw it every call)."""
     rng = np.random.default_rng([spec.seed, _TAG_USERS])
     n = spec.users
-    signup = rng.integers(-_PRE_HISTORY_DAYS * _DAY, spec.days * _DAY, n)
+    # Times since signup, counted back from the end of the history, are exponential under that growth.
+    signup = spec.days * _DAY - 1 - (rng.exponential(1.0 / _SIGNUP_GROWTH, n) * _DAY).astype(np.int64)
     loaded = signup + rng.integers(_SEC, 300 * _SEC, n, endpoint=True)
     age_days = rng.integers(18 * 365 + 5, 75 * 365, n)  # age at signup within 18..75
     signup_day = (np.datetime64(spec.origin, "us") + signup.astype("m8[us]")).astype("M8[D]")

@@ -3,9 +3,9 @@
 A model is a feature view when its meta has a `feature_view` block (entity, entity_key, timestamp,
 online_ttl_hours, refresh_hours); every other column is a feature whose dtype is the contract's data_type.
 A model is a label table when its meta has a `labels` block (the entity keys it carries, its label time
-column and its target). An ML model is a dbt exposure (type ml) whose meta has a `feature_set` block: its
-label table, its task, the features it reads from each view, and optionally keys that serving derives from
-another view's online feature.
+column, its target, and outcome_hours: how long after the label time the outcome is measured). An ML model
+is a dbt exposure (type ml) whose meta has a `feature_set` block: its label table, its task, the features it
+reads from each view, and optionally keys that serving derives from another view's online feature.
 """
 
 import hashlib
@@ -133,6 +133,7 @@ class LabelTable:
     label_time: str
     target: str
     target_data_type: str
+    outcome_window: timedelta
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,9 @@ def _label_table(node: dict) -> LabelTable:
     name = _snake_case(node["name"], "label table")
     block = node["config"]["meta"]["labels"]
     try:
-        keys, label_time, target = block["entity_keys"], block["label_time"], block["target"]
+        keys, label_time, target, outcome_hours = (
+            block["entity_keys"], block["label_time"], block["target"], block["outcome_hours"]
+        )
     except KeyError as missing:
         raise RegistryError(f"label table {name}: meta.labels needs {missing.args[0]!r}") from None
     if isinstance(keys, str):
@@ -278,7 +281,8 @@ def _label_table(node: dict) -> LabelTable:
     for column in (*keys, label_time, target):
         if column not in columns:
             raise RegistryError(f"label table {name}: column {column!r} named in meta.labels is not declared")
-    return LabelTable(name, tuple(keys), label_time, target, _data_type(columns[target]))
+    outcome_window = _hours({"outcome_hours": outcome_hours}, "outcome_hours", timedelta(0), f"label table {name}")
+    return LabelTable(name, tuple(keys), label_time, target, _data_type(columns[target]), outcome_window)
 
 
 def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:

@@ -177,8 +177,9 @@ def online_store(request, tmp_path):
     store.close()
 
 
-# Training: 1,000 users over 150 days with daily snapshots (enough that PSI noise stays well under the 0.1
-# warning threshold); the dbt build makes the label tables too; both models trained once per module.
+# Training: 1,000 users over 300 days with daily snapshots (enough that PSI noise stays well under the 0.1
+# warning threshold, and that LTV's fit label times end 90 days before its validation ones); the dbt build
+# makes the label tables too; both models trained once per module.
 def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult:
     from feature_assets.assets.models import model_assets
     from feature_assets.assets.training import training_set_assets
@@ -206,10 +207,10 @@ def trained(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("trained")
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
-    start = ANCHOR - timedelta(days=149)
+    start = ANCHOR - timedelta(days=299)
     result = materialize(
         warehouse,
-        raw={"users": 1000, "days": 150, "anchor": ANCHOR.isoformat()},
+        raw={"users": 1000, "days": 300, "anchor": ANCHOR.isoformat()},
         as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24},
     )
     assert result.success

@@ -168,3 +168,20 @@ def test_engaged_users_order_more(long_history):
     top = events_per_user >= events_per_user.quantile(0.75)
     bottom = events_per_user <= events_per_user.quantile(0.25)
     assert orders_per_user[top].mean() > 3 * orders_per_user[bottom].mean()
+
+
+def test_the_share_of_quiet_users_stays_level_over_a_long_history():
+    """Models train on old label times and serve now, so the demo population must not drift: the share of
+    signed-up users without an event, or without an order, in the last 30 days is level over 300 days."""
+    spec = DemoDataSpec(users=3000, days=300, origin=ORIGIN)
+    data = generate(spec, None, ORIGIN + timedelta(days=300))
+    users = data["raw_users"]
+    for table in ("raw_events", "raw_orders"):
+        df = data[table]
+        shares = []
+        for day in range(60, 301, 60):
+            at = pd.Timestamp(ORIGIN + timedelta(days=day))
+            signed_up = users.user_id[users.signup_at < at]
+            recent = df.user_id[(df.created_at >= at - pd.Timedelta(days=30)) & (df.created_at < at)]
+            shares.append(1 - signed_up.isin(recent).mean())
+        assert 0.3 < min(shares) and max(shares) - min(shares) < 0.04, (table, shares)

@@ -240,10 +240,10 @@ def test_duckdb_and_postgres_produce_the_same_rows(builds, table):
     _assert_same_rows(table, builds["postgres"][table], builds["duckdb"][table])
 
 
-def _late_user_rows(late_at: datetime) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+def _late_user_rows(anchor: datetime, late_at: datetime) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """A user active long ago, then once more at late_at with an event and an order that arrive a day after
-    ANCHOR: the rows loaded by ANCHOR, and the late ones."""
-    signup = ANCHOR - 120 * DAY
+    anchor: the rows loaded by anchor, and the late ones."""
+    signup = anchor - 120 * DAY
     early = {
         "raw_users": pd.DataFrame({"user_id": [LATE_USER], "birthdate": pd.to_datetime(["1990-01-01"]), "signup_at": [signup], "loaded_at": [signup]}),
         "raw_profile_changes": pd.DataFrame(
@@ -255,10 +255,10 @@ def _late_user_rows(late_at: datetime) -> tuple[dict[str, pd.DataFrame], dict[st
     }
     late = {
         "raw_events": pd.DataFrame(
-            {"event_id": [10**15 + 4], "user_id": [LATE_USER], "event_type": ["search"], "created_at": [late_at], "loaded_at": [ANCHOR + DAY]}
+            {"event_id": [10**15 + 4], "user_id": [LATE_USER], "event_type": ["search"], "created_at": [late_at], "loaded_at": [anchor + DAY]}
         ),
         "raw_orders": pd.DataFrame(
-            {"order_id": [10**15 + 1], "user_id": [LATE_USER], "amount": [50.0], "created_at": [late_at], "loaded_at": [ANCHOR + DAY]}
+            {"order_id": [10**15 + 1], "user_id": [LATE_USER], "amount": [50.0], "created_at": [late_at], "loaded_at": [anchor + DAY]}
         ),
     }
     return early, late
@@ -268,11 +268,13 @@ def test_labels_once_taken_do_not_change_when_later_rows_arrive(tmp_path):
     """A label is taken only once every row of its outcome window has been loaded (rows arrive up to 3 days
     late), so a week of further loads adds label times but changes none: the newest labels, the validation
     rows, are as honest as the oldest. The late user's event and order fall just inside the outcome windows
-    that end on the day of the newest event loaded by ANCHOR."""
+    that end on the day of the newest event loaded by the first anchor, a week ago (as-of times after the
+    current hour are refused)."""
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"))
-    early, late = _late_user_rows(ANCHOR - DAY - (LATE_USER % 168) * HOUR - HOUR)
+    first = ANCHOR - WEEK
+    early, late = _late_user_rows(first, first - DAY - (LATE_USER % 168) * HOUR - HOUR)
     taken = []
-    for anchor, rows in ((ANCHOR, early), (ANCHOR + WEEK, late)):
+    for anchor, rows in ((first, early), (ANCHOR, late)):
         assert materialize(warehouse, raw={**RAW, "anchor": anchor.isoformat()}).success
         write_raw(warehouse, rows)
         assert materialize(warehouse, as_of={"as_of_end": anchor.isoformat()}).success

@@ -6,18 +6,21 @@ import re
 import shutil
 import subprocess
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import pandas as pd
+
 from conftest import ANCHOR
+from feature_assets.assets.models import train
 from feature_assets.definitions import _dbt_executable
 from feature_assets.errors import DataError, FeatureStoreError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
-from feature_assets.registry import load_registry
+from feature_assets.registry import LABEL_ROW, load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import RedisOnlineStore
 from feature_assets.serving.models import ModelStore, Predictor, SchemaMismatch, feature_matrix
@@ -65,11 +68,56 @@ def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     assert [f["definition_checksum"] for f in card.features] == [f.definition_checksum for f in CHURN.features]
     assert 0.5 < card.metrics["auc"] <= 1.0
     assert card.rows["fit"] > card.rows["validation"] > 0
-    assert card.training_window["first_label_time"] < card.training_window["last_label_time"]
+    # Validation is the latest label times; fit label times end one outcome window (30 days) before them.
+    window = {name: datetime.fromisoformat(time) for name, time in card.training_window.items()}
+    assert window["first_label_time"] < window["last_fit_label_time"] < window["first_validation_label_time"] < window["last_label_time"]
+    assert window["first_validation_label_time"] - window["last_fit_label_time"] >= timedelta(days=30)
     ltv = store.card("ltv_model")
     assert ltv.metrics["mae"] < ltv.metrics["mae_of_mean_baseline"]
+    ltv_window = {name: datetime.fromisoformat(time) for name, time in ltv.training_window.items()}
+    assert ltv_window["first_validation_label_time"] - ltv_window["last_fit_label_time"] >= timedelta(days=90)
     on_disk = json.loads((root / "churn_model" / card.version / "card.json").read_text())
     assert on_disk["schema_version"] == card.schema_version
+
+
+def _ltv_rows(days: int, per_day: int = 10) -> pd.DataFrame:
+    """Training rows of the LTV model, one label time a day, with features that predict the target."""
+    rng = np.random.default_rng(0)
+    n = days * per_day
+    events = rng.poisson(20, n)
+    return pd.DataFrame(
+        {
+            LABEL_ROW: np.arange(n),
+            "label_time": pd.Timestamp(ANCHOR) - pd.to_timedelta(np.arange(n)[::-1] // per_day, unit="D"),
+            "age": rng.integers(18, 70, n),
+            "country": rng.choice(["DE", "US"], n),
+            "plan": rng.choice(["free", "pro"], n),
+            "events_30d": events,
+            "avg_order_30d": rng.gamma(2.0, 10.0, n),
+            "revenue_90d": 5.0 * events + rng.gamma(2.0, 5.0, n),
+        }
+    ).sample(frac=1.0, random_state=0)
+
+
+def test_no_fit_label_time_is_within_one_outcome_window_of_the_first_validation_one():
+    """A fit label's outcome (90 days of revenue) must end by the first validation label time, or the fit
+    targets would have seen the period validation predicts; the label times in between are left out."""
+    ltv = REGISTRY.feature_set("ltv_model")
+    assert ltv.labels.outcome_window == timedelta(days=90)
+    frame = _ltv_rows(days=200)
+    _, metrics, rows, window = train(ltv, frame)
+    times = {name: pd.Timestamp(time) for name, time in window.items()}
+    # Validation: the latest 20% of the label times, whole days here.
+    assert rows["validation"] == 400 and times["first_validation_label_time"] == pd.Timestamp(ANCHOR) - pd.Timedelta(days=39)
+    assert times["last_fit_label_time"] == times["first_validation_label_time"] - pd.Timedelta(days=90)
+    assert rows["fit"] == 10 * (200 - 40 - 89) and times["first_label_time"] == frame.label_time.min()
+    assert metrics["mae"] < metrics["mae_of_mean_baseline"]
+
+
+def test_a_history_too_short_for_the_gap_is_refused_asking_for_a_longer_one():
+    ltv = REGISTRY.feature_set("ltv_model")
+    with pytest.raises(DataError, match=r"ltv_model: 0 fit and 80 validation rows .* 90 days, 0:00:00 before .* a longer history"):
+        train(ltv, _ltv_rows(days=40, per_day=10))
 
 
 def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view(trained, redis_client):

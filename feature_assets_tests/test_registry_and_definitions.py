@@ -36,6 +36,8 @@ def test_the_registry_declares_two_views_two_label_tables_and_a_churn_model_read
     assert (countries.entity, countries.entity_key, countries.key_data_type) == ("country", "country_code", "varchar")
     assert countries.refresh_interval == timedelta(hours=1) and countries.online_namespace == "country"
     assert registry.labels["churn_labels"].entity_keys == ("user_id", "country_code")
+    assert registry.labels["churn_labels"].outcome_window == timedelta(days=30)
+    assert registry.labels["ltv_labels"].outcome_window == timedelta(days=90)
     churn = registry.feature_set("churn_model")
     assert [read.view.name for read in churn.reads] == ["user_features", "country_features"]
     assert churn.reads[1].derived_from == ("user_features", "country") and churn.caller_keys == ("user_id",)
@@ -92,6 +94,14 @@ def _churn_set(exposures) -> dict:
         (
             lambda nodes, exposures: _churn_set(exposures)["features"].update(user_features=["age", "label_time"]),
             "user_features has no feature 'label_time'",
+        ),
+        (
+            lambda nodes, exposures: nodes["ltv_labels"]["config"]["meta"]["labels"].pop("outcome_hours"),
+            "label table ltv_labels: meta.labels needs 'outcome_hours'",
+        ),
+        (
+            lambda nodes, exposures: nodes["churn_labels"]["config"]["meta"]["labels"].update(outcome_hours=0),
+            "label table churn_labels: outcome_hours must be a positive number of hours, got 0",
         ),
     ],
 )

@@ -20,7 +20,7 @@ DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 # The demo's two views, with TTLs of their own for this test: users 48 h, countries 10 h.
 USERS = REGISTRY.view("user_features")
 COUNTRIES = replace(REGISTRY.view("country_features"), online_ttl=10 * HOUR)
-LABELS = LabelTable("test_labels", ("user_id", "country_code"), "label_time", "churned", "boolean")
+LABELS = LabelTable("test_labels", ("user_id", "country_code"), "label_time", "churned", "boolean", timedelta(days=30))
 FEATURE_SET = FeatureSet(
     "test_model",
     (ViewRead(USERS, USERS.features), ViewRead(COUNTRIES, COUNTRIES.features, derived_from=("user_features", "country"))),

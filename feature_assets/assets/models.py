@@ -45,13 +45,25 @@ def build_pipeline(feature_set: FeatureSet, non_negative_target: bool = False) -
     return make_pipeline(columns, HistGradientBoostingRegressor(loss=loss, max_iter=200, random_state=0))
 
 
-def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[str, float], dict[str, int]]:
-    """Fits on the earlier label times and validates on the latest VALIDATION_SHARE of them."""
-    frame = frame.sort_values([feature_set.labels.label_time, LABEL_ROW], kind="stable")
-    cut = int(len(frame) * (1 - VALIDATION_SHARE))
-    fit, validation = frame.iloc[:cut], frame.iloc[cut:]
+def train(
+    feature_set: FeatureSet, frame: pd.DataFrame
+) -> tuple[Pipeline, dict[str, float], dict[str, int], dict[str, str]]:
+    """Validates on the latest VALIDATION_SHARE of the label times and fits on those at least one outcome window
+    earlier: a fit label's outcome then ends before the first validation label time, so the fit targets have not
+    seen the period validation predicts. Returns the pipeline, validation metrics, row counts and label times."""
+    label_time = feature_set.labels.label_time
+    frame = frame.sort_values([label_time, LABEL_ROW], kind="stable")
+    if frame.empty:
+        raise DataError(f"{feature_set.model}: no training rows with features")
+    times = frame[label_time]
+    validation_start = times.iloc[int(len(frame) * (1 - VALIDATION_SHARE))]
+    validation = frame[times >= validation_start]
+    fit = frame[times <= validation_start - feature_set.labels.outcome_window]
     if len(fit) < 20 or len(validation) < 5:
-        raise DataError(f"{feature_set.model}: only {len(frame)} training rows with features; need at least 25")
+        raise DataError(
+            f"{feature_set.model}: {len(fit)} fit and {len(validation)} validation rows with features (fit label times "
+            f"end {feature_set.labels.outcome_window} before validation ones); need at least 20 and 5: a longer history"
+        )
     features = [{"name": f.name, "dtype": f.dtype} for f in feature_set.features]
 
     def matrix(part: pd.DataFrame) -> np.ndarray:
@@ -75,12 +87,17 @@ def train(feature_set: FeatureSet, frame: pd.DataFrame) -> tuple[Pipeline, dict[
             "mae": float(mean_absolute_error(y_validation, predictions)),
             "mae_of_mean_baseline": float(np.abs(y_validation - y_fit.mean()).mean()),
         }
-    return pipeline, metrics, {"fit": len(fit), "validation": len(validation)}
+    window = {
+        "first_label_time": str(fit[label_time].min()),
+        "last_fit_label_time": str(fit[label_time].max()),
+        "first_validation_label_time": str(validation[label_time].min()),
+        "last_label_time": str(validation[label_time].max()),
+    }
+    return pipeline, metrics, {"fit": len(fit), "validation": len(validation)}, window
 
 
 def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
     table = feature_set.training_set
-    label_time = feature_set.labels.label_time
 
     @dg.asset(
         name=feature_set.model,
@@ -98,13 +115,13 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         complete = np.logical_and.reduce([rows[snapshot_column(view)].notna().to_numpy() for view in feature_set.views])
         frame = rows[complete]
         skipped = len(rows) - len(frame)
-        pipeline, metrics, rows = train(feature_set, frame)
+        pipeline, metrics, rows, window = train(feature_set, frame)
         trained_at = datetime.now(timezone.utc)
         card = ModelCard.for_feature_set(
             feature_set,
             version=trained_at.strftime("%Y%m%dT%H%M%S%fZ"),
             trained_at=trained_at.isoformat(),
-            training_window={"first_label_time": str(frame[label_time].min()), "last_label_time": str(frame[label_time].max())},
+            training_window=window,
             rows={**rows, "without_features": skipped},
             metrics=metrics,
         )
@@ -116,6 +133,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
                 "features": ", ".join(card.feature_names),
                 **{name: round(value, 4) for name, value in metrics.items()},
                 **{f"rows_{name}": count for name, count in card.rows.items()},
+                **card.training_window,
                 "path": dg.MetadataValue.path(str(folder)),
             }
         )

@@ -53,7 +53,7 @@ _STATE_COLUMNS = {"users": "bigint", "days": "bigint", "seed": "bigint", "origin
 
 class DemoDataConfig(dg.Config):
     users: int = Field(default=2000, description="Population size; applies when the warehouse has no demo data yet.")
-    days: int = Field(default=150, description="Days of history before the anchor; applies on the first generation.")
+    days: int = Field(default=300, description="Days of history before the anchor; applies on the first generation.")
     seed: int = Field(default=7, description="Random seed; applies on the first generation.")
     anchor: str | None = Field(
         default=None, description="Load rows up to this hour boundary (UTC, ISO); default: the current hour."
