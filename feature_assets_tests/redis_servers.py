@@ -339,22 +339,34 @@ def start_tls_redis(folder: str | os.PathLike[str]) -> TlsRedis:
     server = TlsRedis(folder)
     try:
         server.ca_cert, server.cert, server.key = make_certificates(server.workdir)
+    except BaseException:
+        server.stop()
+        raise
+    tls = [
+        ("port", "0"),
+        ("tls-cert-file", str(server.cert)),
+        ("tls-key-file", str(server.key)),
+        ("tls-ca-cert-file", str(server.ca_cert)),
+        ("tls-auth-clients", "no"),
+    ]
+    return _start_on_a_free_port(
+        server,
+        "tls",
+        lambda port: [*tls, ("tls-port", str(port))],
+        lambda process, port: _answers(process, port, ssl=True, ssl_ca_certs=str(server.ca_cert)),
+        "answering over TLS",
+    )
+
+
+def _start_on_a_free_port(server, name: str, settings, check, what: str):
+    """Starts `server`'s one process on a free port (server.port), with fresh ports while another process takes the
+    one picked first; stops whatever it started if it fails."""
+    try:
         for attempt in range(PORT_ATTEMPTS):
             (server.port,) = free_ports(1)
-            process = server._start(
-                f"tls-{server.port}",
-                [
-                    ("port", "0"),
-                    ("tls-port", str(server.port)),
-                    ("tls-cert-file", str(server.cert)),
-                    ("tls-key-file", str(server.key)),
-                    ("tls-ca-cert-file", str(server.ca_cert)),
-                    ("tls-auth-clients", "no"),
-                ],
-            )
+            process = server._start(f"{name}-{server.port}", settings(server.port))
             try:
-                check = _answers(process, server.port, ssl=True, ssl_ca_certs=str(server.ca_cert))
-                process.wait_until(check, "answering over TLS")
+                process.wait_until(check(process, server.port), what)
                 return server
             except PortInUse:
                 if attempt == PORT_ATTEMPTS - 1:
@@ -388,26 +400,14 @@ def start_acl_redis(folder: str | os.PathLike[str], username: str = "featurestor
     commands) and the default user is disabled, so a client that drops the URL's credentials fails instead of
     silently working. The users are `user` lines in the generated redis.conf."""
     server = AclRedis(folder, username)
-    try:
-        for attempt in range(PORT_ATTEMPTS):
-            (server.port,) = free_ports(1)
-            process = server._start(
-                f"acl-{server.port}",
-                [
-                    ("port", str(server.port)),
-                    ("user", "default", "off"),
-                    ("user", username, "on", f">{server.password}", "~*", "&*", "+@all"),
-                ],
-            )
-            try:
-                check = _answers(process, server.port, username=username, password=server.password)
-                process.wait_until(check, "answering the ACL user")
-                return server
-            except PortInUse:
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
-                server._forget(process)
-        raise AssertionError("unreachable")
-    except BaseException:
-        server.stop()
-        raise
+    return _start_on_a_free_port(
+        server,
+        "acl",
+        lambda port: [
+            ("port", str(port)),
+            ("user", "default", "off"),
+            ("user", username, "on", f">{server.password}", "~*", "&*", "+@all"),
+        ],
+        lambda process, port: _answers(process, port, username=username, password=server.password),
+        "answering the ACL user",
+    )
