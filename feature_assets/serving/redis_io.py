@@ -89,7 +89,7 @@ def connect(url: str, *, timeout: float, what: str = "the Redis URL") -> RedisCl
     if url.startswith("rediss://") and ca_cert:
         options["ssl_ca_certs"] = ca_cert
     single = redis.Redis.from_url(url, **options)
-    probe = f"{describe(single)}"
+    probe = describe(single)
     try:
         cluster = single.info("cluster").get("cluster_enabled") == 1
     except redis.ConnectionError as error:
@@ -97,18 +97,22 @@ def connect(url: str, *, timeout: float, what: str = "the Redis URL") -> RedisCl
         raise OnlineStoreError(f"{probe}: cannot connect ({_why(url, error)})") from None
     except redis.TimeoutError:
         single.close()
-        raise OnlineStoreError(
-            f"{probe}: no answer within {timeout * 1000:g} ms (a hung server, or "
-            + ("a TLS port: TLS needs rediss://)" if url.startswith("redis://") else "a plain port: without TLS use redis://)")
-        ) from None
+        raise OnlineStoreError(f"{probe}: no answer within {timeout * 1000:g} ms{_hung_hint(url)}") from None
     except redis.RedisError as error:
         single.close()
         raise OnlineStoreError(f"{probe}: {type(error).__name__}: {error}") from None
     if not cluster:
         return single
     single.close()
-    options.pop("health_check_interval")
     return RedisCluster.from_url(url, **options)
+
+
+def _hung_hint(url: str) -> str:
+    if url.startswith("redis://"):
+        return " (a hung server, or a TLS port: TLS needs rediss://)"
+    if url.startswith("rediss://"):
+        return " (a hung server, or a plain port: without TLS use redis://)"
+    return " (a hung server)"
 
 
 def _why(url: str, error: Exception) -> str:
