@@ -19,7 +19,7 @@ was corrected): every dbt build of a feature view logs its as-of times in BUILD_
 import random
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -158,6 +158,13 @@ def _rebuilt_since(warehouse: Any, con: Any, view: FeatureView, record: SyncReco
     return None if pd.isna(rebuilt) else pd.Timestamp(rebuilt).to_pydatetime()
 
 
+def _in_background(function: Callable, *args: Any) -> Future:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-sync")
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
 def sync_online_store(
     warehouse: Any,
     store: OnlineStore,
@@ -192,6 +199,9 @@ def sync_online_store(
         oldest_served = now - view.online_ttl
         after = max(previous.watermark, oldest_served) if mode == "incremental" and previous.watermark else oldest_served
         written: set[bytes] = set()
+        # A full sync deletes the entities the store held before it and did not write; listing them (a scan of
+        # the store) runs while the sync writes.
+        held_before = _in_background(store.entity_ids, view) if mode == "full" else None
         if newest is not None and newest > after:
             # A schema change leaves fields of the old schema behind unless each hash is replaced whole.
             with store.writer(view, replace=previous is not None and previous.schema != schema) as writer:
@@ -203,9 +213,9 @@ def sync_online_store(
                     rows += len(frame)
                     if on_batch is not None:
                         on_batch(rows)
-    if mode == "full":
+    if held_before is not None:
         # Entities the warehouse no longer has a current snapshot for (deleted, or rebuilt away).
-        gone = store.entity_ids(view) - written
+        gone = held_before.result() - written
         store.delete(view, gone)
         deleted = len(gone)
     watermark = newest if newest is not None else (previous.watermark if previous else None)

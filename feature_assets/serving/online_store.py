@@ -20,6 +20,7 @@ Redis layout, readable with plain redis-cli (on a cluster, keys spread over the 
 
 import json
 import sqlite3
+from contextlib import closing
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
@@ -697,12 +698,15 @@ class SqliteOnlineStore(OnlineStore):
         return len(self.entity_ids(view))
 
     def entity_ids(self, view: FeatureView) -> set[bytes]:
-        try:
-            rows = self._connect().execute(f'select entity_id from "{self.table(view)}" where expires_at > ?', (time.time(),))
-        except sqlite3.OperationalError as error:
-            if "no such table" in str(error):
-                return set()
-            raise OnlineStoreError(f"{self.describe()}: {error}") from None
+        self._connect()  # creates the file and tables on first use
+        # A connection of its own: a sync lists the entities in another thread while it writes.
+        with closing(sqlite3.connect(self.path, timeout=30)) as con:
+            try:
+                rows = con.execute(f'select entity_id from "{self.table(view)}" where expires_at > ?', (time.time(),)).fetchall()
+            except sqlite3.OperationalError as error:
+                if "no such table" in str(error):
+                    return set()
+                raise OnlineStoreError(f"{self.describe()}: {error}") from None
         return {row[0].encode() for row in rows}
 
     def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
