@@ -232,7 +232,7 @@ def profile_predict_one(predictor: Predictor, entities: Sequence[Entity], calls:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--days", type=int, default=150)
+    parser.add_argument("--days", type=int, default=300)
     parser.add_argument("--calls", type=int, default=6000, help="predict_one calls per variant")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the online store (flushed)")
     parser.add_argument("--log-url", default="redis://127.0.0.1:6379/7", help="the served log (flushed)")
