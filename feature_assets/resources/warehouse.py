@@ -68,12 +68,14 @@ class Warehouse(dg.ConfigurableResource):
                 yield con
 
     def _postgres(self) -> psycopg.Connection:
-        parts = conninfo_to_dict(self.postgres_url) if self.postgres_url else {}
         try:
+            parts = conninfo_to_dict(self.postgres_url) if self.postgres_url else {}
+            # The URL's own connect_timeout, if any, is libpq's to read and check.
+            timeout = {} if "connect_timeout" in parts else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
             return psycopg.connect(
                 self.postgres_url,
-                connect_timeout=int(parts.get("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)),
                 options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
+                **timeout,
             )
         except psycopg.ProgrammingError:
             # libpq's parse errors may quote the URL, password included.
