@@ -17,6 +17,7 @@ refused (PostgreSQL cannot store one either).
 """
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +75,10 @@ class EncodedBatch:
 
     def __len__(self) -> int:
         return len(self.entity_ids)
+
+    def unexpired(self) -> np.ndarray:
+        """Per row, whether its snapshot is still within the TTL: one past it is not written to any store."""
+        return self.expires_at_ms > time.time() * 1000
 
 
 def view_schema(view: FeatureView) -> tuple[tuple[str, str], ...]:

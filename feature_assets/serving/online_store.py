@@ -20,10 +20,10 @@ Redis layout, readable with plain redis-cli (on a cluster, keys spread over the 
 
 import json
 import sqlite3
-from contextlib import closing
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +43,6 @@ from feature_assets.serving.redis_io import (
     connect,
     describe,
     errors,
-    exchange,
     node_for,
     primaries,
     read,
@@ -272,12 +271,7 @@ class RedisOnlineStore(OnlineStore):
 
     def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None) -> Sequence[Any] | None:
         key = self.prefix(view) + encode_entity_id(entity_id)
-        node = self._node(key)
-        try:
-            (values,) = exchange(node, self._hmget(key, fields), 1, timeout)
-        except redis.RedisError as error:
-            self._slot_nodes.clear()
-            raise self.unreachable(error, node) from None
+        (values,) = self._per_node([key], [self._hmget(key, fields)], timeout)
         return self._checked(key, fields, values)
 
     def read_rows(
@@ -473,13 +467,13 @@ class _RedisWriter(OnlineWriter):
         pexpireat = b"*3\r\n$9\r\nPEXPIREAT\r\n" + key + b"%s"
         self._row = (b"*2\r\n$3\r\nDEL\r\n" + key if replace else b"") + hset + pexpireat
         self._commands_per_row = 3 if replace else 2
-        self._connections: dict[int, tuple[redis.Redis, Any]] = {}
-        self._in_flight: list[tuple[Any, redis.Redis, list[bytes]]] = []
+        self._connections: dict[redis.Redis, Any] = {}  # one per node, taken from its pool for the whole sync
+        self._in_flight: list[tuple[Any, redis.Redis, list[int]]] = []  # (connection, node, rows per transaction)
         self._rows_stored = 0
         self._failure: BaseException | None = None
 
-    def _rows(self, batch: EncodedBatch, keep: np.ndarray) -> list[bytes]:
-        ids = [entity_id for entity_id, kept in zip(batch.entity_ids, keep) if kept] if not keep.all() else batch.entity_ids
+    def _rows(self, batch: EncodedBatch, keep: np.ndarray, ids: list[bytes]) -> list[bytes]:
+        """Each kept row's commands; ids are the kept rows' ids."""
         lengths = (np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + len(self._prefix)).tolist()
         columns = []
         for name, column in batch.columns.items():
@@ -495,10 +489,10 @@ class _RedisWriter(OnlineWriter):
 
     def _transactions(self, batch: EncodedBatch, keep: np.ndarray) -> dict[redis.Redis, list[list[bytes]]]:
         """Each node's transactions, each a list of row commands."""
-        rows = self._rows(batch, keep)
+        ids = batch.entity_ids if keep.all() else [entity_id for entity_id, kept in zip(batch.entity_ids, keep) if kept]
+        rows = self._rows(batch, keep, ids)
         if not isinstance(self._client, RedisCluster):
             return {self._client: [rows[i : i + _TRANSACTION_ROWS] for i in range(0, len(rows), _TRANSACTION_ROWS)]}
-        ids = [entity_id for entity_id, kept in zip(batch.entity_ids, keep) if kept]
         by_slot: dict[int, list[bytes]] = {}
         for entity_id, row in zip(ids, rows):
             by_slot.setdefault(slot_of(self._prefix + entity_id), []).append(row)
@@ -508,14 +502,13 @@ class _RedisWriter(OnlineWriter):
         return by_node
 
     def _connection(self, node: redis.Redis):
-        taken = self._connections.get(id(node))
-        if taken is None:
-            taken = self._connections[id(node)] = (node, node.connection_pool.get_connection())
-        return taken[1]
+        if node not in self._connections:
+            self._connections[node] = node.connection_pool.get_connection()
+        return self._connections[node]
 
     def write(self, batch: EncodedBatch) -> None:
         self._raise_failure()
-        keep = batch.expires_at_ms > time.time() * 1000  # a snapshot past its TTL is not written
+        keep = batch.unexpired()
         if not keep.any():
             return
         try:
@@ -545,7 +538,7 @@ class _RedisWriter(OnlineWriter):
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
-        for _, connection in self._connections.values():
+        for connection in self._connections.values():
             connection.disconnect()
 
     def _raise_failure(self) -> None:
@@ -567,7 +560,7 @@ class _RedisWriter(OnlineWriter):
         self._raise_failure()
 
     def _release(self) -> None:
-        for node, connection in self._connections.values():
+        for node, connection in self._connections.items():
             node.connection_pool.release(connection)
         self._connections = {}
 
@@ -695,19 +688,23 @@ class SqliteOnlineStore(OnlineStore):
             con.execute("update featurestore_views set record = ? where name = ?", (json.dumps(record), view.name))
 
     def count_entities(self, view: FeatureView) -> int:
-        return len(self.entity_ids(view))
+        rows = self._unexpired(view, "count(*)")
+        return rows[0][0] if rows else 0
 
     def entity_ids(self, view: FeatureView) -> set[bytes]:
+        return {row[0].encode() for row in self._unexpired(view, "entity_id")}
+
+    def _unexpired(self, view: FeatureView, columns: str) -> list[tuple]:
+        """`columns` over the view's unexpired entities ([] before its first sync), on a connection of its own: a
+        sync lists the entities in another thread while it writes."""
         self._connect()  # creates the file and tables on first use
-        # A connection of its own: a sync lists the entities in another thread while it writes.
         with closing(sqlite3.connect(self.path, timeout=30)) as con:
             try:
-                rows = con.execute(f'select entity_id from "{self.table(view)}" where expires_at > ?', (time.time(),)).fetchall()
+                return con.execute(f'select {columns} from "{self.table(view)}" where expires_at > ?', (time.time(),)).fetchall()
             except sqlite3.OperationalError as error:
                 if "no such table" in str(error):
-                    return set()
+                    return []
                 raise OnlineStoreError(f"{self.describe()}: {error}") from None
-        return {row[0].encode() for row in rows}
 
     def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
         con = self._connect()
@@ -733,7 +730,7 @@ class _SqliteWriter(OnlineWriter):
         self._sql = f'insert or replace into "{table}" values ({", ".join("?" * width)})'
 
     def write(self, batch: EncodedBatch) -> None:
-        keep = batch.expires_at_ms > time.time() * 1000  # a snapshot past its TTL is not written
+        keep = batch.unexpired()
         if not keep.any():
             return
         columns = []

@@ -23,6 +23,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from feature_assets.errors import ConfigError, OnlineStoreError
+from feature_assets.settings import seconds_from_milliseconds
 
 __all__ = [
     "RedisClient",
@@ -52,12 +53,9 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def timeout_from_env(environ=os.environ) -> float:
+def timeout_from_env() -> float:
     """FEATURE_STORE_REDIS_TIMEOUT_MS in seconds: how long serving waits for Redis to connect or answer."""
-    text = environ.get("FEATURE_STORE_REDIS_TIMEOUT_MS", str(DEFAULT_TIMEOUT_MS))
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 600_000:
-        raise ConfigError(f"FEATURE_STORE_REDIS_TIMEOUT_MS must be a whole number of milliseconds (1 to 600000), got {text[:20]!r}")
-    return int(text) / 1000
+    return seconds_from_milliseconds("FEATURE_STORE_REDIS_TIMEOUT_MS", DEFAULT_TIMEOUT_MS)
 
 
 def check_url(url: str, what: str = "the Redis URL") -> None:
@@ -160,27 +158,20 @@ def node_for(client: RedisClient, key: bytes | None = None, slot: int | None = N
     return client.nodes_manager.get_node_from_slot(slot).redis_connection
 
 
-def exchange(node: redis.Redis, payload: bytes, replies: int, timeout: float | None = None, *, retry: bool = True) -> list:
-    """Sends pre-encoded commands to one server and reads their `replies` replies. An error reply comes back
-    as a redis.ResponseError value, not raised; any other failure closes the connection and raises. With
-    retry, commands that met a broken connection (one the server closed) are sent once more on a new one:
-    only for commands that may run twice."""
+def exchange(node: redis.Redis, payload: bytes, replies: int, timeout: float | None = None) -> list:
+    """Sends pre-encoded commands to one server and reads their `replies` replies, once (no retry: the caller
+    knows whether its commands may run twice). An error reply comes back as a redis.ResponseError value, not
+    raised; any other failure closes the connection and raises."""
     pool = node.connection_pool
-    for attempt in range(2 if retry else 1):
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command([payload])
-            return read(connection, replies, timeout)
-        except redis.ConnectionError:
-            connection.disconnect()
-            if attempt or not retry:
-                raise
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
-    raise AssertionError("unreachable")
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([payload])
+        return read(connection, replies, timeout)
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 def read(connection, replies: int, timeout: float | None = None) -> list:

@@ -437,7 +437,7 @@ class RedisServedLog(ServedLog):
             )
         for key, stream in commands.items():
             node = redis_io.node_for(self.client, key.split(b"\r\n")[1])
-            refused = redis_io.errors(redis_io.exchange(node, b"".join(stream), len(stream), retry=False))
+            refused = redis_io.errors(redis_io.exchange(node, b"".join(stream), len(stream)))
             if refused:
                 raise refused[0]
 
