@@ -4,11 +4,16 @@ from datetime import UTC, datetime
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["current_hour", "parse_hour", "format_hour"]
+__all__ = ["utc_now", "current_hour", "parse_hour", "format_hour"]
+
+
+def utc_now() -> datetime:
+    """Now as a naive UTC time, the form every stored time takes."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def current_hour() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
+    return utc_now().replace(minute=0, second=0, microsecond=0)
 
 
 def parse_hour(value: str, what: str) -> datetime:

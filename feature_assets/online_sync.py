@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
+from feature_assets.as_of import utc_now
 from feature_assets.errors import DataError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, encode_entity_id, view_schema
@@ -54,10 +55,6 @@ class SyncResult:
     @property
     def rows_per_second(self) -> float:
         return self.rows_written / self.seconds if self.seconds > 0 else 0.0
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _latest_sql(view: FeatureView, after: bool, until: bool, sample: bool) -> str:
@@ -132,30 +129,32 @@ def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView, now: datetime)
     """The newest as-of time up to now: a snapshot dated in the future is never synced nor a watermark."""
     if not warehouse.table_exists(con, view.name):
         raise DataError(f"the warehouse has no table {view.name} yet; materialize it before syncing")
-    newest = warehouse.fetch(con, f"select max({view.timestamp}) as newest from {view.name} where {view.timestamp} <= ?", [now])
-    newest = newest["newest"].iloc[0]
-    return None if pd.isna(newest) else pd.Timestamp(newest).to_pydatetime()
+    return _moment(warehouse, con, f"select max({view.timestamp}) from {view.name} where {view.timestamp} <= ?", [now])
 
 
 def _newest_build(warehouse: Any, con: Any, view: FeatureView) -> datetime | None:
     """When dbt last built an as-of time of the view (None before the first logged build)."""
     if not warehouse.table_exists(con, BUILD_LOG):
         return None
-    newest = warehouse.fetch(con, f"select max(built_at) as built from {BUILD_LOG} where view_name = ?", [view.name])
-    newest = newest["built"].iloc[0]
-    return None if pd.isna(newest) else pd.Timestamp(newest).to_pydatetime()
+    return _moment(warehouse, con, f"select max(built_at) from {BUILD_LOG} where view_name = ?", [view.name])
 
 
 def _rebuilt_since(warehouse: Any, con: Any, view: FeatureView, record: SyncRecord) -> datetime | None:
     """The earliest as-of time the last sync covered (at or before its watermark) that dbt rebuilt after it."""
     if record.built_through is None or record.watermark is None or not warehouse.table_exists(con, BUILD_LOG):
         return None
-    rebuilt = warehouse.fetch(
+    return _moment(
+        warehouse,
         con,
-        f"select min(computed_at) as rebuilt from {BUILD_LOG} where view_name = ? and built_at > ? and computed_at <= ?",
+        f"select min(computed_at) from {BUILD_LOG} where view_name = ? and built_at > ? and computed_at <= ?",
         [view.name, record.built_through, record.watermark],
-    )["rebuilt"].iloc[0]
-    return None if pd.isna(rebuilt) else pd.Timestamp(rebuilt).to_pydatetime()
+    )
+
+
+def _moment(warehouse: Any, con: Any, sql: str, params: list) -> datetime | None:
+    """The one time a query selects, or None when it selects null (an empty table)."""
+    value = warehouse.fetch(con, sql, params).iat[0, 0]
+    return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 def _in_background(function: Callable, *args: Any) -> Future:
@@ -176,7 +175,7 @@ def sync_online_store(
 ) -> SyncResult:
     """Writes the latest snapshot of every changed entity; on_batch(rows so far) is called after each batch."""
     started = time.perf_counter()
-    now = _utc_now()
+    now = utc_now()
     previous = store.last_sync(view)
     schema = view_schema(view)
     rows = deleted = 0
@@ -221,7 +220,7 @@ def sync_online_store(
     watermark = newest if newest is not None else (previous.watermark if previous else None)
     definitions = tuple((f.name, f.definition_checksum) for f in view.features)
     store.record_sync(
-        view, SyncRecord(view.version, schema, definitions, watermark, _utc_now(), rows, mode == "full", built)
+        view, SyncRecord(view.version, schema, definitions, watermark, utc_now(), rows, mode == "full", built)
     )
     seconds = time.perf_counter() - started  # the count below scans the store; it is not part of the sync
     return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view), deleted)
@@ -280,7 +279,7 @@ def check_online_parity(
     examples: list[dict[str, Any]] = []
     fields = [(name, PANDAS_DTYPES[dtype]) for name, dtype in view_schema(view)]
     offline_ids: set[bytes] = set()
-    oldest_served = _utc_now() - view.online_ttl
+    oldest_served = utc_now() - view.online_ttl
     with warehouse.connect() as con:
         if record.watermark is None:
             return ParityResult(0, 0)

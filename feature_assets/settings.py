@@ -16,7 +16,7 @@ from typing import Literal, Mapping
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["Settings", "validate_identifier"]
+__all__ = ["Settings", "validate_identifier", "seconds_from_milliseconds"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -44,6 +44,14 @@ def _rate(value: str, name: str) -> float:
     if not 0.0 <= rate <= 1.0:
         raise ConfigError(f"{name} must be a share between 0 and 1, got {value!r}")
     return rate
+
+
+def seconds_from_milliseconds(name: str, default_ms: int, environ: Mapping[str, str] = os.environ) -> float:
+    """A wait bounded by the environment variable `name`, given in whole milliseconds (1 to 600000)."""
+    text = environ.get(name, str(default_ms))
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 600_000:
+        raise ConfigError(f"{name} must be a whole number of milliseconds (1 to 600000), got {text[:20]!r}")
+    return int(text) / 1000
 
 
 @dataclass(frozen=True)

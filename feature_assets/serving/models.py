@@ -33,12 +33,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from feature_assets.errors import ConfigError, DataError, FeatureStoreError, OnlineStoreError, shown
+from feature_assets.errors import DataError, FeatureStoreError, OnlineStoreError, shown
 from feature_assets.registry import Feature, FeatureSet, FeatureView
 from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.reads import MISSING, RECHECK_SECONDS, FeatureReader
 from feature_assets.serving.served_log import ServedLog
+from feature_assets.settings import seconds_from_milliseconds
 
 __all__ = [
     "ModelCard",
@@ -52,12 +53,9 @@ __all__ = [
 ]
 
 
-def deadline_from_env(environ: Mapping[str, str] = os.environ) -> float:
+def deadline_from_env() -> float:
     """FEATURE_STORE_PREDICT_DEADLINE_MS in seconds: the most one prediction may take, reads included."""
-    text = environ.get("FEATURE_STORE_PREDICT_DEADLINE_MS", "1000")
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 600_000:
-        raise ConfigError(f"FEATURE_STORE_PREDICT_DEADLINE_MS must be a whole number of milliseconds (1 to 600000), got {text[:20]!r}")
-    return int(text) / 1000
+    return seconds_from_milliseconds("FEATURE_STORE_PREDICT_DEADLINE_MS", 1000)
 
 _NUMERIC = ("int64", "float64", "bool")
 

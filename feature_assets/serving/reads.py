@@ -8,12 +8,13 @@ exact doubles that were synced, nulls stay null, strings stay strings. An entity
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from feature_assets.as_of import utc_now
 from feature_assets.errors import DataError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import TIMESTAMP, cast_error, decoder, view_schema
@@ -117,7 +118,7 @@ class FeatureReader:
             except _CAST_ERRORS:
                 dtype = plan.dtypes[plan.fields.index(field)]
                 raise cast_error(self.store.key_of(self.view, entity_id), field, value, dtype) from None
-        if result[self.view.timestamp] <= _utc_now() - self.view.online_ttl:  # the store's clock may lag
+        if result[self.view.timestamp] <= utc_now() - self.view.online_ttl:  # the store's clock may lag
             result.update(plan.empty)
             result[MISSING] = True
             return result
@@ -134,7 +135,7 @@ class FeatureReader:
         for field, dtype, decode, column in zip(plan.fields, plan.dtypes, plan.decoders, columns):
             data[field] = self._decode_column(field, dtype, decode, column, ids)
         # The timestamp is null exactly where the entity is missing (the stores' contract).
-        stale = data[self.view.timestamp] <= np.datetime64(_utc_now() - self.view.online_ttl, "us")
+        stale = data[self.view.timestamp] <= np.datetime64(utc_now() - self.view.online_ttl, "us")
         if stale.any():  # the store's clock may lag: a snapshot past its TTL is not served
             for field in plan.fields:
                 data[field] = data[field].copy()
@@ -170,10 +171,6 @@ class FeatureReader:
         decoded.append(_FILL[dtype])
         values = np.array(decoded, dtype=_NUMPY[dtype])[codes]
         return _ARRAYS[dtype](values, codes == null)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 _EPOCH = datetime(1970, 1, 1)
