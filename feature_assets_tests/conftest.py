@@ -149,9 +149,18 @@ def tls_ca(tls_redis, monkeypatch):
     return tls_redis
 
 
-def _empty(store):
+def empty_redis_store(kind: str, request):
+    """An empty RedisOnlineStore on a single Redis ("redis"), the local cluster ("cluster") or TLS Redis ("tls")."""
+    from feature_assets.serving import RedisOnlineStore
     from feature_assets.serving.redis_io import primaries
 
+    request.getfixturevalue("redis_client")  # fails clearly when no Redis runs at all
+    url = {
+        "redis": lambda: REDIS_URL,
+        "cluster": lambda: request.getfixturevalue("redis_cluster").url,
+        "tls": lambda: request.getfixturevalue("tls_ca").url,
+    }[kind]()
+    store = RedisOnlineStore.from_url(url)
     for node in primaries(store.client):
         node.flushdb()
     return store
@@ -161,18 +170,12 @@ def _empty(store):
 @pytest.fixture(params=["redis", "cluster", "tls", "sqlite"])
 def online_store(request, tmp_path):
     """Each online store implementation, empty."""
-    from feature_assets.serving import RedisOnlineStore, SqliteOnlineStore
+    from feature_assets.serving import SqliteOnlineStore
 
     if request.param == "sqlite":
         store = SqliteOnlineStore(tmp_path / "online.sqlite")
     else:
-        url = {
-            "redis": lambda: REDIS_URL,
-            "cluster": lambda: request.getfixturevalue("redis_cluster").url,
-            "tls": lambda: request.getfixturevalue("tls_ca").url,
-        }[request.param]()
-        request.getfixturevalue("redis_client")  # fails clearly when no Redis runs at all
-        store = _empty(RedisOnlineStore.from_url(url))
+        store = empty_redis_store(request.param, request)
     yield store
     store.close()
 

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import wait_until
 from feature_assets.errors import ConfigError, DataError, RegistryError
 from feature_assets.registry import Feature, FeatureView
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord, encode_batch

@@ -17,7 +17,7 @@ from feature_assets.serving import FeatureReader, RedisOnlineStore, encode_batch
 from feature_assets.serving.redis_io import primaries
 from redis_servers import start_acl_redis, start_cluster
 
-from conftest import REDIS_URL
+from conftest import REDIS_URL, empty_redis_store
 
 VIEW = FeatureView(
     "thing_features", "thing", "thing_id", "computed_at", timedelta(days=2),
@@ -32,21 +32,9 @@ def frame(ids) -> pd.DataFrame:
     return pd.DataFrame({"thing_id": ids, "computed_at": np.datetime64(NOW, "us"), "count": ids * 2, "score": ids / 7})
 
 
-def redis_store(kind: str, request) -> RedisOnlineStore:
-    url = {
-        "redis": lambda: REDIS_URL,
-        "cluster": lambda: request.getfixturevalue("redis_cluster").url,
-        "tls": lambda: request.getfixturevalue("tls_ca").url,
-    }[kind]()
-    store = RedisOnlineStore.from_url(url)
-    for node in primaries(store.client):
-        node.flushdb()
-    return store
-
-
 @pytest.mark.parametrize("kind", ["redis", "cluster", "tls"])
 def test_a_connection_killed_between_batches_fails_the_sync_clearly_and_leaves_no_key_without_expiry(kind, request):
-    store = redis_store(kind, request)
+    store = empty_redis_store(kind, request)
     writer = store.writer(VIEW)
     writer.write(encode_batch(VIEW, frame(range(0, 5000))))
     writer.write(encode_batch(VIEW, frame(range(5000, 10_000))))
