@@ -211,8 +211,10 @@ def _train(settings: Settings) -> bool:
         detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
         print(f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})")
     promoted = any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events())
-    if not promoted:
-        print("  served_models: not promoted (a blocking check failed); the previous model versions keep serving")
+    for event in result.get_asset_observation_events():
+        held_back = event.asset_observation_data.asset_observation.metadata.get("held_back")
+        if held_back:
+            print(f"  served_models: {held_back.value}")
     return promoted
 
 

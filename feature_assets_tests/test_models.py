@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 
@@ -78,6 +79,23 @@ def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     assert ltv_window["first_validation_label_time"] - ltv_window["last_fit_label_time"] >= timedelta(days=90)
     on_disk = json.loads((root / "churn_model" / card.version / "card.json").read_text())
     assert on_disk["schema_version"] == card.schema_version
+
+
+def test_the_model_asset_shows_its_card_features_dtypes_checksums_and_metrics(trained, tmp_path):
+    from feature_assets.assets.models import model_assets
+    from feature_assets.resources.model_store import ModelStoreResource
+
+    warehouse, _ = trained
+    churn = next(asset for asset in model_assets(REGISTRY) if asset.key.to_user_string() == "churn_model")
+    result = dg.materialize(
+        [churn], resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(tmp_path))}, instance=dg.DagsterInstance.ephemeral()
+    )
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    card = ModelStore(tmp_path).card("churn_model", metadata["version"].value)
+    shown = [dict(record.data) for record in metadata["feature_schema"].value.records]
+    assert shown == [{k: f[k] for k in ("view", "name", "dtype", "definition_checksum")} for f in card.features]
+    assert metadata["card"].value["schema_version"] == card.schema_version == metadata["schema_version"].value
+    assert metadata["auc"].value == round(card.metrics["auc"], 4) and metadata["rows_fit"].value == card.rows["fit"]
 
 
 def _ltv_rows(days: int, per_day: int = 10) -> pd.DataFrame:

@@ -80,9 +80,14 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
     assert set(severities.values()) == {"ok"}
     materialization = result.get_asset_materialization_events()[0].materialization
     assert materialization.metadata["histogram_events_30d"].value.startswith("![events_30d](data:image/png;base64,")
+    # Each statistic is a number of its own, so the UI plots it over the reports; the table has no "nan" cells.
+    psi = materialization.metadata["psi_events_30d"]
+    assert isinstance(psi, dg.FloatMetadataValue) and psi.value == pytest.approx(report.set_index("feature").loc["events_30d", "psi"])
+    assert {f"mean_shift_{name}" for name in VIEW.feature_names if VIEW.feature(name).dtype in ("int64", "float64")} <= set(materialization.metadata)
+    assert "nan" not in materialization.metadata["report"].value
 
 
-def test_a_drift_error_blocks_promotion_and_the_previous_model_keeps_serving(monitored):
+def test_a_drift_error_holds_promotion_back_in_plain_words_and_the_previous_model_keeps_serving(monitored):
     warehouse, store, models_root, resources = monitored
     models = ModelStore(models_root)
     serving_before = models.current("churn_model")
@@ -103,9 +108,14 @@ def test_a_drift_error_blocks_promotion_and_the_previous_model_keeps_serving(mon
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
+    # Held back is not a failure: the run succeeds, the promotion is skipped and says why.
+    assert result.success
     materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     assert {"churn_model", "user_features_skew_report"} <= materialized
     assert "served_models" not in materialized
+    [held_back] = [e.asset_observation_data.asset_observation.metadata["held_back"].value for e in result.get_asset_observation_events()]
+    assert held_back.startswith("held back: drift error on events_30d (user_features: psi ")
+    assert f"serving churn_model {serving_before}" in held_back
     assert models.versions("churn_model")[-1] != serving_before  # a new version was trained ...
     assert models.current("churn_model") == serving_before  # ... and is not served
 

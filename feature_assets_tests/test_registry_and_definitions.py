@@ -140,6 +140,17 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     assert request.run_config["ops"]["dbt_feature_models"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
 
 
+def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check_in_words():
+    graph = defs.resolve_asset_graph()
+    dbt_keys = [key for key in graph.get_all_asset_keys() if "dbt" in graph.get(key).kinds]
+    assert dg.AssetKey("user_features") in dbt_keys
+    for key in dbt_keys:
+        assert "Raw SQL" not in (graph.get(key).description or ""), key
+    assert all(graph.get_check_spec(key).description for key in graph.asset_check_keys)
+    check = dg.AssetCheckKey(dg.AssetKey("user_features"), "unique_combination_user_features_user_id__computed_at")
+    assert graph.get_check_spec(check).description == "dbt test: one row per user_id, computed_at; a failure blocks what reads this model"
+
+
 def test_a_failed_command_names_the_root_cause_not_dagsters_wrappers(tmp_path, monkeypatch, capsys):
     from feature_assets.cli import main
 

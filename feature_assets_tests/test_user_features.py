@@ -88,12 +88,27 @@ def raw_frames() -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def duckdb_features(raw_frames, tmp_path_factory):
+def duckdb_build(raw_frames, tmp_path_factory):
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("pit") / "w.duckdb"))
     write_raw(warehouse, raw_frames)
     result = materialize(warehouse, as_of=AS_OF)
     assert result.success
-    return read_features(warehouse)
+    return warehouse, result
+
+
+@pytest.fixture(scope="module")
+def duckdb_features(duckdb_build):
+    return read_features(duckdb_build[0])
+
+
+def test_each_built_table_shows_its_row_count_and_each_view_its_snapshots(duckdb_build):
+    warehouse, result = duckdb_build
+    shown = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    counts = warehouse.query("select count(*) as n, count(distinct computed_at) as s, max(computed_at) as newest from user_features")
+    assert shown["user_features"]["dagster/row_count"].value == counts["n"][0] > 0
+    assert shown["user_features"]["snapshots"].value == counts["s"][0] == len(AS_OF_TIMES)
+    assert shown["user_features"]["newest_snapshot"].value == str(counts["newest"][0])
+    assert "dagster/row_count" not in shown["stg_app__events"]  # a view: counting would run its query
 
 
 def _expected(raw_frames) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
+from dagster_dbt.asset_utils import default_description_fn
 from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
@@ -22,6 +23,7 @@ from feature_assets.errors import ConfigError, DbtBuildError
 from feature_assets.project import dbt_project
 from feature_assets.registry import Registry, load_registry
 from feature_assets.resources.warehouse import Warehouse
+from feature_assets.settings import validate_identifier
 
 __all__ = ["AsOfConfig", "FeatureTranslator", "dbt_feature_models", "dbt_model_key"]
 
@@ -49,11 +51,30 @@ class AsOfConfig(dg.Config):
 
 class FeatureTranslator(DagsterDbtTranslator):
     """Label tables join the `training` group, other dbt models the `features` group; each feature view carries
-    the freshness policy of its own refresh cadence."""
+    the freshness policy of its own refresh cadence. Descriptions are the YAML's, without the raw SQL (the code is
+    one click away in the repository), and every dbt test check says in words what it asserts."""
 
     def __init__(self, registry: Registry):
         super().__init__()
         self.registry = registry
+
+    def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
+        return default_description_fn(dbt_resource_props, display_raw_sql=False)
+
+    def get_asset_check_spec(
+        self, asset_spec: dg.AssetSpec, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetCheckSpec | None:
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or spec.description:
+            return spec
+        return dg.AssetCheckSpec(
+            name=spec.name,
+            asset=spec.asset_key,
+            description=test_description(manifest["nodes"][unique_id]),
+            additional_deps=spec.additional_deps,
+            blocking=spec.blocking,
+            metadata=spec.metadata,
+        )
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
@@ -65,6 +86,36 @@ class FeatureTranslator(DagsterDbtTranslator):
         if name in self.registry.views:
             spec = spec.replace_attributes(freshness_policy=view_freshness(self.registry.views[name]))
         return spec
+
+
+_TEST_WORDS = {
+    "not_null": "{column_name} is never null",
+    "unique": "{column_name} is unique",
+    "unique_combination": "one row per {columns}",
+    "accepted_values": "{column_name} is one of {values}",
+    "relationships": "every {column_name} exists in {to}.{field}",
+    "hour_boundary": "{column_name} is an hour boundary",
+    "not_later_than": "{column_name} is not later than {bound}",
+    "non_negative": "{column_name} is never negative",
+    "finite": "{column_name} is a finite number (no NaN or infinity)",
+}
+
+
+def test_description(test: Mapping[str, Any]) -> str:
+    """A dbt test's assertion in words; a test of severity error blocks what reads the model."""
+    if test.get("description"):
+        return test["description"]
+    metadata = test.get("test_metadata") or {}
+    arguments = {
+        name: ", ".join(map(str, value)) if isinstance(value, list) else re.sub(r"ref\('(\w+)'\)", r"\1", str(value))
+        for name, value in (metadata.get("kwargs") or {}).items()
+    }
+    try:
+        words = _TEST_WORDS[metadata["name"]].format(**arguments)
+    except KeyError:
+        words = f"dbt test {test['name']}"
+    blocking = test.get("config", {}).get("severity", "ERROR").upper() == "ERROR"
+    return f"dbt test: {words}" + ("; a failure blocks what reads this model" if blocking else "")
 
 
 @contextmanager
@@ -82,10 +133,13 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+_registry = load_registry(dbt_project.manifest_path)
+
+
+# No project= here: it only adds code references, and its metadata shows as "[DbtProject] (unserializable)".
 @dbt_assets(
     manifest=dbt_project.manifest_path,
-    project=dbt_project,
-    dagster_dbt_translator=FeatureTranslator(load_registry(dbt_project.manifest_path)),
+    dagster_dbt_translator=FeatureTranslator(_registry),
     pool=WAREHOUSE_POOL,
 )
 def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
@@ -95,11 +149,35 @@ def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, w
         invocation = dbt.cli(
             ["build", "--vars", json.dumps(config.dbt_vars())], context=context, target_path=target_path, raise_on_error=False
         )
-    yield from invocation.stream()
+    # Counted once dbt has exited: the embedded DuckDB file takes one writer at a time.
+    events = list(invocation.stream())
+    yield from _with_row_counts(events, invocation.manifest, warehouse)
     if not invocation.is_successful():
         raise DbtBuildError(_failure(invocation, target_path))
     # A failed build keeps its folder: the error names the dbt.log in it.
     shutil.rmtree(target_path, ignore_errors=True)
+
+
+def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Warehouse) -> Iterator:
+    """Each built table's row count (dbt views are not counted: that would run their query). A feature view also
+    gets its number of snapshots and the newest one."""
+    with warehouse.connect() as con:
+        for event in events:
+            node = manifest["nodes"].get(event.metadata["unique_id"].text) if isinstance(event, dg.Output) else None
+            if node is None or node["config"]["materialized"] == "view":
+                yield event
+                continue
+            counts = warehouse.fetch(con, f"select count(*) as row_count from {validate_identifier(node['name'], 'dbt model')}")
+            # dagster/row_count is the key the UI shows as the row count and plots over materializations.
+            metadata: dict[str, Any] = {"dagster/row_count": int(counts["row_count"].iloc[0])}
+            view = _registry.views.get(node["name"])
+            if view is not None:
+                snapshots = warehouse.fetch(
+                    con, f"select count(distinct {view.timestamp}) as snapshots, max({view.timestamp}) as newest from {view.name}"
+                )
+                metadata["snapshots"] = int(snapshots["snapshots"].iloc[0])
+                metadata["newest_snapshot"] = str(snapshots["newest"].iloc[0])
+            yield event.with_metadata({**event.metadata, **metadata})
 
 
 def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:

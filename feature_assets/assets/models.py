@@ -1,5 +1,6 @@
 """Model artifacts: one scikit-learn pipeline per model declared in the registry, stored with its card."""
 
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -131,10 +132,17 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
                 "version": card.version,
                 "schema_version": card.schema_version,
                 "features": ", ".join(card.feature_names),
+                "feature_schema": dg.MetadataValue.table(
+                    records=[dg.TableRecord({k: f[k] for k in ("view", "name", "dtype", "definition_checksum")}) for f in card.features],
+                    schema=dg.TableSchema(
+                        columns=[dg.TableColumn(name, "string") for name in ("view", "name", "dtype", "definition_checksum")]
+                    ),
+                ),
                 **{name: round(value, 4) for name, value in metrics.items()},
                 **{f"rows_{name}": count for name, count in card.rows.items()},
                 **card.training_window,
                 "path": dg.MetadataValue.path(str(folder)),
+                "card": dg.MetadataValue.json(asdict(card)),
             }
         )
 

@@ -8,18 +8,20 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.online import online_asset_name
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import SKEW_REPORT_AUTOMATION, SKEW_REPORT_FRESHNESS
+from feature_assets.errors import FeatureStoreError
 from feature_assets.online_sync import iter_latest_snapshots
-from feature_assets.registry import FeatureView, Registry
+from feature_assets.registry import FeatureView, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
 from feature_assets.resources.warehouse import Warehouse
+from feature_assets.serving.models import ModelStore
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, histogram_markdown, skew_report
-from feature_assets.registry import snapshot_column
 
 __all__ = [
     "SkewReportConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "latest_report",
     "training_sources",
     "skew_report_assets",
+    "drift_errors",
     "served_models_asset",
 ]
 _REPORT_COLUMNS = {
@@ -204,23 +207,30 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
         report["serving_source"] = serving_source
         with warehouse.connect() as con:
             warehouse.append(con, report_table(view), report, _REPORT_COLUMNS)
-        summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]]
+        summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]].round(4)
         drifted = _drifted(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
-            "report": dg.MetadataValue.md(summary.round(4).to_markdown(index=False)),
+            # A statistic that does not apply (KS of a category, a mean of strings) is an empty cell, not "nan".
+            "report": markdown_table(summary),
             "training_source": training_sources(report),
             "serving_source": serving_source,
             "drifted_features": ", ".join(drifted) or "none",
             "unused_features": ", ".join(name for name in view.feature_names if name not in training) or "none",
         }
+        # One number per feature and statistic: the asset's plots show each one's drift over time.
+        for row in report.to_dict("records"):
+            for statistic in ("psi", "mean_shift", "null_rate_change"):
+                if pd.notna(row[statistic]):
+                    metadata[f"{statistic}_{row['feature']}"] = float(row[statistic])
         for name in drifted:
             dtype = view.feature(name).dtype
             metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name][0], serving[name], name, dtype))
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset_check(asset=report_asset, name="no_drift_error", blocking=True)
+    @dg.asset_check(asset=report_asset, name="no_drift_error")
     def no_drift_error(warehouse: Warehouse) -> dg.AssetCheckResult:
-        """ERROR (blocks promoting new models) when a feature's PSI or null-rate change crosses its error threshold."""
+        """ERROR when a feature's PSI or null-rate change crosses its error threshold; served_models then holds the
+        newly trained models back (it reads the same report), so the previous versions keep serving."""
         with warehouse.connect() as con:
             return _check_result(latest_report(warehouse, con, view), ("error",), dg.AssetCheckSeverity.ERROR)
 
@@ -233,20 +243,48 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
     return report_asset, [no_drift_error, no_drift_warning]
 
 
+def drift_errors(warehouse: Warehouse, views: list[FeatureView]) -> list[str]:
+    """Each feature whose newest skew report grades a drift error, with its reasons, e.g.
+    "events_30d (user_features: psi 0.41 >= 0.25)"."""
+    errors = []
+    with warehouse.connect() as con:
+        for view in views:
+            if warehouse.table_exists(con, report_table(view)):
+                drifted = _drifted(latest_report(warehouse, con, view), ("error",))
+                errors += [f"{row['feature']} ({view.name}: {row['reasons']})" for row in drifted.to_dict("records")]
+    return errors
+
+
 def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
     models = list(registry.feature_sets)
+    views = registry.read_views
 
-    @dg.asset(deps=[*models, *report_assets], group_name="models", kinds={"python"})
-    def served_models(model_store: ModelStoreResource) -> dg.MaterializeResult:
-        """Each model's newest trained version becomes the one predict serves. Runs only after the skew reports'
-        blocking drift checks passed, so a drift error leaves the previous versions serving."""
+    @dg.asset(deps=[*models, *report_assets], group_name="models", kinds={"python"}, output_required=False)
+    def served_models(context: dg.AssetExecutionContext, warehouse: Warehouse, model_store: ModelStoreResource):
+        """Each model's newest trained version becomes the one predict serves, unless a skew report grades a drift
+        error: then nothing is promoted (the asset is skipped, not failed) and an observation says why and which
+        versions keep serving."""
         store = model_store.store()
+        errors = drift_errors(warehouse, views)
+        if errors:
+            serving = ", ".join(f"{model} {_served_version(store, model)}" for model in models)
+            reason = f"held back: drift error on {'; '.join(errors)}; serving {serving}"
+            context.log.warning(reason)
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"held_back": reason})
+            return
         promoted = {}
         for model in models:
             versions = store.versions(model)
             if versions:
                 store.promote(model, versions[-1])
                 promoted[model] = versions[-1]
-        return dg.MaterializeResult(metadata={f"{model}_version": version for model, version in promoted.items()})
+        yield dg.MaterializeResult(metadata={f"{model}_version": version for model, version in promoted.items()})
 
     return served_models
+
+
+def _served_version(store: ModelStore, model: str) -> str:
+    try:
+        return store.current(model)
+    except FeatureStoreError:
+        return "no version yet"

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.features import dbt_model_key
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import ONLINE_SYNC_AUTOMATION, view_freshness
@@ -89,7 +90,7 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
         if result.problem:
             metadata["problem"] = result.problem
         if result.examples:
-            metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(result.examples).to_markdown(index=False))
+            metadata["examples"] = markdown_table(pd.DataFrame(result.examples))
         return dg.AssetCheckResult(
             passed=result.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata, description=result.summary(view)
         )

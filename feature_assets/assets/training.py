@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.features import dbt_model_key
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.leakage import check_leakage
@@ -54,7 +55,7 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
                 **{f"rows_matching_{view.name}": int(counts[view.name]) for view in feature_set.views},
                 "seconds": round(time.perf_counter() - started, 3),
                 "features": ", ".join(feature_set.feature_names),
-                "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+                "preview": markdown_table(preview),
             }
         )
 
@@ -71,7 +72,7 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         if report.problems:
             first = report.problems[0]
             metadata["first_problem"] = f"row {first[LABEL_ROW]} ({first['entity']}), feature {first['feature']}: {first['problem']}"
-            metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(report.problems[:20]).to_markdown(index=False))
+            metadata["examples"] = markdown_table(pd.DataFrame(report.problems[:20]))
         return dg.AssetCheckResult(passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
     return training_set, no_leakage
