@@ -51,7 +51,10 @@ def refresh_schedule(
     """Each tick loads raw data up to, and snapshots the due views at, the tick's own hour (not the wall clock).
     keys_for(due views) gives the assets the run materializes."""
 
-    @dg.schedule(name="hourly_refresh", cron_schedule="0 * * * *", job=job, execution_timezone="UTC")
+    # Running by default: a store left open under `dagster dev` (or the daemon in production) stays fresh.
+    @dg.schedule(
+        name="hourly_refresh", cron_schedule="0 * * * *", job=job, execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING
+    )
     def hourly_refresh(context: dg.ScheduleEvaluationContext):
         moment = context.scheduled_execution_time.replace(tzinfo=None, minute=0, second=0, microsecond=0)
         due = due_views(views, moment)

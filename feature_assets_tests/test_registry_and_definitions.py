@@ -135,6 +135,7 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
 
     schedule = defs.resolve_schedule_def("hourly_refresh")
     assert schedule.cron_schedule == "0 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # a store left open stays fresh
     context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 31, 5))
     request = schedule.evaluate_tick(context).run_requests[0]
     assert request.run_config["ops"]["dbt_feature_models"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
@@ -146,6 +147,7 @@ def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check
     assert dg.AssetKey("user_features") in dbt_keys
     for key in dbt_keys:
         assert "Raw SQL" not in (graph.get(key).description or ""), key
+        assert "dagster_dbt/project" not in graph.get(key).metadata, "shown in the UI as [DbtProject] (unserializable)"
     assert all(graph.get_check_spec(key).description for key in graph.asset_check_keys)
     check = dg.AssetCheckKey(dg.AssetKey("user_features"), "unique_combination_user_features_user_id__computed_at")
     assert graph.get_check_spec(check).description == "dbt test: one row per user_id, computed_at; a failure blocks what reads this model"

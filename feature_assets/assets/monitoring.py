@@ -221,7 +221,7 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
         for row in report.to_dict("records"):
             for statistic in ("psi", "mean_shift", "null_rate_change"):
                 if pd.notna(row[statistic]):
-                    metadata[f"{statistic}_{row['feature']}"] = float(row[statistic])
+                    metadata[f"{statistic}_{row['feature']}"] = round(float(row[statistic]), 4)
         for name in drifted:
             dtype = view.feature(name).dtype
             metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name][0], serving[name], name, dtype))
