@@ -58,6 +58,7 @@ def _execute(
     job_name: str = "",
     assets: tuple[str, ...] = (),
     tolerate_failed_checks: bool = False,
+    tags: dict[str, str] | None = None,
 ):
     """Runs a job (or a subset of all assets) in this process on the instance, raising on failure (a failed
     blocking check included, unless tolerated: then the caller reports it)."""
@@ -70,7 +71,9 @@ def _execute(
         job = defs.resolve_job_def(job_name)
     else:
         job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(a) for a in assets})
-    result = job.execute_in_process(run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False)
+    # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).
+    tags = {"featurestore/command": what, **(tags or {})}
+    result = job.execute_in_process(run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False, tags=tags)
     failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
     if not result.success and not (tolerate_failed_checks and failed_checks):
         # A failed check says what it found (the parity check names the entities); a step failure says why it stopped.
@@ -107,7 +110,15 @@ def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
     ops = {"dbt_feature_models": {"config": as_of_config}}
     if settings.demo_data:
         ops["demo_raw_data"] = {"config": raw_config}
-    return _execute(settings, "refresh run", {"ops": ops}, job_name="refresh_features")
+    return _execute(settings, "refresh run", {"ops": ops}, job_name="refresh_features", tags=_as_of_tag(as_of_config))
+
+
+def _as_of_tag(as_of_config: dict) -> dict[str, str]:
+    """The snapshots a run builds, as a run tag: e.g. 2026-11-01 00:00:00 .. 2026-12-01 00:00:00 every 24 h."""
+    from feature_assets.assets.features import AsOfConfig
+
+    when = AsOfConfig(**as_of_config).dbt_vars()
+    return {"featurestore/as_of": f"{when['as_of_start']} .. {when['as_of_end']} every {when['cadence_hours']} h"}
 
 
 def _print_summary(settings: Settings) -> None:
@@ -433,7 +444,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     # without them.
     labels = _registry().labels
     models = tuple(key.to_user_string() for key in dbt_feature_models.keys if key.path[-1] not in labels)
-    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=models)
+    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=models, tags=_as_of_tag(config))
     _print_summary(settings)
 
 

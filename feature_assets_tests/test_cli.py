@@ -162,6 +162,22 @@ print(job.execute_in_process(instance=dagster_instance(Settings.from_env())).suc
 """
 
 
+def test_a_backfill_shows_in_the_ui_as_a_run_tagged_with_its_as_of_times(store, tmp_path, monkeypatch):
+    home, _ = store
+    shutil.copyfile(home / "warehouse.duckdb", tmp_path / "warehouse.duckdb")
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"FEATURE_STORE_HOME": str(tmp_path)}
+    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30T00:00", "--end", "2026-03-31T00:00"]
+    backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert backfill.returncode == 0, backfill.stderr
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    with dg.DagsterInstance.get() as instance:
+        [backfill] = instance.get_runs()
+        assert backfill.tags["featurestore/command"] == "backfill"
+        assert backfill.tags["featurestore/as_of"] == "2026-03-30 00:00:00 .. 2026-03-31 00:00:00 every 24 h"
+        built = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
+        assert built["as_of_times_built"].value == "2026-03-30 00:00:00 .. 2026-03-31 00:00:00 every 24 h"
+
+
 def test_first_commands_started_together_on_a_fresh_home_all_keep_their_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"FEATURE_STORE_HOME": str(tmp_path / "home")}
     go = tmp_path / "go"

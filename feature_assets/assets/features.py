@@ -144,27 +144,38 @@ _registry = load_registry(dbt_project.manifest_path)
 )
 def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
     """Builds and tests the selected dbt models: staging views, the feature snapshots of the configured as-of times, label tables."""
+    as_of = config.dbt_vars()
     target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
     with _environment(warehouse.dbt_env()):
         invocation = dbt.cli(
-            ["build", "--vars", json.dumps(config.dbt_vars())], context=context, target_path=target_path, raise_on_error=False
+            ["build", "--vars", json.dumps(as_of)], context=context, target_path=target_path, raise_on_error=False
         )
     # Counted once dbt has exited: the embedded DuckDB file takes one writer at a time.
     events = list(invocation.stream())
-    yield from _with_row_counts(events, invocation.manifest, warehouse)
+    yield from _with_row_counts(events, invocation.manifest, warehouse, as_of)
     if not invocation.is_successful():
         raise DbtBuildError(_failure(invocation, target_path))
     # A failed build keeps its folder: the error names the dbt.log in it.
     shutil.rmtree(target_path, ignore_errors=True)
 
 
-def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Warehouse) -> Iterator:
+def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Warehouse, as_of: Mapping[str, Any]) -> Iterator:
     """Each built table's row count (dbt views are not counted: that would run their query). A feature view also
-    gets its number of snapshots and the newest one."""
+    gets the as-of times this run built, how many snapshots it keeps, and the newest one."""
+    tables = {
+        id(event): node
+        for event in events
+        if isinstance(event, dg.Output)
+        and (node := manifest["nodes"].get(event.metadata["unique_id"].text))
+        and node["config"]["materialized"] != "view"
+    }
+    if not tables:  # e.g. dbt failed before building anything: its error is the one to report
+        yield from events
+        return
     with warehouse.connect() as con:
         for event in events:
-            node = manifest["nodes"].get(event.metadata["unique_id"].text) if isinstance(event, dg.Output) else None
-            if node is None or node["config"]["materialized"] == "view":
+            node = tables.get(id(event))
+            if node is None:
                 yield event
                 continue
             counts = warehouse.fetch(con, f"select count(*) as row_count from {validate_identifier(node['name'], 'dbt model')}")
@@ -175,6 +186,7 @@ def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Wareh
                 snapshots = warehouse.fetch(
                     con, f"select count(distinct {view.timestamp}) as snapshots, max({view.timestamp}) as newest from {view.name}"
                 )
+                metadata["as_of_times_built"] = f"{as_of['as_of_start']} .. {as_of['as_of_end']} every {as_of['cadence_hours']} h"
                 metadata["snapshots"] = int(snapshots["snapshots"].iloc[0])
                 metadata["newest_snapshot"] = str(snapshots["newest"].iloc[0])
             yield event.with_metadata({**event.metadata, **metadata})
