@@ -34,6 +34,7 @@ __all__ = [
     "drift_severity",
     "feature_kind",
     "histogram_markdown",
+    "histogram_sparkline",
     "numeric_psi",
     "categorical_psi",
     "relative_mean_shift",
@@ -372,6 +373,35 @@ def _numeric_plot_edges(values: np.ndarray, bins: int) -> np.ndarray:
 def _side_label(side: str, series: pd.Series) -> str:
     null_rate = f", {series.isna().mean():.1%} null" if len(series) else ""
     return f"{side} (n={len(series):,}{null_rate})"
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def histogram_sparkline(training: pd.Series, serving: pd.Series, feature: str, dtype: str, bins: int = 10) -> str:
+    """Training and serving shares of non-null values as two rows of bars on the same bins (or the same largest
+    categories), one line of text: short enough for the UI to show without a click, where the PNG needs one.
+    A bin that is empty on one side is "·"; bar heights share one scale across both sides."""
+    if feature_kind(dtype) == "numeric":
+        t_all, s_all = _numeric_values(training, feature, "training"), _numeric_values(serving, feature, "serving")
+        t, s = t_all[np.isfinite(t_all)], s_all[np.isfinite(s_all)]
+        both = np.concatenate([t, s])
+        if not len(both):
+            return "no non-null values"
+        low, high = float(both.min()), float(both.max())
+        edges = np.linspace(low, high, bins + 1) if high > low else np.array([low - 0.5, high + 0.5])
+        shares = [np.histogram(v, bins=edges)[0] / max(len(v), 1) for v in (t, s)]
+        scale = f"{low:.3g} .. {high:.3g}"
+    else:
+        frame = _category_shares(training.astype("string"), serving.astype("string"))
+        if frame.empty:
+            return "no non-null values"
+        frame = frame.loc[frame.max(axis=1).sort_values(ascending=False, kind="stable").index][:bins]
+        shares = [frame["training"].to_numpy(), frame["serving"].to_numpy()]
+        scale = ", ".join(frame.index)
+    top = max(float(np.max(side)) for side in shares) or 1.0
+    rows = ["".join(_BARS[min(int(share / top * len(_BARS)), len(_BARS) - 1)] if share > 0 else "·" for share in side) for side in shares]
+    return f"training {rows[0]}   serving {rows[1]}   ({scale})"
 
 
 def histogram_markdown(training: pd.Series, serving: pd.Series, feature: str, dtype: str, bins: int = 10) -> str:

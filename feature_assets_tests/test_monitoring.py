@@ -80,6 +80,7 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
     assert set(severities.values()) == {"ok"}
     materialization = result.get_asset_materialization_events()[0].materialization
     assert materialization.metadata["histogram_events_30d"].value.startswith("![events_30d](data:image/png;base64,")
+    assert materialization.metadata["shape_events_30d"].value.startswith("training ")  # shown without a click
     # Each statistic is a number of its own, so the UI plots it over the reports; the table has no "nan" cells.
     psi = materialization.metadata["psi_events_30d"]
     assert isinstance(psi, dg.FloatMetadataValue) and psi.value == pytest.approx(report.set_index("feature").loc["events_30d", "psi"])

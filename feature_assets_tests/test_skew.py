@@ -2,6 +2,7 @@
 
 import base64
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from feature_assets.skew import (
     categorical_psi,
     drift_severity,
     histogram_markdown,
+    histogram_sparkline,
     numeric_psi,
     relative_mean_shift,
     skew_report,
@@ -368,3 +370,14 @@ def test_histogram_markdown_leaves_pyplot_state_alone() -> None:
     before = plt.get_fignums()
     histogram_markdown(pd.Series([1.0, 2.0]), pd.Series([2.0, 3.0]), "x", "float64")
     assert plt.get_fignums() == before
+
+
+def test_the_one_line_histogram_shows_a_shift_on_shared_bins_and_categories_by_share() -> None:
+    rng = np.random.default_rng(0)
+    line = histogram_sparkline(pd.Series(rng.poisson(20, 5000)), pd.Series(rng.poisson(26, 5000)), "events_30d", "int64")
+    training, serving = re.fullmatch(r"training (\S+)   serving (\S+)   \((\S+) \.\. (\S+)\)", line).group(1, 2)
+    assert len(training) == len(serving) == 10
+    assert training.index("█") < serving.index("█")  # the serving mode lies to the right: the shift is visible
+    line = histogram_sparkline(exact_mix({"free": 6, "basic": 3, "pro": 1}), exact_mix({"free": 3, "enterprise": 7}), "plan", "string")
+    assert line == "training ·▇▄▂   serving █▄··   (enterprise, free, basic, pro)"  # by largest share on either side
+    assert histogram_sparkline(pd.Series([], dtype="float64"), pd.Series([None], dtype="Float64"), "x", "float64") == "no non-null values"

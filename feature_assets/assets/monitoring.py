@@ -21,7 +21,7 @@ from feature_assets.resources.served_log import ServedLogResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving.models import ModelStore
 from feature_assets.serving.reads import MISSING, FeatureReader
-from feature_assets.skew import DriftThresholds, histogram_markdown, skew_report
+from feature_assets.skew import DriftThresholds, histogram_markdown, histogram_sparkline, skew_report
 
 __all__ = [
     "SkewReportConfig",
@@ -224,6 +224,7 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
                     metadata[f"{statistic}_{row['feature']}"] = round(float(row[statistic]), 4)
         for name in drifted:
             dtype = view.feature(name).dtype
+            metadata[f"shape_{name}"] = histogram_sparkline(training[name][0], serving[name], name, dtype)
             metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name][0], serving[name], name, dtype))
         return dg.MaterializeResult(metadata=metadata)
 
