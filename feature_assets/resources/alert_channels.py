@@ -64,8 +64,8 @@ class AlertChannels(dg.ConfigurableResource):
         client.timeout = int(self.timeout_seconds)
         try:
             client.chat_postMessage(channel=self.slack_channel, text=message["text"], blocks=message.get("blocks"))
-        except SlackClientError as error:
-            raise AlertDeliveryError(f"Slack refused the alert for {self.slack_channel}: {error}") from None
+        except (SlackClientError, OSError) as error:
+            raise AlertDeliveryError(f"the alert could not be posted to Slack channel {self.slack_channel}: {error}") from None
 
 
 def _secret(name: str, environ: Mapping[str, str]) -> dg.EnvVar | None:
