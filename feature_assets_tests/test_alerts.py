@@ -12,6 +12,7 @@ from dagster._core.definitions.freshness import FreshnessState, FreshnessStateCh
 from feature_assets.alerts import NOT_CONFIGURED, alert_sensor
 from feature_assets.assets.monitoring import skew_report_assets
 from feature_assets.cli import shift_online_feature
+from feature_assets.errors import ConfigError
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.alert_channels import AlertChannels, alert_channels_from_env
@@ -221,3 +222,17 @@ def test_the_webhook_url_reaches_the_resource_from_the_environment_only(monkeypa
     with dg.build_sensor_context(resources={"alert_channels": channels}) as context:
         context.resources.alert_channels.send({"text": "hello"})
     assert receiver.messages == [{"text": "hello"}]
+
+
+@pytest.mark.parametrize(
+    "environ, problem",
+    [
+        ({"FEATURE_STORE_UI_URL": "dagster.internal:3000"}, "FEATURE_STORE_UI_URL must be an http:// or https:// URL"),
+        ({"FEATURE_STORE_SLACK_TOKEN": "xoxb-secret"}, "set both FEATURE_STORE_SLACK_TOKEN and FEATURE_STORE_SLACK_CHANNEL"),
+    ],
+)
+def test_a_malformed_alert_setting_is_refused_naming_it_and_not_the_secret(environ, problem):
+    with pytest.raises(ConfigError) as refused:
+        alert_channels_from_env(environ)
+    assert str(refused.value).startswith(problem)
+    assert "xoxb-secret" not in str(refused.value)
