@@ -13,6 +13,8 @@ setup(
         "dagster-webserver==1.13.27",
         "dagster-dbt==0.29.27",
         "dagster-postgres==0.29.27",
+        "dagster-slack==0.29.27",
+        "slack-sdk==3.48.0",
         "dbt-core==1.11.16",
         "dbt-duckdb==1.11.1",
         "dbt-postgres==1.11.0",

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
+from feature_assets.alerts import alert_sensor
 from feature_assets.assets.features import dbt_feature_models, dbt_model_key
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
@@ -16,6 +17,7 @@ from feature_assets.assets.training import training_set_assets
 from feature_assets.automation import check_refresh_fits_ttl, monitoring_sensor, online_sync_sensor, refresh_schedule
 from feature_assets.project import dbt_project
 from feature_assets.registry import FeatureView, Registry, load_registry
+from feature_assets.resources.alert_channels import alert_channels_from_env
 from feature_assets.resources.model_store import model_store_for
 from feature_assets.resources.online import online_store_for
 from feature_assets.resources.served_log import served_log_for
@@ -88,7 +90,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[*raw, dbt_feature_models, *(asset for asset, _ in online), *training_sets, *models, *report_assets, served_models],
         asset_checks=[*(check for _, check in online), *leakage_checks, *(check for _, checks in reports for check in checks)],
-        sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets)],
+        sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets), alert_sensor()],
         jobs=[refresh_job, train_job],
         schedules=[
             refresh_schedule(
@@ -105,6 +107,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "online_store": online_store_for(settings),
             "model_store": model_store_for(settings),
             "served_log": served_log_for(settings),
+            "alert_channels": alert_channels_from_env(),
         },
         # One process runs every step of a local run: no start-up cost per step, and one DuckDB writer at a time.
         executor=dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor,

@@ -8,6 +8,7 @@ __all__ = [
     "OnlineStoreError",
     "WarehouseError",
     "DbtBuildError",
+    "AlertDeliveryError",
     "shown",
 ]
 
@@ -38,6 +39,10 @@ class WarehouseError(FeatureStoreError):
 
 class DbtBuildError(FeatureStoreError):
     """A dbt build failed; the message carries dbt's errors and where its log is."""
+
+
+class AlertDeliveryError(FeatureStoreError):
+    """An alert channel (webhook or Slack) refused or did not answer; the alert is sent again on the next tick."""
 
 
 def shown(value: object) -> str:

@@ -219,3 +219,27 @@ def trained(tmp_path_factory):
     assert result.success
     assert train_models(warehouse, folder / "models").success
     return warehouse, folder / "models"
+
+
+@pytest.fixture
+def monitored(trained, redis_client, tmp_path):
+    """The trained warehouse with every view's latest snapshots synced to Redis, and the resources the skew
+    report needs."""
+    from feature_assets.online_sync import sync_online_store
+    from feature_assets.registry import load_registry
+    from feature_assets.resources.model_store import ModelStoreResource
+    from feature_assets.resources.online import OnlineStoreResource
+    from feature_assets.resources.served_log import ServedLogResource
+    from feature_assets.serving import RedisOnlineStore
+
+    warehouse, models_root = trained
+    store = RedisOnlineStore(redis_client)
+    for view in load_registry(dbt_project.manifest_path).views.values():
+        sync_online_store(warehouse, store, view, full_resync=True)
+    resources = {
+        "warehouse": warehouse,
+        "online_store": OnlineStoreResource(kind="redis", redis_url=REDIS_URL),
+        "served_log": ServedLogResource(kind="sqlite", sqlite_path=str(tmp_path / "served_log.sqlite")),
+        "model_store": ModelStoreResource(root=str(models_root)),
+    }
+    return warehouse, store, models_root, resources

@@ -2,41 +2,19 @@
 the previous model serving."""
 
 import dagster as dg
-import pytest
 
-from conftest import REDIS_URL
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import latest_report, report_table, served_models_asset, skew_report_assets
 from feature_assets.assets.training import training_set_assets
 from feature_assets.cli import shift_online_feature
-from feature_assets.online_sync import iter_latest_snapshots, sync_online_store
+from feature_assets.online_sync import iter_latest_snapshots
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
-from feature_assets.resources.model_store import ModelStoreResource
-from feature_assets.resources.online import OnlineStoreResource
-from feature_assets.resources.served_log import ServedLogResource
-from feature_assets.serving import RedisOnlineStore
 from feature_assets.serving.models import ModelStore
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
 REPORT_TABLE = report_table(VIEW)
-
-
-@pytest.fixture
-def monitored(trained, redis_client, tmp_path):
-    """The trained warehouse with its latest snapshots synced to Redis, and the resources the report needs."""
-    warehouse, models_root = trained
-    store = RedisOnlineStore(redis_client)
-    for view in (VIEW, COUNTRIES):
-        sync_online_store(warehouse, store, view, full_resync=True)
-    resources = {
-        "warehouse": warehouse,
-        "online_store": OnlineStoreResource(kind="redis", redis_url=REDIS_URL),
-        "served_log": ServedLogResource(kind="sqlite", sqlite_path=str(tmp_path / "served_log.sqlite")),
-        "model_store": ModelStoreResource(root=str(models_root)),
-    }
-    return warehouse, store, models_root, resources
 
 
 def _report(resources, view=VIEW) -> dg.ExecuteInProcessResult:

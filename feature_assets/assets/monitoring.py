@@ -163,7 +163,9 @@ def _check_result(report: pd.DataFrame, severities: tuple[str, ...], severity: d
     }
     for row in drifted.to_dict("records"):
         metadata[row["feature"]] = f"{row['severity']}: {row['reasons']}"
-    return dg.AssetCheckResult(passed=drifted.empty, severity=severity, metadata=metadata)
+    # The description is what alerts quote: each drifted feature with the statistic over its threshold.
+    description = "; ".join(f"drift on {row['feature']}: {row['reasons']}" for row in drifted.to_dict("records")) or "no drift"
+    return dg.AssetCheckResult(passed=drifted.empty, severity=severity, metadata=metadata, description=description)
 
 
 def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
