@@ -101,22 +101,23 @@ def _report_job(resources) -> dg.JobDefinition:
 def test_a_drift_error_is_sent_once_naming_the_feature_the_statistic_and_the_asset(monitored, instance, receiver, sensor):
     warehouse, store, _, resources = monitored
     shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
-    assert not _report_job(resources).execute_in_process(instance=instance, raise_on_error=False).success
+    # The run succeeds: a drift error fails its check (and holds promotion back), not the report.
+    assert _report_job(resources).execute_in_process(instance=instance, raise_on_error=False).success
 
     assert sensor.tick().skip_message == "sent 1 alert"
     [message] = receiver.messages
     text = message["text"]
-    assert text.startswith("skew_report_job failed (run ")
+    assert text.startswith("skew_report_job: 1 failed check (run ")
     assert "user_features_skew_report check no_drift_error failed: drift on events_30d: psi " in text
     assert f"({UI}/assets/user_features_skew_report)" in text
-    assert "step " not in text  # the run failed because of the check: one failure, told once
+    assert "step " not in text
     assert f"<{UI}/assets/user_features_skew_report|asset>" in message["blocks"][0]["text"]["text"]
 
     assert sensor.tick().skip_message == "sent 0 alerts"  # the check stays failed: nothing new
     assert len(receiver.messages) == 1
 
     # A later run that fails the check again is a new failure.
-    assert not _report_job(resources).execute_in_process(instance=instance, raise_on_error=False).success
+    _report_job(resources).execute_in_process(instance=instance, raise_on_error=False)
     sensor.tick()
     assert len(receiver.messages) == 2
 
