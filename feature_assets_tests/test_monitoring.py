@@ -15,8 +15,7 @@ from feature_assets.registry import load_registry
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
-from feature_assets.serving import RedisOnlineStore
-from feature_assets.serving.models import ModelStore
+from feature_assets.serving import FolderModelStore, RedisOnlineStore
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
@@ -84,7 +83,7 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
 
 def test_a_drift_error_blocks_promotion_and_the_previous_model_keeps_serving(monitored):
     warehouse, store, models_root, resources = monitored
-    models = ModelStore(models_root)
+    models = FolderModelStore(models_root)
     serving_before = models.current("churn_model")
     shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
 

@@ -240,13 +240,13 @@ def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinit
     def served_models(model_store: ModelStoreResource) -> dg.MaterializeResult:
         """Each model's newest trained version becomes the one predict serves. Runs only after the skew reports'
         blocking drift checks passed, so a drift error leaves the previous versions serving."""
-        store = model_store.store()
         promoted = {}
-        for model in models:
-            versions = store.versions(model)
-            if versions:
-                store.promote(model, versions[-1])
-                promoted[model] = versions[-1]
+        with model_store.store() as store:
+            for model in models:
+                versions = store.versions(model)
+                if versions:
+                    store.promote(model, versions[-1])
+                    promoted[model] = versions[-1]
         return dg.MaterializeResult(metadata={f"{model}_version": version for model, version in promoted.items()})
 
     return served_models
