@@ -45,8 +45,8 @@ import redis  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_assets.serving import RedisOnlineStore  # noqa: E402
-from feature_assets.serving.models import ModelStore, Predictor  # noqa: E402
+from feature_assets.serving import FolderModelStore, ModelStore, RedisOnlineStore  # noqa: E402
+from feature_assets.serving.models import Predictor  # noqa: E402
 from feature_assets.serving.served_log import RedisServedLog  # noqa: E402
 
 # Snapshots must be recent: one older than its online TTL is neither synced nor served.
@@ -94,7 +94,7 @@ def build_served_model(directory: Path, store: RedisOnlineStore, users: int, day
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert trained.success
-    models = ModelStore(directory / "models")
+    models = FolderModelStore(directory / "models")
     for name in registry.feature_sets:  # serve what was just trained, whichever asset promotes in the full graph
         models.promote(name, models.versions(name)[-1])
     for view in registry.views.values():

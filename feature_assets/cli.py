@@ -232,10 +232,11 @@ def _train(settings: Settings) -> bool:
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
     from feature_assets.resources.online import open_online_store
     from feature_assets.resources.served_log import open_served_log
-    from feature_assets.serving.models import ModelStore, Predictor
+    from feature_assets.serving.model_store import open_model_store
+    from feature_assets.serving.models import Predictor
 
-    with open_online_store(settings) as store, open_served_log(settings) as log:
-        predictor = Predictor(store, ModelStore(settings.models_path), served_log=log)
+    with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:
+        predictor = Predictor(store, models, served_log=log)
         caller = predictor.entity_keys(model)
         positional = [key for key in caller if key not in keys]
         if len(positional) != 1:

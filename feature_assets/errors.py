@@ -7,6 +7,7 @@ __all__ = [
     "DataError",
     "OnlineStoreError",
     "WarehouseError",
+    "ModelStoreError",
     "DbtBuildError",
     "AlertDeliveryError",
     "shown",
@@ -35,6 +36,10 @@ class OnlineStoreError(FeatureStoreError):
 
 class WarehouseError(FeatureStoreError):
     """The warehouse could not be opened: PostgreSQL unreachable, or the DuckDB file held by another process."""
+
+
+class ModelStoreError(FeatureStoreError):
+    """A model or version the model store does not hold, a version saved twice, or its PostgreSQL unreachable."""
 
 
 class DbtBuildError(FeatureStoreError):

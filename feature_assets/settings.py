@@ -6,6 +6,10 @@ FEATURE_STORE_ONLINE picks the online store: sqlite (default in local, a file un
 or redis (default in prod, at FEATURE_STORE_REDIS_URL: redis:// or rediss://, password included).
 Served feature vectors are logged next to it (a Redis stream, or served_log.sqlite), sampling
 FEATURE_STORE_SERVED_LOG_RATE of them (default 1: all).
+Model versions and the served-version pointers live in PostgreSQL at FEATURE_STORE_MODEL_STORE_URL when it is
+set (postgresql://, password included), else in prod in the warehouse's PostgreSQL (FEATURE_STORE_POSTGRES_URL),
+so every server host and training run sees the same models; in both cases in the schema
+FEATURE_STORE_POSTGRES_SCHEMA. Locally, without the URL, they are folders under FEATURE_STORE_HOME/models.
 """
 
 import os
@@ -62,6 +66,9 @@ class Settings:
     demo_data: bool
     online: Literal["redis", "sqlite"] = "sqlite"
     served_log_rate: float = 1.0
+    # The environment variable holding the model store's PostgreSQL URL, "" for the folder store: the URL is a
+    # secret, so settings name where it is and never hold it.
+    model_store_url_variable: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -76,6 +83,13 @@ class Settings:
         if online == "redis" and not environ.get("FEATURE_STORE_REDIS_URL", "").startswith(("redis://", "rediss://")):
             # Never echo the URL: it holds the password.
             raise ConfigError("FEATURE_STORE_ONLINE=redis needs FEATURE_STORE_REDIS_URL set to a redis:// or rediss:// URL")
+        if environ.get("FEATURE_STORE_MODEL_STORE_URL"):
+            if not environ["FEATURE_STORE_MODEL_STORE_URL"].startswith(("postgresql://", "postgres://")):
+                # Never echo the URL: it holds the password.
+                raise ConfigError("FEATURE_STORE_MODEL_STORE_URL must be a postgresql:// URL")
+            model_store_url_variable = "FEATURE_STORE_MODEL_STORE_URL"
+        else:
+            model_store_url_variable = "FEATURE_STORE_POSTGRES_URL" if env == "prod" else ""
         return cls(
             env=env,
             home=Path(environ.get("FEATURE_STORE_HOME", ".featurestore")).resolve(),
@@ -87,6 +101,7 @@ class Settings:
             ),
             online=online,
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
+            model_store_url_variable=model_store_url_variable,
         )
 
     @property

@@ -188,7 +188,7 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
     from feature_assets.assets.training import training_set_assets
     from feature_assets.registry import load_registry
     from feature_assets.resources.model_store import ModelStoreResource
-    from feature_assets.serving.models import ModelStore
+    from feature_assets.serving import FolderModelStore
 
     registry = load_registry(dbt_project.manifest_path)
     training_sets, _ = training_set_assets(registry)
@@ -197,7 +197,7 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
         resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(models_root))},
         instance=dg.DagsterInstance.ephemeral(),
     )
-    store = ModelStore(models_root)
+    store = FolderModelStore(models_root)
     for model in registry.feature_sets:
         store.promote(model, store.versions(model)[-1])
     return result

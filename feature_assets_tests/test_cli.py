@@ -17,8 +17,8 @@ from feature_assets.errors import DataError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
-from feature_assets.serving import SqliteOnlineStore
-from feature_assets.serving.models import ModelStore, Predictor
+from feature_assets.serving import FolderModelStore, SqliteOnlineStore
+from feature_assets.serving.models import Predictor
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 FEATURESTORE = Path(sys.executable).with_name("featurestore")
@@ -103,7 +103,7 @@ def test_ids_parse_strictly_as_the_registry_types_each_key(home, store, capsys):
 
 def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
     _, users = store
-    predictor = Predictor(SqliteOnlineStore(home / "online.sqlite"), ModelStore(home / "models"))
+    predictor = Predictor(SqliteOnlineStore(home / "online.sqlite"), FolderModelStore(home / "models"))
     assert predictor.predict_one("churn_model", str(users[0])).score == predictor.predict_one("churn_model", users[0]).score
     for bad in ("١٢٣", 2**63, True, "1.0"):
         with pytest.raises(DataError, match="user_id .* (is not a bigint|is outside the range)"):

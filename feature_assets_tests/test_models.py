@@ -23,8 +23,8 @@ from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import LABEL_ROW, load_registry
 from feature_assets.resources.warehouse import Warehouse
-from feature_assets.serving import RedisOnlineStore
-from feature_assets.serving.models import ModelStore, Predictor, SchemaMismatch, feature_matrix
+from feature_assets.serving import FolderModelStore, RedisOnlineStore
+from feature_assets.serving.models import Predictor, SchemaMismatch, feature_matrix
 from feature_assets.training import build_table, point_in_time_sql
 
 REGISTRY = load_registry(dbt_project.manifest_path)
@@ -56,7 +56,7 @@ def _latest_users(warehouse: Warehouse, count: int) -> list[int]:
 
 def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     _, root = trained
-    store = ModelStore(root)
+    store = FolderModelStore(root)
     card = store.card("churn_model")
     assert card.version == store.current("churn_model") == store.versions("churn_model")[-1]
     assert [(f["view"], f["name"], f["dtype"]) for f in card.features] == [
@@ -91,7 +91,7 @@ def test_the_model_asset_shows_its_card_features_dtypes_checksums_and_metrics(tr
         [churn], resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(tmp_path))}, instance=dg.DagsterInstance.ephemeral()
     )
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
-    card = ModelStore(tmp_path).card("churn_model", metadata["version"].value)
+    card = FolderModelStore(tmp_path).card("churn_model", metadata["version"].value)
     shown = [dict(record.data) for record in metadata["feature_schema"].value.records]
     assert shown == [{k: f[k] for k in ("view", "name", "dtype", "definition_checksum")} for f in card.features]
     assert metadata["card"].value["schema_version"] == card.schema_version == metadata["schema_version"].value
@@ -142,10 +142,10 @@ def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
     sync_views(warehouse, store)
-    predictor = Predictor(store, ModelStore(root))
+    predictor = Predictor(store, FolderModelStore(root))
     users = _latest_users(warehouse, 3)
     one = predictor.predict_one("churn_model", users[0])
-    assert 0.0 <= one.score <= 1.0 and one.version == ModelStore(root).current("churn_model")
+    assert 0.0 <= one.score <= 1.0 and one.version == FolderModelStore(root).current("churn_model")
     country = redis_client.hget(f"features:user:{users[0]}", "country").decode()
     assert one.entity == {"user_id": users[0], "country_code": country}  # derived from the user's online country
     assert one.features["country_paid_share"] == float(redis_client.hget(f"features:country:{country}", "country_paid_share"))
@@ -169,7 +169,7 @@ def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view
     # Revenue is never negative, and neither is its prediction (a Poisson loss for a non-negative target).
     revenue = predictor.predict("ltv_model", _latest_users(warehouse, 200))["score"]
     assert revenue.notna().all() and (revenue >= 0).all()
-    card, pipeline = ModelStore(root).load("ltv_model")
+    card, pipeline = FolderModelStore(root).load("ltv_model")
     value = predictor.predict_one("ltv_model", users[2])
     matrix = feature_matrix({name: [value.features[name]] for name in card.feature_names}, card.features)
     assert value.score == pytest.approx(float(pipeline.predict(matrix)[0]), rel=1e-12)
@@ -193,9 +193,9 @@ def test_training_row_and_online_prediction_see_the_same_feature_vector(trained,
         skew = replace(CHURN, labels=replace(CHURN.labels, name="skew_labels"))
         build_table(warehouse, con, "skew_training_set", *point_in_time_sql("duckdb", skew))
         rows = warehouse.fetch(con, "select * from skew_training_set order by user_id")
-    card, pipeline = ModelStore(root).load("churn_model")
+    card, pipeline = FolderModelStore(root).load("churn_model")
     offline = feature_matrix({name: rows[name].tolist() for name in card.feature_names}, card.features)
-    predictor = Predictor(store, ModelStore(root))
+    predictor = Predictor(store, FolderModelStore(root))
     served = [predictor.predict_one("churn_model", user) for user in sorted(users)]
     online = feature_matrix({name: [p.features[name] for p in served] for name in card.feature_names}, card.features)
     assert offline.shape == (40, len(card.features))
@@ -229,7 +229,7 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
     store = RedisOnlineStore(redis_client)
     sync_views(warehouse_copy, store)
     users = _latest_users(warehouse_copy, 5)
-    before = [Predictor(store, ModelStore(root)).predict_one("churn_model", user).score for user in users]
+    before = [Predictor(store, FolderModelStore(root)).predict_one("churn_model", user).score for user in users]
 
     project = tmp_path / "dbt_features"
     shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
@@ -246,7 +246,7 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
     sync_online_store(warehouse_copy, store, grown)
     assert redis_client.hget(f"features:user:{users[0]}", "orders_30d") is not None
 
-    after = [Predictor(store, ModelStore(root)).predict_one("churn_model", user).score for user in users]
+    after = [Predictor(store, FolderModelStore(root)).predict_one("churn_model", user).score for user in users]
     assert after == before
 
     _edit(yml, "the 30 days before computed_at.\n        data_type: integer", "the 30 days before computed_at.\n        data_type: double precision")
@@ -255,7 +255,7 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
     changed = load_registry(project / "target/manifest.json").view("user_features")
     sync_online_store(warehouse_copy, store, changed)
     with pytest.raises(SchemaMismatch, match=re.escape("reads user_features.events_30d as int64, but the online store holds it as float64")):
-        Predictor(store, ModelStore(root)).predict_one("churn_model", users[0])
+        Predictor(store, FolderModelStore(root)).predict_one("churn_model", users[0])
 
 
 @pytest.mark.parametrize(
@@ -281,10 +281,10 @@ def test_prediction_refuses_a_change_in_either_view_naming_view_and_feature(trai
         changed = replace(record, schema=tuple((n, d) for n, d in record.schema if n != feature))
     store.record_sync(changed_view, changed)
     with pytest.raises(SchemaMismatch, match=message):
-        Predictor(store, ModelStore(root)).predict_one("churn_model", _latest_users(warehouse, 1)[0])
+        Predictor(store, FolderModelStore(root)).predict_one("churn_model", _latest_users(warehouse, 1)[0])
     # The model that does not read the changed view keeps serving.
     if view == "country_features":
-        assert Predictor(store, ModelStore(root)).predict_one("ltv_model", _latest_users(warehouse, 1)[0]).version
+        assert Predictor(store, FolderModelStore(root)).predict_one("ltv_model", _latest_users(warehouse, 1)[0]).version
 
 
 def test_featurestore_predict_scores_one_or_many_users_and_names_bad_input(trained, monkeypatch, capsys):
@@ -330,7 +330,7 @@ def test_a_card_written_before_models_read_several_views_still_loads_with_its_on
     }  # fmt: skip
     (tmp_path / "churn_model" / "v1").mkdir(parents=True)
     (tmp_path / "churn_model" / "v1" / "card.json").write_text(json.dumps(old))
-    card = ModelStore(tmp_path).card("churn_model", "v1")
+    card = FolderModelStore(tmp_path).card("churn_model", "v1")
     assert card.caller_keys == ["user_id"] and card.features[0]["view"] == "user_features"
     [view] = card.feature_views()
     assert (view.name, view.entity_key, view.feature_names, view.online_ttl) == ("user_features", "user_id", ("age",), timedelta(hours=48))
@@ -340,7 +340,7 @@ def test_serving_refuses_a_non_finite_feature_value_by_name(trained, redis_clien
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
     sync_views(warehouse, store)
-    predictor = Predictor(store, ModelStore(root))
+    predictor = Predictor(store, FolderModelStore(root))
     bad, good = _latest_users(warehouse, 2)
     redis_client.hset(f"features:user:{bad}", "avg_order_30d", "inf")
 
@@ -356,7 +356,7 @@ def test_a_long_lived_predictor_notices_a_resync_with_a_changed_definition(train
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
     sync_views(warehouse, store)
-    predictor = Predictor(store, ModelStore(root))
+    predictor = Predictor(store, FolderModelStore(root))
     user = _latest_users(warehouse, 1)[0]
     predictor.predict_one("churn_model", user)
 
@@ -387,7 +387,7 @@ def test_a_predict_against_a_hung_redis_fails_within_its_deadline(trained, tmp_p
     try:
         store = RedisOnlineStore.from_url(server.url, timeout=10)  # the socket would wait 10 s; the deadline is 0.3 s
         sync_views(warehouse, store)
-        predictor = Predictor(store, ModelStore(root), deadline=0.3)
+        predictor = Predictor(store, FolderModelStore(root), deadline=0.3)
         user = _latest_users(warehouse, 1)[0]
         predictor.predict_one("churn_model", user)
         os.killpg(server.processes[0].pid, signal.SIGSTOP)
@@ -411,7 +411,7 @@ def test_one_row_scoring_equals_the_pipeline_on_every_training_row(trained):
     from feature_assets.serving.models import _row_steps
 
     warehouse, root = trained
-    models = ModelStore(root)
+    models = FolderModelStore(root)
     for name in ("churn_model", "ltv_model"):
         card, pipeline = models.load(name, models.current(name))
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(name).training_set}")

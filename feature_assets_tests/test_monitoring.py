@@ -10,7 +10,7 @@ from feature_assets.cli import shift_online_feature
 from feature_assets.online_sync import iter_latest_snapshots
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
-from feature_assets.serving.models import ModelStore
+from feature_assets.serving import FolderModelStore
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
@@ -68,7 +68,7 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
 
 def test_a_drift_error_holds_promotion_back_in_plain_words_and_the_previous_model_keeps_serving(monitored):
     warehouse, store, models_root, resources = monitored
-    models = ModelStore(models_root)
+    models = FolderModelStore(models_root)
     serving_before = models.current("churn_model")
     shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
 

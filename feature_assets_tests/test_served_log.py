@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from conftest import REDIS_URL, wait_until
-from feature_assets.serving import FeatureReader, RedisOnlineStore
+from feature_assets.serving import FeatureReader, FolderModelStore, RedisOnlineStore
 from feature_assets.serving.codec import PANDAS_DTYPES
-from feature_assets.serving.models import ModelStore, Predictor
+from feature_assets.serving.models import Predictor
 from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
@@ -53,7 +53,7 @@ def synced(trained, redis_client):
         "select user_id from user_features where computed_at = (select max(computed_at) from user_features) "
         "order by user_id limit 30"
     )
-    return store, ModelStore(root), [int(user) for user in latest["user_id"]]
+    return store, FolderModelStore(root), [int(user) for user in latest["user_id"]]
 
 
 def _features(row: pd.Series, names: list[str]) -> dict:

@@ -126,7 +126,8 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
             rows={**rows, "without_features": skipped},
             metrics=metrics,
         )
-        folder = model_store.store().save(card, pipeline)
+        with model_store.store() as store:
+            location = store.save(card, pipeline)
         return dg.MaterializeResult(
             metadata={
                 "version": card.version,
@@ -141,7 +142,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
                 **{name: round(value, 4) for name, value in metrics.items()},
                 **{f"rows_{name}": count for name, count in card.rows.items()},
                 **card.training_window,
-                "path": dg.MetadataValue.path(str(folder)),
+                "stored_in": location,
                 "card": dg.MetadataValue.json(asdict(card)),
             }
         )

@@ -267,20 +267,20 @@ def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinit
         """Each model's newest trained version becomes the one predict serves, unless a skew report grades a drift
         error: then nothing is promoted (the asset is skipped, not failed) and an observation says why and which
         versions keep serving."""
-        store = model_store.store()
         errors = drift_errors(warehouse, views)
-        if errors:
-            serving = ", ".join(f"{model} {_served_version(store, model)}" for model in models)
-            reason = f"held back: drift error on {'; '.join(errors)}; serving {serving}"
-            context.log.warning(reason)
-            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"held_back": reason})
-            return
-        promoted = {}
-        for model in models:
-            versions = store.versions(model)
-            if versions:
-                store.promote(model, versions[-1])
-                promoted[model] = versions[-1]
+        with model_store.store() as store:
+            if errors:
+                serving = ", ".join(f"{model} {_served_version(store, model)}" for model in models)
+                reason = f"held back: drift error on {'; '.join(errors)}; serving {serving}"
+                context.log.warning(reason)
+                yield dg.AssetObservation(asset_key=context.asset_key, metadata={"held_back": reason})
+                return
+            promoted = {}
+            for model in models:
+                versions = store.versions(model)
+                if versions:
+                    store.promote(model, versions[-1])
+                    promoted[model] = versions[-1]
         yield dg.MaterializeResult(metadata={f"{model}_version": version for model, version in promoted.items()})
 
     return served_models

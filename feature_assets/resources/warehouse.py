@@ -13,20 +13,15 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 from feature_assets.errors import WarehouseError
+from feature_assets.postgres import POSTGRES_CONNECT_TIMEOUT_S, connect_postgres, first_line
 from feature_assets.settings import validate_identifier
 
 __all__ = ["Warehouse", "POSTGRES_CONNECT_TIMEOUT_S", "POSTGRES_STATEMENT_TIMEOUT_S"]
 
-# A server that accepts TCP and never answers must not hang a refresh: libpq gives up connecting after this,
-# and the server cancels any statement running longer than the statement timeout (training builds included).
-POSTGRES_CONNECT_TIMEOUT_S = 10
+# The server cancels any statement running longer than this (training builds included).
 POSTGRES_STATEMENT_TIMEOUT_S = 3600
 # Connection parameters of FEATURE_STORE_POSTGRES_URL that dbt's profile takes as well.
 _DBT_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -50,7 +45,7 @@ class Warehouse(dg.ConfigurableResource):
                 con = duckdb.connect(self.duckdb_path)
             except duckdb.Error as error:
                 # Typically the file's lock, held by a refresh, a sync or the UI: DuckDB admits one writing process.
-                raise WarehouseError(f"cannot open the DuckDB warehouse: {_first_line(error)}") from None
+                raise WarehouseError(f"cannot open the DuckDB warehouse: {first_line(error)}") from None
             try:
                 con.execute("set timezone = 'UTC'")
                 con.execute("begin")
@@ -68,21 +63,12 @@ class Warehouse(dg.ConfigurableResource):
                 yield con
 
     def _postgres(self) -> psycopg.Connection:
-        try:
-            parts = conninfo_to_dict(self.postgres_url) if self.postgres_url else {}
-            # The URL's own connect_timeout, if any, is libpq's to read and check.
-            timeout = {} if "connect_timeout" in parts else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
-            return psycopg.connect(
-                self.postgres_url,
-                options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
-                **timeout,
-            )
-        except psycopg.ProgrammingError:
-            # libpq's parse errors may quote the URL, password included.
-            raise WarehouseError("the PostgreSQL warehouse URL is not a valid libpq URL") from None
-        except psycopg.OperationalError as error:
-            where = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
-            raise WarehouseError(f"cannot connect to the PostgreSQL warehouse at {where}: {_first_line(error)}") from None
+        return connect_postgres(
+            self.postgres_url,
+            "PostgreSQL warehouse",
+            WarehouseError,
+            options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
+        )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Runs one query with ? placeholders (values always bound, never spliced)."""

@@ -1,8 +1,11 @@
-"""Online serving: the online stores, typed reads, predictions and the served-vector log.
+"""Online serving: the online stores, typed reads, the model stores, predictions and the served-vector log.
 Imports neither Dagster nor dbt, so a model server stays light."""
 
 from feature_assets.serving.codec import EncodedBatch, encode_batch
-from feature_assets.serving.models import ModelCard, ModelStore, Prediction, Predictor, SchemaMismatch
+from feature_assets.serving.folder_model_store import FolderModelStore
+from feature_assets.serving.model_card import ModelCard
+from feature_assets.serving.model_store import ModelStore, open_model_store
+from feature_assets.serving.models import Prediction, Predictor, SchemaMismatch
 from feature_assets.serving.online_store import (
     OnlineStore,
     OnlineWriter,
@@ -10,6 +13,7 @@ from feature_assets.serving.online_store import (
     SqliteOnlineStore,
     SyncRecord,
 )
+from feature_assets.serving.postgres_model_store import PostgresModelStore
 from feature_assets.serving.reads import FeatureReader
 from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
 
@@ -24,6 +28,9 @@ __all__ = [
     "FeatureReader",
     "ModelCard",
     "ModelStore",
+    "FolderModelStore",
+    "PostgresModelStore",
+    "open_model_store",
     "Prediction",
     "Predictor",
     "SchemaMismatch",

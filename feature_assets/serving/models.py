@@ -1,26 +1,18 @@
-"""Model artifacts bound to the feature schema they were trained on, and predictions from the online store.
+"""Predictions from the online store with the served version of a model, bound to the feature schema it was trained on.
 
-A model version is a folder FEATURE_STORE_HOME/models/<name>/<version>/ with the fitted scikit-learn
-pipeline (model.pkl) and its card (card.json): the ordered feature columns with their dtypes and definition
-checksums, the schema version, the training window, row counts and validation metrics. The file `current`
-next to the versions names the version `predict` serves.
+A model version (in a `ModelStore`: folders locally, PostgreSQL in prod) is the fitted scikit-learn pipeline and
+its card: the ordered feature columns with their dtypes and definition checksums, the schema version, the
+training window, row counts and validation metrics. The store's pointer names the version `predict` serves.
 
 Serving reads exactly the card's features, casts them by the card's dtypes and refuses when the online
 store holds another definition of any of them. Features the card does not list are ignored, so a feature
 added to the view never breaks an older model.
 """
 
-import hashlib
-import json
 import math
-import os
-import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import timedelta
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,8 +26,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from feature_assets.errors import DataError, FeatureStoreError, OnlineStoreError, shown
-from feature_assets.registry import Feature, FeatureSet, FeatureView
+from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import parse_entity_id
+from feature_assets.serving.model_card import ModelCard
+from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.reads import MISSING, RECHECK_SECONDS, FeatureReader
 from feature_assets.serving.served_log import ServedLog
@@ -49,7 +43,6 @@ __all__ = [
     "SchemaMismatch",
     "deadline_from_env",
     "feature_matrix",
-    "schema_version",
 ]
 
 
@@ -62,103 +55,6 @@ _NUMERIC = ("int64", "float64", "bool")
 
 class SchemaMismatch(FeatureStoreError):
     """The online store holds a feature the model reads with another name, dtype or definition than its card."""
-
-
-def schema_version(features: Sequence[Mapping[str, str]]) -> str:
-    """A hash of the ordered feature names, dtypes and definition checksums: equal iff serving may decode alike."""
-    payload = json.dumps([[f.get("view"), f["name"], f["dtype"], f["definition_checksum"]] for f in features])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Everything serving must know about a model version, as stored in card.json.
-
-    views: per view read, in order: name, entity, entity_key, key_data_type (absent in cards written before it was
-    recorded), timestamp, online_ttl_hours, and derived_from ([view, feature] whose online value is the entity key,
-    or null when the caller passes it).
-    features: ordered, each with its view, name, dtype and definition_checksum.
-    """
-
-    model: str
-    version: str
-    task: str
-    target: str
-    labels: str
-    views: list[dict[str, Any]]
-    features: list[dict[str, str]]
-    schema_version: str
-    trained_at: str
-    training_window: dict[str, str]
-    rows: dict[str, int]
-    metrics: dict[str, float]
-
-    @classmethod
-    def for_feature_set(cls, feature_set: FeatureSet, **fields: Any) -> "ModelCard":
-        views = [
-            {
-                "name": read.view.name,
-                "entity": read.view.entity,
-                "entity_key": read.view.entity_key,
-                "key_data_type": read.view.key_data_type,
-                "timestamp": read.view.timestamp,
-                "online_ttl_hours": read.view.online_ttl / timedelta(hours=1),
-                "derived_from": list(read.derived_from) if read.derived_from else None,
-            }
-            for read in feature_set.reads
-        ]
-        features = [
-            {"view": read.view.name, "name": f.name, "dtype": f.dtype, "definition_checksum": f.definition_checksum}
-            for read in feature_set.reads
-            for f in read.features
-        ]
-        return cls(
-            model=feature_set.model,
-            task=feature_set.task,
-            target=feature_set.target,
-            labels=feature_set.labels.name,
-            views=views,
-            features=features,
-            schema_version=schema_version(features),
-            **fields,
-        )
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ModelCard":
-        """A stored card; cards written before models could read several views name their one view at the top."""
-        if "views" not in data:
-            data = dict(data)
-            view = {k: data.pop(k) for k in ("view", "entity", "entity_key", "timestamp", "online_ttl_hours")}
-            data["views"] = [{"name": view.pop("view"), **view, "derived_from": None}]
-            data["features"] = [{"view": data["views"][0]["name"], **f} for f in data["features"]]
-            data.setdefault("labels", "")
-        return cls(**data)
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [f["name"] for f in self.features]
-
-    @property
-    def caller_keys(self) -> list[str]:
-        """The entity keys a caller passes to predict; the others are derived from online features."""
-        return list(dict.fromkeys(v["entity_key"] for v in self.views if not v["derived_from"]))
-
-    def feature_views(self) -> list[FeatureView]:
-        """The slice of each view this model reads, rebuilt from the card (no dbt manifest needed)."""
-        return [
-            FeatureView(
-                name=view["name"],
-                entity=view["entity"],
-                entity_key=view["entity_key"],
-                timestamp=view["timestamp"],
-                online_ttl=timedelta(hours=view["online_ttl_hours"]),
-                features=tuple(
-                    Feature(f["name"], f["dtype"], "", "", f["definition_checksum"]) for f in self.features if f["view"] == view["name"]
-                ),
-                definition_checksum="",
-            )
-            for view in self.views
-        ]
 
 
 def feature_matrix(columns: Mapping[str, Sequence[Any]], features: Sequence[Mapping[str, str]]) -> np.ndarray:
@@ -177,48 +73,6 @@ def feature_matrix(columns: Mapping[str, Sequence[Any]], features: Sequence[Mapp
         else:
             matrix[:, position] = np.where(null, np.nan, values)
     return matrix
-
-
-class ModelStore:
-    """Versioned model folders under one root; `current` names the served version of each model."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def save(self, card: ModelCard, pipeline: Any) -> Path:
-        folder = self.root / card.model / card.version
-        folder.mkdir(parents=True, exist_ok=False)
-        (folder / "model.pkl").write_bytes(pickle.dumps(pipeline))
-        (folder / "card.json").write_text(json.dumps(asdict(card), indent=2))
-        return folder
-
-    def versions(self, model: str) -> list[str]:
-        folder = self.root / model
-        return sorted(p.name for p in folder.iterdir() if (p / "card.json").exists()) if folder.exists() else []
-
-    def current(self, model: str) -> str:
-        pointer = self.root / model / "current"
-        if not pointer.exists():
-            raise FeatureStoreError(f"model {model!r} has no served version in {self.root}; materialize {model} first")
-        return pointer.read_text().strip()
-
-    def promote(self, model: str, version: str) -> None:
-        """Makes `version` the served one, atomically (a reader sees the old or the new pointer, never none)."""
-        if not (self.root / model / version / "card.json").exists():
-            raise FeatureStoreError(f"model {model!r} has no version {version!r}")
-        descriptor, temporary = tempfile.mkstemp(dir=self.root / model)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(version)
-        os.replace(temporary, self.root / model / "current")
-
-    def card(self, model: str, version: str | None = None) -> ModelCard:
-        version = version or self.current(model)
-        return ModelCard.from_json(json.loads((self.root / model / version / "card.json").read_text()))
-
-    def load(self, model: str, version: str | None = None) -> tuple[ModelCard, Any]:
-        card = self.card(model, version)
-        pipeline = pickle.loads((self.root / model / card.version / "model.pkl").read_bytes())
-        return card, pipeline
 
 
 @dataclass(frozen=True)
@@ -401,23 +255,30 @@ class Predictor:
         """deadline: seconds one predict_one may take in all (default FEATURE_STORE_PREDICT_DEADLINE_MS, 1000)."""
         self.store, self.models, self.served_log = store, models, served_log
         self.deadline = deadline_from_env() if deadline is None else deadline
-        self._served: dict[tuple[str, str], _Served] = {}
+        self._pointers: dict[str, tuple[str, float]] = {}  # model -> (its served version, when read)
+        self._loaded: dict[str, tuple[ModelCard, Any]] = {}  # model -> card and pipeline of the version last loaded
+        self._served: dict[str, _Served] = {}
 
     def _current(self, model: str) -> _Served:
-        version = self.models.current(model)
-        served = self._served.get((model, version))
-        if served is not None and time.monotonic() - served.checked_at >= RECHECK_SECONDS:
+        now = time.monotonic()
+        pointer = self._pointers.get(model)
+        if pointer is None or now - pointer[1] >= RECHECK_SECONDS:
+            # The served version is read at most once a RECHECK_SECONDS, not per prediction (a round trip to
+            # PostgreSQL): a promotion on any host takes effect here within about that, without a restart.
+            pointer = self._pointers[model] = (self.models.current(model), now)
+        loaded = self._loaded.get(model)
+        if loaded is None or loaded[0].version != pointer[0]:
+            loaded = self._loaded[model] = self.models.load(model, pointer[0])  # once per version served
+        served = self._served.get(model)
+        if served is None or served.card is not loaded[0]:
+            served = self._served[model] = _Served(self.store, *loaded)
+        elif now - served.checked_at >= RECHECK_SECONDS:
             # A long-lived server notices a re-sync (a changed definition or schema) as a new process would.
             records = [_what_was_checked(self.store.last_sync(view)) for view in served.views]
             if records != served.records:
-                del self._served[(model, version)]
-                served = None
+                served = self._served[model] = _Served(self.store, *loaded)  # or SchemaMismatch naming what differs
             else:
-                served.checked_at = time.monotonic()
-        if served is None:
-            card, pipeline = self.models.load(model, version)
-            served = _Served(self.store, card, pipeline)
-            self._served[(model, version)] = served
+                served.checked_at = now
         return served
 
     def entity_keys(self, model: str) -> list[str]:

@@ -1,0 +1,109 @@
+"""A model version's card: everything serving must know about it, bound to the feature schema it was trained on."""
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from feature_assets.registry import Feature, FeatureSet, FeatureView
+
+__all__ = ["ModelCard", "schema_version"]
+
+
+def schema_version(features: Sequence[Mapping[str, str]]) -> str:
+    """A hash of the ordered feature names, dtypes and definition checksums: equal iff serving may decode alike."""
+    payload = json.dumps([[f.get("view"), f["name"], f["dtype"], f["definition_checksum"]] for f in features])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything serving must know about a model version, as stored with it (card.json in a folder store).
+
+    views: per view read, in order: name, entity, entity_key, key_data_type (absent in cards written before it was
+    recorded), timestamp, online_ttl_hours, and derived_from ([view, feature] whose online value is the entity key,
+    or null when the caller passes it).
+    features: ordered, each with its view, name, dtype and definition_checksum.
+    """
+
+    model: str
+    version: str
+    task: str
+    target: str
+    labels: str
+    views: list[dict[str, Any]]
+    features: list[dict[str, str]]
+    schema_version: str
+    trained_at: str
+    training_window: dict[str, str]
+    rows: dict[str, int]
+    metrics: dict[str, float]
+
+    @classmethod
+    def for_feature_set(cls, feature_set: FeatureSet, **fields: Any) -> "ModelCard":
+        views = [
+            {
+                "name": read.view.name,
+                "entity": read.view.entity,
+                "entity_key": read.view.entity_key,
+                "key_data_type": read.view.key_data_type,
+                "timestamp": read.view.timestamp,
+                "online_ttl_hours": read.view.online_ttl / timedelta(hours=1),
+                "derived_from": list(read.derived_from) if read.derived_from else None,
+            }
+            for read in feature_set.reads
+        ]
+        features = [
+            {"view": read.view.name, "name": f.name, "dtype": f.dtype, "definition_checksum": f.definition_checksum}
+            for read in feature_set.reads
+            for f in read.features
+        ]
+        return cls(
+            model=feature_set.model,
+            task=feature_set.task,
+            target=feature_set.target,
+            labels=feature_set.labels.name,
+            views=views,
+            features=features,
+            schema_version=schema_version(features),
+            **fields,
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelCard":
+        """A stored card; cards written before models could read several views name their one view at the top."""
+        if "views" not in data:
+            data = dict(data)
+            view = {k: data.pop(k) for k in ("view", "entity", "entity_key", "timestamp", "online_ttl_hours")}
+            data["views"] = [{"name": view.pop("view"), **view, "derived_from": None}]
+            data["features"] = [{"view": data["views"][0]["name"], **f} for f in data["features"]]
+            data.setdefault("labels", "")
+        return cls(**data)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f["name"] for f in self.features]
+
+    @property
+    def caller_keys(self) -> list[str]:
+        """The entity keys a caller passes to predict; the others are derived from online features."""
+        return list(dict.fromkeys(v["entity_key"] for v in self.views if not v["derived_from"]))
+
+    def feature_views(self) -> list[FeatureView]:
+        """The slice of each view this model reads, rebuilt from the card (no dbt manifest needed)."""
+        return [
+            FeatureView(
+                name=view["name"],
+                entity=view["entity"],
+                entity_key=view["entity_key"],
+                timestamp=view["timestamp"],
+                online_ttl=timedelta(hours=view["online_ttl_hours"]),
+                features=tuple(
+                    Feature(f["name"], f["dtype"], "", "", f["definition_checksum"]) for f in self.features if f["view"] == view["name"]
+                ),
+                definition_checksum="",
+            )
+            for view in self.views
+        ]

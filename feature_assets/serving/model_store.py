@@ -1,0 +1,79 @@
+"""The model store: each model's versions (a card and a fitted pipeline) and the pointer to the version `predict`
+serves. Two implementations honour one contract (feature_assets_tests/test_model_store.py runs against each):
+folders under FEATURE_STORE_HOME/models (local default), and PostgreSQL, which every server host and training run
+sees alike (prod). `open_model_store` picks one from the settings."""
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from feature_assets.errors import ModelStoreError
+from feature_assets.serving.model_card import ModelCard
+from feature_assets.settings import Settings
+
+__all__ = ["ModelStore", "open_model_store"]
+
+
+class ModelStore(ABC):
+    """Versions of each model and the one served. A version, once saved, never changes; promoting is atomic (a
+    reader sees the old or the new pointer, never none or a mix)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for messages: never a password."""
+
+    @abstractmethod
+    def save(self, card: ModelCard, pipeline: Any) -> str:
+        """Stores card.version of card.model, refusing a version that exists; returns where it went."""
+
+    @abstractmethod
+    def versions(self, model: str) -> list[str]:
+        """The stored versions of `model`, in ascending order (versions are UTC timestamps: oldest first)."""
+
+    @abstractmethod
+    def current(self, model: str) -> str:
+        """The version `predict` serves."""
+
+    @abstractmethod
+    def promote(self, model: str, version: str) -> None:
+        """Makes a stored `version` the served one, atomically."""
+
+    @abstractmethod
+    def card(self, model: str, version: str | None = None) -> ModelCard:
+        """The card of `version`, or of the served version."""
+
+    @abstractmethod
+    def load(self, model: str, version: str | None = None) -> tuple[ModelCard, Any]:
+        """The card and fitted pipeline of `version`, or of the served version."""
+
+    def close(self) -> None:
+        """Releases the store's connection, if it holds one."""
+
+    def __enter__(self) -> "ModelStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _no_served_version(self, model: str) -> ModelStoreError:
+        return ModelStoreError(f"model {model!r} has no served version in {self.describe()}; materialize {model} first")
+
+    def _no_version(self, model: str, version: str) -> ModelStoreError:
+        return ModelStoreError(f"model {model!r} has no version {version!r} in {self.describe()}")
+
+    def _version_exists(self, model: str, version: str) -> ModelStoreError:
+        return ModelStoreError(f"model {model!r} already has a version {version!r} in {self.describe()}; versions never change")
+
+
+def open_model_store(settings: Settings, environ: Mapping[str, str] = os.environ) -> ModelStore:
+    """The model store the settings choose: PostgreSQL at the URL in the variable settings.model_store_url_variable
+    names (FEATURE_STORE_MODEL_STORE_URL, or in prod by default the warehouse's FEATURE_STORE_POSTGRES_URL), in the
+    schema FEATURE_STORE_POSTGRES_SCHEMA; else the folders under FEATURE_STORE_HOME/models."""
+    # Imported here: both implementations build on this module's interface.
+    from feature_assets.serving.folder_model_store import FolderModelStore
+    from feature_assets.serving.postgres_model_store import PostgresModelStore
+
+    if settings.model_store_url_variable:
+        return PostgresModelStore(environ.get(settings.model_store_url_variable, ""), settings.postgres_schema)
+    return FolderModelStore(settings.models_path)
