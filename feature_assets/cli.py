@@ -55,22 +55,21 @@ def _execute(
     what: str,
     run_config: dict,
     *,
-    job_name: str = "",
+    job_name: str,
     assets: tuple[str, ...] = (),
     tolerate_failed_checks: bool = False,
     tags: dict[str, str] | None = None,
 ):
-    """Runs a job (or a subset of all assets) in this process on the instance, raising on failure (a failed
+    """Runs a job (or a subset of its assets) in this process on the instance, raising on failure (a failed
     blocking check included, unless tolerated: then the caller reports it)."""
     import dagster as dg
 
     from feature_assets.definitions import defs
 
     instance = dagster_instance(settings)
-    if job_name:
-        job = defs.resolve_job_def(job_name)
-    else:
-        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(a) for a in assets})
+    job = defs.resolve_job_def(job_name)
+    if assets:
+        job = job.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).
     tags = {"featurestore/command": what, **(tags or {})}
     result = job.execute_in_process(run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False, tags=tags)
@@ -181,7 +180,7 @@ def _sync_online(settings: Settings, full: bool = False) -> None:
     """Runs every view's online sync and parity check (what the online_sync sensor triggers after a refresh)."""
     names = _online_assets()
     run_config = {"ops": {name: {"config": {"full_resync": full}} for name in names}}
-    result = _execute(settings, "online sync", run_config, assets=tuple(names))
+    result = _execute(settings, "online sync", run_config, job_name="sync_online_store")
     print()
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.materialization.metadata.items()}
@@ -383,7 +382,7 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
 
     if args.refresh:
         reports = tuple(skew_report_name(view) for view in _monitored_views(args.view))
-        result = _execute(settings, "skew report", {}, assets=reports, tolerate_failed_checks=True)
+        result = _execute(settings, "skew report", {}, job_name="report_skew", assets=reports, tolerate_failed_checks=True)
         failed = [f"{c.asset_key.to_user_string()} {c.check_name}" for c in result.get_asset_check_evaluations() if not c.passed]
         if failed and not args.json:
             print(f"drift checks failed: {', '.join(failed)}\n")
@@ -438,14 +437,9 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.assets.features import dbt_feature_models
-
     config = {"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours}
-    # Every dbt model but the label tables, staging views included: on a fresh warehouse the views cannot build
-    # without them.
-    labels = _registry().labels
-    models = tuple(key.to_user_string() for key in dbt_feature_models.keys if key.path[-1] not in labels)
-    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": config}}}, assets=models, tags=_as_of_tag(config))
+    run_config = {"ops": {"dbt_feature_models": {"config": config}}}
+    _execute(settings, "backfill", run_config, job_name="backfill_features", tags=_as_of_tag(config))
     _print_summary(settings)
 
 

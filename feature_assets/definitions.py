@@ -87,11 +87,29 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Rebuilds labels and point-in-time training sets, trains every model, reports skew, and promotes "
         "the new models unless a drift check fails.",
     )
+    # What the CLI's sync, skew and backfill commands run: named jobs, so those runs read as such in the UI.
+    sync_job = dg.define_asset_job(
+        "sync_online_store",
+        selection=dg.AssetSelection.assets(*(asset for asset, _ in online)),
+        description="Syncs every view's online snapshot and checks its parity (the online_sync sensor does this after each refresh).",
+    )
+    skew_job = dg.define_asset_job(
+        "report_skew",
+        selection=dg.AssetSelection.assets(*report_assets),
+        description="Compares training and serving distributions for every view a model reads; drift checks alert.",
+    )
+    # Staging views included: on a fresh warehouse the feature views cannot build without them.
+    view_and_staging_keys = sorted(key for key in dbt_feature_models.keys if key not in set(labels))
+    backfill_job = dg.define_asset_job(
+        "backfill_features",
+        selection=dg.AssetSelection.assets(*view_and_staging_keys),
+        description="(Re)computes the feature snapshots of a range of as-of times (config as_of_start, as_of_end, cadence_hours).",
+    )
     return dg.Definitions(
         assets=[*raw, dbt_feature_models, *(asset for asset, _ in online), *training_sets, *models, *report_assets, served_models],
         asset_checks=[*(check for _, check in online), *leakage_checks, *(check for _, checks in reports for check in checks)],
         sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets), alert_sensor()],
-        jobs=[refresh_job, train_job],
+        jobs=[refresh_job, train_job, sync_job, skew_job, backfill_job],
         schedules=[
             refresh_schedule(
                 refresh_job,

@@ -172,7 +172,7 @@ def test_a_backfill_shows_in_the_ui_as_a_run_tagged_with_its_as_of_times(store, 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     with dg.DagsterInstance.get() as instance:
         [backfill] = instance.get_runs()
-        assert backfill.tags["featurestore/command"] == "backfill"
+        assert backfill.job_name == "backfill_features" and backfill.tags["featurestore/command"] == "backfill"
         assert backfill.tags["featurestore/as_of"] == "2026-03-30 00:00:00 .. 2026-03-31 00:00:00 every 24 h"
         built = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
         assert built["as_of_times_built"].value == "2026-03-30 00:00:00 .. 2026-03-31 00:00:00 every 24 h"
