@@ -20,8 +20,9 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any
     """The training set of a feature set over its label table.
 
     DuckDB: one ASOF join per view. PostgreSQL: per view, labels and snapshots merged on one timeline per entity,
-    a running max carries the latest snapshot time forward (a label sorts before a snapshot at the same time, so a
-    snapshot stamped t is not seen at t), then one equi-join fetches that snapshot's features.
+    a running max over the rows strictly earlier in time carries the latest snapshot time forward (a frame ending
+    1 microsecond before the row, PostgreSQL's resolution: a snapshot stamped t is not seen at t), then one
+    equi-join fetches that snapshot's features.
     """
     labels = feature_set.labels
     keys = [validate_identifier(key, "entity key") for key in labels.entity_keys]
@@ -29,10 +30,14 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any
     for name in feature_set.feature_names:
         validate_identifier(name, "feature")
     label_columns = [*keys, time, target]
+    # Numbered in the first view's (key, time) order, the order its join walks: on PostgreSQL one sort then serves
+    # both the numbering and that view's timeline.
+    first_key = feature_set.reads[0].key
+    order = [first_key, time, *(key for key in keys if key != first_key), target]
     ordered = f"""
         labels as (
             select {', '.join(label_columns)},
-                row_number() over (order by {time}, {', '.join(keys)}, {target}) as {LABEL_ROW}
+                row_number() over (order by {', '.join(order)}) as {LABEL_ROW}
             from {validate_identifier(labels.name, 'label table')}
         )"""
     if kind == "duckdb":
@@ -83,7 +88,7 @@ def _postgres(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -
         {running} as (
             select *,
                 max(case when pit_is_snapshot = 1 then pit_at end) over (
-                    partition by pit_entity order by pit_at, pit_is_snapshot rows between unbounded preceding and current row
+                    partition by pit_entity order by pit_at range between unbounded preceding and interval '1 microsecond' preceding
                 ) as pit_candidate_at
             from {timeline}
         ),

@@ -133,7 +133,8 @@ def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_
         build_table(warehouse, con, "test_training_set", sql, params)
         second = warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}")
 
-    expected = expected.sort_values(["label_time", "user_id", "country_code", "churned"], kind="stable", na_position="last")
+    # label_row numbers the rows in the first view's (key, time) order, then the other keys and the target.
+    expected = expected.sort_values(["user_id", "label_time", "country_code", "churned"], kind="stable", na_position="last")
     assert _normalized(first) == _normalized(expected)
     assert _normalized(first) == _normalized(second)  # a rebuild gives the same rows in the same order
     assert list(first[LABEL_ROW]) == list(range(1, len(labels) + 1))
