@@ -191,9 +191,6 @@ def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_namin
 
     with steps.step("lineage"):
         page.goto("/")
-        # Dagster's newsletter dialog opens over the first page of a new instance.
-        page.get_by_text("Join the Dagster community").wait_for()
-        page.get_by_role("button", name="Skip").click()
         go_to(page, "Lineage")
         page.get_by_role("button", name="settings", exact=True).click()  # the graph's options
         page.get_by_role("menuitem", name="Expand all groups").click()
