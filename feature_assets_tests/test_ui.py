@@ -2,8 +2,9 @@
 a refresh launched from the UI succeeds and the automation carries it to the online store and the skew report, and
 after a scripted drift the skew report materialized from the UI fails its drift check, naming the feature.
 
-Chromium is Debian's (scripts/ensure-services installs it); Playwright drives it headless. Each step leaves a
-screenshot under the test's tmp_path, and a failed step one of the page as it failed."""
+`make test-ui` runs it (`make test` leaves it out: it takes minutes). Chromium is Debian's (scripts/ensure-services
+installs it); Playwright drives it headless. Each step leaves a screenshot under the test's tmp_path, and a failed
+step one of the page as it failed; the failure names that folder and dagster dev's log."""
 
 import os
 import re
@@ -109,8 +110,8 @@ class Steps:
     """Numbered screenshots of each step under one folder; a failed step adds one of the page as it failed and
     names the folder in the failure."""
 
-    def __init__(self, page: Page, folder: Path):
-        self.page, self.folder, self.count = page, folder, 0
+    def __init__(self, page: Page, folder: Path, server_log: Path):
+        self.page, self.folder, self.server_log, self.count = page, folder, server_log, 0
         folder.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
@@ -121,7 +122,10 @@ class Steps:
             yield
         except Exception as error:
             self.page.screenshot(path=f"{path}-FAILED.png", full_page=True)
-            pytest.fail(f"step {name!r} failed: {error}\nscreenshots: {self.folder}", pytrace=False)
+            pytest.fail(
+                f"step {name!r} failed: {error}\nscreenshots: {self.folder}\ndagster dev's log: {self.server_log}",
+                pytrace=False,
+            )
         self.page.screenshot(path=f"{path}.png", full_page=True)
 
 
@@ -152,7 +156,7 @@ def launch_refresh(page: Page) -> None:
 
 # The status tags of the runs list and of a run's page.
 RUN_ENDED = re.compile(r"^(Success|Failure|Canceled)$")
-RUN_NOT_DONE = re.compile(r"^(Queued|Not started|Starting|Started|Canceling|Failure|Canceled)$")
+RUN_NOT_SUCCEEDED = re.compile(r"^(Queued|Not started|Starting|Started|Canceling|Failure|Canceled)$")
 RUN_ANY = re.compile(r"^(Queued|Not started|Starting|Started|Canceling|Success|Failure|Canceled)$")
 
 
@@ -176,13 +180,13 @@ def wait_for_automation(page: Page, *sensors: str) -> None:
     go_to(page, "Runs")
     for sensor in sensors:
         expect(page.get_by_role("link", name=sensor, exact=True).first).to_be_visible(timeout=RUN_SECONDS * 1000)
-    expect(page.get_by_text(RUN_NOT_DONE)).to_have_count(0, timeout=RUN_SECONDS * 1000)
+    expect(page.get_by_text(RUN_NOT_SUCCEEDED)).to_have_count(0, timeout=RUN_SECONDS * 1000)
 
 
 def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_naming_the_feature(
     dagster_ui, demo_home, page, tmp_path
 ):
-    steps = Steps(page, tmp_path / "screenshots")
+    steps = Steps(page, tmp_path / "screenshots", dagster_ui.log)
     # The automation must have started watching before the refresh lands, or it never sees the refresh.
     wait_until(
         lambda: "Finished auto-materialization tick for online_sync" in dagster_ui.log.read_text(),
@@ -222,5 +226,6 @@ def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_namin
     with steps.step("drift-check-names-the-feature"):
         page.goto("/assets/user_features_skew_report?view=checks")
         page.get_by_text("no_drift_error", exact=True).first.click()
+        expect(page.get_by_text("This is a blocking asset check")).to_be_visible()
         expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
         expect(page.get_by_role("row").filter(has_text="drifted_features")).to_contain_text(DRIFTED_FEATURE)
