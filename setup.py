@@ -28,6 +28,6 @@ setup(
         "hiredis==3.5.0",
         "psycopg[binary]==3.3.9",
     ],
-    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17"]},
+    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17", "playwright==1.65.2"]},
     entry_points={"console_scripts": ["featurestore=feature_assets.cli:main"]},
 )

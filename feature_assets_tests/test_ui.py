@@ -1,0 +1,231 @@
+"""The Dagster UI in a browser, as a person uses it: on the demo, the lineage graph shows the dbt and feature assets,
+a refresh launched from the UI succeeds and the automation carries it to the online store and the skew report, and
+after a scripted drift the skew report materialized from the UI fails its drift check, naming the feature.
+
+`make test-ui` runs it (`make test` leaves it out: it takes minutes). Chromium is Debian's (scripts/ensure-services
+installs it); Playwright drives it headless. Each step leaves a screenshot under the test's tmp_path, and a failed
+step one of the page as it failed; the failure names that folder and dagster dev's log."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+from redis_servers import free_ports
+
+from conftest import wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+FEATURESTORE = Path(sys.executable).with_name("featurestore")
+REPO = Path(__file__).resolve().parent.parent
+# Generous bounds for a loaded 2-core machine; they only turn a hang into a failure.
+SERVER_START_SECONDS = 300
+RUN_SECONDS = 600
+DRIFTED_FEATURE = "events_30d"
+
+pytestmark = pytest.mark.ui
+
+
+def _environment(home: Path) -> dict[str, str]:
+    """The local demo setup (DuckDB, SQLite online store) in a home of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE")}
+    return env | {"FEATURE_STORE_HOME": str(home), "FEATURE_STORE_DEMO_DATA": "1"}
+
+
+def featurestore(home: Path, *argv: str) -> str:
+    run = subprocess.run([FEATURESTORE, *argv], env=_environment(home), capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, f"featurestore {' '.join(argv)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+@dataclass
+class DagsterUI:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory) -> Path:
+    """A FEATURE_STORE_HOME after `featurestore demo` (300 days: LTV needs them to train; 1,000 users keep it quick)."""
+    home = tmp_path_factory.mktemp("ui") / "home"
+    featurestore(home, "demo", "--users", "1000", "--days", "300")
+    return home
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(demo_home) -> Iterator[DagsterUI]:
+    """`featurestore dev` (dagster dev: webserver, daemon, code server) on a free loopback port, stopped afterwards
+    with every process it started (its own process group)."""
+    [port] = free_ports(1)
+    log = demo_home.parent / "dagster-dev.log"
+    with open(log, "w") as out:
+        dev = subprocess.Popen(
+            [FEATURESTORE, "dev", "--port", str(port)],
+            cwd=REPO, env=_environment(demo_home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    ui = DagsterUI(f"http://127.0.0.1:{port}", log)
+    try:
+        wait_until(lambda: _answers(ui, dev), "the Dagster UI answering", timeout=SERVER_START_SECONDS)
+        yield ui
+    finally:
+        _stop_group(dev)
+
+
+def _answers(ui: DagsterUI, dev: subprocess.Popen) -> bool:
+    if dev.poll() is not None:
+        pytest.fail(f"featurestore dev exited with {dev.returncode}:\n{ui.log.read_text()[-3000:]}")
+    try:
+        with urllib.request.urlopen(f"{ui.url}/server_info", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        time.sleep(1)
+        return False
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Ctrl-C to dagster dev, which stops the webserver and the daemon it started; SIGKILL to whatever is left of its
+    group after a while (code servers and run workers included)."""
+    try:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+class Steps:
+    """Numbered screenshots of each step under one folder; a failed step adds one of the page as it failed and
+    names the folder in the failure."""
+
+    def __init__(self, page: Page, folder: Path, server_log: Path):
+        self.page, self.folder, self.server_log, self.count = page, folder, server_log, 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.count += 1
+        path = self.folder / f"{self.count:02d}-{name}"
+        try:
+            yield
+        except Exception as error:
+            self.page.screenshot(path=f"{path}-FAILED.png", full_page=True)
+            pytest.fail(
+                f"step {name!r} failed: {error}\nscreenshots: {self.folder}\ndagster dev's log: {self.server_log}",
+                pytrace=False,
+            )
+        self.page.screenshot(path=f"{path}.png", full_page=True)
+
+
+@pytest.fixture
+def page(dagster_ui) -> Iterator[Page]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/ensure-services installs Debian's chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000}, base_url=dagster_ui.url)
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def go_to(page: Page, section: str) -> None:
+    """A section of the main navigation (Runs, Jobs, Lineage, ...)."""
+    # A link's name starts with its icon's ("column_lineage Jobs").
+    page.get_by_role("navigation").get_by_role("link", name=re.compile(rf"\b{section}$")).click()
+
+
+def launch_refresh(page: Page) -> None:
+    """What a person does to refresh the features now: the refresh_features job's Materialize all."""
+    go_to(page, "Jobs")
+    page.get_by_role("link", name="refresh_features").click()
+    page.get_by_role("button", name="Materialize all").click()
+
+
+# The status tags of the runs list and of a run's page.
+RUN_ENDED = re.compile(r"^(Success|Failure|Canceled)$")
+RUN_NOT_SUCCEEDED = re.compile(r"^(Queued|Not started|Starting|Started|Canceling|Failure|Canceled)$")
+RUN_ANY = re.compile(r"^(Queued|Not started|Starting|Started|Canceling|Success|Failure|Canceled)$")
+
+
+def open_launched_run(page: Page) -> None:
+    """The run a launch just started, from the toast that announces it (it fades after a few seconds)."""
+    page.get_by_text(re.compile(r"^Launched run")).wait_for()
+    page.get_by_role("link", name="View", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]+$"))
+    expect(page.get_by_text(RUN_ANY).first).to_be_visible()
+
+
+def run_status(page: Page) -> str:
+    """The run page's status once the run has ended."""
+    ended = page.get_by_text(RUN_ENDED).first
+    ended.wait_for(timeout=RUN_SECONDS * 1000)
+    return ended.inner_text()
+
+
+def wait_for_automation(page: Page, *sensors: str) -> None:
+    """The runs list shows runs launched by each sensor, and every run in it succeeded."""
+    go_to(page, "Runs")
+    for sensor in sensors:
+        expect(page.get_by_role("link", name=sensor, exact=True).first).to_be_visible(timeout=RUN_SECONDS * 1000)
+    expect(page.get_by_text(RUN_NOT_SUCCEEDED)).to_have_count(0, timeout=RUN_SECONDS * 1000)
+
+
+def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_naming_the_feature(
+    dagster_ui, demo_home, page, tmp_path
+):
+    steps = Steps(page, tmp_path / "screenshots", dagster_ui.log)
+    # The automation must have started watching before the refresh lands, or it never sees the refresh.
+    wait_until(
+        lambda: "Finished auto-materialization tick for online_sync" in dagster_ui.log.read_text(),
+        "the first tick of the online_sync sensor", timeout=SERVER_START_SECONDS,
+    )
+
+    with steps.step("lineage"):
+        page.goto("/")
+        go_to(page, "Lineage")
+        page.get_by_role("button", name="settings", exact=True).click()  # the graph's options
+        page.get_by_role("menuitem", name="Expand all groups").click()
+        for asset in ("raw_events", "stg_app__events", "country_features", "churn_model", "user_features"):
+            expect(page.get_by_text(asset, exact=True)).to_be_visible()
+        page.get_by_text("user_features", exact=True).click()
+        expect(page.get_by_text("Latest materialization")).to_be_visible()
+        expect(page.get_by_role("link", name="refresh_features")).to_be_visible()
+
+    with steps.step("refresh-launched"):
+        launch_refresh(page)
+        open_launched_run(page)
+    with steps.step("refresh-succeeded"):
+        assert run_status(page) == "Success"
+
+    with steps.step("synced-and-reported-by-the-automation"):
+        wait_for_automation(page, "online_sync", "skew_monitoring")
+
+    out = featurestore(demo_home, "inject-drift", DRIFTED_FEATURE)
+    assert f"user_features.{DRIFTED_FEATURE} +" in out
+
+    with steps.step("skew-report-launched"):
+        page.goto("/assets/user_features_skew_report")
+        page.get_by_role("button", name="Materialize").click()
+        open_launched_run(page)
+    with steps.step("skew-report-run-failed"):
+        assert run_status(page) == "Failure"
+
+    with steps.step("drift-check-names-the-feature"):
+        page.goto("/assets/user_features_skew_report?view=checks")
+        page.get_by_text("no_drift_error", exact=True).first.click()
+        expect(page.get_by_text("This is a blocking asset check")).to_be_visible()
+        expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
+        expect(page.get_by_role("row").filter(has_text="drifted_features")).to_contain_text(DRIFTED_FEATURE)
