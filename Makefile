@@ -1,7 +1,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-ui install prepare dev
+.PHONY: demo test install prepare dev
 
 $(BIN)/featurestore: setup.py
 	python3 -m venv $(VENV)
@@ -19,12 +19,9 @@ demo: prepare
 	$(BIN)/featurestore demo
 
 # ensure-services prints the PostgreSQL URL the tests log in with (and installs chromium for the UI test).
+# The whole suite, the browser test of the Dagster UI included (`-m "not ui"` leaves its minutes out).
 test: prepare
-	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url $(BIN)/python -m pytest -q -m "not ui"
-
-# The browser test of the Dagster UI on the demo (several minutes: a demo, dagster dev, four runs).
-test-ui: prepare
-	scripts/ensure-services >/dev/null && $(BIN)/python -m pytest -q -m ui
+	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url $(BIN)/python -m pytest -q
 
 dev: prepare
 	$(BIN)/featurestore dev
