@@ -6,6 +6,8 @@ FEATURE_STORE_ONLINE picks the online store: sqlite (default in local, a file un
 or redis (default in prod, at FEATURE_STORE_REDIS_URL: redis:// or rediss://, password included).
 Served feature vectors are logged next to it (a Redis stream, or served_log.sqlite), sampling
 FEATURE_STORE_SERVED_LOG_RATE of them (default 1: all).
+`featurestore serve` takes at most FEATURE_STORE_SERVE_MAX_ENTITIES entities (default 1000) in a request body of at
+most FEATURE_STORE_SERVE_MAX_BODY_BYTES (default 1 MiB).
 """
 
 import os
@@ -16,7 +18,7 @@ from typing import Literal, Mapping
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["Settings", "validate_identifier", "seconds_from_milliseconds"]
+__all__ = ["Settings", "validate_identifier", "seconds_from_milliseconds", "dbt_project_dir", "dbt_manifest_path"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -46,6 +48,23 @@ def _rate(value: str, name: str) -> float:
     return rate
 
 
+def dbt_project_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The dbt project of the feature definitions: dbt_features next to this package (resolved from this file, never
+    the working directory), or the folder FEATURE_STORE_DBT_PROJECT names."""
+    return Path(environ.get("FEATURE_STORE_DBT_PROJECT") or Path(__file__).resolve().parent.parent / "dbt_features").resolve()
+
+
+def dbt_manifest_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `dbt parse` writes the manifest the registry is read from; found without importing dbt or Dagster."""
+    return dbt_project_dir(environ) / "target" / "manifest.json"
+
+
+def _count(value: str, name: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 1_000_000_000:
+        raise ConfigError(f"{name} must be a whole positive number, got {value[:20]!r}")
+    return int(value)
+
+
 def seconds_from_milliseconds(name: str, default_ms: int, environ: Mapping[str, str] = os.environ) -> float:
     """A wait bounded by the environment variable `name`, given in whole milliseconds (1 to 600000)."""
     text = environ.get(name, str(default_ms))
@@ -62,6 +81,8 @@ class Settings:
     demo_data: bool
     online: Literal["redis", "sqlite"] = "sqlite"
     served_log_rate: float = 1.0
+    serve_max_entities: int = 1000
+    serve_max_body_bytes: int = 1_048_576
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -87,6 +108,10 @@ class Settings:
             ),
             online=online,
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
+            serve_max_entities=_count(environ.get("FEATURE_STORE_SERVE_MAX_ENTITIES", "1000"), "FEATURE_STORE_SERVE_MAX_ENTITIES"),
+            serve_max_body_bytes=_count(
+                environ.get("FEATURE_STORE_SERVE_MAX_BODY_BYTES", "1048576"), "FEATURE_STORE_SERVE_MAX_BODY_BYTES"
+            ),
         )
 
     @property

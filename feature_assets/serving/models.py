@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from feature_assets.errors import DataError, FeatureStoreError, OnlineStoreError, shown
+from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import Feature, FeatureSet, FeatureView
 from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.online_store import OnlineStore
@@ -420,9 +420,13 @@ class Predictor:
             self._served[(model, version)] = served
         return served
 
+    def served_card(self, model: str) -> ModelCard:
+        """The card of the version of `model` served now, loaded and checked against the online store's schema."""
+        return self._current(model).card
+
     def entity_keys(self, model: str) -> list[str]:
         """The keys a caller must pass to predict with the served version of `model`."""
-        return self._current(model).card.caller_keys
+        return self.served_card(model).caller_keys
 
     def predict_one(self, model: str, entity: Any) -> Prediction:
         """One prediction, the fast path: at most one exchange per level of derived keys, one model call.
@@ -442,7 +446,7 @@ class Predictor:
                     source_view, source_feature = part.derived_from
                     value = rows[source_view][source_feature]
                     if value is None:
-                        raise DataError(
+                        raise MissingFeatures(
                             f"{part.key} is derived from {source_view}.{source_feature}, which is null for "
                             f"{_describe(keys)}; pass {part.key} explicitly"
                         )
@@ -456,7 +460,7 @@ class Predictor:
             for part, raw in zip(level, values):
                 row = part.reader.decode_row(keys[part.key], raw, part.names)
                 if row[MISSING]:
-                    raise DataError(_missing_message(card, part.view, keys[part.key]))
+                    raise MissingFeatures(_missing_message(card, part.view, keys[part.key]))
                 rows[part.view.name] = row
         features = {f["name"]: rows[f["view"]][f["name"]] for f in card.features}
         for view, name in served.floats:
@@ -531,15 +535,15 @@ def _keys(card: ModelCard, entity: Any) -> dict[str, Any]:
     elif len(caller) == 1:
         keys = {caller[0]: entity}
     else:
-        raise DataError(f"model {card.model} needs the keys {', '.join(caller)}; pass them as a mapping")
+        raise InvalidEntity(f"model {card.model} needs the keys {', '.join(caller)}; pass them as a mapping")
     missing = [key for key in caller if keys.get(key) is None]
     if missing:
-        raise DataError(f"model {card.model} needs {', '.join(missing)} (its entity keys: {', '.join(caller)})")
+        raise InvalidEntity(f"model {card.model} needs {', '.join(missing)} (its entity keys: {', '.join(caller)})")
     key_types = _key_types(card)
     unknown = [key for key in keys if key not in key_types]
     if unknown:
         known = ", ".join(sorted(key_types))
-        raise DataError(f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}")
+        raise InvalidEntity(f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}")
     return {key: parse_entity_id(value, key_types[key], key) for key, value in keys.items()}
 
 
@@ -554,10 +558,10 @@ def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
     elif len(caller) == 1:
         frame = pd.DataFrame({caller[0]: pd.Series(list(entities), dtype=object)})
     else:
-        raise DataError(f"model {card.model} needs the keys {', '.join(caller)}; pass a frame with those columns")
+        raise InvalidEntity(f"model {card.model} needs the keys {', '.join(caller)}; pass a frame with those columns")
     absent = [key for key in caller if key not in frame.columns]
     if absent:
-        raise DataError(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
+        raise InvalidEntity(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
     frame = frame.astype(object).where(frame.notna(), None)
     key_types = _key_types(card)
     for key in frame.columns.intersection(list(key_types)):
