@@ -61,8 +61,8 @@ log = logging.getLogger("featurestore.serve")
 
 # Threads per worker that may wait on the online store at once (SQLite: one, it shares a connection).
 _REDIS_THREADS = 32
-# How often a worker carries its served log's counters into the metrics.
-_COUNTS_INTERVAL = 1.0
+# How often a worker loads newly promoted versions and carries its served log's counters into the metrics.
+_REFRESH_INTERVAL = 1.0
 
 
 class Refused(Exception):
@@ -221,13 +221,16 @@ class Service:
                     self._versions[model] = served
         return card
 
-    def warm_up(self) -> None:
-        """Loads every served model before the first request; a failure is left for /healthz to report."""
+    def refresh(self) -> list[str]:
+        """Loads the served version of every model (before the first request, and each second: a promotion is loaded
+        and shows in the metrics before any request needs it). Returns what failed, which /healthz reports."""
+        failures = []
         for model in self.registry.feature_sets:
             try:
                 self._card(model, self.predictor.served_card(model).version)
             except FeatureStoreError as error:
-                log.warning("not serving %s yet: %s", model, error)
+                failures.append(f"{model}: {error}")
+        return failures
 
 
 # --- request parsing ---------------------------------------------------------------------------------------------
@@ -377,16 +380,18 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     counts = http_metrics.ServedLogCounts(service.served_log)
 
-    async def carry_counts() -> None:
+    async def every_second() -> None:
         while True:
+            await asyncio.sleep(_REFRESH_INTERVAL)
             counts.update()
-            await asyncio.sleep(_COUNTS_INTERVAL)
+            await blocking(service.refresh)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         limiter.append(anyio.CapacityLimiter(service.threads))
-        await blocking(service.warm_up)
-        task = asyncio.create_task(carry_counts())
+        for failure in await blocking(service.refresh):
+            log.warning("not serving %s yet", failure)
+        task = asyncio.create_task(every_second())
         try:
             yield
         finally:
@@ -410,6 +415,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a port in use or an unknown host ends in one line."""
     where = f"{host}:{port}"
+    if not 0 <= port <= 65535:  # getaddrinfo would take 70000 as 4464
+        raise ConfigError(f"cannot listen on {where}: a port is a number from 0 to 65535")
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind)
