@@ -405,6 +405,16 @@ def test_the_sqlite_online_store_serves_too(home, tmp_path, start_server):
     assert features["entities"][0]["features"]["plan"] == frames["user_features"]["plan"].iloc[3]
     assert features["entities"][1]["features"] is None
 
+    # The README's curl examples, as written, against this server.
+    readme = (ROOT / "README.md").read_text().split("## Serving over HTTP", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^curl .*?[^\\]$", readme.replace("\\\n", "\\ "), flags=re.M)
+    assert len(commands) == 6, commands
+    for command in commands:
+        command = command.replace("localhost:8000", server.url.removeprefix("http://")).replace("\\ ", " ")
+        done = subprocess.run(f"{command} --fail-with-body", shell=True, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert done.stdout.strip(), command
+
 
 @pytest.mark.parametrize(
     "arguments, message",
