@@ -226,6 +226,19 @@ def test_a_missing_entity_is_a_404_and_a_changed_definition_a_409_naming_the_cau
     wait_until(lambda: all(server.predict("churn", {"user_id": 5}).status_code == 200 for _ in range(6)), "200s again")
 
 
+def test_a_value_json_cannot_carry_is_refused_by_name_not_sent_as_null(server, online):
+    key = online.key_of(USERS, 11)
+    before = online.client.hget(key, "avg_order_30d")
+    online.client.hset(key, "avg_order_30d", "inf")
+    try:
+        refused = server.client.post("/v1/features/user_features", json={"entities": [{"user_id": 10}, {"user_id": 11}]})
+        assert refused.status_code == 409 and refused.json()["cause"] == "online_data"
+        assert "user_features.avg_order_30d is inf for user_id 11, not a finite number" in refused.json()["error"]
+        assert "not a finite number" in server.predict("churn", {"user_id": 11}).json()["error"]
+    finally:
+        online.client.hset(key, "avg_order_30d", before)
+
+
 @pytest.mark.parametrize(
     "method, path, body, status, cause, message",
     [

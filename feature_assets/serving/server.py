@@ -18,6 +18,7 @@ up on every prediction, so a promotion takes effect at once, without a restart.
 import asyncio
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -165,6 +166,11 @@ class Service:
             frame = reader.get_online_features(ids, names)
             columns = {field: frame[field].to_numpy(dtype=object, na_value=None).tolist() for field in frame.columns}
         selected = list(view.feature_names) if names is None else names
+        for name in selected:
+            if view.feature(name).dtype == "float64":
+                for index, value in enumerate(columns[name]):
+                    if value is not None and not math.isfinite(value):  # JSON cannot carry it; never send it as null
+                        raise DataError(f"{view.name}.{name} is {value!r} for {view.entity_key} {ids[index]}, not a finite number")
         ttl_hours = view.online_ttl.total_seconds() / 3600
         entities = []
         for index, entity_id in enumerate(ids):
@@ -239,8 +245,8 @@ class Service:
 async def _payload(request: Request, limit: int, fields: Sequence[str]) -> dict[str, Any]:
     """The JSON object in the body, of at most `limit` bytes and with no other fields than `fields`."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise Refused(413, "too_large", f"the body is {shown(length)} bytes; at most {limit} are taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise Refused(413, "too_large", f"the body is {length} bytes; at most {limit} are taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
