@@ -211,6 +211,8 @@ def _workers_rss_kb(server_pid: int) -> dict[int, int]:
     children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
     sizes = {}
     for child in map(int, children):
+        if b"spawn_main" not in Path(f"/proc/{child}/cmdline").read_bytes():  # multiprocessing's resource tracker
+            continue
         for line in Path(f"/proc/{child}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 sizes[child] = int(line.split()[1])
