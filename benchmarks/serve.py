@@ -21,7 +21,8 @@ counted from when it was due, so a stalled server shows in the percentiles inste
 a few tens of microseconds a request) and never more requests in flight than that; every run is bounded in time.
 Saturation is closed-loop: every connection sends its next request as soon as the last is answered. The server and
 the generator share this machine's cores: the figures say what one box does, with the load average printed next to
-them. The Redis database is flushed before and after.
+them, and the CPU time the workers and the generator spent per request (from /proc and process_time), which other
+load on the box does not change. The Redis database is flushed before and after.
 """
 
 import argparse
@@ -90,6 +91,8 @@ class Run:
     errors: int
     latencies: list[float]  # seconds, of the answered requests
     error_samples: list[str]
+    generator_cpu: float = 0.0  # seconds of the load generator's CPU
+    server_cpu: float = 0.0  # seconds of the workers' CPU
 
     @property
     def rate(self) -> float:
@@ -173,6 +176,7 @@ async def load(host: str, port: int, path: str, bodies: list[bytes], *, name: st
             idle.put_nowait(connection)
 
     tasks: set[asyncio.Task] = set()
+    cpu = time.process_time()
     if rate is None:
 
         async def closed_loop(connection: Connection, offset: int) -> None:
@@ -201,22 +205,36 @@ async def load(host: str, port: int, path: str, bodies: list[bytes], *, name: st
         if tasks:
             await asyncio.wait(tasks, timeout=30)
     run.seconds = max(seconds, time.perf_counter() - start) if rate is None else seconds
+    run.generator_cpu = time.process_time() - cpu
     while not idle.empty():
         idle.get_nowait().close()
     return run
 
 
+def _workers(server_pid: int) -> list[int]:
+    """The worker processes of the server (not multiprocessing's resource tracker)."""
+    children = map(int, Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split())
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
 def _workers_rss_kb(server_pid: int) -> dict[int, int]:
     """Resident memory (kB) of each worker process of the server."""
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
     sizes = {}
-    for child in map(int, children):
-        if b"spawn_main" not in Path(f"/proc/{child}/cmdline").read_bytes():  # multiprocessing's resource tracker
-            continue
+    for child in _workers(server_pid):
         for line in Path(f"/proc/{child}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 sizes[child] = int(line.split()[1])
     return sizes
+
+
+def _workers_cpu_seconds(server_pid: int) -> float:
+    """CPU time (user + system) the server's workers have used: what a request costs, whatever else runs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for child in _workers(server_pid):
+        fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def _build(directory: Path, url: str, users: int) -> None:
@@ -313,16 +331,20 @@ def main(argv: list[str] | None = None) -> int:
             ]
             runs = []
             for name, bodies, rate, seconds in plan:
+                cpu = _workers_cpu_seconds(server.pid)
                 run = asyncio.run(load("127.0.0.1", port, path, bodies, name=name, rate=rate, seconds=seconds,
                                        connections=args.connections))  # fmt: skip
+                run.server_cpu = _workers_cpu_seconds(server.pid) - cpu
                 if name != "warm-up":
                     runs.append(run)
                 print(f"  {name}: {run.rate:,.0f}/s answered, p50 {run.p50:.2f} ms, p99 {run.percentile(0.99):.2f} ms, "
                       f"errors {run.errors}", flush=True)  # fmt: skip
             rss_before = _workers_rss_kb(server.pid)
+            cpu = _workers_cpu_seconds(server.pid)
             soak = asyncio.run(load("127.0.0.1", port, path, single, name=f"soak: 1 user @ 500/s for {args.soak_seconds:g} s",
                                     rate=500.0, seconds=args.soak_seconds, connections=args.connections))  # fmt: skip
             rss_after = _workers_rss_kb(server.pid)
+            soak.server_cpu = _workers_cpu_seconds(server.pid) - cpu
             runs.append(soak)
             load_average = os.getloadavg()
         finally:
@@ -345,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  predict_one          p50 {predict_one[0]:.3f} ms, p99 {predict_one[1]:.3f} ms "
           f"({predict_one[1] / floor[1]:.1f}x the floor's p99); p99 < {TARGETS['in_process_p99_ms']:g} ms: "
           f"{verdict(predict_one[1] < TARGETS['in_process_p99_ms'])}\n")  # fmt: skip
-    rows = [("POST /v1/predict/churn_model", "offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "vs in-process p50", "target")]
+    rows = [("POST /v1/predict/churn_model", "offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "vs in-process p50",
+             "CPU ms/request: server, generator", "target")]  # fmt: skip
     for run in runs:
         target = ""
         if run.name == "1 user @ 500/s":
@@ -359,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             target = (f"0 errors: {verdict(run.errors == 0)}; workers' RSS {sum(rss_before.values()) / 1024:.0f} -> "
                       f"{sum(rss_after.values()) / 1024:.0f} MB ({grown / 1024:+.1f} MB)")  # fmt: skip
         rows.append((run.name, "max" if run.offered is None else f"{run.offered:,.0f}", f"{run.rate:,.0f}", f"{run.p50:.2f}",
-                     f"{run.percentile(0.99):.2f}", f"{run.errors}", f"{run.p50 / predict_one[0]:.1f}x", target))  # fmt: skip
+                     f"{run.percentile(0.99):.2f}", f"{run.errors}", f"{run.p50 / predict_one[0]:.1f}x",
+                     f"{run.server_cpu / max(run.answered, 1) * 1e3:.2f}, {run.generator_cpu / max(run.sent, 1) * 1e3:.2f}",
+                     target))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))

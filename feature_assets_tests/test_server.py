@@ -374,6 +374,22 @@ def test_a_redis_outage_gives_503_within_the_timeout_and_the_server_recovers_by_
         assert time.monotonic() - started < 2.0  # the 300 ms timeout, plus a loaded machine's slack
         assert hung.status_code == 503 and hung.json()["cause"] == "online_store"
         assert "no answer" in hung.json()["error"]
+        # Requests arriving together each wait their own timeout, not the ones queued before them.
+        answers: list[tuple[int, float]] = []
+
+        def one() -> None:
+            with httpx.Client(base_url=server.url, timeout=10) as own:
+                began = time.monotonic()
+                status = own.post("/v1/predict/churn", json={"entities": [{"user_id": 6}]}).status_code
+                answers.append((status, time.monotonic() - began))
+
+        together = [threading.Thread(target=one) for _ in range(10)]
+        for thread in together:
+            thread.start()
+        for thread in together:
+            thread.join()
+        assert [status for status, _ in answers] == [503] * 10  # one after another, 10 x 300 ms
+        assert max(seconds for _, seconds in answers) < 2.0, answers
         health = server.client.get("/healthz")
         assert health.status_code == 503 and health.json()["cause"] == "online_store"
     finally:
