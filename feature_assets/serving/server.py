@@ -117,6 +117,7 @@ class Service:
         self._readers: dict[str, FeatureReader] = {}
         self._opening = threading.Lock()
         self._versions: dict[str, tuple[str, str]] = {}
+        self._cards: dict[tuple[str, str], ModelCard] = {}
         self.threads = 1 if settings.online == "sqlite" else _REDIS_THREADS
 
     @property
@@ -206,10 +207,11 @@ class Service:
         return {"model": model, "version": version, "schema_version": card.schema_version, "predictions": predictions}
 
     def _card(self, model: str, version: str) -> ModelCard:
-        """The card of the version that answered (a promotion may land between the prediction and this look-up)."""
-        card = self.predictor.served_card(model)
-        if card.version != version:
-            card = self.models.card(model, version)
+        """The card of the version that answered, read once per version (one more look at the served version would
+        cost a read of the model store per request, and a promotion may land in between)."""
+        card = self._cards.get((model, version))
+        if card is None:
+            card = self._cards[(model, version)] = self.models.card(model, version)
         served = (card.version, card.schema_version)
         if self._versions.get(model) != served:
             with self._opening:
@@ -345,7 +347,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def lifespan(app: Starlette):
         lanes.append(Lane(service.threads))
         for failure in await blocking(service.refresh):
-            log.warning("not serving %s yet", failure)
+            log.warning("not serving yet: %s", failure)
         task = asyncio.create_task(every_second())
         try:
             yield
