@@ -27,7 +27,13 @@ setup(
         "redis==8.1.0",
         "hiredis==3.5.0",
         "psycopg[binary]==3.3.9",
+        # featurestore serve: Starlette on uvicorn with uvloop and httptools, metrics summed over worker processes.
+        "starlette==1.10.0",
+        "uvicorn==0.54.0",
+        "uvloop==0.23.0",
+        "httptools==0.9.0",
+        "prometheus-client==0.26.0",
     ],
-    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17", "playwright==1.65.2"]},
+    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17", "playwright==1.65.2", "httpx==0.28.1"]},
     entry_points={"console_scripts": ["featurestore=feature_assets.cli:main"]},
 )

@@ -92,10 +92,10 @@ def _root_cause(event) -> str:
 
 
 def _registry():
-    from feature_assets.project import dbt_project
     from feature_assets.registry import load_registry
+    from feature_assets.settings import dbt_manifest_path
 
-    return load_registry(dbt_project.manifest_path)
+    return load_registry(dbt_manifest_path())
 
 
 def _warehouse(settings: Settings):
@@ -229,10 +229,8 @@ def _train(settings: Settings) -> bool:
 
 
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
-    from feature_assets.resources.online import open_online_store
-    from feature_assets.resources.served_log import open_served_log
-    from feature_assets.serving.model_store import open_model_store
     from feature_assets.serving.models import Predictor
+    from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 
     with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:
         predictor = Predictor(store, models, served_log=log)
@@ -297,7 +295,7 @@ def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> Non
 
 def _print_online_next_to_offline(settings: Settings) -> dict[str, object]:
     """Per view, its first entity of the latest snapshot, offline and online side by side; returns those ids."""
-    from feature_assets.resources.online import open_online_store
+    from feature_assets.serving.stores import open_online_store
     from feature_assets.serving import FeatureReader
 
     shown = {}
@@ -328,7 +326,7 @@ def _json_value(value: object) -> object:
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.resources.online import open_online_store
+    from feature_assets.serving.stores import open_online_store
     from feature_assets.serving import FeatureReader
     from feature_assets.serving.codec import parse_entity_id
 
@@ -364,8 +362,7 @@ def _key_values(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
-    model = args.model if args.model.endswith("_model") else f"{args.model}_model"
-    _registry().feature_set(model)  # an unknown model is named with the known ones
+    model = _registry().feature_set(args.model).model  # an unknown model is named with the known ones
     _print_prediction(settings, model, args.entity_ids, _key_values(args.key), as_json=args.json)
 
 
@@ -410,7 +407,7 @@ def shift_online_feature(warehouse, store, view, feature: str, share: float) -> 
 
 
 def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.resources.online import open_online_store
+    from feature_assets.serving.stores import open_online_store
 
     registry = _registry()
     if args.view:
@@ -468,6 +465,12 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     dagster = bin_dir / "dagster"
     os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.serving.server import serve
+
+    serve(settings, args.host, args.port, args.workers)
 
 
 class _UsageError(Exception):
@@ -545,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(run=cmd_dev)
+
+    server = commands.add_parser("serve", help="serve online features and predictions over HTTP (see the README)")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    server.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (default: the cores)")
+    server.set_defaults(run=cmd_serve)
 
     try:
         args = parser.parse_args(argv)

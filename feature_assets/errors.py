@@ -5,6 +5,8 @@ __all__ = [
     "ConfigError",
     "RegistryError",
     "DataError",
+    "InvalidEntity",
+    "MissingFeatures",
     "OnlineStoreError",
     "WarehouseError",
     "ModelStoreError",
@@ -28,6 +30,14 @@ class RegistryError(FeatureStoreError):
 
 class DataError(FeatureStoreError):
     """Stored data contradicts what the registry or the run expects."""
+
+
+class InvalidEntity(DataError):
+    """An entity a caller passed is malformed: an id not of its key's type, or keys the model or view does not take."""
+
+
+class MissingFeatures(DataError):
+    """An entity has no features to serve: never synced, expired after its TTL, or its derived key is null."""
 
 
 class OnlineStoreError(FeatureStoreError):

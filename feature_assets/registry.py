@@ -193,6 +193,8 @@ class Registry:
     feature_sets: dict[str, FeatureSet]
 
     def feature_set(self, model: str) -> FeatureSet:
+        """A model by its name, or by its name without the _model suffix (`churn` for churn_model)."""
+        model = model if model.endswith("_model") else f"{model}_model"
         try:
             return self.feature_sets[model]
         except KeyError:

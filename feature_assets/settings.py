@@ -10,6 +10,9 @@ Model versions and the served-version pointers live in PostgreSQL at FEATURE_STO
 set (postgresql://, password included), else in prod in the warehouse's PostgreSQL (FEATURE_STORE_POSTGRES_URL),
 so every server host and training run sees the same models; in both cases in the schema
 FEATURE_STORE_POSTGRES_SCHEMA. Locally, without the URL, they are folders under FEATURE_STORE_HOME/models.
+
+`featurestore serve` takes at most FEATURE_STORE_SERVE_MAX_ENTITIES entities (default 1000) in a request body of at
+most FEATURE_STORE_SERVE_MAX_BODY_BYTES (default 1 MiB).
 """
 
 import os
@@ -20,7 +23,7 @@ from typing import Literal, Mapping
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["Settings", "validate_identifier", "seconds_from_milliseconds"]
+__all__ = ["Settings", "validate_identifier", "seconds_from_milliseconds", "dbt_project_dir", "dbt_manifest_path"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -50,6 +53,23 @@ def _rate(value: str, name: str) -> float:
     return rate
 
 
+def dbt_project_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The dbt project of the feature definitions: dbt_features next to this package (resolved from this file, never
+    the working directory), or the folder FEATURE_STORE_DBT_PROJECT names."""
+    return Path(environ.get("FEATURE_STORE_DBT_PROJECT") or Path(__file__).resolve().parent.parent / "dbt_features").resolve()
+
+
+def dbt_manifest_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `dbt parse` writes the manifest the registry is read from; found without importing dbt or Dagster."""
+    return dbt_project_dir(environ) / "target" / "manifest.json"
+
+
+def _count(value: str, name: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 1_000_000_000:
+        raise ConfigError(f"{name} must be a whole positive number, got {value[:20]!r}")
+    return int(value)
+
+
 def seconds_from_milliseconds(name: str, default_ms: int, environ: Mapping[str, str] = os.environ) -> float:
     """A wait bounded by the environment variable `name`, given in whole milliseconds (1 to 600000)."""
     text = environ.get(name, str(default_ms))
@@ -69,6 +89,8 @@ class Settings:
     # The environment variable holding the model store's PostgreSQL URL, "" for the folder store: the URL is a
     # secret, so settings name where it is and never hold it.
     model_store_url_variable: str = ""
+    serve_max_entities: int = 1000
+    serve_max_body_bytes: int = 1_048_576
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -102,6 +124,10 @@ class Settings:
             online=online,
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
             model_store_url_variable=model_store_url_variable,
+            serve_max_entities=_count(environ.get("FEATURE_STORE_SERVE_MAX_ENTITIES", "1000"), "FEATURE_STORE_SERVE_MAX_ENTITIES"),
+            serve_max_body_bytes=_count(
+                environ.get("FEATURE_STORE_SERVE_MAX_BODY_BYTES", "1048576"), "FEATURE_STORE_SERVE_MAX_BODY_BYTES"
+            ),
         )
 
     @property

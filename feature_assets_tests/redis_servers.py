@@ -411,3 +411,49 @@ def start_acl_redis(folder: str | os.PathLike[str], username: str = "featurestor
         lambda process, port: _answers(process, port, username=username, password=server.password),
         "answering the ACL user",
     )
+
+
+# --- A server that goes away and comes back -------------------------------------------------------------------
+
+
+class RestartableRedis(_Servers):
+    """A plain redis-server that persists every write (AOF, fsync always), so it can be killed and started again on
+    the same port with its data: what a client sees of a Redis outage and its end. `.url`, `.port`, `.process`."""
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        super().__init__(folder, "redis-restartable-")
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def process(self) -> RedisProcess:
+        return self.processes[-1]
+
+    def settings(self, port: int) -> list[tuple[str, ...]]:
+        return [("port", str(port)), ("appendonly", "yes"), ("appendfsync", "always")]
+
+    def kill(self) -> None:
+        """SIGKILL the server; what it acknowledged is on disk."""
+        self.process.kill()
+
+    def restart(self) -> None:
+        """Start the server again on its port (after kill), and return once it answers with its data loaded."""
+        self._forget(self.process)
+        process = self._start(f"restartable-{self.port}-again", self.settings(self.port))
+        answers = _answers(process, self.port)
+
+        def loaded() -> bool:
+            with _client(self.port) as client:
+                return answers() and client.info("persistence")["loading"] == 0
+
+        process.wait_until(loaded, "answering with its data loaded")
+
+
+def start_restartable_redis(folder: str | os.PathLike[str]) -> RestartableRedis:
+    server = RestartableRedis(folder)
+    return _start_on_a_free_port(
+        server, "restartable", server.settings, lambda process, port: _answers(process, port), "answering"
+    )

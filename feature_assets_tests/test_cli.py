@@ -216,7 +216,7 @@ arguments = st.one_of(
     st.builds(lambda model, first, more: ["predict", model, first, *more], names, ids, st.lists(ids, max_size=3)),
     st.builds(lambda first, name, value: ["predict", "churn", first, "--key", f"{name}={value}"], ids, names, ids),
     st.builds(lambda view, flag: ["skew", "--view", view, *flag], names, st.sampled_from([[], ["--json"]])),
-    st.lists(st.text(max_size=12), max_size=4).filter(lambda argv: not argv or argv[0] not in {"demo", "refresh", "backfill", "train", "sync", "inject-drift", "dev", "skew"}),
+    st.lists(st.text(max_size=12), max_size=4).filter(lambda argv: not argv or argv[0] not in {"demo", "refresh", "backfill", "train", "sync", "inject-drift", "dev", "serve", "skew"}),
 )
 
 

@@ -403,12 +403,13 @@ def test_a_predict_against_a_hung_redis_fails_within_its_deadline(trained, tmp_p
         server.stop()
 
 
-def test_one_row_scoring_equals_the_pipeline_on_every_training_row(trained):
-    """predict_one applies the fitted parameters in numpy (scikit-learn's validation costs more than the arithmetic
-    for one row): every training row must encode exactly as the pipeline does, and score the same."""
+def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(trained):
+    """predict_one and predict apply the fitted parameters in numpy (scikit-learn's validation costs more than the
+    arithmetic for one row, or a hundred): every training row must encode exactly as the pipeline does, one row at a
+    time and all at once, and score the same."""
     from scipy import sparse
 
-    from feature_assets.serving.models import _row_steps
+    from feature_assets.serving.models import _fitted_steps
 
     warehouse, root = trained
     models = FolderModelStore(root)
@@ -416,13 +417,17 @@ def test_one_row_scoring_equals_the_pipeline_on_every_training_row(trained):
         card, pipeline = models.load(name, models.current(name))
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(name).training_set}")
         matrix = feature_matrix({f["name"]: frame[f["name"]].tolist() for f in card.features}, card.features)
-        encoders, score = _row_steps(pipeline, card.task == "classification")
+        encoders, score = _fitted_steps(pipeline, card.task == "classification")
 
-        encoded = np.vstack([np.concatenate([encode(row) for encode in encoders]) for row in matrix])
         expected = pipeline.steps[0][1].transform(matrix)
-        assert np.array_equal(encoded, expected.toarray() if sparse.issparse(expected) else expected), name
+        expected = expected.toarray() if sparse.issparse(expected) else expected
+        encoded = np.concatenate([encode(matrix) for encode in encoders], axis=1)
+        assert np.array_equal(encoded, expected), name
+        one_by_one = np.vstack([np.concatenate([encode(matrix[i : i + 1]) for encode in encoders], axis=1) for i in range(len(matrix))])
+        assert np.array_equal(one_by_one, expected), name
 
         rows = slice(None) if card.task == "classification" else slice(0, 300)  # gradient boosting scores itself
-        scores = np.array([score(row.reshape(1, -1)) for row in encoded[rows]])
         reference = pipeline.predict_proba(matrix[rows])[:, 1] if card.task == "classification" else pipeline.predict(matrix[rows])
-        np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(score(encoded[rows]), reference, rtol=0, atol=1e-12, err_msg=name)
+        singles = np.array([score(row.reshape(1, -1))[0] for row in encoded[rows]])
+        np.testing.assert_allclose(singles, reference, rtol=0, atol=1e-12, err_msg=name)

@@ -1,6 +1,5 @@
 """The online store as a Dagster resource: Redis in production, an SQLite file by default in local mode."""
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -12,7 +11,7 @@ from feature_assets.errors import ConfigError
 from feature_assets.serving.online_store import OnlineStore, RedisOnlineStore, SqliteOnlineStore
 from feature_assets.settings import Settings
 
-__all__ = ["OnlineStoreResource", "online_store_for", "open_online_store"]
+__all__ = ["OnlineStoreResource", "online_store_for"]
 
 
 class OnlineStoreResource(dg.ConfigurableResource):
@@ -45,9 +44,3 @@ def online_store_for(settings: Settings) -> OnlineStoreResource:
         return OnlineStoreResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
     return OnlineStoreResource(kind="sqlite", sqlite_path=str(settings.online_sqlite_path))
 
-
-def open_online_store(settings: Settings) -> OnlineStore:
-    """The store outside Dagster (the CLI): the URL comes straight from the environment."""
-    if settings.online == "redis":
-        return RedisOnlineStore.from_url(os.environ.get("FEATURE_STORE_REDIS_URL", ""))
-    return SqliteOnlineStore(settings.online_sqlite_path)

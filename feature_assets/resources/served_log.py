@@ -1,6 +1,5 @@
 """Where served feature vectors are logged: a Redis stream next to the online store, or an SQLite file locally."""
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -12,7 +11,7 @@ from feature_assets.errors import ConfigError
 from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
 from feature_assets.settings import Settings
 
-__all__ = ["ServedLogResource", "served_log_for", "open_served_log"]
+__all__ = ["ServedLogResource", "served_log_for"]
 
 
 class ServedLogResource(dg.ConfigurableResource):
@@ -41,9 +40,3 @@ def served_log_for(settings: Settings) -> ServedLogResource:
         return ServedLogResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
     return ServedLogResource(kind="sqlite", sqlite_path=str(settings.served_log_path))
 
-
-def open_served_log(settings: Settings) -> ServedLog:
-    """The log outside Dagster (the CLI, a model server), sampling FEATURE_STORE_SERVED_LOG_RATE of the vectors."""
-    if settings.online == "redis":
-        return RedisServedLog(os.environ.get("FEATURE_STORE_REDIS_URL", ""), sample_rate=settings.served_log_rate)
-    return SqliteServedLog(settings.served_log_path, sample_rate=settings.served_log_rate)

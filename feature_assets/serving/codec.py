@@ -25,7 +25,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from feature_assets.errors import DataError, shown
+from feature_assets.errors import DataError, InvalidEntity, shown
 from feature_assets.registry import FeatureView
 
 __all__ = [
@@ -108,14 +108,14 @@ MAX_TEXT_KEY = 256
 
 
 def parse_entity_id(value: object, key_type: str | None, key: str) -> int | str:
-    """An entity id as its key's declared type (the registry's data_type) takes it, or a DataError naming it.
+    """An entity id as its key's declared type (the registry's data_type) takes it, or an InvalidEntity naming it.
 
     Integer keys take ints, or text of ASCII digits with an optional leading '-', within the type's range; text
     keys take printable text (no control characters, nor undecodable bytes) of 1 to MAX_TEXT_KEY characters. A
     key_type of None (a model card from before key types were recorded) takes an int as a bigint, text as text.
     """
     if isinstance(value, str) and not value.strip():
-        raise DataError(f"{key} cannot be empty")
+        raise InvalidEntity(f"{key} cannot be empty")
     if key_type is None:
         key_type = "text" if isinstance(value, str) else "bigint"
     if key_type in _INTEGER_KEYS:
@@ -123,19 +123,19 @@ def parse_entity_id(value: object, key_type: str | None, key: str) -> int | str:
         out_of_range = f"is outside the range of a {key_type} ({-bound} to {bound - 1})"
         if isinstance(value, str) and _DIGITS.fullmatch(value):
             if len(value) > 20:  # out of range anyway, and int() refuses more than 4,300 digits
-                raise DataError(f"{key} {shown(value)} {out_of_range}")
+                raise InvalidEntity(f"{key} {shown(value)} {out_of_range}")
             value = int(value)
         if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-            raise DataError(f"{key} {shown(value)} is not a {key_type}: an id of ASCII digits, optionally after a '-'")
+            raise InvalidEntity(f"{key} {shown(value)} is not a {key_type}: an id of ASCII digits, optionally after a '-'")
         if not -bound <= value < bound:
-            raise DataError(f"{key} {shown(int(value))} {out_of_range}")
+            raise InvalidEntity(f"{key} {shown(int(value))} {out_of_range}")
         return int(value)
     if not isinstance(value, str):
-        raise DataError(f"{key} {shown(value)} is not text ({key_type})")
+        raise InvalidEntity(f"{key} {shown(value)} is not text ({key_type})")
     if len(value) > MAX_TEXT_KEY:
-        raise DataError(f"{key} {shown(value)} is longer than {MAX_TEXT_KEY} characters")
+        raise InvalidEntity(f"{key} {shown(value)} is longer than {MAX_TEXT_KEY} characters")
     if not value.isprintable():
-        raise DataError(f"{key} {shown(value)} holds control characters or undecodable bytes")
+        raise InvalidEntity(f"{key} {shown(value)} holds control characters or undecodable bytes")
     return value
 
 

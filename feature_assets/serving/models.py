@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from feature_assets.errors import DataError, FeatureStoreError, OnlineStoreError, shown
+from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.model_card import ModelCard
@@ -117,28 +117,29 @@ class _Served:
         self.names = card.feature_names
         self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
-        self._steps = _row_steps(pipeline, self.classifier)
+        self._steps = _fitted_steps(pipeline, self.classifier)
 
     def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        if self.classifier:
-            return self.pipeline.predict_proba(matrix)[:, 1]
-        return self.pipeline.predict(matrix)
+        """Scores of the rows (see _fitted_steps: the pipeline's fitted parameters in numpy where it can)."""
+        if self._steps is None:
+            if self.classifier:
+                return self.pipeline.predict_proba(matrix)[:, 1]
+            return self.pipeline.predict(matrix)
+        encoders, score = self._steps
+        return score(np.concatenate([encode(matrix) for encode in encoders], axis=1))
 
     def score_row(self, matrix: np.ndarray) -> float:
-        """One row through the pipeline's fitted parameters (see _row_steps); the same arithmetic as score_matrix."""
-        if self._steps is None:
-            return float(self.score_matrix(matrix)[0])
-        encoders, score = self._steps
-        return score(np.concatenate([encode(matrix[0]) for encode in encoders]).reshape(1, -1))
+        return float(self.score_matrix(matrix)[0])
 
 
-def _row_steps(pipeline: Any, classifier: bool) -> tuple[list[Callable[[np.ndarray], np.ndarray]], Callable] | None:
+def _fitted_steps(pipeline: Any, classifier: bool) -> tuple[list[Callable[[np.ndarray], np.ndarray]], Callable] | None:
     """For a Pipeline(ColumnTransformer, estimator) that drops unlisted columns: per transformer, a function
-    encoding one row's values, and one scoring the encoded row; None for any other shape (scored through the
-    pipeline itself). For a single row scikit-learn's input validation (six calls, ~0.7 ms) costs far more than
-    the arithmetic, so the transformers build_pipeline uses (imputer + scaler, one-hot) and a logistic regression
-    are applied with their fitted parameters in numpy; anything else through its own transform or predict.
-    test_models checks the result equals the pipeline's on every training row."""
+    encoding rows (a 2-D object matrix in, a 2-D float matrix out), and one scoring the encoded rows; None for any
+    other shape (scored through the pipeline itself). For one row, or a hundred, scikit-learn's input validation
+    (six calls, ~0.7 ms; ~3 ms a batch) costs far more than the arithmetic, so the transformers build_pipeline uses
+    (imputer + scaler, one-hot) and a logistic regression are applied with their fitted parameters in numpy;
+    anything else through its own transform or predict. test_models checks the result equals the pipeline's on
+    every training row, one by one and all at once."""
     steps = getattr(pipeline, "steps", None)
     if not steps or len(steps) != 2 or not isinstance(steps[0][1], ColumnTransformer):
         return None
@@ -152,23 +153,23 @@ def _row_steps(pipeline: Any, classifier: bool) -> tuple[list[Callable[[np.ndarr
     ]
     if isinstance(estimator, LogisticRegression) and classifier and len(estimator.classes_) == 2:
         coef, intercept = estimator.coef_.T, estimator.intercept_
-        return encoders, lambda row: float(expit(row @ coef + intercept)[0, 0])
+        return encoders, lambda rows: expit(rows @ coef + intercept)[:, 0]
     if classifier:
-        return encoders, lambda row: float(estimator.predict_proba(row)[0, 1])
-    return encoders, lambda row: float(estimator.predict(row)[0])
+        return encoders, lambda rows: estimator.predict_proba(rows)[:, 1]
+    return encoders, estimator.predict
 
 
 def _transform_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray], np.ndarray]:
-    def encode(values: np.ndarray) -> np.ndarray:
-        part = transformer.transform(values[columns].reshape(1, -1))
-        return (part.toarray() if sparse.issparse(part) else np.asarray(part)).astype(float).ravel()
+    def encode(rows: np.ndarray) -> np.ndarray:
+        part = transformer.transform(rows[:, columns])
+        return (part.toarray() if sparse.issparse(part) else np.asarray(part)).astype(float)
 
     return encode
 
 
 def _numpy_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray], np.ndarray] | None:
     """The fitted parameters of SimpleImputer(+ indicator) -> StandardScaler, or of OneHotEncoder(handle_unknown=
-    "ignore"), as one row's arithmetic; None for other transformers or settings."""
+    "ignore"), as arithmetic on rows; None for other transformers or settings."""
     if isinstance(transformer, Pipeline) and [type(step) for _, step in transformer.steps] == [SimpleImputer, StandardScaler]:
         imputer, scaler = (step for _, step in transformer.steps)
         fill = np.asarray(imputer.statistics_, dtype=float)
@@ -178,10 +179,10 @@ def _numpy_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray
         mean = scaler.mean_ if scaler.mean_ is not None else 0.0
         scale = scaler.scale_ if scaler.scale_ is not None else 1.0
 
-        def impute_and_scale(values: np.ndarray) -> np.ndarray:
-            numbers = values[columns].astype(float)
+        def impute_and_scale(rows: np.ndarray) -> np.ndarray:
+            numbers = rows[:, columns].astype(float)
             missing = np.isnan(numbers)
-            return (np.concatenate([np.where(missing, fill, numbers), missing[flagged]]) - mean) / scale
+            return (np.concatenate([np.where(missing, fill, numbers), missing[:, flagged]], axis=1) - mean) / scale
 
         return impute_and_scale
     if isinstance(transformer, OneHotEncoder):
@@ -194,13 +195,14 @@ def _numpy_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray
             offset += len(categories)
         width = offset
 
-        def one_hot(values: np.ndarray) -> np.ndarray:
-            row = np.zeros(width)
-            for position, value in zip(positions, values[columns].tolist()):
-                hit = position.get(_category(value))
-                if hit is not None:  # an unseen value encodes as all zeros, as handle_unknown="ignore" does
-                    row[hit] = 1.0
-            return row
+        def one_hot(rows: np.ndarray) -> np.ndarray:
+            encoded = np.zeros((len(rows), width))
+            for row, values in enumerate(rows[:, columns].tolist()):
+                for position, value in zip(positions, values):
+                    hit = position.get(_category(value))
+                    if hit is not None:  # an unseen value encodes as all zeros, as handle_unknown="ignore" does
+                        encoded[row, hit] = 1.0
+            return encoded
 
         return one_hot
     return None
@@ -281,9 +283,13 @@ class Predictor:
                 served.checked_at = now
         return served
 
+    def served_card(self, model: str) -> ModelCard:
+        """The card of the version of `model` served now, loaded and checked against the online store's schema."""
+        return self._current(model).card
+
     def entity_keys(self, model: str) -> list[str]:
         """The keys a caller must pass to predict with the served version of `model`."""
-        return self._current(model).card.caller_keys
+        return self.served_card(model).caller_keys
 
     def predict_one(self, model: str, entity: Any) -> Prediction:
         """One prediction, the fast path: at most one exchange per level of derived keys, one model call.
@@ -303,7 +309,7 @@ class Predictor:
                     source_view, source_feature = part.derived_from
                     value = rows[source_view][source_feature]
                     if value is None:
-                        raise DataError(
+                        raise MissingFeatures(
                             f"{part.key} is derived from {source_view}.{source_feature}, which is null for "
                             f"{_describe(keys)}; pass {part.key} explicitly"
                         )
@@ -317,7 +323,7 @@ class Predictor:
             for part, raw in zip(level, values):
                 row = part.reader.decode_row(keys[part.key], raw, part.names)
                 if row[MISSING]:
-                    raise DataError(_missing_message(card, part.view, keys[part.key]))
+                    raise MissingFeatures(_missing_message(card, part.view, keys[part.key]))
                 rows[part.view.name] = row
         features = {f["name"]: rows[f["view"]][f["name"]] for f in card.features}
         for view, name in served.floats:
@@ -392,15 +398,15 @@ def _keys(card: ModelCard, entity: Any) -> dict[str, Any]:
     elif len(caller) == 1:
         keys = {caller[0]: entity}
     else:
-        raise DataError(f"model {card.model} needs the keys {', '.join(caller)}; pass them as a mapping")
+        raise InvalidEntity(f"model {card.model} needs the keys {', '.join(caller)}; pass them as a mapping")
     missing = [key for key in caller if keys.get(key) is None]
     if missing:
-        raise DataError(f"model {card.model} needs {', '.join(missing)} (its entity keys: {', '.join(caller)})")
+        raise InvalidEntity(f"model {card.model} needs {', '.join(missing)} (its entity keys: {', '.join(caller)})")
     key_types = _key_types(card)
     unknown = [key for key in keys if key not in key_types]
     if unknown:
         known = ", ".join(sorted(key_types))
-        raise DataError(f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}")
+        raise InvalidEntity(f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}")
     return {key: parse_entity_id(value, key_types[key], key) for key, value in keys.items()}
 
 
@@ -415,10 +421,10 @@ def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
     elif len(caller) == 1:
         frame = pd.DataFrame({caller[0]: pd.Series(list(entities), dtype=object)})
     else:
-        raise DataError(f"model {card.model} needs the keys {', '.join(caller)}; pass a frame with those columns")
+        raise InvalidEntity(f"model {card.model} needs the keys {', '.join(caller)}; pass a frame with those columns")
     absent = [key for key in caller if key not in frame.columns]
     if absent:
-        raise DataError(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
+        raise InvalidEntity(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
     frame = frame.astype(object).where(frame.notna(), None)
     key_types = _key_types(card)
     for key in frame.columns.intersection(list(key_types)):

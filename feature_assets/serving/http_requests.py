@@ -1,0 +1,89 @@
+"""What a request to `featurestore serve` may hold, and the refusals naming what it holds wrongly."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+
+from feature_assets.errors import InvalidEntity, shown
+from feature_assets.registry import FeatureView
+from feature_assets.serving.codec import parse_entity_id
+
+__all__ = ["Refused", "read_payload", "entities_of", "view_ids", "feature_names"]
+
+
+class Refused(Exception):
+    """A request answered with a 4xx or 503 and a JSON error naming the problem."""
+
+    def __init__(self, status: int, cause: str, message: str):
+        super().__init__(message)
+        self.status, self.cause = status, cause
+
+
+async def read_payload(request: Request, limit: int, fields: Sequence[str]) -> dict[str, Any]:
+    """The JSON object in the body, of at most `limit` bytes and with no other fields than `fields`."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise Refused(413, "too_large", f"the body is {length} bytes; at most {limit} are taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "too_large", f"the body is over {limit} bytes, the most taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    try:
+        payload = json.loads(b"".join(chunks))
+    except ValueError as error:
+        raise Refused(400, "bad_json", f"the body is not JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise Refused(400, "bad_request", f"the body must be a JSON object with the fields {', '.join(fields)}")
+    unknown = [name for name in payload if name not in fields]
+    if unknown:
+        raise Refused(400, "bad_request", f"unknown field {shown(unknown[0])}; the fields are {', '.join(fields)}")
+    return payload
+
+
+def entities_of(payload: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    entities = payload.get("entities")
+    if not isinstance(entities, list) or not entities:
+        raise Refused(400, "bad_request", 'the body needs "entities": a non-empty list of objects, e.g. [{"user_id": 42}]')
+    if len(entities) > limit:
+        raise Refused(413, "too_many_entities", f"{len(entities)} entities; at most {limit} per request (FEATURE_STORE_SERVE_MAX_ENTITIES)")
+    for index, entity in enumerate(entities):
+        if not isinstance(entity, dict) or not entity:
+            raise Refused(400, "bad_request", f"entities[{index}] is {shown(entity)}, not an object of entity keys, e.g. {{\"user_id\": 42}}")
+    keys = entities[0].keys()
+    for index, entity in enumerate(entities):
+        if entity.keys() != keys:
+            raise Refused(
+                400, "invalid_entity",
+                f"entities[{index}] passes the keys {', '.join(entity)} but entities[0] passes {', '.join(keys)}; every entity "
+                "of one request passes the same keys",
+            )  # fmt: skip
+    return entities
+
+
+def view_ids(view: FeatureView, entities: list[dict[str, Any]]) -> list[Any]:
+    if list(entities[0]) != [view.entity_key]:
+        raise InvalidEntity(f"{view.name} is keyed by {view.entity_key} alone; the entities pass {', '.join(entities[0])}")
+    ids = []
+    for index, entity in enumerate(entities):
+        try:
+            ids.append(parse_entity_id(entity[view.entity_key], view.key_data_type, view.entity_key))
+        except InvalidEntity as error:
+            raise InvalidEntity(f"entities[{index}]: {error}") from None
+    return ids
+
+
+def feature_names(view: FeatureView, names: Any) -> list[str] | None:
+    if names is None:
+        return None
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise Refused(400, "bad_request", '"features", when given, is a non-empty list of feature names')
+    unknown = [name for name in names if name not in view.feature_names]
+    if unknown:
+        raise Refused(400, "unknown_feature", f"{view.name} has no feature {shown(unknown[0])}; its features: {', '.join(view.feature_names)}")
+    if len(set(names)) != len(names):
+        raise Refused(400, "bad_request", '"features" names a feature twice')
+    return names
