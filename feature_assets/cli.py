@@ -106,18 +106,20 @@ def _warehouse(settings: Settings):
 
 
 def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
-    ops = {"dbt_feature_models": {"config": as_of_config}}
+    as_of, tags = _as_of_run(as_of_config)
+    ops = {"dbt_feature_models": {"config": as_of}}
     if settings.demo_data:
         ops["demo_raw_data"] = {"config": raw_config}
-    return _execute(settings, "refresh run", {"ops": ops}, job_name="refresh_features", tags=_as_of_tag(as_of_config))
+    return _execute(settings, "refresh run", {"ops": ops}, job_name="refresh_features", tags=tags)
 
 
-def _as_of_tag(as_of_config: dict) -> dict[str, str]:
-    """The snapshots a run builds, as a run tag: e.g. 2026-11-01 00:00:00 .. 2026-12-01 00:00:00 every 24 h."""
+def _as_of_run(as_of_config: dict) -> tuple[dict, dict[str, str]]:
+    """The as-of times resolved once (the default end is the current hour, which may turn while the run starts), as
+    the run's config and as its tag: e.g. featurestore/as_of = 2026-11-01 00:00:00 .. 2026-12-01 00:00:00 every 24 h."""
     from feature_assets.assets.features import AsOfConfig
 
     when = AsOfConfig(**as_of_config).dbt_vars()
-    return {"featurestore/as_of": f"{when['as_of_start']} .. {when['as_of_end']} every {when['cadence_hours']} h"}
+    return when, {"featurestore/as_of": f"{when['as_of_start']} .. {when['as_of_end']} every {when['cadence_hours']} h"}
 
 
 def _print_summary(settings: Settings) -> None:
@@ -434,9 +436,8 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
-    config = {"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours}
-    run_config = {"ops": {"dbt_feature_models": {"config": config}}}
-    _execute(settings, "backfill", run_config, job_name="backfill_features", tags=_as_of_tag(config))
+    as_of, tags = _as_of_run({"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours})
+    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": as_of}}}, job_name="backfill_features", tags=tags)
     _print_summary(settings)
 
 
