@@ -63,7 +63,8 @@ def build_served_model(directory: Path, store: RedisOnlineStore, users: int, day
     import dagster as dg
     from dagster_dbt import DbtCliResource
 
-    from feature_assets.assets.features import dbt_feature_models
+    from feature_assets.assets.features import all_dbt_assets
+    from feature_assets.automation import as_of_days_tags
     from feature_assets.assets.models import model_assets
     from feature_assets.assets.raw import demo_raw_data
     from feature_assets.assets.training import training_set_assets
@@ -78,13 +79,14 @@ def build_served_model(directory: Path, store: RedisOnlineStore, users: int, day
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(directory / "warehouse.duckdb"))
     start = ANCHOR - timedelta(days=days - 1)
     built = dg.materialize(
-        [demo_raw_data, dbt_feature_models],
+        [demo_raw_data, *all_dbt_assets],
         resources={"warehouse": warehouse, "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())},
         run_config={"ops": {
             "demo_raw_data": {"config": {"users": users, "days": days, "anchor": ANCHOR.isoformat()}},
-            "dbt_feature_models": {"config": {"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24}},
+            "dbt_feature_views": {"config": {"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()}},
         }},
         instance=dg.DagsterInstance.ephemeral(),
+        tags=as_of_days_tags(start, ANCHOR),
     )  # fmt: skip
     assert built.success
     training_sets, _ = training_set_assets(registry)

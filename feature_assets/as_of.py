@@ -1,10 +1,10 @@
 """As-of times: the hour boundaries (naive UTC) that feature snapshots are stamped with."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["utc_now", "current_hour", "parse_hour", "format_hour"]
+__all__ = ["utc_now", "current_hour", "parse_hour", "parse_day", "format_hour"]
 
 
 def utc_now() -> datetime:
@@ -34,6 +34,18 @@ def parse_hour(value: str, what: str) -> datetime:
     now = current_hour()
     if parsed > now:
         raise ConfigError(f"{what} {value!r} is after the current hour {format_hour(now)} (UTC): the future has no facts yet")
+    return parsed
+
+
+def parse_day(value: str, what: str) -> date:
+    """Parses an as-of day (UTC) like 2026-01-31, not after today: days are the feature views' partitions."""
+    try:
+        parsed = date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a day like 2026-01-31") from None
+    today = current_hour().date()
+    if parsed > today:
+        raise ConfigError(f"{what} {value!r} is after today {today} (UTC): the future has no facts yet")
     return parsed
 
 

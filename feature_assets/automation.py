@@ -1,8 +1,8 @@
-"""When things refresh: the hourly schedule (each view on its own cadence) and the freshness policies it is
-measured against."""
+"""When things refresh: the as-of days (the feature views' partitions), the hourly schedule (each view on its own
+cadence) and the freshness policies it is measured against."""
 
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 
@@ -12,6 +12,9 @@ from feature_assets.registry import FeatureView
 
 __all__ = [
     "TICK",
+    "AS_OF_DAYS",
+    "day_key",
+    "as_of_days_tags",
     "view_freshness",
     "due_views",
     "SYNC_WHEN_FEATURES_PASS_CHECKS",
@@ -28,6 +31,23 @@ __all__ = [
 # The schedule ticks every hour; each view is refreshed on the ticks that fall on its own cadence.
 TICK = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1)
+
+# The feature views are partitioned by as-of day (UTC): a partition holds the day's snapshots, every hour of the
+# view's cadence for the newest days, and only the first of the day once the retention thins them (dbt_project.yml),
+# so no partition shown as materialized is empty. Hourly partitions would leave most of them empty after the
+# thinning, and cost Dagster an event per hour per view on each backfill. end_offset=1: today exists, from its
+# first hour; later days do not. History before the start is older than any retention here.
+AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC", end_offset=1)
+
+
+def day_key(hour: datetime) -> str:
+    """The partition (as-of day) of an as-of time."""
+    return hour.strftime("%Y-%m-%d")
+
+
+def as_of_days_tags(first: datetime | date, last: datetime | date) -> dict[str, str]:
+    """The tags of one run over the as-of days first .. last, as Dagster's own single-run backfills tag theirs."""
+    return {"dagster/asset_partition_range_start": day_key(first), "dagster/asset_partition_range_end": day_key(last)}
 
 
 def view_freshness(view: FeatureView) -> dg.FreshnessPolicy:
@@ -61,10 +81,16 @@ def refresh_schedule(
         if not due:
             return dg.SkipReason(f"no feature view is due at {format_hour(moment)}")
         hour = format_hour(moment)
-        ops = {features_op: {"config": {"as_of_end": hour}}}
+        ops = {features_op: {"config": {"as_of_start": hour, "as_of_end": hour}}}
         if raw_op:
             ops[raw_op] = {"config": {"anchor": hour}}
-        return dg.RunRequest(run_key=hour, run_config={"ops": ops}, asset_selection=sorted(keys_for(due)), tags={"views": ",".join(v.name for v in due)})
+        return dg.RunRequest(
+            run_key=hour,
+            partition_key=day_key(moment),
+            run_config={"ops": ops},
+            asset_selection=sorted(keys_for(due)),
+            tags={"views": ",".join(v.name for v in due)},
+        )
 
     return hourly_refresh
 
@@ -106,8 +132,11 @@ def check_refresh_fits_ttl(views: Iterable[FeatureView]) -> None:
     late or failed run lets every key expire before the next sync writes a newer snapshot."""
     hours = timedelta(hours=1)
     for view in views:
-        if view.refresh_interval % TICK:
-            raise ConfigError(f"{view.name}: refresh_hours must be a whole number of hours, got {view.refresh_interval / hours:g}")
+        if view.refresh_interval % TICK or timedelta(days=1) % view.refresh_interval:
+            raise ConfigError(
+                f"{view.name}: refresh_hours must be a whole number of hours that divides a day (1, 2, 3, 4, 6, 8, 12 "
+                f"or 24), got {view.refresh_interval / hours:g}"
+            )
         if view.refresh_interval > view.online_ttl / 2:
             raise ConfigError(
                 f"the refresh interval of {view.name} ({view.refresh_interval / hours:g} h) is more than half its online TTL "

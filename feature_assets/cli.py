@@ -7,13 +7,13 @@ import os
 import re
 import sys
 import tempfile
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
-from feature_assets.as_of import current_hour, format_hour, parse_hour
-from feature_assets.errors import FeatureStoreError, shown
+from feature_assets.as_of import current_hour, format_hour, parse_day, parse_hour
+from feature_assets.errors import ConfigError, FeatureStoreError, shown
 from feature_assets.settings import Settings
 
 __all__ = ["main"]
@@ -105,21 +105,16 @@ def _warehouse(settings: Settings):
     return warehouse_for(settings).process_config_and_initialize()
 
 
-def _run_refresh(settings: Settings, raw_config: dict, as_of_config: dict):
-    as_of, tags = _as_of_run(as_of_config)
-    ops = {"dbt_feature_models": {"config": as_of}}
-    if settings.demo_data:
-        ops["demo_raw_data"] = {"config": raw_config}
-    return _execute(settings, "refresh run", {"ops": ops}, job_name="refresh_features", tags=tags)
+def _build_snapshots(settings: Settings, what: str, job: str, days: tuple[date, date], hour: datetime | None = None, raw: dict | None = None):
+    """Runs the refresh or backfill job over as-of days (its partitions), or over one hour of one day; the run shows
+    in the UI with its partitions and is tagged featurestore/as_of (e.g. 2026-11-01 .. 2026-12-01)."""
+    ops = {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}} if hour else {}
+    if raw and settings.demo_data:
+        ops["demo_raw_data"] = {"config": raw}
+    from feature_assets.automation import as_of_days_tags
 
-
-def _as_of_run(as_of_config: dict) -> tuple[dict, dict[str, str]]:
-    """The as-of times resolved once (the default end is the current hour, which may turn while the run starts), as
-    the run's config and as its tag: e.g. featurestore/as_of = 2026-11-01 00:00:00 .. 2026-12-01 00:00:00 every 24 h."""
-    from feature_assets.assets.features import AsOfConfig
-
-    when = AsOfConfig(**as_of_config).dbt_vars()
-    return when, {"featurestore/as_of": f"{when['as_of_start']} .. {when['as_of_end']} every {when['cadence_hours']} h"}
+    tags = {**as_of_days_tags(*days), "featurestore/as_of": format_hour(hour) if hour else f"{days[0]} .. {days[1]}"}
+    return _execute(settings, what, {"ops": ops}, job_name=job, tags=tags)
 
 
 def _print_summary(settings: Settings) -> None:
@@ -152,12 +147,9 @@ def _print_summary(settings: Settings) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     anchor = current_hour()
     start = anchor - timedelta(days=args.days - 1)
-    print(f"Generating {args.users} users over {args.days} days and backfilling daily snapshots up to {format_hour(anchor)} ...")
-    _run_refresh(
-        settings,
-        {"users": args.users, "days": args.days, "seed": args.seed, "anchor": format_hour(anchor)},
-        {"as_of_start": format_hour(start), "as_of_end": format_hour(anchor), "cadence_hours": 24},
-    )
+    print(f"Generating {args.users} users over {args.days} days and backfilling snapshots up to {format_hour(anchor)} ...")
+    raw = {"users": args.users, "days": args.days, "seed": args.seed, "anchor": format_hour(anchor)}
+    _build_snapshots(settings, "refresh run", "refresh_features", (start.date(), anchor.date()), raw=raw)
     _print_summary(settings)
     _sync_online(settings)
     entities = _print_online_next_to_offline(settings)
@@ -430,14 +422,16 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
-    hour = format_hour(parse_hour(args.as_of, "--as-of") if args.as_of else current_hour())
-    _run_refresh(settings, {"anchor": hour}, {"as_of_end": hour})
+    hour = parse_hour(args.as_of, "--as-of") if args.as_of else current_hour()
+    _build_snapshots(settings, "refresh run", "refresh_features", (hour.date(), hour.date()), hour, {"anchor": format_hour(hour)})
     _print_summary(settings)
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
-    as_of, tags = _as_of_run({"as_of_start": args.start, "as_of_end": args.end, "cadence_hours": args.cadence_hours})
-    _execute(settings, "backfill", {"ops": {"dbt_feature_models": {"config": as_of}}}, job_name="backfill_features", tags=tags)
+    first, last = parse_day(args.start, "--start"), parse_day(args.end, "--end")
+    if first > last:
+        raise ConfigError(f"--start {first} is after --end {last}")
+    _build_snapshots(settings, "backfill", "backfill_features", (first, last))
     _print_summary(settings)
 
 
@@ -504,10 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     refresh.add_argument("--as-of", help="hour boundary (UTC, ISO); default: the current hour")
     refresh.set_defaults(run=cmd_refresh)
 
-    backfill = commands.add_parser("backfill", help="(re)compute feature snapshots over a range of as-of times")
-    backfill.add_argument("--start", required=True, help="first as-of hour (UTC, ISO)")
-    backfill.add_argument("--end", required=True, help="last as-of hour (UTC, ISO)")
-    backfill.add_argument("--cadence-hours", type=int, default=24)
+    backfill = commands.add_parser("backfill", help="(re)compute the feature snapshots of a range of as-of days (UTC)")
+    backfill.add_argument("--start", required=True, help="first as-of day, e.g. 2026-11-01")
+    backfill.add_argument("--end", required=True, help="last as-of day (up to its current hour if today)")
     backfill.set_defaults(run=cmd_backfill)
 
     features = commands.add_parser("features", help="print the feature registry")

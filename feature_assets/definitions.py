@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from feature_assets.alerts import alert_sensor
-from feature_assets.assets.features import dbt_feature_models, dbt_model_key
+from feature_assets.assets.features import all_dbt_assets, dbt_feature_views, dbt_model_key
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
 from feature_assets.assets.online import online_assets
@@ -44,7 +44,7 @@ def _dbt_executable() -> str:
 def _refresh_keys(registry: Registry, raw: list, due: list[FeatureView]) -> set[dg.AssetKey]:
     """What an hourly run materializes for the due views: raw data (demo), every dbt model that is neither a
     feature view nor a label table (staging), the due views and the views they are built from."""
-    specs = {spec.key: spec for spec in dbt_feature_models.specs}
+    specs = {spec.key: spec for assets_def in all_dbt_assets for spec in assets_def.specs}
     view_keys = {dbt_model_key(view.name) for view in registry.views.values()}
     label_keys = {dbt_model_key(name) for name in registry.labels}
     keys = {key for key in specs if key not in view_keys | label_keys}
@@ -72,7 +72,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     refresh_job = dg.define_asset_job(
         "refresh_features",
         selection=dg.AssetSelection.assets(*refresh_selection),
-        description="Loads new raw rows (demo data) and appends the feature snapshots of the run's hour (the due views).",
+        description="Loads new raw rows (demo data) and appends the feature snapshots of the run's as-of day, or of one "
+        "hour of it (config as_of; the hourly schedule's runs: the views due at that hour).",
     )
     online = [online_assets(view) for view in views]
     training_sets, leakage_checks = training_set_assets(registry)
@@ -99,14 +100,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Compares training and serving distributions for every view a model reads; drift checks alert.",
     )
     # Staging views included: on a fresh warehouse the feature views cannot build without them.
-    view_and_staging_keys = sorted(key for key in dbt_feature_models.keys if key not in set(labels))
+    view_and_staging_keys = sorted(key for assets_def in all_dbt_assets for key in assets_def.keys if key not in set(labels))
     backfill_job = dg.define_asset_job(
         "backfill_features",
         selection=dg.AssetSelection.assets(*view_and_staging_keys),
-        description="(Re)computes the feature snapshots of a range of as-of times (config as_of_start, as_of_end, cadence_hours).",
+        description="(Re)computes the feature snapshots of a range of as-of days (partitions) from the raw rows loaded.",
     )
     return dg.Definitions(
-        assets=[*raw, dbt_feature_models, *(asset for asset, _ in online), *training_sets, *models, *report_assets, served_models],
+        assets=[*raw, *all_dbt_assets, *(asset for asset, _ in online), *training_sets, *models, *report_assets, served_models],
         asset_checks=[*(check for _, check in online), *leakage_checks, *(check for _, checks in reports for check in checks)],
         sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets), alert_sensor()],
         jobs=[refresh_job, train_job, sync_job, skew_job, backfill_job],
@@ -116,7 +117,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 views,
                 lambda due: _refresh_keys(registry, raw, due),
                 raw_op=demo_raw_data.op.name if settings.demo_data else None,
-                features_op=dbt_feature_models.op.name,
+                features_op=dbt_feature_views.op.name,
             )
         ],
         resources={

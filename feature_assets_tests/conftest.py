@@ -21,8 +21,9 @@ import psycopg
 import pytest
 from dagster_dbt import DbtCliResource
 
-from feature_assets.assets.features import dbt_feature_models
+from feature_assets.assets.features import all_dbt_assets
 from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
+from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
 from feature_assets.resources.warehouse import Warehouse
@@ -83,20 +84,25 @@ def write_raw(warehouse: Warehouse, frames: dict[str, pd.DataFrame]) -> None:
 
 
 def materialize(warehouse: Warehouse, raw: dict | None = None, as_of: dict | None = None) -> dg.ExecuteInProcessResult:
-    """Runs the real assets in process: the demo generator (if raw config is given) and/or the dbt build."""
-    assets, ops = [], {}
+    """Runs the real assets in process: the demo generator (if raw config is given) and/or the dbt build of every
+    model, the feature views over the as-of days from as_of_start (default: as_of_end) to as_of_end, computing the
+    hours from one to the other (the config of dbt_feature_views)."""
+    assets, ops, tags = [], {}, {}
     if raw is not None:
         assets.append(demo_raw_data)
         ops["demo_raw_data"] = {"config": raw}
     if as_of is not None:
-        assets.append(dbt_feature_models)
-        ops["dbt_feature_models"] = {"config": as_of}
+        assets += all_dbt_assets
+        first, last = (str(as_of.get(name) or as_of["as_of_end"]) for name in ("as_of_start", "as_of_end"))
+        ops["dbt_feature_views"] = {"config": {"as_of_start": first, "as_of_end": last}}
+        tags = as_of_days_tags(datetime.fromisoformat(first), datetime.fromisoformat(last))
     return dg.materialize(
         assets,
         resources={"warehouse": warehouse, "dbt": dbt_resource()},
         run_config={"ops": ops},
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
+        tags=tags,
     )
 
 
@@ -214,7 +220,7 @@ def trained(tmp_path_factory):
     result = materialize(
         warehouse,
         raw={"users": 1000, "days": 300, "anchor": ANCHOR.isoformat()},
-        as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24},
+        as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
     )
     assert result.success
     assert train_models(warehouse, folder / "models").success

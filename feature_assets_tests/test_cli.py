@@ -132,9 +132,9 @@ def test_skew_during_a_refresh_says_the_warehouse_is_held(home, warehouse_held_b
 
 def test_a_failed_dbt_build_says_why_and_points_to_a_log_that_exists(home, warehouse_held_by_another_process):
     # A process of its own: the definitions resolve FEATURE_STORE_HOME when imported, and this one imported them already.
-    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30T00:00", "--end", "2026-03-31T00:00"]
+    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30", "--end", "2026-03-31"]
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    line = assert_one_line(backfill.returncode, backfill.stderr, "the backfill failed: dbt_feature_models: dbt build exited with code")
+    line = assert_one_line(backfill.returncode, backfill.stderr, "the backfill failed: dbt_models: dbt build exited with code")
     assert "Could not set lock" in line
     log = Path(line.rsplit("dbt's log: ", 1)[1].rstrip(")"))
     assert log.is_file()
@@ -162,20 +162,23 @@ print(job.execute_in_process(instance=dagster_instance(Settings.from_env())).suc
 """
 
 
-def test_a_backfill_shows_in_the_ui_as_a_run_tagged_with_its_as_of_times(store, tmp_path, monkeypatch):
+def test_a_backfill_shows_in_the_ui_as_a_run_over_its_as_of_days_with_what_it_kept(store, tmp_path, monkeypatch):
     home, _ = store
     shutil.copyfile(home / "warehouse.duckdb", tmp_path / "warehouse.duckdb")
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"FEATURE_STORE_HOME": str(tmp_path)}
-    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30T00:00", "--end", "2026-03-31T00:00"]
+    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30", "--end", "2026-03-31"]
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert backfill.returncode == 0, backfill.stderr
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     with dg.DagsterInstance.get() as instance:
         [backfill] = instance.get_runs()
         assert backfill.job_name == "backfill_features" and backfill.tags["featurestore/command"] == "backfill"
-        assert backfill.tags["featurestore/as_of"] == "2026-03-30 00:00:00 .. 2026-03-31 00:00:00 every 24 h"
+        assert backfill.tags["featurestore/as_of"] == "2026-03-30 .. 2026-03-31"
+        # The as-of days are the views' partitions: the asset's Partitions tab shows both materialized.
+        assert instance.get_materialized_partitions(dg.AssetKey("user_features")) == {"2026-03-30", "2026-03-31"}
         built = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
-        assert built["as_of_times_built"].value == "2026-03-30 00:00:00 .. 2026-03-31 00:00:00 every 24 h"
+        assert built["as_of_times"].value == "2026-03-30 00:00:00 .. 2026-03-31 23:00:00: 48 of the view's cadence"
+        assert built["as_of_times_kept"].value + built["as_of_times_thinned"].value == 48
 
 
 def test_first_commands_started_together_on_a_fresh_home_all_keep_their_runs(tmp_path):

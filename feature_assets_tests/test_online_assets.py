@@ -10,7 +10,7 @@ import pytest
 
 from feature_assets import automation
 from feature_assets.as_of import format_hour
-from feature_assets.assets.features import dbt_feature_models
+from feature_assets.assets.features import all_dbt_assets, dbt_feature_views
 from feature_assets.assets.online import online_assets
 from feature_assets.assets.raw import demo_raw_data
 from feature_assets.automation import online_sync_sensor
@@ -36,7 +36,7 @@ country_features_online, country_features_online_parity = online_assets(COUNTRIE
 
 def definitions(warehouse: Warehouse, online: OnlineStoreResource) -> dg.Definitions:
     return dg.Definitions(
-        assets=[demo_raw_data, dbt_feature_models, user_features_online, country_features_online],
+        assets=[demo_raw_data, *all_dbt_assets, user_features_online, country_features_online],
         asset_checks=[user_features_online_parity, country_features_online_parity],
         sensors=[online_sync_sensor([user_features_online, country_features_online])],
         resources={"warehouse": warehouse, "dbt": dbt_resource(), "online_store": online},
@@ -53,22 +53,17 @@ def built(tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     refresh = dg.materialize(
-        [demo_raw_data, dbt_feature_models],
+        [demo_raw_data, *all_dbt_assets],
         resources={"warehouse": warehouse, "dbt": dbt_resource()},
         run_config={
             "ops": {
                 "demo_raw_data": {"config": {"users": 300, "days": 10, "anchor": format_hour(ANCHOR)}},
-                "dbt_feature_models": {
-                    "config": {
-                        "as_of_start": format_hour(ANCHOR - timedelta(days=2)),
-                        "as_of_end": format_hour(ANCHOR),
-                        "cadence_hours": 24,
-                    }
-                },
+                "dbt_feature_views": {"config": {"as_of_start": format_hour(ANCHOR - timedelta(days=2)), "as_of_end": format_hour(ANCHOR)}},
             }
         },
         instance=instance,
         raise_on_error=False,
+        tags=automation.as_of_days_tags(ANCHOR - timedelta(days=2), ANCHOR),
     )
     assert refresh.success
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
@@ -89,11 +84,12 @@ def test_each_views_sync_is_requested_once_the_view_is_materialized_and_its_chec
 
 def test_the_sync_waits_while_a_blocking_check_of_user_features_has_failed(built):
     instance = dg.DagsterInstance.ephemeral()
-    blocking = [spec for spec in dbt_feature_models.check_specs if spec.asset_key == FEATURES and spec.blocking]
+    blocking = [spec for spec in dbt_feature_views.check_specs if spec.asset_key == FEATURES and spec.blocking]
     assert blocking, "dbt tests of severity error are blocking checks"
     cursor = dg.evaluate_automation_conditions(defs=built.defs, instance=instance).cursor
 
-    instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES))
+    # Today's as-of day: the partition the sync reads its latest snapshots from.
+    instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES, partition=automation.AS_OF_DAYS.get_last_partition_key()))
     for spec in blocking:
         instance.report_runless_asset_event(dg.AssetCheckEvaluation(FEATURES, spec.name, passed=spec is not blocking[0]))
     held = dg.evaluate_automation_conditions(defs=built.defs, instance=instance, cursor=cursor)
@@ -291,12 +287,14 @@ def test_prod_settings_put_the_online_store_in_redis_from_the_environment(monkey
 
 
 def test_each_views_refresh_must_fit_twice_in_its_own_ttl():
-    slow = replace(COUNTRIES, refresh_interval=timedelta(hours=30))
-    with pytest.raises(ConfigError, match=r"refresh interval of country_features \(30 h\).*online TTL \(48 h\)"):
+    slow = replace(COUNTRIES, refresh_interval=timedelta(hours=12), online_ttl=timedelta(hours=20))
+    with pytest.raises(ConfigError, match=r"refresh interval of country_features \(12 h\).*online TTL \(20 h\)"):
         automation.check_refresh_fits_ttl([VIEW, slow])
     automation.check_refresh_fits_ttl([VIEW, replace(COUNTRIES, refresh_interval=timedelta(hours=24))])  # exactly half is enough
-    with pytest.raises(ConfigError, match="refresh_hours must be a whole number of hours"):
-        automation.check_refresh_fits_ttl([replace(VIEW, refresh_interval=timedelta(minutes=90))])
+    # An as-of day (the views' partition) holds the same hours of the cadence every day.
+    for odd in (timedelta(minutes=90), timedelta(hours=5), timedelta(hours=48)):
+        with pytest.raises(ConfigError, match=r"refresh_hours must be a whole number of hours that divides a day \(1, 2, 3, 4, 6, 8, 12 or 24\)"):
+            automation.check_refresh_fits_ttl([replace(VIEW, refresh_interval=odd, online_ttl=timedelta(days=7))])
 
 
 def test_the_hourly_schedule_refreshes_each_view_on_its_own_cadence(tmp_path):
@@ -305,7 +303,12 @@ def test_the_hourly_schedule_refreshes_each_view_on_its_own_cadence(tmp_path):
     assert automation.due_views([VIEW, daily], ANCHOR + timedelta(hours=5)) == [VIEW]
     defs = build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
     schedule = defs.resolve_schedule_def("hourly_refresh")
-    request = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=ANCHOR + timedelta(hours=5))).run_requests[0]
+    request = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=ANCHOR + timedelta(hours=5), repository_def=defs.get_repository_def())).run_requests[0]
     selected = {key.to_user_string() for key in request.asset_selection}
     assert {"user_features", "country_features", "stg_app__users", "raw_events"} <= selected  # both views refresh hourly
     assert not selected & {"churn_labels", "ltv_labels", "user_features_online"}  # labels belong to training, syncs to automation
+    # The run appends the tick's own hour to its as-of day (the partition), not the wall clock's.
+    assert request.partition_key == automation.day_key(ANCHOR)
+    assert request.run_config["ops"]["dbt_feature_views"]["config"] == {"as_of_start": format_hour(ANCHOR + timedelta(hours=5))} | {
+        "as_of_end": format_hour(ANCHOR + timedelta(hours=5))
+    }

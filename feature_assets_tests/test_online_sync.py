@@ -295,7 +295,7 @@ def test_a_backfill_after_raw_data_was_corrected_reaches_the_online_store_and_de
     from conftest import ANCHOR, materialize, write_raw
 
     write_raw(duckdb_warehouse, generate(DemoDataSpec(users=60, days=40, origin=ANCHOR - timedelta(days=40)), None, ANCHOR))
-    as_of = {"as_of_start": str(ANCHOR - timedelta(days=1)), "as_of_end": str(ANCHOR), "cadence_hours": 24}
+    as_of = {"as_of_start": str(ANCHOR - timedelta(days=1)), "as_of_end": str(ANCHOR)}
     assert materialize(duckdb_warehouse, as_of=as_of).success
     store = SqliteOnlineStore(tmp_path / "online.sqlite")
     assert sync_online_store(duckdb_warehouse, store, VIEW).mode == "full"

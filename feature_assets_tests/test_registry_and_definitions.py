@@ -136,9 +136,10 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     schedule = defs.resolve_schedule_def("hourly_refresh")
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # a store left open stays fresh
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 31, 5))
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 31, 5), repository_def=defs.get_repository_def())
     request = schedule.evaluate_tick(context).run_requests[0]
-    assert request.run_config["ops"]["dbt_feature_models"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
+    assert request.run_config["ops"]["dbt_feature_views"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
+    assert request.partition_key == "2026-03-31"
 
 
 def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check_in_words():
@@ -153,13 +154,19 @@ def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check
     assert graph.get_check_spec(check).description == "dbt test: one row per user_id, computed_at; a failure blocks what reads this model"
 
 
-def test_a_bad_backfill_range_is_one_line_naming_it_not_dagsters_wrappers(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "start, end, message",
+    [
+        ("2026-01-05", "2026-01-02", "--start 2026-01-05 is after --end 2026-01-02"),
+        ("2026-01-01T05:00", "2026-01-02", "--start '2026-01-01T05:00' is not a day like 2026-01-31"),
+    ],
+)
+def test_a_bad_backfill_range_is_one_line_naming_it_not_dagsters_wrappers(tmp_path, monkeypatch, capsys, start, end, message):
     from feature_assets.cli import main
 
     monkeypatch.setenv("FEATURE_STORE_HOME", str(tmp_path))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    code = main(["backfill", "--start", "2026-01-01T00:00", "--end", "2026-01-02T05:00", "--cadence-hours", "24"])
+    code = main(["backfill", "--start", start, "--end", end])
     assert code == 1
-    error = capsys.readouterr().err
     # Refused before any run starts (test_cli covers a failure inside a run: its step and root cause, one line).
-    assert error == "featurestore: the range 2026-01-01 00:00:00 .. 2026-01-02 05:00:00 is not a whole number of 24-hour steps\n"
+    assert capsys.readouterr().err == f"featurestore: {message}\n"

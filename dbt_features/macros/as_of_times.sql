@@ -1,8 +1,11 @@
 {#-
   The snapshot times to compute: hour boundaries from var('as_of_start') to var('as_of_end')
-  every var('cadence_hours'). Without vars, the current UTC hour. Values are validated here
-  because they are spliced into SQL, and refused after the current hour: a future snapshot sees
-  no facts yet, and as the newest snapshot it would drive the thinning of the real history.
+  every var('cadence_hours') that fall on the view's own cadence (meta refresh_hours, which
+  divides a day), less those the thinning (thin_old_hourly_snapshots) would delete again:
+  before the hourly retention, only the first of each day; none before the retention.
+  Without vars, the current UTC hour. Values are validated here because they are spliced into
+  SQL, and refused after the current hour: a future snapshot sees no facts yet, and as the
+  newest snapshot it would drive the thinning of the real history.
 -#}
 {% macro as_of_times() %}
     {%- set now = current_utc_hour() -%}
@@ -21,12 +24,24 @@
     {%- if not (cadence | string).isdigit() or cadence | int < 1 -%}
         {{ exceptions.raise_compiler_error("cadence_hours must be a positive whole number of hours, got '" ~ cadence ~ "'") }}
     {%- endif -%}
-    select cast(series.computed_at as timestamp) as computed_at
-    from generate_series(
-        cast('{{ start }}' as timestamp),
-        cast('{{ end }}' as timestamp),
-        cast('{{ cadence | int }} hours' as interval)
-    ) as series (computed_at)
+    {%- set hourly_days = var('hourly_snapshot_retention_days') | int -%}
+    {%- set days = var('snapshot_retention_days') | int -%}
+    {%- set view_cadence = ((config.get('meta') or {}).get('feature_view') or {}).get('refresh_hours', 1) | int -%}
+    select computed_at
+    from (
+        select computed_at, row_number() over (partition by cast(computed_at as date) order by computed_at) as nth_of_day
+        from (
+            select cast(series.computed_at as timestamp) as computed_at
+            from generate_series(
+                cast('{{ start }}' as timestamp),
+                cast('{{ end }}' as timestamp),
+                cast('{{ cadence | int }} hours' as interval)
+            ) as series (computed_at)
+        ) as series
+        where cast(extract(hour from computed_at) as integer) % {{ view_cadence }} = 0
+    ) as hours
+    where computed_at >= cast('{{ end }}' as timestamp) - cast('{{ hourly_days }} days' as interval)
+        or (nth_of_day = 1 and computed_at >= cast('{{ end }}' as timestamp) - cast('{{ days }} days' as interval))
 {% endmacro %}
 
 {% macro current_utc_hour() %}

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +18,14 @@ from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.assets.raw import WAREHOUSE_POOL
-from feature_assets.automation import view_freshness
+from feature_assets.automation import AS_OF_DAYS, TICK, due_views, view_freshness
 from feature_assets.errors import ConfigError, DbtBuildError
 from feature_assets.project import dbt_project
-from feature_assets.registry import Registry, load_registry
+from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
 
-__all__ = ["AsOfConfig", "FeatureTranslator", "dbt_feature_models", "dbt_model_key"]
-
-
-class AsOfConfig(dg.Config):
-    """Which snapshots to (re)compute; one run can backfill a whole range."""
-
-    as_of_start: str | None = Field(default=None, description="First snapshot (hour boundary, UTC); default: as_of_end.")
-    as_of_end: str | None = Field(default=None, description="Last snapshot (hour boundary, UTC); default: the current hour.")
-    cadence_hours: int = Field(default=1, description="Hours between snapshots of the range.")
-
-    def dbt_vars(self) -> dict[str, Any]:
-        end = parse_hour(self.as_of_end, "as_of_end") if self.as_of_end else current_hour()
-        start = parse_hour(self.as_of_start, "as_of_start") if self.as_of_start else end
-        if self.cadence_hours < 1:
-            raise ConfigError(f"cadence_hours must be at least 1, got {self.cadence_hours}")
-        if start > end:
-            raise ConfigError(f"as_of_start {format_hour(start)} is after as_of_end {format_hour(end)}")
-        if (end - start) % timedelta(hours=self.cadence_hours):
-            raise ConfigError(
-                f"the range {format_hour(start)} .. {format_hour(end)} is not a whole number of {self.cadence_hours}-hour steps"
-            )
-        return {"as_of_start": format_hour(start), "as_of_end": format_hour(end), "cadence_hours": self.cadence_hours}
+__all__ = ["AsOfConfig", "FeatureTranslator", "dbt_models", "dbt_feature_views", "all_dbt_assets", "dbt_model_key"]
 
 
 class FeatureTranslator(DagsterDbtTranslator):
@@ -134,22 +113,16 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 _registry = load_registry(dbt_project.manifest_path)
+_translator = FeatureTranslator(_registry)
 
 
-# No project= here: it only adds code references, and its metadata shows as "[DbtProject] (unserializable)".
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    dagster_dbt_translator=FeatureTranslator(_registry),
-    pool=WAREHOUSE_POOL,
-)
-def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
-    """Builds and tests the selected dbt models: staging views, the feature snapshots of the configured as-of times, label tables."""
-    as_of = config.dbt_vars()
+def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, as_of: Mapping[str, Any] | None) -> Iterator:
+    """Builds and tests the selected dbt models (with the as-of times as dbt vars, for feature views), with each
+    built table's row count."""
     target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
+    args = ["build", "--vars", json.dumps(as_of)] if as_of else ["build"]
     with _environment(warehouse.dbt_env()):
-        invocation = dbt.cli(
-            ["build", "--vars", json.dumps(as_of)], context=context, target_path=target_path, raise_on_error=False
-        )
+        invocation = dbt.cli(args, context=context, target_path=target_path, raise_on_error=False)
     # Counted once dbt has exited: the embedded DuckDB file takes one writer at a time.
     events = list(invocation.stream())
     yield from _with_row_counts(events, invocation.manifest, warehouse, as_of)
@@ -159,9 +132,63 @@ def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, w
     shutil.rmtree(target_path, ignore_errors=True)
 
 
-def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Warehouse, as_of: Mapping[str, Any]) -> Iterator:
+# No project= here: it only adds code references, and its metadata shows as "[DbtProject] (unserializable)".
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    exclude=" ".join(_registry.views) or None,
+    name="dbt_models",
+    dagster_dbt_translator=_translator,
+    pool=WAREHOUSE_POOL,
+)
+def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+    """Builds and tests the dbt models that are not feature views: staging views and label tables."""
+    yield from _build(context, dbt, warehouse, None)
+
+
+class AsOfConfig(dg.Config):
+    """Which as-of times of the run's days (its partitions) to compute; by default all of them up to now."""
+
+    as_of_start: str | None = Field(default=None, description="First as-of hour (UTC, ISO) within the run's days; default: the first day's midnight.")
+    as_of_end: str | None = Field(
+        default=None, description="Last as-of hour (UTC, ISO) within the run's days; default: the last day's last hour, or the current hour if today."
+    )
+
+    def hours(self, days: dg.TimeWindow) -> tuple[datetime, datetime]:
+        first_day, after = (moment.astimezone(UTC).replace(tzinfo=None) for moment in (days.start, days.end))
+        last = parse_hour(self.as_of_end, "as_of_end") if self.as_of_end else min(after - TICK, current_hour())
+        first = parse_hour(self.as_of_start, "as_of_start") if self.as_of_start else first_day
+        for name, hour in (("as_of_start", first), ("as_of_end", last)):
+            if not first_day <= hour < after:
+                raise ConfigError(f"{name} {format_hour(hour)} is not within the run's as-of days {first_day.date()} .. {(after - TICK).date()}")
+        if first > last:
+            raise ConfigError(f"as_of_start {format_hour(first)} is after as_of_end {format_hour(last)}")
+        return first, last
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    select=" ".join(_registry.views),
+    name="dbt_feature_views",
+    partitions_def=AS_OF_DAYS,
+    # A backfill over many days is one dbt run: one incremental insert of all their as-of times.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    dagster_dbt_translator=_translator,
+    pool=WAREHOUSE_POOL,
+)
+def dbt_feature_views(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
+    """Appends the feature snapshots of the run's as-of days (all their hours of each view's cadence up to now, or
+    the configured ones) and tests them."""
+    first, last = config.hours(context.partition_time_window)
+    yield from _build(context, dbt, warehouse, {"as_of_start": format_hour(first), "as_of_end": format_hour(last), "cadence_hours": 1})
+
+
+all_dbt_assets = [dbt_models, dbt_feature_views]
+
+
+def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Warehouse, as_of: Mapping[str, Any] | None) -> Iterator:
     """Each built table's row count (dbt views are not counted: that would run their query). A feature view also
-    gets the as-of times this run built, how many snapshots it keeps, and the newest one."""
+    gets how many snapshots it keeps and the newest one, and what became of the run's as-of times: built, or
+    thinned by the retention rule."""
     tables = {
         id(event): node
         for event in events
@@ -182,14 +209,30 @@ def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Wareh
             # dagster/row_count is the key the UI shows as the row count and plots over materializations.
             metadata: dict[str, Any] = {"dagster/row_count": int(counts["row_count"].iloc[0])}
             view = _registry.views.get(node["name"])
-            if view is not None:
-                snapshots = warehouse.fetch(
-                    con, f"select count(distinct {view.timestamp}) as snapshots, max({view.timestamp}) as newest from {view.name}"
-                )
-                metadata["as_of_times_built"] = f"{as_of['as_of_start']} .. {as_of['as_of_end']} every {as_of['cadence_hours']} h"
-                metadata["snapshots"] = int(snapshots["snapshots"].iloc[0])
-                metadata["newest_snapshot"] = str(snapshots["newest"].iloc[0])
+            if view is not None and as_of is not None:
+                metadata.update(_snapshot_metadata(warehouse, con, view, as_of))
             yield event.with_metadata({**event.metadata, **metadata})
+
+
+def _snapshot_metadata(warehouse: Warehouse, con: Any, view: FeatureView, as_of: Mapping[str, Any]) -> dict[str, Any]:
+    """How many of the run's as-of times of this view's cadence the view keeps: older days are thinned to their
+    first snapshot (dbt_project.yml's retention vars), which the counts say."""
+    first, last = (datetime.fromisoformat(as_of[name]) for name in ("as_of_start", "as_of_end"))
+    due = sum(1 for n in range((last - first) // TICK + 1) if due_views([view], first + TICK * n))
+    row = warehouse.fetch(
+        con,
+        f"select count(distinct {view.timestamp}) as snapshots, max({view.timestamp}) as newest,"
+        f" count(distinct case when {view.timestamp} between ? and ? then {view.timestamp} end) as kept from {view.name}",
+        [first, last],
+    ).iloc[0]
+    kept = int(row["kept"])
+    return {
+        "as_of_times": f"{format_hour(first)} .. {format_hour(last)}: {due} of the view's cadence",
+        "as_of_times_kept": kept,
+        "as_of_times_thinned": due - kept,
+        "snapshots": int(row["snapshots"]),
+        "newest_snapshot": str(row["newest"]),
+    }
 
 
 def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:
@@ -218,4 +261,4 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def dbt_model_key(name: str) -> dg.AssetKey:
     """The asset key of a dbt model of the project."""
-    return get_asset_key_for_model([dbt_feature_models], name)
+    return get_asset_key_for_model([dbt_feature_views if name in _registry.views else dbt_models], name)

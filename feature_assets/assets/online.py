@@ -36,7 +36,9 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
 
     @dg.asset(
         name=online_asset_name(view),
-        deps=[dbt_model_key(view.name)],
+        # The latest snapshot lives in the newest as-of day: the sync waits for that partition alone, not for
+        # the (thinned, or never built) older days.
+        deps=[dg.AssetDep(dbt_model_key(view.name), partition_mapping=dg.LastPartitionMapping())],
         group_name="serving",
         kinds={"python"},
         pool=WAREHOUSE_POOL,
