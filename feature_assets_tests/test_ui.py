@@ -148,10 +148,13 @@ def go_to(page: Page, section: str) -> None:
 
 
 def launch_refresh(page: Page) -> None:
-    """What a person does to refresh the features now: the refresh_features job's Materialize all."""
+    """What a person does to refresh the features now: the refresh_features job's Materialize all, for the latest
+    as-of day (today's partition: its hours up to now)."""
     go_to(page, "Jobs")
     page.get_by_role("link", name="refresh_features").click()
     page.get_by_role("button", name="Materialize all").click()
+    page.get_by_role("button", name="Latest", exact=True).click()
+    page.get_by_role("button", name="Launch 1 run").click()
 
 
 # The status tags of the runs list and of a run's page.
