@@ -177,8 +177,8 @@ def test_a_backfill_shows_in_the_ui_as_a_run_over_its_as_of_days_with_what_it_ke
         # The as-of days are the views' partitions: the asset's Partitions tab shows both materialized.
         assert instance.get_materialized_partitions(dg.AssetKey("user_features")) == {"2026-03-30", "2026-03-31"}
         built = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
-        assert built["as_of_times"].value == "2026-03-30 00:00:00 .. 2026-03-31 23:00:00: 48 of the view's cadence"
-        assert built["as_of_times_kept"].value + built["as_of_times_thinned"].value == 48
+        assert built["run_as_of_times"].value == "2026-03-30 00:00:00 .. 2026-03-31 23:00:00: 48 of the view's cadence"
+        assert built["run_as_of_times_kept"].value + built["run_as_of_times_thinned"].value == 48
 
 
 def test_first_commands_started_together_on_a_fresh_home_all_keep_their_runs(tmp_path):

@@ -5,7 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -132,6 +132,11 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     assert spec.freshness_policy is not None
     checks = {key.name for key in defs.resolve_assets_def("user_features").check_keys}
     assert "unique_combination_user_features_user_id__computed_at" in checks
+
+    # One partition per as-of day (UTC); today's exists from its first hour, tomorrow's does not yet.
+    days = defs.resolve_assets_def("user_features").partitions_def
+    assert days.get_last_partition_key() == datetime.now(UTC).date().isoformat()
+    assert days.get_first_partition_key() == "2025-01-01"
 
     schedule = defs.resolve_schedule_def("hourly_refresh")
     assert schedule.cron_schedule == "0 * * * *"

@@ -108,8 +108,8 @@ def test_each_built_table_shows_its_row_count_and_each_view_its_snapshots(duckdb
     assert shown["user_features"]["dagster/row_count"].value == counts["n"][0] > 0
     assert shown["user_features"]["snapshots"].value == counts["s"][0] == 4 * 24 + 1  # every hour of the range
     assert shown["user_features"]["newest_snapshot"].value == str(counts["newest"][0])
-    assert shown["user_features"]["as_of_times"].value == "2026-03-27 00:00:00 .. 2026-03-31 00:00:00: 97 of the view's cadence"
-    assert (shown["user_features"]["as_of_times_kept"].value, shown["user_features"]["as_of_times_thinned"].value) == (97, 0)
+    assert shown["user_features"]["run_as_of_times"].value == "2026-03-27 00:00:00 .. 2026-03-31 00:00:00: 97 of the view's cadence"
+    assert (shown["user_features"]["run_as_of_times_kept"].value, shown["user_features"]["run_as_of_times_thinned"].value) == (97, 0)
     assert "dagster/row_count" not in shown["stg_app__events"]  # a view: counting would run its query
 
 

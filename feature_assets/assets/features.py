@@ -216,7 +216,8 @@ def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Wareh
 
 def _snapshot_metadata(warehouse: Warehouse, con: Any, view: FeatureView, as_of: Mapping[str, Any]) -> dict[str, Any]:
     """How many of the run's as-of times of this view's cadence the view keeps: older days are thinned to their
-    first snapshot (dbt_project.yml's retention vars), which the counts say."""
+    first snapshot (dbt_project.yml's retention vars), which the counts say. Run-wide: a run over a range of days
+    records them on each of its partitions."""
     first, last = (datetime.fromisoformat(as_of[name]) for name in ("as_of_start", "as_of_end"))
     due = sum(1 for n in range((last - first) // TICK + 1) if due_views([view], first + TICK * n))
     row = warehouse.fetch(
@@ -227,9 +228,9 @@ def _snapshot_metadata(warehouse: Warehouse, con: Any, view: FeatureView, as_of:
     ).iloc[0]
     kept = int(row["kept"])
     return {
-        "as_of_times": f"{format_hour(first)} .. {format_hour(last)}: {due} of the view's cadence",
-        "as_of_times_kept": kept,
-        "as_of_times_thinned": due - kept,
+        "run_as_of_times": f"{format_hour(first)} .. {format_hour(last)}: {due} of the view's cadence",
+        "run_as_of_times_kept": kept,
+        "run_as_of_times_thinned": due - kept,
         "snapshots": int(row["snapshots"]),
         "newest_snapshot": str(row["newest"]),
     }
