@@ -12,17 +12,20 @@ snapshots (which the point-in-time rule must not see), 0.7% duplicate label rows
 and after the last one, users without features and without a country.
 
 Methods, per feature set: the project's join (feature_assets.training.point_in_time_sql, written by
-build_table as `create table as`) on DuckDB and on PostgreSQL; on PostgreSQL a LATERAL join (per label row
-and view, `order by timestamp desc limit 1` through the (key, timestamp) index, same output columns as ours)
-and, single view only, the design note's correlated subquery (one such subquery per feature per label row);
-pandas merge_asof on frames already in memory; and single view only a bare DuckDB ASOF join (no TTL, no row
-numbering) as the floor. Both warehouses get ANALYZE, and PostgreSQL an index on each view's (key,
-timestamp), before anything is timed. The PostgreSQL methods are timed on the fresh tables (ANALYZE only),
-again after VACUUM ANALYZE (visibility map set, as autovacuum leaves a settled table), and ours once more
-without the indexes (the dbt build vacuums every feature view and indexes its (key, timestamp); this row shows what that index is worth).
+build_table as `create table as`) on DuckDB (ASOF JOIN) and on PostgreSQL (a LATERAL probe per label row and
+view through the view's (key, timestamp) index); on PostgreSQL also the running-max timeline (per view, labels
+and snapshots merged on one timeline per entity, a running max of the snapshot time over the rows strictly
+earlier, then an equi-join fetching that snapshot's features; same output columns as ours) and, single view
+only, the design note's correlated subquery (one such subquery per feature per label row); pandas merge_asof on
+frames already in memory; and single view only a bare DuckDB ASOF join (no TTL, no row numbering) as the floor.
+Both warehouses get ANALYZE, and PostgreSQL an index on each view's (key, timestamp), before anything is timed.
+The PostgreSQL methods are timed on the fresh tables (ANALYZE only), again after VACUUM ANALYZE (visibility map
+set, as autovacuum leaves a settled table), and the timeline once more without the indexes (ours needs them:
+training refuses a view without one, as each probe would scan the whole view; the dbt build creates them).
 Every method's rows are compared with ours on DuckDB: a benchmark of wrong answers is worthless. Times are
 medians of --repeats runs, from opening the connection to the commit of the new table, its row count
-included. Then the end-to-end `predict` latency (benchmarks/predict.py).
+included; each figure is printed with the 1-minute load average after its runs (the box may be shared). Then
+the end-to-end `predict` latency (benchmarks/predict.py).
 """
 
 import argparse
@@ -43,10 +46,11 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from feature_assets.errors import WarehouseError  # noqa: E402
 from feature_assets.project import dbt_project  # noqa: E402
 from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column  # noqa: E402
 from feature_assets.resources.warehouse import Warehouse  # noqa: E402
-from feature_assets.training import build_table, point_in_time_sql  # noqa: E402
+from feature_assets.training import build_table, point_in_time_sql, require_view_indexes  # noqa: E402
 
 import predict  # noqa: E402 (benchmarks/predict.py, next to this script)
 
@@ -112,10 +116,12 @@ class Row:
     method: str
     labels: int
     seconds: float
-    engine: str = ""  # ours: "duckdb" or "postgres" (the ratio baselines), "postgres_vacuumed", "postgres_unindexed"; else ""
+    engine: str = ""  # ours: "duckdb" or "postgres" (the ratio baselines); else ""
+    state: str = ""  # PostgreSQL methods: the tables' state ("fresh", "vacuumed", "vacuumed, no index")
     agrees: str = ""
     note: str = ""
     runs: list[float] = field(default_factory=list)
+    load: float = field(default_factory=lambda: os.getloadavg()[0])  # when the figure was recorded, after its runs
 
 
 # --- data ----------------------------------------------------------------------------------------------------
@@ -223,33 +229,53 @@ def load(warehouse: Warehouse, users: pd.DataFrame, countries: pd.DataFrame, cas
 # --- the methods ---------------------------------------------------------------------------------------------
 
 
-def lateral_sql(feature_set: FeatureSet) -> tuple[str, list]:
-    """Per label row and view, the latest fresh snapshot strictly before the label time through the (key,
-    timestamp) index: `left join lateral (... order by timestamp desc limit 1) on true`; ours' columns. The
-    numbered labels are fed in the first view's (key, time) order: its probes then walk the index and the heap
-    in order (in label-time order they land at random and take about 1.7 times as long at 1M labels)."""
+def timeline_sql(feature_set: FeatureSet) -> tuple[str, list]:
+    """The running-max timeline, ours' columns: labels numbered in the first view's (key, time) order; per view, a
+    union of the labels (as the previous view left them) and the view's snapshot times, a running max of the
+    snapshot time over a frame ending 1 microsecond before each row (a snapshot stamped t is not seen at t), the
+    TTL applied to that candidate, then an equi-join on (key, candidate time) fetching its features."""
     labels = feature_set.labels
-    keys = ", ".join(labels.entity_keys)
-    selected, joins, params = [LABEL_ROW, *labels.entity_keys, LABEL_TIME, TARGET], [], []
+    first_key = feature_set.reads[0].key
+    order = [first_key, LABEL_TIME, *(key for key in labels.entity_keys if key != first_key), TARGET]
+    carried = [LABEL_ROW, *labels.entity_keys, LABEL_TIME, TARGET]
+    steps = [f"""
+        labels as (
+            select {', '.join(carried[1:])}, row_number() over (order by {', '.join(order)}) as {LABEL_ROW}
+            from {labels.name}
+        )"""]
+    params, previous = [], "labels"
     for position, read in enumerate(feature_set.reads):
-        view, alias = read.view, f"s{position}"
-        features = ", ".join(f"f.{f.name}" for f in read.features)
-        joins.append(f"""
-            left join lateral (
-                select f.{view.timestamp}, {features} from {view.name} f
-                where f.{view.entity_key} = l.{read.key} and f.{view.timestamp} < l.{LABEL_TIME}
-                    and f.{view.timestamp} >= l.{LABEL_TIME} - ?
-                order by f.{view.timestamp} desc limit 1
-            ) {alias} on true""")
+        view, snapshot = read.view, f"snapshot_{position}"
+        passed = [column for column in carried if column != LABEL_TIME]
+        restored = [f"pit_at as {LABEL_TIME}" if column == LABEL_TIME else column for column in carried]
+        steps.append(f"""
+        timeline_{position} as (
+            select {read.key} as pit_entity, {LABEL_TIME} as pit_at, 0 as pit_is_snapshot, {', '.join(passed)} from {previous}
+            union all
+            select {view.entity_key}, {view.timestamp}, 1{', null' * len(passed)} from {view.name}
+        ),
+        running_{position} as (
+            select *,
+                max(case when pit_is_snapshot = 1 then pit_at end) over (
+                    partition by pit_entity order by pit_at range between unbounded preceding and interval '1 microsecond' preceding
+                ) as pit_candidate_at
+            from timeline_{position}
+        ),
+        matched_{position} as (
+            select label.*, {', '.join(f"{snapshot}.{f.name}" for f in read.features)}
+            from (
+                select {', '.join(restored)},
+                    case when pit_candidate_at >= pit_at - ? then pit_candidate_at end as {snapshot_column(view)}
+                from running_{position}
+                where pit_is_snapshot = 0
+            ) as label
+            left join {view.name} as {snapshot}
+                on {snapshot}.{view.entity_key} = label.{read.key} and {snapshot}.{view.timestamp} = label.{snapshot_column(view)}
+        )""")
         params.append(view.online_ttl)
-        selected += [f"{alias}.{view.timestamp} as {snapshot_column(view)}", *(f"{alias}.{f.name}" for f in read.features)]
-    sql = f"""
-        select {', '.join(selected)}
-        from (
-            select *, row_number() over (order by {LABEL_TIME}, {keys}, {TARGET}) as {LABEL_ROW} from {labels.name}
-            order by {feature_set.reads[0].key}, {LABEL_TIME}
-        ) l{''.join(joins)}"""
-    return sql, params
+        carried += [snapshot_column(view), *(f.name for f in read.features)]
+        previous = f"matched_{position}"
+    return f"with {','.join(steps)}\n select {', '.join(carried)} from {previous}", params
 
 
 def correlated_subquery_sql(feature_set: FeatureSet, labels: str) -> str:
@@ -445,7 +471,7 @@ def training_build_times(
 
     def record(case: Case, row: Row) -> Row:
         spread = f" (runs {', '.join(f'{s:.2f}' for s in row.runs)})" if len(row.runs) > 1 else ""
-        print(f"  {row.method}: {row.seconds:.2f} s{spread}", flush=True)
+        print(f"  {row.method}: {row.seconds:.2f} s{spread}, load average {row.load:.2f}", flush=True)
         rows[case.name].append(row)
         return row
 
@@ -456,14 +482,18 @@ def training_build_times(
             row.agrees = verdict(case.at(n), references[(case.name, n)], read_result(warehouse, case.at(n), table, True))
         return row
 
-    def ours_postgres(case: Case, n: int, state: str, engine: str) -> None:
-        sql, params = point_in_time_sql("postgres", case.at(n))
-        method = "ours, PostgreSQL (timeline + running max)" if state == "fresh" else "ours, PostgreSQL"
-        build(case, n, f"{method}, {state}", engine, postgres, f"ours_{n}", sql, params)
-
-    def lateral(case: Case, n: int, state: str) -> None:
-        sql, params = lateral_sql(case.at(n))
-        build(case, n, f"LATERAL join, PostgreSQL (indexed), {state}", "", postgres, f"lateral_{n}", sql, params)
+    def on_postgres(case: Case, n: int, state: str, engine: str, ours: bool = True) -> None:
+        """Ours and the timeline with their runs interleaved, so that a busy minute on a shared box hits both."""
+        methods = [("running-max timeline, PostgreSQL", "", "timeline", timeline_sql(case.at(n)))]
+        if ours:
+            methods.insert(0, ("ours, PostgreSQL (LATERAL probes)", engine, "ours", point_in_time_sql("postgres", case.at(n))))
+        runs: dict[str, list[float]] = {method: [] for method, *_ in methods}
+        for _ in range(args.repeats):
+            for method, _, table, (sql, params) in methods:
+                runs[method].append(timed_build(postgres, f"{table}_{n}", sql, params, n))
+        for method, row_engine, table, _ in methods:
+            row = record(case, Row(f"{method}, {state}", n, statistics.median(runs[method]), row_engine, state=state, runs=runs[method]))
+            row.agrees = verdict(case.at(n), references[(case.name, n)], read_result(postgres, case.at(n), f"{table}_{n}", True))
 
     for case in cases:
         single = len(case.feature_set.reads) == 1
@@ -475,8 +505,7 @@ def training_build_times(
             build(case, n, "ours, DuckDB (ASOF JOIN + TTL)", "duckdb", duckdb, f"ours_{n}", sql, params).agrees = "(reference)"
             reference = references[(case.name, n)] = read_result(duckdb, feature_set, f"ours_{n}", True)
             print(f"    {describe(feature_set, reference, labels, histories)}", flush=True)
-            ours_postgres(case, n, "fresh", "postgres")
-            lateral(case, n, "fresh")
+            on_postgres(case, n, "fresh", "postgres")
 
             if single:
                 row = Row("design note: correlated subquery, PostgreSQL (indexed)", n, 0.0)
@@ -528,37 +557,44 @@ def training_build_times(
     for case in cases:
         for n in case.labels:
             print(f"\n{case.name}, {n:,} label rows, tables vacuumed", flush=True)
-            ours_postgres(case, n, "vacuumed", "postgres_vacuumed")
-            lateral(case, n, "vacuumed")
+            on_postgres(case, n, "vacuumed", "postgres")
 
-    # As dbt leaves a feature table on PostgreSQL: vacuumed (its post-hook) and without an index, which no model
-    # declares. LATERAL is not run there: each label row would scan the whole view.
+    # What the (key, timestamp) index the dbt build creates is worth: ours refuses to run without it (each probe
+    # would scan the whole view: about 200 s per 1,000 labels here), the timeline falls back to sorts and hashing.
     with postgres.connect() as con:
         for view in (USERS, COUNTRIES):
             postgres.execute(con, f"drop index {view.name}_key_time")
     for case in cases:
         for n in case.labels:
             print(f"\n{case.name}, {n:,} label rows, tables vacuumed, no index", flush=True)
-            ours_postgres(case, n, "vacuumed, no index", "postgres_unindexed")
+            with postgres.connect() as con:
+                try:
+                    require_view_indexes(postgres, con, case.at(n))
+                except WarehouseError as refused:
+                    print(f"  ours, PostgreSQL: refused ({refused})", flush=True)
+            on_postgres(case, n, "vacuumed, no index", "", ours=False)
     return rows
 
 
 def markdown(rows: list[Row]) -> str:
-    ours = {(r.engine, r.labels): r.seconds for r in rows if r.engine}
+    duckdb = {r.labels: r.seconds for r in rows if r.engine == "duckdb"}
+    postgres = {(r.labels, r.state): r.seconds for r in rows if r.engine == "postgres"}
     largest = max(r.labels for r in rows)
     lines = [
-        "| method | label rows | seconds | vs ours DuckDB | vs ours PostgreSQL (fresh) | agrees with ours | target | note |",
-        "|---|---:|---:|---:|---:|---|---|---|",
+        "| method | label rows | seconds | load | vs ours DuckDB | vs ours PostgreSQL (same state, else fresh) | agrees with ours | target | note |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r.labels):
         target = ""
         if r.engine and r.labels == largest:
-            limit = TARGETS[r.engine.split("_")[0]]
+            limit = TARGETS[r.engine]
             target = f"< {limit} s: {'met' if r.seconds < limit else 'MISSED'}"
-        baselines = ("duckdb", "postgres")
-        ratios = [f"{r.seconds / ours[(e, r.labels)]:.2f}x" if (e, r.labels) in ours else "" for e in baselines]
+        baselines = [duckdb.get(r.labels), postgres.get((r.labels, r.state), postgres.get((r.labels, "fresh")))]
+        ratios = [f"{r.seconds / baseline:.2f}x" if baseline else "" for baseline in baselines]
         seconds = f"~{r.seconds:.2f}" if r.note.startswith("extrapolated") else f"{r.seconds:.2f}"
-        lines.append(f"| {r.method} | {r.labels:,} | {seconds} | {ratios[0]} | {ratios[1]} | {r.agrees} | {target} | {r.note} |")
+        lines.append(
+            f"| {r.method} | {r.labels:,} | {seconds} | {r.load:.2f} | {ratios[0]} | {ratios[1]} | {r.agrees} | {target} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -621,7 +657,8 @@ def main() -> int:
     print(
         f"\nuser_features: {len(users):,} history rows, {args.users:,} users; country_features: {len(countries):,} rows; "
         f"TTL {USERS.online_ttl} / {COUNTRIES.online_ttl}; {os.cpu_count()} CPUs; PostgreSQL "
-        f"{', '.join(f'{k} {v}' for k, v in settings.items())}; median of {args.repeats} runs (the correlated subquery: one)"
+        f"{', '.join(f'{k} {v}' for k, v in settings.items())}; median of {args.repeats} runs (the correlated subquery: one; ours and the timeline on PostgreSQL interleaved); "
+        f"load: the 1-minute load average after a figure's runs"
     )
     for name, rows in tables.items():
         print(f"\n{name}\n\n{markdown(rows)}")

@@ -1,7 +1,8 @@
-"""The dbt label tables and the country feature view, checked against row-by-row references, on DuckDB and PostgreSQL.
+"""The dbt label tables and the country feature view, checked against row-by-row references, on DuckDB and PostgreSQL;
+the training sets built on them, equal on both engines.
 
-Each engine gets one real build (demo data and `dbt build` through Dagster); the references are recomputed in plain
-Python from the tables read back from that engine's warehouse.
+Each engine gets one real build (demo data and `dbt build` through Dagster, then the training-set assets with their
+leakage checks); the references are recomputed in plain Python from the tables read back from that engine's warehouse.
 """
 
 import math
@@ -11,11 +12,15 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import dagster as dg
 import pandas as pd
 import psycopg
 import pytest
 
 from conftest import materialize, write_raw
+from feature_assets.assets.training import training_set_assets
+from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
 from feature_assets.resources.warehouse import Warehouse
 
 # A fixed anchor in the past: these tests build features and labels but never sync them online, and their
@@ -44,6 +49,7 @@ TABLES = {
         ("country_code", "computed_at"),
     ),
 }
+TRAINING_SETS = ("churn_training_set", "ltv_training_set")
 # Every demo user has a country from signup on; these do not: one never, one only once a late change is loaded.
 NO_COUNTRY_USER, LATE_COUNTRY_USER = 900_001, 900_002
 LATE_USER = 900_003  # only in the test of labels under later loads
@@ -97,12 +103,13 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _read(warehouse: Warehouse) -> dict[str, list[dict[str, Any]]]:
-    return {table: _records(warehouse.query(f"select * from {table}")) for table in (*SOURCES, *TABLES)}
+    return {table: _records(warehouse.query(f"select * from {table}")) for table in (*SOURCES, *TABLES, *TRAINING_SETS)}
 
 
 @pytest.fixture(scope="module")
 def builds(postgres_url, tmp_path_factory) -> Iterator[dict[str, dict[str, list[dict[str, Any]]]]]:
-    """Both engines built once for the module (one build is ~20 s): every source and model table, read back."""
+    """Both engines built once for the module (one build is ~20 s): every source and model table, read back. The
+    training sets are built as Dagster builds them, on PostgreSQL through the index each view's dbt build creates."""
     schema = f"fs_test_{uuid.uuid4().hex[:10]}"
     warehouses = {
         "duckdb": Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("labels") / "warehouse.duckdb")),
@@ -114,6 +121,12 @@ def builds(postgres_url, tmp_path_factory) -> Iterator[dict[str, dict[str, list[
             assert materialize(warehouse, raw=RAW).success, engine
             write_raw(warehouse, _users_without_a_country())
             assert materialize(warehouse, as_of=AS_OF).success, engine
+            training_sets, leakage_checks = training_set_assets(load_registry(dbt_project.manifest_path))
+            built = dg.materialize(
+                [*training_sets, *leakage_checks], resources={"warehouse": warehouse}, instance=dg.DagsterInstance.ephemeral()
+            )
+            checked = built.get_asset_check_evaluations()
+            assert len(checked) == len(leakage_checks) and all(check.passed for check in checked), engine
             read[engine] = _read(warehouse)
         yield read
     finally:
@@ -239,6 +252,23 @@ def test_country_features_equal_the_aggregation_of_user_features_per_country_and
 @pytest.mark.parametrize("table", list(TABLES))
 def test_duckdb_and_postgres_produce_the_same_rows(builds, table):
     _assert_same_rows(table, builds["postgres"][table], builds["duckdb"][table])
+
+
+@pytest.mark.parametrize("table", TRAINING_SETS)
+def test_duckdb_and_postgres_build_the_same_training_sets(builds, table):
+    """Row for row by label_row, every column; numbers compared as numbers (a nullable integer column reads back as
+    floats from one engine), doubles to the last bits (the country view's averages may differ there)."""
+    built = {engine: builds[engine][table] for engine in ENGINES}
+    assert [list(rows[0]) for rows in built.values()] == [list(built["duckdb"][0])] * 2
+    assert [len(rows) for rows in built.values()] == [len(built["duckdb"])] * 2
+    assert sum(row["user_features_snapshot_at"] is not None for row in built["duckdb"]) > 0.5 * len(built["duckdb"])
+    for duckdb_row, postgres_row in zip(*(sorted(rows, key=lambda row: row["label_row"]) for rows in built.values())):
+        for column, a in duckdb_row.items():
+            b = postgres_row[column]
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+                assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9), (table, column, duckdb_row, postgres_row)
+            else:
+                assert a == b, (table, column, duckdb_row, postgres_row)
 
 
 def _late_user_rows(anchor: datetime, late_at: datetime) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:

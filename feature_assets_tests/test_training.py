@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from conftest import ANCHOR
+from feature_assets.errors import WarehouseError
 from feature_assets.leakage import check_leakage
 from feature_assets.project import dbt_project
 from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column
-from feature_assets.training import build_table, point_in_time_sql
+from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 CHURN = REGISTRY.feature_set("churn_model")
@@ -112,6 +113,15 @@ def _normalized(frame: pd.DataFrame) -> list[tuple]:
     return rows
 
 
+def _load(warehouse, con, users: pd.DataFrame, countries: pd.DataFrame, labels: pd.DataFrame, indexed: bool = True) -> None:
+    """The views and the labels; on PostgreSQL each view indexed on (key, timestamp) as the dbt build leaves it."""
+    for view, history in ((USERS, users), (COUNTRIES, countries)):
+        warehouse.append(con, view.name, history, _types(view))
+        if warehouse.kind == "postgres" and indexed:
+            warehouse.execute(con, f"create index on {view.name} ({view.entity_key}, {view.timestamp})")
+    warehouse.append(con, "test_labels", labels, {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"})
+
+
 @pytest.fixture(scope="module")
 def generated():
     rng = np.random.default_rng(3)
@@ -124,9 +134,7 @@ def generated():
 def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_of_each_views_ttl(warehouse, generated):
     users, countries, labels, expected = generated
     with warehouse.connect() as con:
-        warehouse.append(con, "user_features", users, _types(USERS))
-        warehouse.append(con, "country_features", countries, _types(COUNTRIES))
-        warehouse.append(con, "test_labels", labels, {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"})
+        _load(warehouse, con, users, countries, labels)
         sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
         assert build_table(warehouse, con, "test_training_set", sql, params) == len(labels)  # duplicates survive
         first = warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}")
@@ -153,14 +161,24 @@ def test_duckdb_and_postgres_give_identical_two_view_training_sets(duckdb_wareho
     built = []
     for warehouse in (duckdb_warehouse, postgres_warehouse):
         with warehouse.connect() as con:
-            warehouse.append(con, "user_features", users, _types(USERS))
-            warehouse.append(con, "country_features", countries, _types(COUNTRIES))
-            warehouse.append(con, "test_labels", labels, {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"})
+            _load(warehouse, con, users, countries, labels)
             sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
             build_table(warehouse, con, "test_training_set", sql, params)
             built.append(warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}"))
     assert list(built[0].columns) == list(built[1].columns)
     assert _normalized(built[0]) == _normalized(built[1])
+
+
+def test_a_postgres_training_build_refuses_a_view_without_its_key_and_timestamp_index(postgres_warehouse, generated):
+    users, countries, labels, _ = generated
+    with postgres_warehouse.connect() as con:
+        _load(postgres_warehouse, con, users, countries, labels, indexed=False)
+        postgres_warehouse.execute(con, "create index on user_features (user_id, computed_at)")
+        postgres_warehouse.execute(con, "create index on country_features (computed_at, country_code)")  # wrong order
+        with pytest.raises(WarehouseError, match=r"country_features has no index on \(country_code, computed_at\)"):
+            require_view_indexes(postgres_warehouse, con, FEATURE_SET)
+        postgres_warehouse.execute(con, "create index on country_features (country_code, computed_at)")
+        require_view_indexes(postgres_warehouse, con, FEATURE_SET)
 
 
 @pytest.fixture(scope="module")

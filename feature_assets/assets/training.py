@@ -12,7 +12,7 @@ from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.leakage import check_leakage
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.warehouse import Warehouse
-from feature_assets.training import build_table, point_in_time_sql
+from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 
 __all__ = ["training_set_assets", "LeakageCheckConfig"]
 
@@ -45,6 +45,7 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         matched = ", ".join(f"count({snapshot_column(view)}) as {view.name}" for view in feature_set.views)
         complete = " and ".join(f"{snapshot_column(view)} is not null" for view in feature_set.views)
         with warehouse.connect() as con:
+            require_view_indexes(warehouse, con, feature_set)
             rows = build_table(warehouse, con, table, sql, params)
             counts = warehouse.fetch(con, f"select {matched}, count(case when {complete} then 1 end) as complete from {table}").iloc[0]
             preview = warehouse.fetch(con, f"select * from {table} order by {LABEL_ROW} limit 5")
