@@ -52,8 +52,8 @@ from feature_assets.serving.served_log import RedisServedLog  # noqa: E402
 # Snapshots must be recent: one older than its online TTL is neither synced nor served.
 ANCHOR = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
 USER_MODEL, TWO_VIEW_MODEL = "ltv_model", "churn_model"  # one view; two views, the country derived
-TARGET_P99_MS = 2.0  # issue 4
-TARGET_LOG_OVERHEAD = 0.10  # issue 5
+TARGET_P99_MS = 2.0
+TARGET_LOG_OVERHEAD = 0.10
 Entity = tuple[int, str]  # (user_id, country_code)
 
 

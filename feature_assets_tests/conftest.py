@@ -110,7 +110,7 @@ def read_features(warehouse: Warehouse) -> pd.DataFrame:
     return warehouse.query("select * from user_features order by computed_at, user_id")
 
 
-# Online store (issue 3): a real Redis, a database of its own, flushed before each test.
+# Online store: a real Redis, a database of its own, flushed before each test.
 REDIS_URL = os.environ.get("FEATURE_STORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
