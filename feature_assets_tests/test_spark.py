@@ -147,7 +147,8 @@ def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path)
     local = {"FEATURE_STORE_HOME": str(tmp_path), "FEATURE_STORE_WAREHOUSE": "spark"}
     warehouse = warehouse_for(Settings.from_env(local))
     assert (warehouse.kind, warehouse.spark_folder, warehouse.schema_name) == ("spark", str(tmp_path / "spark"), "featurestore")
-    assert warehouse.dbt_env()["FEATURE_STORE_DBT_TARGET"] == "spark"
+    session = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n").dbt_env()
+    assert (session["FEATURE_STORE_DBT_TARGET"], session["SPARK_REMOTE"]) == ("spark", "sc://spark:15002/;token=t0k3n")
     thrift = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n", spark_dbt_method="thrift").dbt_env()
     assert thrift["FEATURE_STORE_DBT_TARGET"] == "spark_thrift" and "t0k3n" not in str(thrift)
     prod = {**local, "FEATURE_STORE_ENV": "prod", "FEATURE_STORE_MODEL_STORE_URL": "postgresql://u@h/m"}
