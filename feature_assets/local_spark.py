@@ -67,7 +67,7 @@ def _command(folder: Path, port: int) -> list[str]:
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": str(folder / "warehouse"),
         "spark.hadoop.javax.jdo.option.ConnectionURL": metastore,
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder}",
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder} -XX:TieredStopAtLevel=1",
         "spark.driver.memory": "2g",
         # As-of times and label times are UTC hours: the session zone every query computes and reads in.
         "spark.sql.session.timeZone": "UTC",

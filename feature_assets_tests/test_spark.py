@@ -1,11 +1,13 @@
 """The Spark warehouse on a local Spark: the dbt project builds there row for row as on DuckDB, an as-of time built
-again is replaced (never duplicated), old snapshots are thinned, and the online sync reads Spark in batches.
+again is replaced (never duplicated), and the online sync reads Spark in batches.
 
-One Spark server for the module (its start-up is most of a build's cost), a small data set of its own.
+One Spark server and one build per engine for the module, a small data set of its own: on Spark every dbt node
+costs round trips, so the data set's size matters little and the number of builds a lot.
 """
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,15 +15,17 @@ import pandas as pd
 import pytest
 
 from conftest import materialize, write_raw
+from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.local_spark import local_spark_url, stop_local_spark
 from feature_assets.resources.warehouse import Warehouse
 from test_label_and_country_models import TABLES, _assert_same_rows, _records, _users_without_a_country
 
 ANCHOR = datetime(2026, 3, 31)
-DAY = timedelta(days=1)
+DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 # 130 days: the first label a month after the first event, and LTV's 90-day outcome window before the last load.
 RAW = {"users": 40, "days": 130, "anchor": ANCHOR.isoformat()}
-AS_OF = {"as_of_start": (ANCHOR - 9 * DAY).isoformat(), "as_of_end": ANCHOR.isoformat(), "cadence_hours": 24}
+# Six as-of hours over two as-of days (partitions): the evening before the anchor and the anchor's midnight.
+AS_OF = {"as_of_start": (ANCHOR - 5 * HOUR).isoformat(), "as_of_end": ANCHOR.isoformat()}
 COMPARED = {
     **TABLES,
     "user_features": (
@@ -31,44 +35,38 @@ COMPARED = {
 }
 
 
-@pytest.fixture(scope="module")
-def spark_folder(tmp_path_factory) -> Iterator:
-    folder = tmp_path_factory.mktemp("spark")
-    local_spark_url(folder)
-    yield folder
-    stop_local_spark(folder)
-
-
 def _read(warehouse: Warehouse) -> dict[str, list[dict[str, Any]]]:
     """Every compared table in contract order (Spark keeps a partition column last)."""
     return {table: _records(warehouse.query(f"select {', '.join(columns)} from {table}")) for table, (columns, _) in COMPARED.items()}
 
 
-def _build(warehouse: Warehouse) -> None:
-    assert materialize(warehouse, raw=RAW).success
-    write_raw(warehouse, _users_without_a_country())
-    assert materialize(warehouse, as_of=AS_OF).success
-
-
 @pytest.fixture(scope="module")
-def builds(spark_folder, tmp_path_factory) -> Iterator[dict[str, Warehouse]]:
-    warehouses = {
-        "duckdb": Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb")),
-        "spark": Warehouse(kind="spark", spark_folder=str(spark_folder), schema_name=f"fs_test_{uuid.uuid4().hex[:10]}"),
-    }
-    for warehouse in warehouses.values():
-        _build(warehouse)
-    yield warehouses
-    with warehouses["spark"].connect() as session:
-        session.sql(f"drop database if exists {warehouses['spark'].schema_name} cascade")
+def builds(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """One build per engine from the same raw rows (generated on DuckDB, copied to Spark), and the compared tables
+    as built; the local Spark starts while DuckDB builds."""
+    spark_folder = tmp_path_factory.mktemp("spark")
+    duckdb = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb"))
+    spark = Warehouse(kind="spark", spark_folder=str(spark_folder), schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            started = pool.submit(local_spark_url, spark_folder)
+            assert materialize(duckdb, raw=RAW).success
+            write_raw(duckdb, _users_without_a_country())
+            assert materialize(duckdb, as_of=AS_OF).success
+            started.result()
+        write_raw(spark, {table: duckdb.query(f"select * from {table}") for table in RAW_COLUMNS})
+        assert materialize(spark, as_of=AS_OF).success
+        yield {"duckdb": duckdb, "spark": spark, "built": {"duckdb": _read(duckdb), "spark": _read(spark)}}
+    finally:
+        stop_local_spark(spark_folder)
 
 
 def test_spark_builds_the_same_feature_views_and_labels_as_duckdb(builds):
-    spark, duckdb = _read(builds["spark"]), _read(builds["duckdb"])
+    spark, duckdb = builds["built"]["spark"], builds["built"]["duckdb"]
     for table in COMPARED:
         assert spark[table], table
         _assert_same_rows_of(table, spark[table], duckdb[table])
-    assert len({row["computed_at"] for row in spark["user_features"]}) == 10
+    assert len({row["computed_at"] for row in spark["user_features"]}) == 6
 
 
 def _assert_same_rows_of(table: str, actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
@@ -81,28 +79,28 @@ def _assert_same_rows_of(table: str, actual: list[dict[str, Any]], expected: lis
 
 
 def test_an_as_of_time_built_again_is_replaced_never_duplicated(builds):
-    """A late event loaded before the newest as-of time; building that time again updates its snapshots in place."""
-    user = int(builds["duckdb"].query("select min(user_id) as u from user_features")["u"].iat[0])
+    """A late event loaded before the newest as-of time; building that time of user_features again (that model and
+    its tests only) updates its snapshots in place: the same rows, one event more for that user only."""
+    spark = builds["spark"]
+    user = min(row["user_id"] for row in builds["built"]["spark"]["user_features"])
     late = pd.DataFrame(
         {
             "event_id": [10**15 + 99],
             "user_id": [user],
             "event_type": ["search"],
             "created_at": [ANCHOR - 2 * DAY],
-            "loaded_at": [ANCHOR - timedelta(hours=1)],
+            "loaded_at": [ANCHOR - HOUR],
         }
     )
-    before = builds["spark"].query("select user_id, computed_at, events_30d from user_features where computed_at = ?", [ANCHOR])
-    for warehouse in builds.values():
-        write_raw(warehouse, {"raw_events": late})
-        assert materialize(warehouse, as_of={"as_of_end": ANCHOR.isoformat()}).success
-    after = builds["spark"].query("select user_id, computed_at, events_30d from user_features where computed_at = ?", [ANCHOR])
-    assert len(after) == len(before) and not after.duplicated(["user_id"]).any()
+    newest = "select user_id, computed_at, events_30d from user_features where computed_at = ?"
+    before = spark.query(newest, [ANCHOR])
+    write_raw(spark, {"raw_events": late})
+    assert materialize(spark, as_of={"as_of_end": ANCHOR.isoformat()}, models=["user_features"]).success
+    after = spark.query(newest, [ANCHOR])
+    assert len(after) == len(before) > 0 and not after.duplicated(["user_id"]).any()
     changed = after.merge(before, on=["user_id", "computed_at"], suffixes=("", "_before"))
     assert (changed["events_30d"] - changed["events_30d_before"]).tolist() == [int(u == user) for u in changed["user_id"]]
-    spark, duckdb = _read(builds["spark"]), _read(builds["duckdb"])
-    for table in ("user_features", "country_features"):
-        _assert_same_rows_of(table, spark[table], duckdb[table])
+    assert spark.query("select count(*) as n from user_features")["n"].iat[0] == len(builds["built"]["spark"]["user_features"])
 
 
 @pytest.mark.parametrize("view_name", ["user_features", "country_features"])
@@ -112,14 +110,16 @@ def test_the_sync_reads_each_entitys_latest_snapshot_from_spark_in_bounded_batch
     from feature_assets.registry import load_registry
 
     view = load_registry(dbt_project.manifest_path).views[view_name]
-    until = ANCHOR - DAY
+    until = ANCHOR - HOUR
     with builds["duckdb"].connect() as con:
         [expected] = list(iter_latest_snapshots(builds["duckdb"], con, view, until=until))
     with builds["spark"].connect() as con:
-        batches = list(iter_latest_snapshots(builds["spark"], con, view, until=until, batch_rows=4))
+        # About three batches, whatever the number of entities.
+        batch_rows = -(-len(expected) // 3)
+        batches = list(iter_latest_snapshots(builds["spark"], con, view, until=until, batch_rows=batch_rows))
         staged = [t.name for t in con.catalog.listTables(builds["spark"].schema_name) if t.name.startswith("featurestore_sync")]
         [sample] = list(iter_latest_snapshots(builds["spark"], con, view, until=until, sample=3))
-    assert len(batches) > 1 and max(map(len, batches)) <= 3 * 4
+    assert len(batches) > 1 and max(map(len, batches)) <= 3 * batch_rows
     assert not staged
     got = pd.concat(batches).sort_values(view.entity_key, ignore_index=True)
     want = expected.sort_values(view.entity_key, ignore_index=True)
