@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/featurestore: setup.py
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,spark]"
 	touch $@
 
 install: $(BIN)/featurestore

@@ -34,6 +34,19 @@ setup(
         "httptools==0.9.0",
         "prometheus-client==0.26.0",
     ],
-    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17", "playwright==1.65.2", "httpx==0.28.1"]},
+    extras_require={
+        # FEATURE_STORE_WAREHOUSE=spark: dbt-spark's session method and the warehouse reads go through Spark Connect
+        # (grpcio-status, googleapis-common-protos, zstandard), Arrow (pyarrow) carries the rows; Spark 4.3 runs on
+        # Java 17, a system package.
+        "spark": [
+            "dbt-spark[session]==1.11.0",
+            "pyspark==4.3.0",
+            "pyarrow==26.0.1",
+            "grpcio-status==1.85.3",
+            "googleapis-common-protos==1.76.0",
+            "zstandard==0.25.0",
+        ],
+        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "playwright==1.65.2", "httpx==0.28.1"],
+    },
     entry_points={"console_scripts": ["featurestore=feature_assets.cli:main"]},
 )

@@ -28,8 +28,16 @@ __all__ = ["defs", "build_definitions", "warehouse_for"]
 
 
 def warehouse_for(settings: Settings) -> Warehouse:
-    if settings.env == "local":
+    if settings.warehouse == "duckdb":
         return Warehouse(kind="duckdb", duckdb_path=str(settings.duckdb_path), schema_name="main")
+    if settings.warehouse == "spark":
+        return Warehouse(
+            kind="spark",
+            spark_remote=dg.EnvVar("FEATURE_STORE_SPARK_REMOTE") if settings.spark_remote else "",
+            spark_folder=str(settings.spark_folder),
+            spark_dbt_method=settings.spark_dbt_method,
+            schema_name=settings.spark_schema,
+        )
     return Warehouse(
         kind="postgres", postgres_url=dg.EnvVar("FEATURE_STORE_POSTGRES_URL"), schema_name=settings.postgres_schema
     )

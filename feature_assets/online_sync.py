@@ -3,7 +3,8 @@
 The store holds, per entity, its latest snapshot computed within the view's TTL (the rule training applies):
 older ones are neither written nor served, and snapshots dated after the current time are ignored.
 
-The sync reads in bounded batches (DuckDB chunks, a PostgreSQL server-side cursor), encodes each batch
+The sync reads in bounded batches (DuckDB chunks, a PostgreSQL server-side cursor, Spark partitions of a staged
+table read through Arrow), encodes each batch
 column by column and streams it to the store, so memory does not grow with the table. It is incremental:
 only entities whose latest snapshot is newer than the watermark of the last completed sync are written.
 The watermark is recorded only after the last batch is stored: a sync that dies midway records nothing, and
@@ -20,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,15 +58,19 @@ class SyncResult:
         return self.rows_written / self.seconds if self.seconds > 0 else 0.0
 
 
+def _within(view: FeatureView, after: bool, until: bool) -> str:
+    """The view's rows with timestamps in (after, until], either bound left out when not given."""
+    bounds = [f"{view.timestamp} > ?"] * after + [f"{view.timestamp} <= ?"] * until
+    return f"{view.name} where {' and '.join(bounds)}" if bounds else view.name
+
+
 def _latest_sql(view: FeatureView, after: bool, until: bool, sample: bool) -> str:
     columns = ", ".join([view.entity_key, view.timestamp, *view.feature_names])
-    bounds = [f"{view.timestamp} > ?"] * after + [f"{view.timestamp} <= ?"] * until
-    where = f"where {' and '.join(bounds)}" if bounds else ""
     # Portable SQL (DuckDB and PostgreSQL): no QUALIFY, no DISTINCT ON.
     sql = (
         f"select {columns} from ("
         f"select {columns}, row_number() over (partition by {view.entity_key} order by {view.timestamp} desc) as recency "
-        f"from {view.name} {where}"
+        f"from {_within(view, after, until)}"
         f") as ranked where recency = 1"
     )
     return sql + " order by random() limit ?" if sample else sql
@@ -101,7 +106,15 @@ def iter_latest_snapshots(
     # works in C with the GIL released. One read at a time, and the pool's exit (before the cursor's) waits for the
     # one under way, so the connection is never used by two threads at once, even when the caller stops early.
     with ExitStack() as stack:
-        if warehouse.kind == "duckdb":
+        if warehouse.kind == "spark":
+            within = _within(view, after is not None, until is not None)
+            entities = 0 if sample is not None else _count_entities(warehouse, con, view, within, params)
+            batches = stack.enter_context(_spark_batches(warehouse, con, view, sql, params, entities, batch_rows))
+
+            def fetch() -> pd.DataFrame | None:
+                return next(batches, None)
+
+        elif warehouse.kind == "duckdb":
             con.execute(sql, params)
             vectors = max(1, batch_rows // _DUCKDB_VECTOR)
 
@@ -123,6 +136,44 @@ def iter_latest_snapshots(
         while (frame := pending.result()) is not None:
             pending = pool.submit(fetch)
             yield frame
+
+
+def _count_entities(warehouse: Any, con: Any, view: FeatureView, within: str, params: list) -> int:
+    return int(warehouse.fetch(con, f"select count(distinct {view.entity_key}) as n from {within}", params)["n"].iat[0])
+
+
+@contextmanager
+def _spark_batches(
+    warehouse: Any, con: Any, view: FeatureView, sql: str, params: list, entities: int, batch_rows: int
+) -> Iterator[Iterator[pd.DataFrame]]:
+    """The query's rows (one per entity) in about batch_rows-row frames. Spark has no cursor: when the entities
+    outnumber a batch, the rows are staged in a table partitioned by a hash of the entity key, and each partition
+    is one frame, read alone (partition pruning) through Arrow. The staged table is dropped at exit."""
+    parts = -(-entities // batch_rows)
+    if parts <= 1:
+        yield iter([_registry_typed(view, warehouse.fetch(con, sql, params))])
+        return
+    staged = f"featurestore_sync_{view.name}_{random.getrandbits(32):08x}"
+    try:
+        warehouse.execute(
+            con,
+            f"create table {staged} using parquet partitioned by (sync_part) as "
+            f"select *, pmod(xxhash64({view.entity_key}), {parts}) as sync_part from ({sql}) as latest",
+            params,
+        )
+        columns = ", ".join([view.entity_key, view.timestamp, *view.feature_names])
+        yield (
+            _registry_typed(view, warehouse.fetch(con, f"select {columns} from {staged} where sync_part = {part}"))
+            for part in range(parts)
+        )
+    finally:
+        warehouse.execute(con, f"drop table if exists {staged}")
+
+
+def _registry_typed(view: FeatureView, frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame with the registry's dtypes, as the PostgreSQL path gives (Arrow widens an int with nulls to float)."""
+    dtypes = {view.timestamp: TIMESTAMP, **{f.name: f.dtype for f in view.features}}
+    return frame.astype({name: PANDAS_DTYPES[dtype] for name, dtype in dtypes.items()})
 
 
 def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView, now: datetime) -> datetime | None:

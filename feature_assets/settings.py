@@ -2,6 +2,12 @@
 
 local (default): embedded DuckDB file under FEATURE_STORE_HOME, demo data generated.
 prod: PostgreSQL from FEATURE_STORE_POSTGRES_URL; raw tables are the user's own.
+FEATURE_STORE_WAREHOUSE picks the offline store: duckdb (default in local), postgres (default in prod) or spark.
+Spark is reached through Spark Connect at FEATURE_STORE_SPARK_REMOTE (sc://host:port/;token=..., a secret), else (local
+only) a Spark server started under FEATURE_STORE_HOME/spark; its tables live in the database FEATURE_STORE_SPARK_SCHEMA
+(default featurestore). dbt reaches it by FEATURE_STORE_SPARK_DBT_METHOD: session (default: dbt-spark's session
+method through the same Spark Connect server), thrift (a Spark Thrift server) or http (Databricks SQL), the latter two
+at FEATURE_STORE_SPARK_HOST and _PORT (see dbt_features/profiles.yml).
 FEATURE_STORE_ONLINE picks the online store: sqlite (default in local, a file under FEATURE_STORE_HOME)
 or redis (default in prod, at FEATURE_STORE_REDIS_URL: redis:// or rediss://, password included).
 Served feature vectors are logged next to it (a Redis stream, or served_log.sqlite), sampling
@@ -84,6 +90,12 @@ class Settings:
     home: Path
     postgres_schema: str
     demo_data: bool
+    warehouse: Literal["duckdb", "postgres", "spark"] = "duckdb"
+    spark_schema: str = "featurestore"
+    # Whether FEATURE_STORE_SPARK_REMOTE names the Spark Connect server (else a local one): the URL may hold a token,
+    # so settings say whether it is there and never hold it.
+    spark_remote: bool = False
+    spark_dbt_method: Literal["session", "thrift", "http"] = "session"
     online: Literal["redis", "sqlite"] = "sqlite"
     served_log_rate: float = 1.0
     # The environment variable holding the model store's PostgreSQL URL, "" for the folder store: the URL is a
@@ -97,8 +109,22 @@ class Settings:
         env = environ.get("FEATURE_STORE_ENV", "local")
         if env not in ("local", "prod"):
             raise ConfigError(f"FEATURE_STORE_ENV must be 'local' or 'prod', got {env!r}")
-        if env == "prod" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
-            raise ConfigError("FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL")
+        warehouse = environ.get("FEATURE_STORE_WAREHOUSE", "duckdb" if env == "local" else "postgres")
+        if warehouse not in ("duckdb", "postgres", "spark"):
+            raise ConfigError(f"FEATURE_STORE_WAREHOUSE must be 'duckdb', 'postgres' or 'spark', got {warehouse!r}")
+        if warehouse == "postgres" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
+            raise ConfigError("FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs FEATURE_STORE_POSTGRES_URL")
+        spark_remote = bool(environ.get("FEATURE_STORE_SPARK_REMOTE"))
+        if spark_remote and not environ["FEATURE_STORE_SPARK_REMOTE"].startswith("sc://"):
+            # Never echo the URL: it may hold a token.
+            raise ConfigError("FEATURE_STORE_SPARK_REMOTE must be a Spark Connect URL (sc://host:port)")
+        if warehouse == "spark" and env == "prod" and not spark_remote:
+            raise ConfigError("FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local use)")
+        spark_dbt_method = environ.get("FEATURE_STORE_SPARK_DBT_METHOD", "session")
+        if spark_dbt_method not in ("session", "thrift", "http"):
+            raise ConfigError(f"FEATURE_STORE_SPARK_DBT_METHOD must be 'session', 'thrift' or 'http', got {spark_dbt_method!r}")
+        if env == "prod" and not (environ.get("FEATURE_STORE_POSTGRES_URL") or environ.get("FEATURE_STORE_MODEL_STORE_URL")):
+            raise ConfigError("FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the model store")
         online = environ.get("FEATURE_STORE_ONLINE", "sqlite" if env == "local" else "redis")
         if online not in ("redis", "sqlite"):
             raise ConfigError(f"FEATURE_STORE_ONLINE must be 'redis' or 'sqlite', got {online!r}")
@@ -122,6 +148,10 @@ class Settings:
                 environ.get("FEATURE_STORE_DEMO_DATA", "1" if env == "local" else "0"), "FEATURE_STORE_DEMO_DATA"
             ),
             online=online,
+            warehouse=warehouse,
+            spark_schema=validate_identifier(environ.get("FEATURE_STORE_SPARK_SCHEMA", "featurestore"), "FEATURE_STORE_SPARK_SCHEMA"),
+            spark_remote=spark_remote,
+            spark_dbt_method=spark_dbt_method,
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
             model_store_url_variable=model_store_url_variable,
             serve_max_entities=_count(environ.get("FEATURE_STORE_SERVE_MAX_ENTITIES", "1000"), "FEATURE_STORE_SERVE_MAX_ENTITIES"),
@@ -133,6 +163,11 @@ class Settings:
     @property
     def duckdb_path(self) -> Path:
         return self.home / "warehouse.duckdb"
+
+    @property
+    def spark_folder(self) -> Path:
+        """The local Spark server's tables and catalog."""
+        return self.home / "spark"
 
     @property
     def served_log_path(self) -> Path:

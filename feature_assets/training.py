@@ -42,6 +42,9 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any
         )"""
     if kind == "duckdb":
         return _duckdb(feature_set, ordered, label_columns)
+    if kind == "spark":
+        # Refused rather than run untested: a training row joined to the wrong snapshot is silently wrong.
+        raise WarehouseError("point-in-time training sets are not built on the Spark warehouse yet (use DuckDB or PostgreSQL)")
     return _postgres(feature_set, ordered, label_columns)
 
 

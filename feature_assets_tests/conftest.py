@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 # The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from dagster_dbt import DbtCliResource
 
-from feature_assets.assets.features import all_dbt_assets
+from feature_assets.assets.features import all_dbt_assets, dbt_model_key
 from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
 from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
@@ -83,10 +83,12 @@ def write_raw(warehouse: Warehouse, frames: dict[str, pd.DataFrame]) -> None:
             warehouse.append(con, table, frames.get(table, pd.DataFrame(columns=list(columns))), columns)
 
 
-def materialize(warehouse: Warehouse, raw: dict | None = None, as_of: dict | None = None) -> dg.ExecuteInProcessResult:
+def materialize(
+    warehouse: Warehouse, raw: dict | None = None, as_of: dict | None = None, models: Sequence[str] = ()
+) -> dg.ExecuteInProcessResult:
     """Runs the real assets in process: the demo generator (if raw config is given) and/or the dbt build of every
-    model, the feature views over the as-of days from as_of_start (default: as_of_end) to as_of_end, computing the
-    hours from one to the other (the config of dbt_feature_views)."""
+    model (or of the named ones and their tests), the feature views over the as-of days from as_of_start (default:
+    as_of_end) to as_of_end, computing the hours from one to the other (the config of dbt_feature_views)."""
     assets, ops, tags = [], {}, {}
     if raw is not None:
         assets.append(demo_raw_data)
@@ -103,6 +105,7 @@ def materialize(warehouse: Warehouse, raw: dict | None = None, as_of: dict | Non
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
         tags=tags,
+        selection=[dbt_model_key(name) for name in models] or None,
     )
 
 

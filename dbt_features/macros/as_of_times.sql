@@ -32,11 +32,7 @@
         select computed_at, row_number() over (partition by cast(computed_at as date) order by computed_at) as nth_of_day
         from (
             select cast(series.computed_at as timestamp) as computed_at
-            from generate_series(
-                cast('{{ start }}' as timestamp),
-                cast('{{ end }}' as timestamp),
-                cast('{{ cadence | int }} hours' as interval)
-            ) as series (computed_at)
+            from {{ timestamp_series("cast('" ~ start ~ "' as timestamp)", "cast('" ~ end ~ "' as timestamp)", (cadence | int) ~ ' hours', 'computed_at') }}
         ) as series
         where cast(extract(hour from computed_at) as integer) % {{ view_cadence }} = 0
     ) as hours

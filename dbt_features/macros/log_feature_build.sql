@@ -5,7 +5,13 @@
 -#}
 {% macro log_feature_build() %}
     {%- set log = this.schema ~ '.featurestore_builds' -%}
-    create table if not exists {{ log }} (view_name varchar, computed_at timestamp, built_at timestamp);
+    {#- A statement of its own: Spark takes one statement per call. -#}
+    {%- if execute -%}
+        {%- do run_query(
+            'create table if not exists ' ~ log ~ ' as select ' ~ cast('null', 'varchar') ~ ' as view_name,'
+            ~ ' cast(null as timestamp) as computed_at, cast(null as timestamp) as built_at where 1 = 0'
+        ) -%}
+    {%- endif %}
     insert into {{ log }}
     select
         '{{ this.identifier }}' as view_name,

@@ -23,7 +23,7 @@
 
     weeks as (
         select series.k
-        from generate_series(0, 1000) as series (k)
+        from {{ integer_series(0, 1000, 'k') }}
     ),
 
     label_weeks as (

@@ -242,11 +242,7 @@ def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:
     the DuckDB file locked), the errors dbt logged."""
     results = target_path / "run_results.json"
     failed = json.loads(results.read_text())["results"] if results.exists() else []
-    reasons = [
-        ": ".join(line.strip() for line in result["message"].splitlines()[:2])
-        for result in failed
-        if result["status"] in ("error", "fail") and result["message"]
-    ]
+    reasons = [_reason(result["message"]) for result in failed if result["status"] in ("error", "fail") and result["message"]]
     if not reasons:
         logged = str(invocation.get_error()).partition("Errors parsed from dbt logs:")[2]
         logged = _ANSI.sub("", logged).partition("Traceback (most recent call last):")[0]  # dbt's own, not ours
@@ -258,6 +254,15 @@ def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Headings dbt nests above the database's own message (Spark's comes two levels down).
+_HEADINGS = ("Runtime Error", "Database Error", "Compilation Error")
+
+
+def _reason(message: str) -> str:
+    """A failed node's heading and the database's message."""
+    heading, *rest = [line.strip() for line in message.splitlines() if line.strip()]
+    detail = [line for line in rest if line not in _HEADINGS][:1]
+    return ": ".join([heading, *detail])
 
 
 def dbt_model_key(name: str) -> dg.AssetKey:

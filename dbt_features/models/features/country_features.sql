@@ -1,10 +1,11 @@
 {{
     config(
         unique_key='computed_at',
-        incremental_strategy='delete+insert',
+        incremental_strategy='insert_overwrite' if target.type == 'spark' else 'delete+insert',
+        partition_by='computed_at' if target.type == 'spark' else none,
         post_hook=[
             "{{ thin_old_hourly_snapshots() }}",
-            {"sql": "vacuum analyze {{ this }}", "transaction": false}
+            {"sql": "{{ refresh_statistics() }}", "transaction": false}
         ]
     )
 }}
@@ -53,14 +54,14 @@ country_totals as (
 
 final as (
     select
-        cast(country_totals.country as varchar) as country_code,
+        {{ cast('country_totals.country', 'varchar') }} as country_code,
         cast(country_totals.computed_at as timestamp) as computed_at,
         cast(country_totals.country_users as integer) as country_users,
-        cast(country_totals.active_users_30d as double precision)
-            / cast(country_totals.country_users as double precision) as country_active_share_30d,
-        cast(country_totals.paid_users as double precision)
-            / cast(country_totals.country_users as double precision) as country_paid_share,
-        cast(country_totals.avg_order_30d as double precision) as country_avg_order_30d
+        {{ cast('country_totals.active_users_30d', 'double precision') }}
+            / {{ cast('country_totals.country_users', 'double precision') }} as country_active_share_30d,
+        {{ cast('country_totals.paid_users', 'double precision') }}
+            / {{ cast('country_totals.country_users', 'double precision') }} as country_paid_share,
+        {{ cast('country_totals.avg_order_30d', 'double precision') }} as country_avg_order_30d
     from country_totals
 )
 

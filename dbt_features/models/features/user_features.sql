@@ -1,10 +1,11 @@
 {{
     config(
         unique_key='computed_at',
-        incremental_strategy='delete+insert',
+        incremental_strategy='insert_overwrite' if target.type == 'spark' else 'delete+insert',
+        partition_by='computed_at' if target.type == 'spark' else none,
         post_hook=[
             "{{ thin_old_hourly_snapshots() }}",
-            {"sql": "vacuum analyze {{ this }}", "transaction": false}
+            {"sql": "{{ refresh_statistics() }}", "transaction": false}
         ]
     )
 }}
@@ -102,10 +103,10 @@ final as (
         cast(users_at.user_id as bigint) as user_id,
         cast(users_at.computed_at as timestamp) as computed_at,
         cast({{ whole_years_between('users_at.birthdate', 'users_at.computed_at') }} as integer) as age,
-        cast(profile_at.country as varchar) as country,
-        cast(profile_at.plan as varchar) as plan,
+        {{ cast('profile_at.country', 'varchar') }} as country,
+        {{ cast('profile_at.plan', 'varchar') }} as plan,
         cast(coalesce(events_30d.events_30d, 0) as integer) as events_30d,
-        cast(orders_30d.avg_order_30d as double precision) as avg_order_30d
+        {{ cast('orders_30d.avg_order_30d', 'double precision') }} as avg_order_30d
     from users_at
     left join profile_at
         on profile_at.user_id = users_at.user_id

@@ -66,7 +66,7 @@ country_at as (
 final as (
     select
         cast(outcomes.user_id as bigint) as user_id,
-        cast(country_at.country as varchar) as country_code,
+        {{ cast('country_at.country', 'varchar') }} as country_code,
         cast(outcomes.label_time as timestamp) as label_time,
         cast(outcomes.churned as boolean) as churned
     from outcomes

@@ -40,7 +40,7 @@ final as (
     select
         cast(outcomes.user_id as bigint) as user_id,
         cast(outcomes.label_time as timestamp) as label_time,
-        cast(outcomes.revenue_90d as double precision) as revenue_90d
+        {{ cast('outcomes.revenue_90d', 'double precision') }} as revenue_90d
     from outcomes
 )
 

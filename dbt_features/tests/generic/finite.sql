@@ -7,9 +7,9 @@
     {{ config(store_failures=true) }}
     select *
     from {{ model }}
-    where cast({{ column_name }} as double precision) in (
-        cast('Infinity' as double precision),
-        cast('-Infinity' as double precision),
-        cast('NaN' as double precision)
+    where {{ cast(column_name, 'double precision') }} in (
+        {{ cast("'Infinity'", 'double precision') }},
+        {{ cast("'-Infinity'", 'double precision') }},
+        {{ cast("'NaN'", 'double precision') }}
     )
 {% endtest %}

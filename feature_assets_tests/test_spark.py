@@ -1,0 +1,161 @@
+"""The Spark warehouse on a local Spark: the dbt project builds there row for row as on DuckDB, an as-of time built
+again is replaced (never duplicated), and the online sync reads Spark in batches.
+
+One Spark server and one build per engine for the module, a small data set of its own: on Spark every dbt node
+costs round trips, so the data set's size matters little and the number of builds a lot.
+"""
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from conftest import materialize, write_raw
+from feature_assets.assets.raw import RAW_COLUMNS
+from feature_assets.local_spark import local_spark_url, stop_local_spark
+from feature_assets.resources.warehouse import Warehouse
+from test_label_and_country_models import TABLES, _assert_same_rows, _records, _users_without_a_country
+
+ANCHOR = datetime(2026, 3, 31)
+DAY, HOUR = timedelta(days=1), timedelta(hours=1)
+# 130 days: the first label a month after the first event, and LTV's 90-day outcome window before the last load.
+RAW = {"users": 40, "days": 130, "anchor": ANCHOR.isoformat()}
+# Six as-of hours over two as-of days (partitions): the evening before the anchor and the anchor's midnight.
+AS_OF = {"as_of_start": (ANCHOR - 5 * HOUR).isoformat(), "as_of_end": ANCHOR.isoformat()}
+COMPARED = {
+    **TABLES,
+    "user_features": (
+        ("user_id", "computed_at", "age", "country", "plan", "events_30d", "avg_order_30d"),
+        ("user_id", "computed_at"),
+    ),
+}
+
+
+def _read(warehouse: Warehouse) -> dict[str, list[dict[str, Any]]]:
+    """Every compared table in contract order (Spark keeps a partition column last)."""
+    return {table: _records(warehouse.query(f"select {', '.join(columns)} from {table}")) for table, (columns, _) in COMPARED.items()}
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """One build per engine from the same raw rows (generated on DuckDB, copied to Spark), and the compared tables
+    as built; the local Spark starts while DuckDB builds."""
+    spark_folder = tmp_path_factory.mktemp("spark")
+    duckdb = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb"))
+    spark = Warehouse(kind="spark", spark_folder=str(spark_folder), schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            started = pool.submit(local_spark_url, spark_folder)
+            assert materialize(duckdb, raw=RAW).success
+            write_raw(duckdb, _users_without_a_country())
+            assert materialize(duckdb, as_of=AS_OF).success
+            started.result()
+        write_raw(spark, {table: duckdb.query(f"select * from {table}") for table in RAW_COLUMNS})
+        assert materialize(spark, as_of=AS_OF).success
+        yield {"duckdb": duckdb, "spark": spark, "built": {"duckdb": _read(duckdb), "spark": _read(spark)}}
+    finally:
+        stop_local_spark(spark_folder)
+
+
+def test_spark_builds_the_same_feature_views_and_labels_as_duckdb(builds):
+    spark, duckdb = builds["built"]["spark"], builds["built"]["duckdb"]
+    for table in COMPARED:
+        assert spark[table], table
+        _assert_same_rows_of(table, spark[table], duckdb[table])
+    assert len({row["computed_at"] for row in spark["user_features"]}) == 6
+
+
+def _assert_same_rows_of(table: str, actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    if table in TABLES:
+        _assert_same_rows(table, actual, expected)
+        return
+    columns, grain = COMPARED[table]
+    key = lambda row: tuple(row[c] for c in grain)  # noqa: E731
+    assert sorted(actual, key=key) == sorted(expected, key=key), table
+
+
+def test_an_as_of_time_built_again_is_replaced_never_duplicated(builds):
+    """A late event loaded before the newest as-of time; building that time of user_features again (that model and
+    its tests only) updates its snapshots in place: the same rows, one event more for that user only."""
+    spark = builds["spark"]
+    user = min(row["user_id"] for row in builds["built"]["spark"]["user_features"])
+    late = pd.DataFrame(
+        {
+            "event_id": [10**15 + 99],
+            "user_id": [user],
+            "event_type": ["search"],
+            "created_at": [ANCHOR - 2 * DAY],
+            "loaded_at": [ANCHOR - HOUR],
+        }
+    )
+    newest = "select user_id, computed_at, events_30d from user_features where computed_at = ?"
+    before = spark.query(newest, [ANCHOR])
+    write_raw(spark, {"raw_events": late})
+    assert materialize(spark, as_of={"as_of_end": ANCHOR.isoformat()}, models=["user_features"]).success
+    after = spark.query(newest, [ANCHOR])
+    assert len(after) == len(before) > 0 and not after.duplicated(["user_id"]).any()
+    changed = after.merge(before, on=["user_id", "computed_at"], suffixes=("", "_before"))
+    assert (changed["events_30d"] - changed["events_30d_before"]).tolist() == [int(u == user) for u in changed["user_id"]]
+    assert spark.query("select count(*) as n from user_features")["n"].iat[0] == len(builds["built"]["spark"]["user_features"])
+
+
+@pytest.mark.parametrize("view_name", ["user_features", "country_features"])
+def test_the_sync_reads_each_entitys_latest_snapshot_from_spark_in_bounded_batches(builds, view_name):
+    from feature_assets.online_sync import iter_latest_snapshots
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+
+    view = load_registry(dbt_project.manifest_path).views[view_name]
+    until = ANCHOR - HOUR
+    with builds["duckdb"].connect() as con:
+        [expected] = list(iter_latest_snapshots(builds["duckdb"], con, view, until=until))
+    with builds["spark"].connect() as con:
+        # About three batches, whatever the number of entities.
+        batch_rows = -(-len(expected) // 3)
+        batches = list(iter_latest_snapshots(builds["spark"], con, view, until=until, batch_rows=batch_rows))
+        staged = [t.name for t in con.catalog.listTables(builds["spark"].schema_name) if t.name.startswith("featurestore_sync")]
+        [sample] = list(iter_latest_snapshots(builds["spark"], con, view, until=until, sample=3))
+    assert len(batches) > 1 and max(map(len, batches)) <= 3 * batch_rows
+    assert not staged
+    got = pd.concat(batches).sort_values(view.entity_key, ignore_index=True)
+    want = expected.sort_values(view.entity_key, ignore_index=True)
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=False, rtol=1e-12)
+    assert set(got[view.timestamp]) == {until}
+    assert len(sample) == 3 and sample.merge(got).shape[0] == 3
+
+
+def test_a_training_set_on_spark_is_refused_with_a_clear_error_until_it_is_built_there():
+    from feature_assets.errors import WarehouseError
+    from feature_assets.project import dbt_project
+    from feature_assets.registry import load_registry
+    from feature_assets.training import point_in_time_sql
+
+    feature_set = next(iter(load_registry(dbt_project.manifest_path).feature_sets.values()))
+    with pytest.raises(WarehouseError, match="not built on the Spark warehouse yet"):
+        point_in_time_sql("spark", feature_set)
+
+
+def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path):
+    from feature_assets.definitions import warehouse_for
+    from feature_assets.errors import ConfigError
+    from feature_assets.settings import Settings
+
+    local = {"FEATURE_STORE_HOME": str(tmp_path), "FEATURE_STORE_WAREHOUSE": "spark"}
+    warehouse = warehouse_for(Settings.from_env(local))
+    assert (warehouse.kind, warehouse.spark_folder, warehouse.schema_name) == ("spark", str(tmp_path / "spark"), "featurestore")
+    session = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n").dbt_env()
+    assert (session["FEATURE_STORE_DBT_TARGET"], session["SPARK_REMOTE"]) == ("spark", "sc://spark:15002/;token=t0k3n")
+    thrift = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n", spark_dbt_method="thrift").dbt_env()
+    assert thrift["FEATURE_STORE_DBT_TARGET"] == "spark_thrift" and "t0k3n" not in str(thrift)
+    prod = {**local, "FEATURE_STORE_ENV": "prod", "FEATURE_STORE_MODEL_STORE_URL": "postgresql://u@h/m"}
+    with pytest.raises(ConfigError, match="needs FEATURE_STORE_SPARK_REMOTE"):
+        Settings.from_env(prod)
+    with pytest.raises(ConfigError, match="must be a Spark Connect URL") as error:
+        Settings.from_env({**prod, "FEATURE_STORE_SPARK_REMOTE": "https://u:s3cret@spark"})
+    assert "s3cret" not in str(error.value)
+    with pytest.raises(ConfigError, match="FEATURE_STORE_WAREHOUSE must be"):
+        Settings.from_env({**local, "FEATURE_STORE_WAREHOUSE": "sparks"})
