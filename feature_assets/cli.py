@@ -111,8 +111,11 @@ def _build_snapshots(settings: Settings, what: str, job: str, days: tuple[date, 
     ops = {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}} if hour else {}
     if raw and settings.demo_data:
         ops["demo_raw_data"] = {"config": raw}
-    from feature_assets.automation import as_of_days_tags
+    from feature_assets.automation import AS_OF_DAYS, as_of_days_tags
 
+    first_day = date.fromisoformat(AS_OF_DAYS.get_first_partition_key())
+    if days[0] < first_day:
+        raise ConfigError(f"the as-of days (the feature views' partitions) begin {first_day}: {days[0]} is before them")
     tags = {**as_of_days_tags(*days), "featurestore/as_of": format_hour(hour) if hour else f"{days[0]} .. {days[1]}"}
     return _execute(settings, what, {"ops": ops}, job_name=job, tags=tags)
 

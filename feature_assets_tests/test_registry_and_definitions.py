@@ -164,6 +164,7 @@ def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check
     [
         ("2026-01-05", "2026-01-02", "--start 2026-01-05 is after --end 2026-01-02"),
         ("2026-01-01T05:00", "2026-01-02", "--start '2026-01-01T05:00' is not a day like 2026-01-31"),
+        ("2024-06-01", "2024-06-02", "the as-of days (the feature views' partitions) begin 2025-01-01: 2024-06-01 is before them"),
     ],
 )
 def test_a_bad_backfill_range_is_one_line_naming_it_not_dagsters_wrappers(tmp_path, monkeypatch, capsys, start, end, message):
