@@ -108,14 +108,14 @@ def _warehouse(settings: Settings):
 def _build_snapshots(settings: Settings, what: str, job: str, days: tuple[date, date], hour: datetime | None = None, raw: dict | None = None):
     """Runs the refresh or backfill job over as-of days (its partitions), or over one hour of one day; the run shows
     in the UI with its partitions and is tagged featurestore/as_of (e.g. 2026-11-01 .. 2026-12-01)."""
-    ops = {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}} if hour else {}
-    if raw and settings.demo_data:
-        ops["demo_raw_data"] = {"config": raw}
     from feature_assets.automation import AS_OF_DAYS, as_of_days_tags
 
     first_day = date.fromisoformat(AS_OF_DAYS.get_first_partition_key())
     if days[0] < first_day:
         raise ConfigError(f"the as-of days (the feature views' partitions) begin {first_day}: {days[0]} is before them")
+    ops = {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}} if hour else {}
+    if raw and settings.demo_data:
+        ops["demo_raw_data"] = {"config": raw}
     tags = {**as_of_days_tags(*days), "featurestore/as_of": format_hour(hour) if hour else f"{days[0]} .. {days[1]}"}
     return _execute(settings, what, {"ops": ops}, job_name=job, tags=tags)
 

@@ -81,7 +81,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         "refresh_features",
         selection=dg.AssetSelection.assets(*refresh_selection),
         description="Loads new raw rows (demo data) and appends the feature snapshots of the run's as-of day, or of one "
-        "hour of it (config as_of; the hourly schedule's runs: the views due at that hour).",
+        "hour of it (config as_of_start = as_of_end; the hourly schedule's runs: the views due at that hour).",
     )
     online = [online_assets(view) for view in views]
     training_sets, leakage_checks = training_set_assets(registry)
