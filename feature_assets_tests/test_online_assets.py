@@ -1,7 +1,7 @@
 """The online snapshot as Dagster runs it: after a real dbt build, with its parity check, automation and CLI."""
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -47,6 +47,9 @@ def definitions(warehouse: Warehouse, online: OnlineStoreResource) -> dg.Definit
 def built(tmp_path_factory):
     """One real refresh (demo raw data + dbt build) in an instance whose automation is evaluated before and after."""
     home = tmp_path_factory.mktemp("online_assets")
+    # Today, when the fixture runs (not ANCHOR, from when the suite started: it may have started before midnight):
+    # the sync waits for the newest as-of day.
+    today = datetime.fromisoformat(automation.AS_OF_DAYS.get_last_partition_key())
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(home / "warehouse.duckdb"), schema_name="main")
     sqlite = OnlineStoreResource(kind="sqlite", sqlite_path=str(home / "online.sqlite"))
     defs = definitions(warehouse, sqlite)
@@ -57,13 +60,13 @@ def built(tmp_path_factory):
         resources={"warehouse": warehouse, "dbt": dbt_resource()},
         run_config={
             "ops": {
-                "demo_raw_data": {"config": {"users": 300, "days": 10, "anchor": format_hour(ANCHOR)}},
-                "dbt_feature_views": {"config": {"as_of_start": format_hour(ANCHOR - timedelta(days=2)), "as_of_end": format_hour(ANCHOR)}},
+                "demo_raw_data": {"config": {"users": 300, "days": 10, "anchor": format_hour(today)}},
+                "dbt_feature_views": {"config": {"as_of_start": format_hour(today - timedelta(days=2)), "as_of_end": format_hour(today)}},
             }
         },
         instance=instance,
         raise_on_error=False,
-        tags=automation.as_of_days_tags(ANCHOR - timedelta(days=2), ANCHOR),
+        tags=automation.as_of_days_tags(today - timedelta(days=2), today),
     )
     assert refresh.success
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
