@@ -21,7 +21,8 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any
     """The training set of a feature set over its label table.
 
     DuckDB: one ASOF join per view. PostgreSQL: per view, a LATERAL probe of the view's (entity key, timestamp)
-    index for the newest snapshot strictly before the label time and within the TTL, features included.
+    index for the newest snapshot strictly before the label time and within the TTL, features included. Spark:
+    per view, a running window over labels and snapshots on one timeline per entity.
     """
     labels = feature_set.labels
     keys = [validate_identifier(key, "entity key") for key in labels.entity_keys]
@@ -32,19 +33,19 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any
     # Numbered in the first view's (key, time) order, the order its join walks: on PostgreSQL one sort then serves
     # both the numbering and that view's probes, which walk its index and its rows in order. (That sort spills at the
     # default work_mem; given the memory, PostgreSQL's single in-memory sort took 0.4 s more CPU at 1M labels.)
+    # Nulls last on every engine: Spark puts them first by default.
     first_key = feature_set.reads[0].key
     order = [first_key, time, *(key for key in keys if key != first_key), target]
     ordered = f"""
         labels as (
             select {', '.join(label_columns)},
-                row_number() over (order by {', '.join(order)}) as {LABEL_ROW}
+                row_number() over (order by {', '.join(f'{column} nulls last' for column in order)}) as {LABEL_ROW}
             from {validate_identifier(labels.name, 'label table')}
         )"""
     if kind == "duckdb":
         return _duckdb(feature_set, ordered, label_columns)
     if kind == "spark":
-        # Refused rather than run untested: a training row joined to the wrong snapshot is silently wrong.
-        raise WarehouseError("point-in-time training sets are not built on the Spark warehouse yet (use DuckDB or PostgreSQL)")
+        return _spark(feature_set, ordered, label_columns)
     return _postgres(feature_set, ordered, label_columns)
 
 
@@ -100,6 +101,44 @@ def _postgres(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -
         params.append(view.online_ttl)
         selected += [f"{found}.{view.timestamp} as {snapshot_column(view)}", *(f"{found}.{f.name}" for f in read.features)]
     return f"with {ordered}\n select {', '.join(selected)}\n from labels{''.join(probes)}", params
+
+
+def _spark(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -> tuple[str, list[Any]]:
+    # Spark has no ASOF join, and a range join bounded by the TTL grows with the snapshots per TTL. Per view, the
+    # labels and the snapshots go on one timeline per entity (a shuffle by entity key, then a sort within each),
+    # ordered by time with a label before a snapshot of the same time (a snapshot stamped t is not available at t).
+    # A running last(..., ignore nulls) hands each label row the entity's newest snapshot so far, as one struct of
+    # its timestamp and features: the struct is never null, so a feature that is null in that snapshot stays null
+    # (last() over the features themselves would reach back to an older value). Older than the TTL, it is dropped.
+    time = feature_set.labels.label_time
+    steps, params, joins = [ordered], [], []
+    selected = [f"labels.{column}" for column in [LABEL_ROW, *label_columns]]
+    for position, read in enumerate(feature_set.reads):
+        view, found = read.view, f"found_{position}"
+        fields = ", ".join(f"'{name}', {name}" for name in [view.timestamp, *(f.name for f in read.features)])
+        steps.append(f"""
+        timeline_{position} as (
+            select {read.key} as entity, {time} as at_time, 0 as side, {LABEL_ROW}, null as snapshot
+            from labels
+            where {read.key} is not null
+            union all
+            select {view.entity_key}, {view.timestamp}, 1, null, named_struct({fields})
+            from {view.name}
+        ),
+        {found} as (
+            select {LABEL_ROW}, case when snapshot.{view.timestamp} >= at_time - ? then snapshot end as snapshot
+            from (
+                select {LABEL_ROW}, at_time, side, last(snapshot, true) over (
+                    partition by entity order by at_time, side rows between unbounded preceding and current row
+                ) as snapshot
+                from timeline_{position}
+            )
+            where side = 0
+        )""")
+        params.append(view.online_ttl)
+        joins.append(f"\n left join {found} on {found}.{LABEL_ROW} = labels.{LABEL_ROW}")
+        selected += [f"{found}.snapshot.{view.timestamp} as {snapshot_column(view)}", *(f"{found}.snapshot.{f.name}" for f in read.features)]
+    return f"with {','.join(steps)}\n select {', '.join(selected)}\n from labels{''.join(joins)}", params
 
 
 def require_view_indexes(warehouse: Warehouse, con: Any, feature_set: FeatureSet) -> None:

@@ -68,6 +68,27 @@ def postgres_warehouse(postgres_url) -> Iterator[Warehouse]:
         con.execute(f"drop schema if exists {schema} cascade")
 
 
+@pytest.fixture(scope="session")
+def spark_folder(tmp_path_factory) -> Iterator[str]:
+    """The folder of a local Spark server shared by the session (it starts on first use, in about 20 s, and is
+    stopped at the end)."""
+    from feature_assets.local_spark import stop_local_spark
+
+    folder = tmp_path_factory.mktemp("spark")
+    yield str(folder)
+    stop_local_spark(folder)
+
+
+@pytest.fixture
+def spark_warehouse(spark_folder) -> Iterator[Warehouse]:
+    """A warehouse in a database of its own on the session's local Spark, dropped afterwards."""
+    warehouse = Warehouse(kind="spark", spark_folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    yield warehouse
+    with warehouse.connect() as con:
+        warehouse.execute(con, "use default")
+        warehouse.execute(con, f"drop database if exists {warehouse.schema_name} cascade")
+
+
 @pytest.fixture(params=["duckdb", "postgres"])
 def warehouse(request) -> Warehouse:
     return request.getfixturevalue(f"{request.param}_warehouse")

@@ -5,18 +5,21 @@ One Spark server and one build per engine for the module, a small data set of it
 costs round trips, so the data set's size matters little and the number of builds a lot.
 """
 
+import math
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pandas as pd
 import pytest
 
 from conftest import materialize, write_raw
 from feature_assets.assets.raw import RAW_COLUMNS
-from feature_assets.local_spark import local_spark_url, stop_local_spark
+from feature_assets.local_spark import local_spark_url
 from feature_assets.resources.warehouse import Warehouse
 from test_label_and_country_models import TABLES, _assert_same_rows, _records, _users_without_a_country
 
@@ -26,6 +29,10 @@ DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 RAW = {"users": 40, "days": 130, "anchor": ANCHOR.isoformat()}
 # Six as-of hours over two as-of days (partitions): the evening before the anchor and the anchor's midnight.
 AS_OF = {"as_of_start": (ANCHOR - 5 * HOUR).isoformat(), "as_of_end": ANCHOR.isoformat()}
+# And past as-of times, built after them (once staging is there): two days of hours before the first churn and LTV
+# labels, thinned to each day's first (midnight), which those labels match.
+PAST = {"as_of_start": (ANCHOR - 99 * DAY).isoformat(), "as_of_end": (ANCHOR - 97 * DAY).isoformat()}
+VIEWS = ["user_features", "country_features"]
 COMPARED = {
     **TABLES,
     "user_features": (
@@ -41,24 +48,22 @@ def _read(warehouse: Warehouse) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory) -> Iterator[dict[str, Any]]:
+def builds(tmp_path_factory, spark_folder) -> Iterator[dict[str, Any]]:
     """One build per engine from the same raw rows (generated on DuckDB, copied to Spark), and the compared tables
     as built; the local Spark starts while DuckDB builds."""
-    spark_folder = tmp_path_factory.mktemp("spark")
     duckdb = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb"))
-    spark = Warehouse(kind="spark", spark_folder=str(spark_folder), schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            started = pool.submit(local_spark_url, spark_folder)
-            assert materialize(duckdb, raw=RAW).success
-            write_raw(duckdb, _users_without_a_country())
-            assert materialize(duckdb, as_of=AS_OF).success
-            started.result()
-        write_raw(spark, {table: duckdb.query(f"select * from {table}") for table in RAW_COLUMNS})
-        assert materialize(spark, as_of=AS_OF).success
-        yield {"duckdb": duckdb, "spark": spark, "built": {"duckdb": _read(duckdb), "spark": _read(spark)}}
-    finally:
-        stop_local_spark(spark_folder)
+    spark = Warehouse(kind="spark", spark_folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(local_spark_url, Path(spark_folder))
+        assert materialize(duckdb, raw=RAW).success
+        write_raw(duckdb, _users_without_a_country())
+        assert materialize(duckdb, as_of=AS_OF).success
+        assert materialize(duckdb, as_of=PAST, models=VIEWS).success
+        started.result()
+    write_raw(spark, {table: duckdb.query(f"select * from {table}") for table in RAW_COLUMNS})
+    assert materialize(spark, as_of=AS_OF).success
+    assert materialize(spark, as_of=PAST, models=VIEWS).success
+    yield {"duckdb": duckdb, "spark": spark, "built": {"duckdb": _read(duckdb), "spark": _read(spark)}}
 
 
 def test_spark_builds_the_same_feature_views_and_labels_as_duckdb(builds):
@@ -66,7 +71,7 @@ def test_spark_builds_the_same_feature_views_and_labels_as_duckdb(builds):
     for table in COMPARED:
         assert spark[table], table
         _assert_same_rows_of(table, spark[table], duckdb[table])
-    assert len({row["computed_at"] for row in spark["user_features"]}) == 6
+    assert len({row["computed_at"] for row in spark["user_features"]}) == 3 + 6
 
 
 def _assert_same_rows_of(table: str, actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
@@ -128,15 +133,34 @@ def test_the_sync_reads_each_entitys_latest_snapshot_from_spark_in_bounded_batch
     assert len(sample) == 3 and sample.merge(got).shape[0] == 3
 
 
-def test_a_training_set_on_spark_is_refused_with_a_clear_error_until_it_is_built_there():
-    from feature_assets.errors import WarehouseError
+def test_spark_builds_the_same_training_sets_as_duckdb_and_their_leakage_checks_pass(builds):
+    """The models' training sets over the views and labels each engine built: row for row the same, label_row too."""
+    from feature_assets.assets.training import training_set_assets
     from feature_assets.project import dbt_project
-    from feature_assets.registry import load_registry
-    from feature_assets.training import point_in_time_sql
+    from feature_assets.registry import LABEL_ROW, load_registry
 
-    feature_set = next(iter(load_registry(dbt_project.manifest_path).feature_sets.values()))
-    with pytest.raises(WarehouseError, match="not built on the Spark warehouse yet"):
-        point_in_time_sql("spark", feature_set)
+    registry = load_registry(dbt_project.manifest_path)
+    assets, checks = training_set_assets(registry)
+    built = {}
+    for engine in ("duckdb", "spark"):
+        result = dg.materialize([*assets, *checks], resources={"warehouse": builds[engine]}, instance=dg.DagsterInstance.ephemeral())
+        evaluations = result.get_asset_check_evaluations()
+        assert len(evaluations) == len(registry.feature_sets) and all(e.passed for e in evaluations), engine
+        assert all(e.metadata["rows_checked"].value > 0 for e in evaluations), engine
+        built[engine] = {
+            fs.training_set: _records(builds[engine].query(f"select * from {fs.training_set} order by {LABEL_ROW}"))
+            for fs in registry.feature_sets.values()
+        }
+    for table, expected in built["duckdb"].items():
+        actual = built["spark"][table]
+        assert expected and any(row["user_features_snapshot_at"] is not None for row in expected), table
+        assert len(actual) == len(expected) and all(row.keys() == expected[0].keys() for row in actual), table
+        for got, want in zip(actual, expected):
+            for column, value in want.items():
+                if isinstance(value, float) and got[column] is not None:
+                    assert math.isclose(got[column], value, rel_tol=1e-12, abs_tol=1e-9), (table, column, got, want)
+                else:
+                    assert got[column] == value, (table, column, got, want)
 
 
 def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path):

@@ -1,5 +1,5 @@
-"""Point-in-time training sets: the multi-view join against a row-by-row reference, on DuckDB and PostgreSQL,
-and the leakage check."""
+"""Point-in-time training sets: the multi-view join against a row-by-row reference, on DuckDB, PostgreSQL and
+Spark, and the leakage check."""
 
 from dataclasses import replace
 from datetime import timedelta
@@ -131,7 +131,9 @@ def generated():
     return users, countries, labels, expected
 
 
-def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_of_each_views_ttl(warehouse, generated):
+@pytest.mark.parametrize("engine", ["duckdb", "postgres", "spark"])
+def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_of_each_views_ttl(engine, generated, request):
+    warehouse = request.getfixturevalue(f"{engine}_warehouse")
     users, countries, labels, expected = generated
     with warehouse.connect() as con:
         _load(warehouse, con, users, countries, labels)
@@ -156,17 +158,18 @@ def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_
     assert no_country["country_users"].isna().all() and no_country["user_features_snapshot_at"].notna().any()
 
 
-def test_duckdb_and_postgres_give_identical_two_view_training_sets(duckdb_warehouse, postgres_warehouse, generated):
+def test_duckdb_postgres_and_spark_give_identical_two_view_training_sets(duckdb_warehouse, postgres_warehouse, spark_warehouse, generated):
     users, countries, labels, _ = generated
     built = []
-    for warehouse in (duckdb_warehouse, postgres_warehouse):
+    for warehouse in (duckdb_warehouse, postgres_warehouse, spark_warehouse):
         with warehouse.connect() as con:
             _load(warehouse, con, users, countries, labels)
             sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
             build_table(warehouse, con, "test_training_set", sql, params)
             built.append(warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}"))
-    assert list(built[0].columns) == list(built[1].columns)
-    assert _normalized(built[0]) == _normalized(built[1])
+    for other in built[1:]:
+        assert list(other.columns) == list(built[0].columns)
+        assert _normalized(other) == _normalized(built[0])
 
 
 def test_a_postgres_training_build_refuses_a_view_without_its_key_and_timestamp_index(postgres_warehouse, generated):
