@@ -183,6 +183,10 @@ class Warehouse(dg.ConfigurableResource):
             # The session method follows SPARK_REMOTE to the server this resource reads; thrift and http read their
             # host and token from FEATURE_STORE_SPARK_* (profiles.yml).
             remote = {"SPARK_REMOTE": self.spark_url()} if self.spark_dbt_method == "session" else {}
+            if self.spark_dbt_method == "session":
+                # dbt-spark asks for the Hive catalog on every connection; Spark Connect keeps the server's and warns,
+                # twice per dbt node. The server's catalog is the one wanted.
+                remote["PYTHONWARNINGS"] = "ignore:Failed to set spark.sql.catalogImplementation:UserWarning"
             return {
                 "FEATURE_STORE_DBT_TARGET": SPARK_DBT_METHODS[self.spark_dbt_method],
                 "FEATURE_STORE_SPARK_SCHEMA": self.schema_name,
