@@ -1,6 +1,7 @@
 """The offline store: raw tables and the feature history, in DuckDB (local), PostgreSQL or Spark."""
 
 import io
+import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,19 @@ SPARK_DBT_METHODS = {"session": "spark", "thrift": "spark_thrift", "http": "spar
 # PySpark 4.3 warns on every conversion under pandas 3; the conversions this module uses (Arrow both ways, with
 # timestamps, nulls and the str dtype) are covered by the Spark tests.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas >= 3", category=FutureWarning)
+
+
+class _ClosedSessionReleases(logging.Filter):
+    """Spark Connect acknowledges each consumed result in the background; one still in flight when the session is
+    closed fails with SESSION_CLOSED, harmlessly (the server drops a closed session's results). Those warnings are
+    dropped, any other is kept. (A logging setup with disable_existing_loggers=False re-enables this logger.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("ReleaseExecute failed") and "SESSION_CLOSED" in message)
+
+
+logging.getLogger("pyspark.sql.connect.logging").addFilter(_ClosedSessionReleases())
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -186,7 +200,12 @@ class Warehouse(dg.ConfigurableResource):
             if self.spark_dbt_method == "session":
                 # dbt-spark asks for the Hive catalog on every connection; Spark Connect keeps the server's and warns,
                 # twice per dbt node. The server's catalog is the one wanted.
-                remote["PYTHONWARNINGS"] = "ignore:Failed to set spark.sql.catalogImplementation:UserWarning"
+                remote["PYTHONWARNINGS"] = ",".join(
+                    [
+                        "ignore:Failed to set spark.sql.catalogImplementation:UserWarning",
+                        "ignore:PySpark does not yet fully support pandas:FutureWarning",
+                    ]
+                )
             return {
                 "FEATURE_STORE_DBT_TARGET": SPARK_DBT_METHODS[self.spark_dbt_method],
                 "FEATURE_STORE_SPARK_SCHEMA": self.schema_name,
