@@ -183,3 +183,15 @@ def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path)
     assert "s3cret" not in str(error.value)
     with pytest.raises(ConfigError, match="FEATURE_STORE_WAREHOUSE must be"):
         Settings.from_env({**local, "FEATURE_STORE_WAREHOUSE": "sparks"})
+
+
+def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypatch):
+    """Appends go in slices (the server holds each one in memory): every row lands once, with its values."""
+    from feature_assets.resources import warehouse as warehouse_module
+
+    monkeypatch.setattr(warehouse_module, "SPARK_APPEND_ROWS", 2)
+    frame = pd.DataFrame({"user_id": [1, 2, 3, 4, 5], "computed_at": [ANCHOR - k * HOUR for k in range(5)], "score": [0.5, None, 1.5, 2.5, 3.5]})
+    with spark_warehouse.connect() as con:
+        spark_warehouse.append(con, "sliced", frame, {"user_id": "bigint", "computed_at": "timestamp", "score": "double"})
+        landed = spark_warehouse.fetch(con, "select * from sliced order by user_id")
+    pd.testing.assert_frame_equal(landed, frame, check_dtype=False)

@@ -29,6 +29,8 @@ POSTGRES_STATEMENT_TIMEOUT_S = 3600
 _DBT_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
 # Spark SQL spells these two declared types its own way.
 _SPARK_TYPES = {"varchar": "string", "double precision": "double"}
+# Rows per Spark append (an insert of its own: Spark has no transactions, a failed append raises midway).
+SPARK_APPEND_ROWS = 250_000
 # dbt's targets (dbt_features/profiles.yml) for Spark: through Spark Connect, or a Thrift server or Databricks SQL.
 SPARK_DBT_METHODS = {"session": "spark", "thrift": "spark_thrift", "http": "spark_http"}
 
@@ -173,9 +175,10 @@ class Warehouse(dg.ConfigurableResource):
         if self.kind == "spark":
             ddl = ", ".join(f"{c} {_SPARK_TYPES.get(t, t)}" for c, t in column_types.items())
             self.execute(con, f"create table if not exists {table} ({ddl}) using parquet")
-            if not frame.empty:
-                # Arrow carries the frame; the table's own types, by position, decide how its values land.
-                con.createDataFrame(frame, schema=ddl).write.insertInto(table)
+            # Arrow carries the frame; the table's own types, by position, decide how its values land. In slices: the
+            # server holds each one in memory whole (2.7M rows at once exhaust a 2 GB driver).
+            for start in range(0, len(frame), SPARK_APPEND_ROWS):
+                con.createDataFrame(frame.iloc[start : start + SPARK_APPEND_ROWS], schema=ddl).write.insertInto(table)
             return
         ddl = ", ".join(f"{c} {t}" for c, t in column_types.items())
         self.execute(con, f"create table if not exists {table} ({ddl})")
