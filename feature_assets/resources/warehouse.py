@@ -199,16 +199,15 @@ class Warehouse(dg.ConfigurableResource):
         if self.kind == "spark":
             # The session method follows SPARK_REMOTE to the server this resource reads; thrift and http read their
             # host and token from FEATURE_STORE_SPARK_* (profiles.yml).
-            remote = {"SPARK_REMOTE": self.spark_url()} if self.spark_dbt_method == "session" else {}
+            remote = {}
             if self.spark_dbt_method == "session":
-                # dbt-spark asks for the Hive catalog on every connection; Spark Connect keeps the server's and warns,
-                # twice per dbt node. The server's catalog is the one wanted.
-                remote["PYTHONWARNINGS"] = ",".join(
-                    [
-                        "ignore:Failed to set spark.sql.catalogImplementation:UserWarning",
-                        "ignore:PySpark does not yet fully support pandas:FutureWarning",
-                    ]
-                )
+                # dbt-spark asks for the Hive catalog on every connection; Spark Connect keeps the server's (the one
+                # wanted) and warns, twice per dbt node, as PySpark does under pandas 3.
+                remote = {
+                    "SPARK_REMOTE": self.spark_url(),
+                    "PYTHONWARNINGS": "ignore:Failed to set spark.sql.catalogImplementation:UserWarning,"
+                    "ignore:PySpark does not yet fully support pandas:FutureWarning",
+                }
             return {
                 "FEATURE_STORE_DBT_TARGET": SPARK_DBT_METHODS[self.spark_dbt_method],
                 "FEATURE_STORE_SPARK_SCHEMA": self.schema_name,
