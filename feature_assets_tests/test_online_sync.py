@@ -1,9 +1,5 @@
 """The sync from the warehouse's user_features to the online stores: incremental, bounded, and safe when it dies."""
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +17,7 @@ from feature_assets.registry import load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord
 from feature_assets.serving.codec import PANDAS_DTYPES, view_schema
+from redis_servers import start_restartable_redis
 
 VIEW = load_registry(dbt_project.manifest_path).view("user_features")
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
@@ -154,46 +151,12 @@ def test_the_parity_check_fails_on_a_value_altered_by_hand_and_names_it(duckdb_w
     assert sample.entities_checked == 10
 
 
-class RedisServer:
-    """A redis-server of the test's own, persisting every write (AOF, fsync always) so a kill loses nothing acknowledged."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--logfile", str(self.directory / "redis.log")],
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()  # answers LOADING (an error) until the AOF is replayed
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {self.port} did not start; see {self.directory / 'redis.log'}")
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def own_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
+    """A Redis of the test's own that persists every write, to kill and start again on its port."""
+    server = start_restartable_redis(tmp_path)
     yield server
-    server.kill()
+    server.stop()
 
 
 def assert_each_user_holds_one_whole_snapshot(store, users) -> int:
@@ -215,7 +178,7 @@ def test_a_sync_killed_with_redis_keeps_old_values_whole_records_nothing_and_the
     probe = redis.Redis.from_url(own_redis.url)
 
     def kill_midway(rows: int) -> None:
-        if rows >= 15_000 and own_redis.process.poll() is None:
+        if rows >= 15_000 and own_redis.process.running():
             # Wait until Redis has applied part of the new snapshot, then kill it (SIGKILL).
             hsets = len(users) + 2_000
             wait_until(lambda: probe.info("commandstats")["cmdstat_hset"]["calls"] >= hsets, f"Redis applying {hsets} HSETs")
@@ -223,7 +186,7 @@ def test_a_sync_killed_with_redis_keeps_old_values_whole_records_nothing_and_the
 
     with pytest.raises(OnlineStoreError, match="earlier values stay readable"):
         sync_online_store(duckdb_warehouse, store, VIEW, batch_rows=5000, on_batch=kill_midway)
-    own_redis.start()
+    own_redis.restart()
 
     store = RedisOnlineStore.from_url(own_redis.url)
     assert store.last_sync(VIEW).watermark == T1

@@ -15,7 +15,7 @@ from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.serving.served_log import RedisServedLog, SqliteServedLog
-from test_online_sync import RedisServer
+from redis_servers import start_restartable_redis
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 VIEW = REGISTRY.view("user_features")
@@ -139,8 +139,7 @@ def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resu
     store, models, users = synced
     plain = Predictor(store, models)
     expected = {user: plain.predict_one(FAST, user).score for user in users}
-    server = RedisServer(tmp_path)
-    server.start()
+    server = start_restartable_redis(tmp_path)
     log = RedisServedLog(server.url, retry_interval=0.2)
     try:
         predictor = Predictor(store, models, served_log=log)
@@ -159,7 +158,7 @@ def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resu
         assert stats.logged == PER_PREDICTION and stats.failed_writes + stats.dropped_full_queue == 6 * PER_PREDICTION * len(users)
         assert stats.failed_writes > 0 and "ConnectionError" in stats.last_error
 
-        server.start()  # same port and AOF: the entry written before the outage comes back
+        server.restart()  # same port and AOF: the entry written before the outage comes back
         for user in users[:5]:
             assert predictor.predict_one(FAST, user).score == expected[user]
         assert log.flush(10)
@@ -167,7 +166,7 @@ def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resu
         assert log.read("user_features")["user_id"].tolist() == [users[0], *users[:5]]
     finally:
         log.close()
-        server.kill()
+        server.stop()
 
 
 def test_an_unresponsive_log_server_costs_callers_nothing_and_a_full_queue_drops_and_counts(synced):
