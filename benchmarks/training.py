@@ -8,7 +8,8 @@ Two feature sets over the same seeded numpy data. Single view: user_features onl
 label_time, churned). Two views: user_features and country_features (7 countries, a snapshot at every as-of
 time of the user history), over the same labels carrying country_code too. The data have the ties and
 duplicates of real label tables: about a fifth of the label rows stamped exactly at one of the user's
-snapshots (which the point-in-time rule must not see), 0.7% duplicate label rows, labels before any snapshot
+snapshots (which the point-in-time rule must not see), 0.7% of label rows copies of another (with chance
+collisions, about 1.5% of rows equal an earlier one: the count printed), labels before any snapshot
 and after the last one, users without features and without a country.
 
 Methods, per feature set: the project's join (feature_assets.training.point_in_time_sql, written by
@@ -445,7 +446,7 @@ def verdict(feature_set: FeatureSet, reference: pd.DataFrame, other: pd.DataFram
 
 
 def describe(feature_set: FeatureSet, result: pd.DataFrame, labels: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> str:
-    parts = [f"{len(labels):,} label rows ({int(labels.duplicated().sum()):,} duplicates)"]
+    parts = [f"{len(labels):,} label rows ({int(labels.duplicated().sum()):,} equal to an earlier row)"]
     for read in feature_set.reads:
         view = read.view
         history = histories[view.name]

@@ -168,8 +168,16 @@ def require_view_indexes(warehouse: Warehouse, con: Any, feature_set: FeatureSet
 
 
 def build_table(warehouse: Warehouse, con: Any, table: str, sql: str, params: list[Any]) -> int:
-    """Replaces `table` with the query's rows in one transaction; returns the row count."""
+    """Replaces `table` with the query's rows, keeping the previous table when the query fails; returns the row count.
+
+    DuckDB and PostgreSQL drop and create in one transaction. Spark has no transactions (and its session catalog's
+    Parquet tables no `create or replace`), so the rows are built under a name of their own first and swapped in
+    only once they are whole."""
     validate_identifier(table, "table")
-    warehouse.execute(con, f"drop table if exists {table}")
-    warehouse.execute(con, f"create table {table} as {sql}", params)
+    building = f"{table}__building" if warehouse.kind == "spark" else table
+    warehouse.execute(con, f"drop table if exists {building}")
+    warehouse.execute(con, f"create table {building} as {sql}", params)
+    if building != table:
+        warehouse.execute(con, f"drop table if exists {table}")
+        warehouse.execute(con, f"alter table {building} rename to {table}")
     return int(warehouse.fetch(con, f"select count(*) as n from {table}")["n"].iloc[0])

@@ -172,6 +172,20 @@ def test_duckdb_postgres_and_spark_give_identical_two_view_training_sets(duckdb_
         assert _normalized(other) == _normalized(built[0])
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "postgres", "spark"])
+def test_a_training_build_that_fails_while_running_keeps_the_previous_training_set(engine, request):
+    warehouse = request.getfixturevalue(f"{engine}_warehouse")
+    with warehouse.connect() as con:
+        build_table(warehouse, con, "test_training_set", "select 1 as label_row", [])
+    with pytest.raises(Exception, match="not a number"), warehouse.connect() as con:
+        build_table(warehouse, con, "test_training_set", "select cast(? as integer) as label_row", ["not a number"])
+    assert warehouse.query("select * from test_training_set")["label_row"].tolist() == [1]
+    with warehouse.connect() as con:
+        assert build_table(warehouse, con, "test_training_set", "select 2 as label_row union all select 3", []) == 2
+        assert warehouse.fetch(con, "select * from test_training_set order by 1")["label_row"].tolist() == [2, 3]
+        assert not warehouse.table_exists(con, "test_training_set__building")
+
+
 def test_a_postgres_training_build_refuses_a_view_without_its_key_and_timestamp_index(postgres_warehouse, generated):
     users, countries, labels, _ = generated
     with postgres_warehouse.connect() as con:
