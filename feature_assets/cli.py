@@ -465,6 +465,16 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
 
 
+def cmd_stop_spark(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.local_spark import stop_local_spark
+
+    # The local server outlives the command that started it (so the next one starts in a second): this ends it.
+    if stop_local_spark(settings.spark_folder):
+        print(f"stopped the local Spark server of {settings.spark_folder}")
+    else:
+        print(f"no local Spark server runs for {settings.spark_folder}")
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.serving.server import serve
 
@@ -551,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     server.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (default: the cores)")
     server.set_defaults(run=cmd_serve)
+
+    stop_spark = commands.add_parser("stop-spark", help="stop the local Spark server the Spark warehouse left running")
+    stop_spark.set_defaults(run=cmd_stop_spark)
 
     try:
         args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ costs round trips, so the data set's size matters little and the number of build
 """
 
 import math
+import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -195,3 +196,20 @@ def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypat
         spark_warehouse.append(con, "sliced", frame, {"user_id": "bigint", "computed_at": "timestamp", "score": "double"})
         landed = spark_warehouse.fetch(con, "select * from sliced order by user_id")
     pd.testing.assert_frame_equal(landed, frame, check_dtype=False)
+
+
+def test_featurestore_stop_spark_ends_the_server_the_home_left_running_and_says_when_none_runs(tmp_path, monkeypatch, capsys):
+    from feature_assets.cli import main
+
+    monkeypatch.setenv("FEATURE_STORE_HOME", str(tmp_path))
+    for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_WAREHOUSE", "FEATURE_STORE_SPARK_REMOTE"):
+        monkeypatch.delenv(name, raising=False)
+    port = int(local_spark_url(tmp_path / "spark").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    assert main(["stop-spark"]) == 0
+    assert capsys.readouterr().out == f"stopped the local Spark server of {tmp_path / 'spark'}\n"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert main(["stop-spark"]) == 0
+    assert capsys.readouterr().out == f"no local Spark server runs for {tmp_path / 'spark'}\n"
