@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 from datetime import date, datetime, timedelta
@@ -462,6 +463,10 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     # Under `dagster dev`, DbtProject.prepare_if_dev() runs the dbt found on PATH; an unactivated venv has none there.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     dagster = bin_dir / "dagster"
+    # A shell script's background job (`featurestore dev &`, nohup) starts with SIGINT ignored, and dagster dev maps
+    # SIGTERM to SIGINT's handler: it could then be stopped by neither Ctrl-C nor `kill`. With SIGINT's default
+    # handler back, it shuts its webserver and daemon down on either.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
 
 

@@ -63,13 +63,14 @@ def demo_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dagster_ui(demo_home) -> Iterator[DagsterUI]:
-    """`featurestore dev` (dagster dev: webserver, daemon, code server) on a free loopback port, stopped afterwards
+    """`featurestore dev` (dagster dev: webserver, daemon, code server) on a free loopback port, started the way a
+    shell script's background job starts (SIGINT ignored) and stopped afterwards the way `kill` stops it (SIGTERM),
     with every process it started (its own process group)."""
     [port] = free_ports(1)
     log = demo_home.parent / "dagster-dev.log"
     with open(log, "w") as out:
         dev = subprocess.Popen(
-            [FEATURESTORE, "dev", "--port", str(port)],
+            ["bash", "-c", 'trap "" INT; exec "$0" "$@"', FEATURESTORE, "dev", "--port", str(port)],
             cwd=REPO, env=_environment(demo_home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     ui = DagsterUI(f"http://127.0.0.1:{port}", log)
@@ -92,18 +93,21 @@ def _answers(ui: DagsterUI, dev: subprocess.Popen) -> bool:
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    """Ctrl-C to dagster dev, which stops the webserver and the daemon it started; SIGKILL to whatever is left of its
-    group after a while (code servers and run workers included)."""
+    """SIGTERM to dagster dev, which stops the webserver and the daemon it started; then SIGKILL to whatever is left of
+    its group (code servers and run workers included). Fails when dagster dev ignored the SIGTERM."""
+    process.terminate()
     try:
-        process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         pass
+    stopped = process.poll() is not None
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()
+    if not stopped:
+        pytest.fail("featurestore dev did not stop within 60 s of a SIGTERM")
 
 
 class Steps:
