@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = ["local_spark_url", "stop_local_spark", "LOCAL_SPARK_START_TIMEOUT_S"]
 
 LOCAL_SPARK_START_TIMEOUT_S = 180
 _SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+_DEFAULT_SIGTERM_THEN_EXEC = "import os, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 def _listening(port: int) -> bool:
@@ -78,7 +80,12 @@ def _command(folder: Path, port: int) -> list[str]:
         "spark.ui.enabled": "false",
     }
     arguments = [item for name, value in settings.items() for item in ("--conf", f"{name}={value}")]
-    return [str(spark_submit), "--class", _SERVER_CLASS, "--name", "featurestore", "--master", "local[*]", *arguments, "spark-internal"]
+    server = [str(spark_submit), "--class", _SERVER_CLASS, "--name", "featurestore", "--master", "local[*]", *arguments, "spark-internal"]
+    # Through a Python one-liner that gives SIGTERM its default action back before it becomes the server: an ignored
+    # signal stays ignored across exec, and a process running Dagster in a background job ignores SIGTERM (Dagster
+    # gives it SIGINT's handler, which such a job ignores). The JVM would then never stop on stop_local_spark's
+    # SIGTERM, only on its SIGKILL 30 s later, without closing its catalog.
+    return [sys.executable, "-c", _DEFAULT_SIGTERM_THEN_EXEC, *server]
 
 
 def local_spark_url(folder: Path) -> str:

@@ -6,6 +6,7 @@ costs round trips, so the data set's size matters little and the number of build
 """
 
 import math
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -198,17 +199,26 @@ def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypat
     pd.testing.assert_frame_equal(landed, frame, check_dtype=False)
 
 
-def test_featurestore_stop_spark_ends_the_server_the_home_left_running_and_says_when_none_runs(tmp_path, monkeypatch, capsys):
+def test_featurestore_stop_spark_ends_the_server_the_home_left_running_gracefully_and_says_when_none_runs(
+    tmp_path, monkeypatch, capsys
+):
+    """Started by a process that ignores SIGTERM, as Dagster in a background job does: the server still stops on it,
+    closing its SparkContext rather than being killed."""
     from feature_assets.cli import main
 
     monkeypatch.setenv("FEATURE_STORE_HOME", str(tmp_path))
     for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_WAREHOUSE", "FEATURE_STORE_SPARK_REMOTE"):
         monkeypatch.delenv(name, raising=False)
-    port = int(local_spark_url(tmp_path / "spark").rsplit(":", 1)[1])
+    ignored = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        port = int(local_spark_url(tmp_path / "spark").rsplit(":", 1)[1])
+    finally:
+        signal.signal(signal.SIGTERM, ignored)
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
     assert main(["stop-spark"]) == 0
     assert capsys.readouterr().out == f"stopped the local Spark server of {tmp_path / 'spark'}\n"
+    assert "Successfully stopped SparkContext" in (tmp_path / "spark" / "server.log").read_text()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert main(["stop-spark"]) == 0
