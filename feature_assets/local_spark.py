@@ -47,9 +47,10 @@ def _running(state_file: Path) -> dict | None:
     """The server recorded in the folder, if its process lives and its port answers."""
     try:
         state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
+        pid, port = int(state["pid"]), int(state["port"])
+    except (OSError, ValueError, TypeError, KeyError):  # none, or not one this module wrote
         return None
-    return state if _alive(state["pid"]) and _listening(state["port"]) else None
+    return {"pid": pid, "port": port} if _alive(pid) and _listening(port) else None
 
 
 def _free_port() -> int:

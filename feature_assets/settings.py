@@ -70,6 +70,13 @@ def dbt_manifest_path(environ: Mapping[str, str] = os.environ) -> Path:
     return dbt_project_dir(environ) / "target" / "manifest.json"
 
 
+def _home(value: str) -> Path:
+    # An empty value (`FEATURE_STORE_HOME=$UNSET_VARIABLE`) would resolve to the current folder, silently.
+    if not value.strip():
+        raise ConfigError("FEATURE_STORE_HOME is set but empty: name a folder, or unset it for .featurestore")
+    return Path(value).resolve()
+
+
 def _count(value: str, name: str) -> int:
     if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 1_000_000_000:
         raise ConfigError(f"{name} must be a whole positive number, got {value[:20]!r}")
@@ -140,7 +147,7 @@ class Settings:
             model_store_url_variable = "FEATURE_STORE_POSTGRES_URL" if env == "prod" else ""
         return cls(
             env=env,
-            home=Path(environ.get("FEATURE_STORE_HOME", ".featurestore")).resolve(),
+            home=_home(environ.get("FEATURE_STORE_HOME", ".featurestore")),
             postgres_schema=validate_identifier(
                 environ.get("FEATURE_STORE_POSTGRES_SCHEMA", "public"), "FEATURE_STORE_POSTGRES_SCHEMA"
             ),

@@ -231,3 +231,9 @@ def test_any_arguments_give_an_answer_or_one_line_never_a_traceback(home, capsys
         assert out and not err, (argv, err)
     else:
         assert_one_line(code, err)
+
+
+def test_an_empty_feature_store_home_is_refused_in_one_line_not_taken_for_the_current_folder(monkeypatch, capsys):
+    monkeypatch.setenv("FEATURE_STORE_HOME", "")
+    assert main(["stop-spark"]) == 1
+    assert capsys.readouterr().err == "featurestore: FEATURE_STORE_HOME is set but empty: name a folder, or unset it for .featurestore\n"

@@ -223,3 +223,15 @@ def test_featurestore_stop_spark_ends_the_server_the_home_left_running_gracefull
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert main(["stop-spark"]) == 0
     assert capsys.readouterr().out == f"no local Spark server runs for {tmp_path / 'spark'}\n"
+
+
+@pytest.mark.parametrize("recorded", ['{"pid": "x", "port": 1}', '["pid"]', "{}", "not json"])
+def test_stop_spark_reads_a_server_record_it_did_not_write_as_no_server(tmp_path, monkeypatch, capsys, recorded):
+    from feature_assets.cli import main
+
+    monkeypatch.setenv("FEATURE_STORE_HOME", str(tmp_path))
+    (tmp_path / "spark").mkdir()
+    (tmp_path / "spark" / "server.json").write_text(recorded)
+    assert main(["stop-spark"]) == 0
+    assert capsys.readouterr().out == f"no local Spark server runs for {tmp_path / 'spark'}\n"
+
