@@ -71,7 +71,8 @@ def frames(users: int, seed: int = 1) -> list[pd.DataFrame]:
                     "computed_at": np.full(users, np.datetime64(as_of, "us")),
                     "age": rng.integers(18, 80, users),
                     "country": pd.array(
-                        rng.choice(np.array(["US", "DE", "FR", "GB", "BR", "IN", "JP"], dtype=object), users), dtype="str"
+                        rng.choice(np.array(["US", "DE", "FR", "GB", "BR", "IN", "JP"], dtype=object), users),
+                        dtype="str",
                     ),
                     "plan": pd.array(rng.choice(np.array(["free", "basic", "pro"], dtype=object), users), dtype="str"),
                     "events_30d": rng.poisson(40, users),
@@ -261,13 +262,18 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        print(f"Preparing user_features, 2 snapshots per user: {args.users:,} and {args.sync_users:,} users (DuckDB)", flush=True)
+        print(
+            f"Preparing user_features, 2 snapshots per user: {args.users:,} and {args.sync_users:,} users (DuckDB)",
+            flush=True,
+        )
         big = fill(Warehouse(kind="duckdb", duckdb_path=str(directory / "big.duckdb")), args.users)
         duck = fill(Warehouse(kind="duckdb", duckdb_path=str(directory / "sync.duckdb")), args.sync_users)
         postgres = None
         if args.postgres_url:
             print(f"... and {args.sync_users:,} users in PostgreSQL schema {schema}", flush=True)
-            postgres = fill(Warehouse(kind="postgres", postgres_url=args.postgres_url, schema_name=schema), args.sync_users)
+            postgres = fill(
+                Warehouse(kind="postgres", postgres_url=args.postgres_url, schema_name=schema), args.sync_users
+            )
         with big.connect() as con:
             latest = list(iter_latest_snapshots(big, con, VIEW))
         ttl = int(VIEW.online_ttl.total_seconds())
@@ -312,7 +318,11 @@ def main() -> int:
         sync("sync: naive, iterrows", naive_iterrows)
         sync("sync: naive, itertuples", naive_itertuples)
         for name, figures in (("new keys", fresh), ("overwrite", overwrite)):
-            sync(f"write path ({args.users:,}): ours, {name}", figures, f">= {TARGET_WRITE:,} rows/s: {verdict(figures[0] >= TARGET_WRITE)}")
+            sync(
+                f"write path ({args.users:,}): ours, {name}",
+                figures,
+                f">= {TARGET_WRITE:,} rows/s: {verdict(figures[0] >= TARGET_WRITE)}",
+            )
         sync("write path: Redis alone (pre-encoded), new keys", ceiling_fresh, cpu=True)
         sync("write path: Redis alone (pre-encoded), overwrite", ceiling_overwrite, cpu=True)
         for kind, target in (("duckdb", TARGET_DUCKDB), ("postgres", TARGET_POSTGRES)):
@@ -334,7 +344,9 @@ def main() -> int:
                 with RedisOnlineStore.from_url(cluster.url, timeout=5) as cluster_store:
                     rate = sync_online_store(big, cluster_store, VIEW).rows_per_second
                     cluster_row = (f"end to end ({args.users:,}) from duckdb, 3-master cluster", f"{rate:,.0f} rows/s")
-                    rows_out.insert(len(rows_out) - 1, (*cluster_row, f"{rate / naive_iterrows:.1f}x", "orientation (one run)"))
+                    rows_out.insert(
+                        len(rows_out) - 1, (*cluster_row, f"{rate / naive_iterrows:.1f}x", "orientation (one run)")
+                    )
                     read_sets["local 3-master cluster"] = read_figures(cluster_store, args.users, args.reads)
             finally:
                 cluster.stop()
@@ -348,7 +360,9 @@ def main() -> int:
         floor_1, ours_1 = figures["1 hgetall"], figures["1 get_entity"]
         floor_k, ours_k = figures["1000 hgetall"], figures["1000 get_online_features"]
         latency(f"read 1, {where}: bare HGETALL (floor)", floor_1, floor_1)
-        latency(f"read 1, {where}: get_entity", ours_1, floor_1, f"<= 1.3x p50: {verdict(ours_1[0] <= 1.3 * floor_1[0])}")
+        latency(
+            f"read 1, {where}: get_entity", ours_1, floor_1, f"<= 1.3x p50: {verdict(ours_1[0] <= 1.3 * floor_1[0])}"
+        )
         latency(f"read 1000, {where}: pipelined HGETALL (floor)", floor_k, floor_k)
         latency(f"read 1000, {where}: get_online_features", ours_k, floor_k, f"p99 < 10 ms: {verdict(ours_k[1] < 10)}")
 

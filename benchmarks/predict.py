@@ -40,14 +40,14 @@ if "FEATURE_STORE_HOME" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["FEATURE_STORE_HOME"], ignore_errors=True)
 os.environ.pop("DAGSTER_HOME", None)
 
-import numpy as np  # noqa: E402
-import redis  # noqa: E402
+import numpy as np
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_assets.serving import FolderModelStore, ModelStore, RedisOnlineStore  # noqa: E402
-from feature_assets.serving.models import Predictor  # noqa: E402
-from feature_assets.serving.served_log import RedisServedLog  # noqa: E402
+from feature_assets.serving import FolderModelStore, ModelStore, RedisOnlineStore
+from feature_assets.serving.models import Predictor
+from feature_assets.serving.served_log import RedisServedLog
 
 # Snapshots must be recent: one older than its online TTL is neither synced nor served.
 ANCHOR = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
@@ -57,17 +57,19 @@ TARGET_LOG_OVERHEAD = 0.10
 Entity = tuple[int, str]  # (user_id, country_code)
 
 
-def build_served_model(directory: Path, store: RedisOnlineStore, users: int, days: int) -> tuple[ModelStore, list[Entity]]:
+def build_served_model(
+    directory: Path, store: RedisOnlineStore, users: int, days: int
+) -> tuple[ModelStore, list[Entity]]:
     """Demo data, dbt daily snapshots and labels on DuckDB, both models trained, every view's latest snapshots
     synced to `store`. Returns the model store and the (user, country) pairs both online views hold."""
     import dagster as dg
     from dagster_dbt import DbtCliResource
 
     from feature_assets.assets.features import all_dbt_assets
-    from feature_assets.automation import as_of_days_tags
     from feature_assets.assets.models import model_assets
     from feature_assets.assets.raw import demo_raw_data
     from feature_assets.assets.training import training_set_assets
+    from feature_assets.automation import as_of_days_tags
     from feature_assets.definitions import _dbt_executable
     from feature_assets.online_sync import sync_online_store
     from feature_assets.project import dbt_project
@@ -140,7 +142,12 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def time_variants(
-    variants: Mapping[str, Callable[[Entity], object]], entities: Sequence[Entity], *, calls: int, rounds: int, seed: int
+    variants: Mapping[str, Callable[[Entity], object]],
+    entities: Sequence[Entity],
+    *,
+    calls: int,
+    rounds: int,
+    seed: int,
 ) -> dict[str, tuple[float, float]]:
     """p50 and p99 (ms) per variant over `calls` calls for random entities; the variants take turns in `rounds`
     rounds, each after a warm-up of connections, caches and loaded models."""
@@ -180,7 +187,10 @@ def predict_latency_figures(
     database at log_url is flushed before and after."""
     log_client = redis.Redis.from_url(log_url)
     log_client.flushdb()
-    logs = {"log 1.0": RedisServedLog(log_url, sample_rate=1.0), "log 0.1": RedisServedLog(log_url, sample_rate=0.1, seed=seed)}
+    logs = {
+        "log 1.0": RedisServedLog(log_url, sample_rate=1.0),
+        "log 0.1": RedisServedLog(log_url, sample_rate=0.1, seed=seed),
+    }
     plain = Predictor(store, models)
     logged = {name: Predictor(store, models, log) for name, log in logs.items()}
     user_view, country_view = models.card(TWO_VIEW_MODEL).feature_views()
@@ -201,7 +211,10 @@ def predict_latency_figures(
         f"{TWO_VIEW_MODEL}, country passed": lambda entity: plain.predict_one(
             TWO_VIEW_MODEL, {"user_id": entity[0], "country_code": entity[1]}
         ),
-        **{f"{TWO_VIEW_MODEL}, {name}": (lambda entity, p=p: p.predict_one(TWO_VIEW_MODEL, entity[0])) for name, p in logged.items()},
+        **{
+            f"{TWO_VIEW_MODEL}, {name}": (lambda entity, p=p: p.predict_one(TWO_VIEW_MODEL, entity[0]))
+            for name, p in logged.items()
+        },
     }
     figures = time_variants(variants, entities, calls=calls, rounds=rounds, seed=seed)
     counters = {}
@@ -245,15 +258,25 @@ def main(argv: list[str] | None = None) -> int:
     client.flushdb()
     store = RedisOnlineStore(client)
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"Building: {args.users:,} users, daily snapshots over {args.days} days (DuckDB), churn + ltv trained, synced ...", flush=True)
+        print(
+            f"Building: {args.users:,} users, daily snapshots over {args.days} days (DuckDB), churn + ltv trained, synced ...",
+            flush=True,
+        )
         started = time.perf_counter()
         with _output_to(Path(tmp) / "build.log"):
             models, entities = build_served_model(Path(tmp), store, args.users, args.days)
-        print(f"built in {time.perf_counter() - started:.0f} s; {len(entities):,} users online with an online country", flush=True)
+        print(
+            f"built in {time.perf_counter() - started:.0f} s; {len(entities):,} users online with an online country",
+            flush=True,
+        )
         figures, counters = predict_latency_figures(store, models, entities, log_url=args.log_url, calls=args.calls)
         if args.profile:
             rng = np.random.default_rng(3)
-            print(profile_predict_one(Predictor(store, models), [entities[i] for i in rng.integers(0, len(entities), 3000)]))
+            print(
+                profile_predict_one(
+                    Predictor(store, models), [entities[i] for i in rng.integers(0, len(entities), 3000)]
+                )
+            )
     client.flushdb()
 
     floor = figures["floor"]

@@ -238,10 +238,11 @@ def _workers_cpu_seconds(server_pid: int) -> float:
 
 
 def _build(directory: Path, url: str, users: int) -> None:
+    from served_models import serve_models, write_snapshots
+
     from feature_assets.registry import load_registry
     from feature_assets.serving import FolderModelStore, RedisOnlineStore
     from feature_assets.settings import dbt_manifest_path
-    from served_models import serve_models, write_snapshots
 
     registry = load_registry(dbt_manifest_path())
     with RedisOnlineStore.from_url(url) as store:
@@ -274,7 +275,9 @@ def _start_server(directory: Path, url: str, workers: int) -> tuple[subprocess.P
         except OSError:
             pass
         if time.monotonic() > deadline or server.poll() is not None:
-            raise SystemExit(f"the server did not become healthy; log:\n{(directory / 'server.log').read_text()[-2000:]}")
+            raise SystemExit(
+                f"the server did not become healthy; log:\n{(directory / 'server.log').read_text()[-2000:]}"
+            )
         time.sleep(0.5)
     return server, port
 
@@ -304,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     client.flushdb()
     directory = Path(tempfile.mkdtemp(prefix="featurestore-serve-bench-"))
     try:
-        print(f"Building: {args.users:,} users online in {args.redis_url.rsplit('@', 1)[-1]}, churn + ltv trained ...", flush=True)
+        print(
+            f"Building: {args.users:,} users online in {args.redis_url.rsplit('@', 1)[-1]}, churn + ltv trained ...",
+            flush=True,
+        )
         _build(directory, args.redis_url, args.users)
         done = subprocess.run(
             [sys.executable, "-c", IN_PROCESS, args.redis_url, str(directory / "models"), str(args.users), str(args.calls)],
@@ -314,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         server, port = _start_server(directory, args.redis_url, args.workers)
         try:
             rng = np.random.default_rng(7)
-            single = [json.dumps({"entities": [{"user_id": int(u)}]}).encode() for u in rng.integers(1, args.users + 1, 5000)]
+            single = [
+                json.dumps({"entities": [{"user_id": int(u)}]}).encode() for u in rng.integers(1, args.users + 1, 5000)
+            ]
             batch = [
                 json.dumps({"entities": [{"user_id": int(u)} for u in rng.integers(1, args.users + 1, 100)]}).encode()
                 for _ in range(200)

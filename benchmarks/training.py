@@ -49,14 +49,14 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_assets.errors import WarehouseError  # noqa: E402
-from feature_assets.local_spark import stop_local_spark  # noqa: E402
-from feature_assets.project import dbt_project  # noqa: E402
-from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column  # noqa: E402
-from feature_assets.resources.warehouse import Warehouse  # noqa: E402
-from feature_assets.training import build_table, point_in_time_sql, require_view_indexes  # noqa: E402
+import predict
 
-import predict  # noqa: E402 (benchmarks/predict.py, next to this script)
+from feature_assets.errors import WarehouseError
+from feature_assets.local_spark import stop_local_spark
+from feature_assets.project import dbt_project
+from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column
+from feature_assets.resources.warehouse import Warehouse
+from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 USERS, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
@@ -70,14 +70,21 @@ TWO_VIEWS = FeatureSet(
     task="classification",
 )
 SINGLE_VIEW = replace(
-    TWO_VIEWS, model="bench_single_view", reads=TWO_VIEWS.reads[:1], labels=replace(TWO_VIEWS.labels, entity_keys=(USER_KEY,))
+    TWO_VIEWS,
+    model="bench_single_view",
+    reads=TWO_VIEWS.reads[:1],
+    labels=replace(TWO_VIEWS.labels, entity_keys=(USER_KEY,)),
 )
 assert [read.view for read in TWO_VIEWS.reads] == [USERS, COUNTRIES]
 
 
 def table_types(view) -> dict[str, str]:
     """A view's warehouse columns with the SQL types of its dbt contract."""
-    return {view.entity_key: view.key_data_type, view.timestamp: "timestamp", **{f.name: f.data_type for f in view.features}}
+    return {
+        view.entity_key: view.key_data_type,
+        view.timestamp: "timestamp",
+        **{f.name: f.data_type for f in view.features},
+    }
 
 
 HISTORY_START = datetime(2026, 2, 1)
@@ -146,7 +153,9 @@ def make_history(users: int, days: int, rng: np.random.Generator) -> pd.DataFram
         kept = rng.random(users) >= 0.08
         n = int(kept.sum())
         offset = np.where(rng.random(n) < 0.1, rng.integers(-3, 4, n), 0)
-        stamps = np.datetime64(HISTORY_START, "us") + ((day * 24 + hour[kept] + offset) * 3600 * 1_000_000).astype("timedelta64[us]")
+        stamps = np.datetime64(HISTORY_START, "us") + ((day * 24 + hour[kept] + offset) * 3600 * 1_000_000).astype(
+            "timedelta64[us]"
+        )
         upgraded = rng.random(n) < 0.02  # plans drift, so the matched snapshot matters for every column
         day_plan = np.where(upgraded, "pro", plan[kept])
         has_orders = rng.random(n) < 0.65
@@ -207,10 +216,16 @@ def make_labels(rows: int, users: int, days: int, history: pd.DataFrame, rng: np
     country = np.where(pd.isna(country), None, country)
     duplicated = np.flatnonzero(rng.random(rows) < DUPLICATE_SHARE)
     source = rng.integers(0, rows, len(duplicated))
-    user_id[duplicated], label_time[duplicated], country[duplicated] = user_id[source], label_time[source], country[source]
+    user_id[duplicated], label_time[duplicated], country[duplicated] = (
+        user_id[source],
+        label_time[source],
+        country[source],
+    )
     churned = rng.random(rows) < 0.2
     churned[duplicated] = churned[source]
-    return pd.DataFrame({USER_KEY: user_id, COUNTRY_KEY: pd.array(country, dtype="str"), LABEL_TIME: label_time, TARGET: churned})
+    return pd.DataFrame(
+        {USER_KEY: user_id, COUNTRY_KEY: pd.array(country, dtype="str"), LABEL_TIME: label_time, TARGET: churned}
+    )
 
 
 def load(warehouse: Warehouse, users: pd.DataFrame, countries: pd.DataFrame, cases: list[Case]) -> None:
@@ -221,7 +236,9 @@ def load(warehouse: Warehouse, users: pd.DataFrame, countries: pd.DataFrame, cas
             warehouse.execute(con, f"drop table if exists {view.name}")
             warehouse.append(con, view.name, frame, table_types(view))
             if warehouse.kind == "postgres":
-                warehouse.execute(con, f"create index {view.name}_key_time on {view.name} ({view.entity_key}, {view.timestamp})")
+                warehouse.execute(
+                    con, f"create index {view.name}_key_time on {view.name} ({view.entity_key}, {view.timestamp})"
+                )
         for case in cases:
             for rows, frame in case.labels.items():
                 warehouse.execute(con, f"drop table if exists {case.table(rows)}")
@@ -243,11 +260,13 @@ def timeline_sql(feature_set: FeatureSet) -> tuple[str, list]:
     first_key = feature_set.reads[0].key
     order = [first_key, LABEL_TIME, *(key for key in labels.entity_keys if key != first_key), TARGET]
     carried = [LABEL_ROW, *labels.entity_keys, LABEL_TIME, TARGET]
-    steps = [f"""
+    steps = [
+        f"""
         labels as (
-            select {', '.join(carried[1:])}, row_number() over (order by {', '.join(order)}) as {LABEL_ROW}
+            select {", ".join(carried[1:])}, row_number() over (order by {", ".join(order)}) as {LABEL_ROW}
             from {labels.name}
-        )"""]
+        )"""
+    ]
     params, previous = [], "labels"
     for position, read in enumerate(feature_set.reads):
         view, snapshot = read.view, f"snapshot_{position}"
@@ -255,9 +274,9 @@ def timeline_sql(feature_set: FeatureSet) -> tuple[str, list]:
         restored = [f"pit_at as {LABEL_TIME}" if column == LABEL_TIME else column for column in carried]
         steps.append(f"""
         timeline_{position} as (
-            select {read.key} as pit_entity, {LABEL_TIME} as pit_at, 0 as pit_is_snapshot, {', '.join(passed)} from {previous}
+            select {read.key} as pit_entity, {LABEL_TIME} as pit_at, 0 as pit_is_snapshot, {", ".join(passed)} from {previous}
             union all
-            select {view.entity_key}, {view.timestamp}, 1{', null' * len(passed)} from {view.name}
+            select {view.entity_key}, {view.timestamp}, 1{", null" * len(passed)} from {view.name}
         ),
         running_{position} as (
             select *,
@@ -267,9 +286,9 @@ def timeline_sql(feature_set: FeatureSet) -> tuple[str, list]:
             from timeline_{position}
         ),
         matched_{position} as (
-            select label.*, {', '.join(f"{snapshot}.{f.name}" for f in read.features)}
+            select label.*, {", ".join(f"{snapshot}.{f.name}" for f in read.features)}
             from (
-                select {', '.join(restored)},
+                select {", ".join(restored)},
                     case when pit_candidate_at >= pit_at - ? then pit_candidate_at end as {snapshot_column(view)}
                 from running_{position}
                 where pit_is_snapshot = 0
@@ -322,7 +341,9 @@ def timed_build(warehouse: Warehouse, table: str, sql: str, params: list, expect
     return seconds
 
 
-def pandas_merge_asof(feature_set: FeatureSet, labels: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def pandas_merge_asof(
+    feature_set: FeatureSet, labels: pd.DataFrame, histories: dict[str, pd.DataFrame]
+) -> pd.DataFrame:
     """From frames already in memory, one merge_asof per view; every sort is part of the time (merge_asof needs them)."""
     result = labels.sort_values(LABEL_TIME, kind="stable")
     for read in feature_set.reads:
@@ -396,7 +417,9 @@ def read_result(warehouse: Warehouse, feature_set: FeatureSet, table: str, snaps
                 buffer.write(chunk)
     buffer.seek(0)
     strings = [COUNTRY_KEY] + [f.name for f in feature_set.features if f.dtype == "string"]
-    frame = pd.read_csv(buffer, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(strings, object), low_memory=False)
+    frame = pd.read_csv(
+        buffer, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(strings, object), low_memory=False
+    )
     return canonical(feature_set, frame)
 
 
@@ -433,7 +456,9 @@ def disagreement(feature_set: FeatureSet, reference: pd.DataFrame, other: pd.Dat
         if not same.all():
             first = int(np.flatnonzero(~same)[0])
             where = f"{USER_KEY} {other[USER_KEY].iat[first]}, {LABEL_TIME} {pd.Timestamp(other[LABEL_TIME].iat[first], unit='us')}"
-            problems.append(f"{column}: {int((~same).sum()):,} rows (first: {where}: {plain(b[first])!r}, ours {plain(a[first])!r})")
+            problems.append(
+                f"{column}: {int((~same).sum()):,} rows (first: {where}: {plain(b[first])!r}, ours {plain(a[first])!r})"
+            )
     return "; ".join(problems)
 
 
@@ -445,7 +470,9 @@ def verdict(feature_set: FeatureSet, reference: pd.DataFrame, other: pd.DataFram
     return "yes" if len(other) == len(reference) else f"yes ({len(other):,}-row subset)"
 
 
-def describe(feature_set: FeatureSet, result: pd.DataFrame, labels: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> str:
+def describe(
+    feature_set: FeatureSet, result: pd.DataFrame, labels: pd.DataFrame, histories: dict[str, pd.DataFrame]
+) -> str:
     parts = [f"{len(labels):,} label rows ({int(labels.duplicated().sum()):,} equal to an earlier row)"]
     for read in feature_set.reads:
         view = read.view
@@ -485,25 +512,38 @@ def training_build_times(
         rows[case.name].append(row)
         return row
 
-    def build(case: Case, n: int, method: str, engine: str, warehouse: Warehouse, table: str, sql: str, params: list) -> Row:
+    def build(
+        case: Case, n: int, method: str, engine: str, warehouse: Warehouse, table: str, sql: str, params: list
+    ) -> Row:
         seconds, runs = median_of(args.repeats, lambda: timed_build(warehouse, table, sql, params, n))
         row = record(case, Row(method, n, seconds, engine, runs=runs))
         if (case.name, n) in references:
-            row.agrees = verdict(case.at(n), references[(case.name, n)], read_result(warehouse, case.at(n), table, True))
+            row.agrees = verdict(
+                case.at(n), references[(case.name, n)], read_result(warehouse, case.at(n), table, True)
+            )
         return row
 
     def on_postgres(case: Case, n: int, state: str, engine: str, ours: bool = True) -> None:
         """Ours and the timeline with their runs interleaved, so that a busy minute on a shared box hits both."""
         methods = [("running-max timeline, PostgreSQL", "", "timeline", timeline_sql(case.at(n)))]
         if ours:
-            methods.insert(0, ("ours, PostgreSQL (LATERAL probes)", engine, "ours", point_in_time_sql("postgres", case.at(n))))
+            methods.insert(
+                0, ("ours, PostgreSQL (LATERAL probes)", engine, "ours", point_in_time_sql("postgres", case.at(n)))
+            )
         runs: dict[str, list[float]] = {method: [] for method, *_ in methods}
         for _ in range(args.repeats):
             for method, _, table, (sql, params) in methods:
                 runs[method].append(timed_build(postgres, f"{table}_{n}", sql, params, n))
         for method, row_engine, table, _ in methods:
-            row = record(case, Row(f"{method}, {state}", n, statistics.median(runs[method]), row_engine, state=state, runs=runs[method]))
-            row.agrees = verdict(case.at(n), references[(case.name, n)], read_result(postgres, case.at(n), f"{table}_{n}", True))
+            row = record(
+                case,
+                Row(
+                    f"{method}, {state}", n, statistics.median(runs[method]), row_engine, state=state, runs=runs[method]
+                ),
+            )
+            row.agrees = verdict(
+                case.at(n), references[(case.name, n)], read_result(postgres, case.at(n), f"{table}_{n}", True)
+            )
 
     for case in cases:
         single = len(case.feature_set.reads) == 1
@@ -512,7 +552,9 @@ def training_build_times(
             feature_set = case.at(n)
             print(f"\n{case.name}, {n:,} label rows (tables analyzed, not vacuumed)", flush=True)
             sql, params = point_in_time_sql("duckdb", feature_set)
-            build(case, n, "ours, DuckDB (ASOF JOIN + TTL)", "duckdb", duckdb, f"ours_{n}", sql, params).agrees = "(reference)"
+            build(
+                case, n, "ours, DuckDB (ASOF JOIN + TTL)", "duckdb", duckdb, f"ours_{n}", sql, params
+            ).agrees = "(reference)"
             reference = references[(case.name, n)] = read_result(duckdb, feature_set, f"ours_{n}", True)
             print(f"    {describe(feature_set, reference, labels, histories)}", flush=True)
             on_postgres(case, n, "fresh", "postgres")
@@ -536,11 +578,15 @@ def training_build_times(
                         postgres.append(con, subquery_labels, labels.head(subset), case.label_types)
                     with postgres.connect() as con:
                         postgres.execute(con, f"analyze {subquery_labels}")
-                measured = timed_build(postgres, f"subquery_{n}", correlated_subquery_sql(feature_set, subquery_labels), [], subset)
+                measured = timed_build(
+                    postgres, f"subquery_{n}", correlated_subquery_sql(feature_set, subquery_labels), [], subset
+                )
                 args.subquery_seconds_per_row = measured / subset
                 row.seconds, row.runs = measured * n / subset, [measured]
                 if subset < n:
-                    row.note = f"extrapolated: {measured:.1f} s measured on the first {subset:,} rows, x {n / subset:.1f}"
+                    row.note = (
+                        f"extrapolated: {measured:.1f} s measured on the first {subset:,} rows, x {n / subset:.1f}"
+                    )
                 record(case, row)
                 row.agrees = verdict(feature_set, reference, read_result(postgres, feature_set, f"subquery_{n}", False))
 
@@ -557,7 +603,9 @@ def training_build_times(
             row.note = "result stays a frame; sorts included"
 
             if single:
-                seconds, runs = median_of(args.repeats, lambda: timed_build(duckdb, f"floor_{n}", bare_asof_sql(feature_set), [], n))
+                seconds, runs = median_of(
+                    args.repeats, lambda: timed_build(duckdb, f"floor_{n}", bare_asof_sql(feature_set), [], n)
+                )
                 row = record(case, Row("floor: bare DuckDB ASOF JOIN (no TTL, no order)", n, seconds, runs=runs))
                 row.agrees, row.note = "n/a", "answers differ by design (no TTL)"
 
@@ -565,7 +613,10 @@ def training_build_times(
     # run right after the feature build meets when nothing vacuums. The same queries once the tables are vacuumed:
     with psycopg.connect(postgres.postgres_url, autocommit=True) as con:
         con.execute(f"set search_path to {postgres.schema_name}")
-        for table in [*(view.name for view in (USERS, COUNTRIES)), *(case.table(n) for case in cases for n in case.labels)]:
+        for table in [
+            *(view.name for view in (USERS, COUNTRIES)),
+            *(case.table(n) for case in cases for n in case.labels),
+        ]:
             con.execute(f"vacuum analyze {table}")
     for case in cases:
         for n in case.labels:
@@ -625,7 +676,9 @@ def main() -> int:
         help="seconds: when the correlated subquery's rate at the previous size predicts more, it runs on a "
         "subset of about half this and the full time is extrapolated",
     )
-    parser.add_argument("--subquery-cap", type=int, default=0, help="run the correlated subquery on at most this many rows")
+    parser.add_argument(
+        "--subquery-cap", type=int, default=0, help="run the correlated subquery on at most this many rows"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-two-views", action="store_true", help="measure the single-view feature set only")
     parser.add_argument("--skip-spark", action="store_true", help="leave out the local Spark (which needs Java 17)")
@@ -638,7 +691,9 @@ def main() -> int:
     users = make_history(args.users, args.days, rng)
     countries = make_countries(users, rng)
     labels = {n: make_labels(n, args.users, args.days, users, rng) for n in sorted(args.labels)}
-    cases = [Case("single view", SINGLE_VIEW, {n: frame.drop(columns=COUNTRY_KEY) for n, frame in labels.items()}, "labels")]
+    cases = [
+        Case("single view", SINGLE_VIEW, {n: frame.drop(columns=COUNTRY_KEY) for n, frame in labels.items()}, "labels")
+    ]
     if not args.skip_two_views:
         cases.append(Case("two views", TWO_VIEWS, labels, "country_labels"))
     histories = {USERS.name: users, COUNTRIES.name: countries}
@@ -653,7 +708,11 @@ def main() -> int:
     tables: dict[str, list[Row]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         duckdb = Warehouse(kind="duckdb", duckdb_path=str(Path(tmp) / "warehouse.duckdb"), schema_name="main")
-        spark = None if args.skip_spark else Warehouse(kind="spark", spark_folder=str(Path(tmp) / "spark"), schema_name="bench")
+        spark = (
+            None
+            if args.skip_spark
+            else Warehouse(kind="spark", spark_folder=str(Path(tmp) / "spark"), schema_name="bench")
+        )
         try:
             for warehouse in (duckdb, postgres, *([spark] if spark else [])):
                 started = time.perf_counter()
@@ -662,7 +721,13 @@ def main() -> int:
             with postgres.connect() as con:
                 settings = {
                     name: postgres.fetch(con, f"show {name}").iloc[0, 0]
-                    for name in ("server_version", "work_mem", "max_parallel_workers_per_gather", "shared_buffers", "autovacuum")
+                    for name in (
+                        "server_version",
+                        "work_mem",
+                        "max_parallel_workers_per_gather",
+                        "shared_buffers",
+                        "autovacuum",
+                    )
                 }
             tables = training_build_times(args, cases, histories, duckdb, postgres, spark)
         finally:

@@ -25,7 +25,7 @@ from dagster import DagsterEventType
 from feature_assets.errors import AlertDeliveryError
 from feature_assets.resources.alert_channels import AlertChannels
 
-__all__ = ["Alert", "alert_sensor", "NOT_CONFIGURED"]
+__all__ = ["NOT_CONFIGURED", "Alert", "alert_sensor"]
 
 NOT_CONFIGURED = (
     "no alert channel is configured: set FEATURE_STORE_ALERT_WEBHOOK_URL (a Slack incoming webhook works), "
@@ -49,7 +49,9 @@ class Alert:
 
     def message(self) -> dict[str, Any]:
         """Slack-compatible JSON: plain text (what generic webhooks read) and the same as mrkdwn blocks."""
-        text = "\n".join([self.title, *(f"- {line}" + (f" ({link})" if link else "") for line, link in self.items), self.link])
+        text = "\n".join(
+            [self.title, *(f"- {line}" + (f" ({link})" if link else "") for line, link in self.items), self.link]
+        )
         lines = [f"*{_mrkdwn(self.title)}*"]
         lines += [f"• {_mrkdwn(line)}" + (f" <{link}|asset>" if link else "") for line, link in self.items]
         lines.append(f"<{self.link}|Open in Dagster>")
@@ -114,17 +116,26 @@ def run_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, channels:
             items.append((f"{name}: {_check_detail(evaluation)}", channels.link(_asset_path(evaluation.asset_key))))
     if failed:
         for event in step_failures:
-            if event.step_failure_data.error and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError":
+            if (
+                event.step_failure_data.error
+                and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+            ):
                 continue  # its checks are listed above
             items.append((f"step {event.step_key} failed: {_step_error(event)}", None))
         if not step_failures:
             error = record.event_log_entry.dagster_event.job_failure_data.error
-            items.append((_short(error.message if error else record.event_log_entry.dagster_event.message or "run failed"), None))
+            items.append(
+                (_short(error.message if error else record.event_log_entry.dagster_event.message or "run failed"), None)
+            )
     if not items:
         return None
     job = record.event_log_entry.job_name or "a run"
     checks = sum(1 for _, link in items if link)
-    title = f"{job} failed (run {run_id[:8]})" if failed else f"{job}: {checks} failed check{'s' * (checks > 1)} (run {run_id[:8]})"
+    title = (
+        f"{job} failed (run {run_id[:8]})"
+        if failed
+        else f"{job}: {checks} failed check{'s' * (checks > 1)} (run {run_id[:8]})"
+    )
     return Alert(title=title, items=items, link=channels.link(f"runs/{run_id}"))
 
 
@@ -142,10 +153,14 @@ def freshness_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, cha
         at = datetime.fromtimestamp(latest.timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
         detail = f"hours since the last materialization: {hours:.1f} (at {at})"
     link = channels.link(_asset_path(key))
-    return Alert(title=f"{key.to_user_string()} is stale: its freshness policy failed", items=[(detail, link)], link=link)
+    return Alert(
+        title=f"{key.to_user_string()} is stale: its freshness policy failed", items=[(detail, link)], link=link
+    )
 
 
-def _run_ends(instance: dg.DagsterInstance, kind: DagsterEventType, after: int | None, limit: int) -> list[dg.EventLogRecord]:
+def _run_ends(
+    instance: dg.DagsterInstance, kind: DagsterEventType, after: int | None, limit: int
+) -> list[dg.EventLogRecord]:
     records_filter = dg.RunStatusChangeRecordsFilter(event_type=kind, after_storage_id=after)
     return list(instance.fetch_run_status_changes(records_filter, limit=limit, ascending=after is not None).records)
 
@@ -163,7 +178,9 @@ def _latest_positions(instance: dg.DagsterInstance) -> dict[str, int]:
     return {stream: records[0].storage_id if records else -1 for stream, records in positions.items()}
 
 
-def _pending(instance: dg.DagsterInstance, cursor: dict[str, int], channels: AlertChannels) -> Iterator[tuple[str, int, Alert | None]]:
+def _pending(
+    instance: dg.DagsterInstance, cursor: dict[str, int], channels: AlertChannels
+) -> Iterator[tuple[str, int, Alert | None]]:
     """(stream, event position, its alert or None) for every new event, in event-log order within each stream."""
     for kind in _RUN_ENDS:
         for record in _run_ends(instance, kind, cursor[kind.value], _BATCH):
@@ -197,7 +214,9 @@ def alert_sensor() -> dg.SensorDefinition:
                 except AlertDeliveryError as error:
                     if not sent:
                         raise  # the tick fails, so the sensor's page shows why; the cursor stays put
-                    return dg.SensorResult(cursor=json.dumps(cursor), skip_reason=f"sent {sent}, then {error}; retrying next tick")
+                    return dg.SensorResult(
+                        cursor=json.dumps(cursor), skip_reason=f"sent {sent}, then {error}; retrying next tick"
+                    )
                 context.log.info(f"alert sent: {alert.title}")
                 sent += 1
             cursor[stream] = position

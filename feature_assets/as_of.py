@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["utc_now", "current_hour", "parse_hour", "parse_day", "format_hour"]
+__all__ = ["current_hour", "format_hour", "parse_day", "parse_hour", "utc_now"]
 
 
 def utc_now() -> datetime:
@@ -33,7 +33,9 @@ def parse_hour(value: str, what: str) -> datetime:
         raise ConfigError(f"{what} {value!r} is not an hour boundary (minutes and seconds must be 0)")
     now = current_hour()
     if parsed > now:
-        raise ConfigError(f"{what} {value!r} is after the current hour {format_hour(now)} (UTC): the future has no facts yet")
+        raise ConfigError(
+            f"{what} {value!r} is after the current hour {format_hour(now)} (UTC): the future has no facts yet"
+        )
     return parsed
 
 

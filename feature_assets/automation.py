@@ -11,21 +11,21 @@ from feature_assets.errors import ConfigError
 from feature_assets.registry import FeatureView
 
 __all__ = [
-    "TICK",
     "AS_OF_DAYS",
-    "day_key",
-    "as_of_days_tags",
-    "view_freshness",
-    "due_views",
-    "SYNC_WHEN_FEATURES_PASS_CHECKS",
-    "REPAIR_AFTER_FAILED_PARITY",
     "ONLINE_SYNC_AUTOMATION",
-    "refresh_schedule",
-    "online_sync_sensor",
-    "check_refresh_fits_ttl",
+    "REPAIR_AFTER_FAILED_PARITY",
     "SKEW_REPORT_AUTOMATION",
     "SKEW_REPORT_FRESHNESS",
+    "SYNC_WHEN_FEATURES_PASS_CHECKS",
+    "TICK",
+    "as_of_days_tags",
+    "check_refresh_fits_ttl",
+    "day_key",
+    "due_views",
     "monitoring_sensor",
+    "online_sync_sensor",
+    "refresh_schedule",
+    "view_freshness",
 ]
 
 # The schedule ticks every hour; each view is refreshed on the ticks that fall on its own cadence.
@@ -53,7 +53,9 @@ def as_of_days_tags(first: datetime | date, last: datetime | date) -> dict[str, 
 def view_freshness(view: FeatureView) -> dg.FreshnessPolicy:
     """A view (and its online snapshot) that misses one refresh warns; missing three fails."""
     slack = timedelta(minutes=30)
-    return dg.FreshnessPolicy.time_window(fail_window=3 * view.refresh_interval + slack, warn_window=view.refresh_interval + slack)
+    return dg.FreshnessPolicy.time_window(
+        fail_window=3 * view.refresh_interval + slack, warn_window=view.refresh_interval + slack
+    )
 
 
 def due_views(views: Iterable[FeatureView], hour: datetime) -> list[FeatureView]:
@@ -73,7 +75,11 @@ def refresh_schedule(
 
     # Running by default: a store left open under `dagster dev` (or the daemon in production) stays fresh.
     @dg.schedule(
-        name="hourly_refresh", cron_schedule="0 * * * *", job=job, execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING
+        name="hourly_refresh",
+        cron_schedule="0 * * * *",
+        job=job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
     )
     def hourly_refresh(context: dg.ScheduleEvaluationContext):
         moment = context.scheduled_execution_time.replace(tzinfo=None, minute=0, second=0, microsecond=0)

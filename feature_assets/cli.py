@@ -73,11 +73,15 @@ def _execute(
         job = job.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).
     tags = {"featurestore/command": what, **(tags or {})}
-    result = job.execute_in_process(run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False, tags=tags)
+    result = job.execute_in_process(
+        run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False, tags=tags
+    )
     failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
     if not result.success and not (tolerate_failed_checks and failed_checks):
         # A failed check says what it found (the parity check names the entities); a step failure says why it stopped.
-        causes = [f"{c.asset_key.to_user_string()} {c.check_name}: {c.description}" for c in failed_checks if c.description]
+        causes = [
+            f"{c.asset_key.to_user_string()} {c.check_name}: {c.description}" for c in failed_checks if c.description
+        ]
         causes += [_root_cause(e) for e in result.all_events if e.is_step_failure and not causes]
         raise FeatureStoreError(f"the {what} failed: " + "; ".join(causes or [result.failure_data.error.message]))
     return result
@@ -106,7 +110,14 @@ def _warehouse(settings: Settings):
     return warehouse_for(settings).process_config_and_initialize()
 
 
-def _build_snapshots(settings: Settings, what: str, job: str, days: tuple[date, date], hour: datetime | None = None, raw: dict | None = None):
+def _build_snapshots(
+    settings: Settings,
+    what: str,
+    job: str,
+    days: tuple[date, date],
+    hour: datetime | None = None,
+    raw: dict | None = None,
+):
     """Runs the refresh or backfill job over as-of days (its partitions), or over one hour of one day; the run shows
     in the UI with its partitions and is tagged featurestore/as_of (e.g. 2026-11-01 .. 2026-12-01)."""
     from feature_assets.automation import AS_OF_DAYS, as_of_days_tags
@@ -114,7 +125,11 @@ def _build_snapshots(settings: Settings, what: str, job: str, days: tuple[date, 
     first_day = date.fromisoformat(AS_OF_DAYS.get_first_partition_key())
     if days[0] < first_day:
         raise ConfigError(f"the as-of days (the feature views' partitions) begin {first_day}: {days[0]} is before them")
-    ops = {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}} if hour else {}
+    ops = (
+        {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}}
+        if hour
+        else {}
+    )
     if raw and settings.demo_data:
         ops["demo_raw_data"] = {"config": raw}
     tags = {**as_of_days_tags(*days), "featurestore/as_of": format_hour(hour) if hour else f"{days[0]} .. {days[1]}"}
@@ -129,7 +144,8 @@ def _print_summary(settings: Settings) -> None:
     with warehouse.connect() as con:
         tables = [table for table in (*RAW_TABLES, *registry.views) if warehouse.table_exists(con, table)]
         counts = pd.concat(
-            warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}") for table in tables
+            warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}")
+            for table in tables
         )
         print("\nRow counts:")
         print(counts.to_string(index=False))
@@ -138,20 +154,25 @@ def _print_summary(settings: Settings) -> None:
                 continue
             stamp = view.timestamp
             row = warehouse.fetch(
-                con, f"select count(distinct {stamp}) as n, min({stamp}) as first, max({stamp}) as last from {view.name}"
+                con,
+                f"select count(distinct {stamp}) as n, min({stamp}) as first, max({stamp}) as last from {view.name}",
             ).iloc[0]
             latest = warehouse.fetch(
                 con,
                 f"select * from {view.name} where {stamp} = (select max({stamp}) from {view.name}) order by {view.entity_key} limit 5",
             )
-            print(f"\n{view.name} ({view.entity} features): {row['n']} snapshots from {row['first']} to {row['last']}; latest, first {view.entity_key}s:")
+            print(
+                f"\n{view.name} ({view.entity} features): {row['n']} snapshots from {row['first']} to {row['last']}; latest, first {view.entity_key}s:"
+            )
             print(latest.to_string(index=False))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     anchor = current_hour()
     start = anchor - timedelta(days=args.days - 1)
-    print(f"Generating {args.users} users over {args.days} days and backfilling snapshots up to {format_hour(anchor)} ...")
+    print(
+        f"Generating {args.users} users over {args.days} days and backfilling snapshots up to {format_hour(anchor)} ..."
+    )
     raw = {"users": args.users, "days": args.days, "seed": args.seed, "anchor": format_hour(anchor)}
     _build_snapshots(settings, "refresh run", "refresh_features", (start.date(), anchor.date()), raw=raw)
     _print_summary(settings)
@@ -203,21 +224,29 @@ def _train(settings: Settings) -> bool:
         meta = {k: v.value for k, v in event.materialization.metadata.items()}
         name = event.asset_key.to_user_string()
         if "version" in meta:
-            metrics = ", ".join(f"{k} {meta[k]}" for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline") if k in meta)
-            print(f"  {name}: version {meta['version']}, {metrics} ({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)")
+            metrics = ", ".join(
+                f"{k} {meta[k]}" for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline") if k in meta
+            )
+            print(
+                f"  {name}: version {meta['version']}, {metrics} ({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)"
+            )
         elif name == "served_models":
             print("  served_models: " + ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in meta.items()))
         elif "drifted_features" in meta and "report" in meta:
             print(f"  {name}: drifted features: {meta['drifted_features']}")
         elif "rows_with_features" in meta:
-            print(f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features of every view, built in {meta['seconds']} s")
+            print(
+                f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features of every view, built in {meta['seconds']} s"
+            )
     for check in result.get_asset_check_evaluations():
         rows = check.metadata.get("rows_checked")
         drifted = check.metadata.get("drifted_features")
         if rows is None and drifted is None:
             continue  # the label tables' dbt tests
         detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
-        print(f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})")
+        print(
+            f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})"
+        )
     promoted = any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events())
     for event in result.get_asset_observation_events():
         held_back = event.asset_observation_data.asset_observation.metadata.get("held_back")
@@ -250,9 +279,18 @@ def _print_prediction(settings: Settings, model: str, entities: list[str], keys:
             return
         prediction = predictor.predict_one(model, {positional[0]: entities[0], **keys})
     if as_json:
-        print(json.dumps({"entity": {k: _json_value(v) for k, v in prediction.entity.items()}, "model": model,
-                          "version": prediction.version, "score": prediction.score,
-                          "features": {k: _json_value(v) for k, v in prediction.features.items()}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "entity": {k: _json_value(v) for k, v in prediction.entity.items()},
+                    "model": model,
+                    "version": prediction.version,
+                    "score": prediction.score,
+                    "features": {k: _json_value(v) for k, v in prediction.features.items()},
+                },
+                indent=2,
+            )
+        )
         return
     described = ", ".join(f"{key} {value}" for key, value in prediction.entity.items())
     print(f"{model} version {prediction.version}, {described}: score {prediction.score:.4f}")
@@ -278,23 +316,46 @@ def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> Non
     with warehouse.connect() as con:
         for view in _monitored_views(view_name):
             if not warehouse.table_exists(con, report_table(view)):
-                raise FeatureStoreError(f"no skew report of {view.name} yet; run `featurestore skew --refresh` (or `featurestore train`)")
+                raise FeatureStoreError(
+                    f"no skew report of {view.name} yet; run `featurestore skew --refresh` (or `featurestore train`)"
+                )
             reports.append((view, latest_report(warehouse, con, view)))
     if as_json:
-        print(json.dumps({view.name: json.loads(report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso"))
-                          for view, report in reports}, indent=2))
+        print(
+            json.dumps(
+                {
+                    view.name: json.loads(
+                        report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso")
+                    )
+                    for view, report in reports
+                },
+                indent=2,
+            )
+        )
         return
-    columns = ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons", "notes"]
+    columns = [
+        "feature",
+        "severity",
+        "mean_shift",
+        "psi",
+        "ks",
+        "null_rate_change",
+        "largest_change_category",
+        "reasons",
+        "notes",
+    ]
     for view, report in reports:
         first = report.iloc[0]
-        print(f"Skew report of {view.name}, {first['report_at']}: training = {training_sources(report)}; serving = {first['serving_source']}")
+        print(
+            f"Skew report of {view.name}, {first['report_at']}: training = {training_sources(report)}; serving = {first['serving_source']}"
+        )
         print(report[columns].round(4).to_string(index=False))
 
 
 def _print_online_next_to_offline(settings: Settings) -> dict[str, object]:
     """Per view, its first entity of the latest snapshot, offline and online side by side; returns those ids."""
-    from feature_assets.serving.stores import open_online_store
     from feature_assets.serving import FeatureReader
+    from feature_assets.serving.stores import open_online_store
 
     shown = {}
     with open_online_store(settings) as store:
@@ -310,10 +371,15 @@ def _print_online_next_to_offline(settings: Settings) -> dict[str, object]:
             online = FeatureReader(store, view).get_entity(entity_id)
             fields = [view.timestamp, *view.feature_names]
             table = pd.DataFrame(
-                {"offline (latest snapshot)": [offline[f].iloc[0] for f in fields], "online": [online[f] for f in fields]},
+                {
+                    "offline (latest snapshot)": [offline[f].iloc[0] for f in fields],
+                    "online": [online[f] for f in fields],
+                },
                 index=fields,
             )
-            print(f"\n{view.name}, {view.entity_key} {entity_id} ({store.key_of(view, entity_id)}), offline and online:")
+            print(
+                f"\n{view.name}, {view.entity_key} {entity_id} ({store.key_of(view, entity_id)}), offline and online:"
+            )
             print(table.to_string())
             shown[view.name] = entity_id
     return shown
@@ -324,9 +390,9 @@ def _json_value(value: object) -> object:
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.serving.stores import open_online_store
     from feature_assets.serving import FeatureReader
     from feature_assets.serving.codec import parse_entity_id
+    from feature_assets.serving.stores import open_online_store
 
     view = _registry().view(args.view)
     entity_id = parse_entity_id(args.entity_id, view.key_data_type, view.entity_key)
@@ -377,8 +443,14 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
 
     if args.refresh:
         reports = tuple(skew_report_name(view) for view in _monitored_views(args.view))
-        result = _execute(settings, "skew report", {}, job_name="report_skew", assets=reports, tolerate_failed_checks=True)
-        failed = [f"{c.asset_key.to_user_string()} {c.check_name}" for c in result.get_asset_check_evaluations() if not c.passed]
+        result = _execute(
+            settings, "skew report", {}, job_name="report_skew", assets=reports, tolerate_failed_checks=True
+        )
+        failed = [
+            f"{c.asset_key.to_user_string()} {c.check_name}"
+            for c in result.get_asset_check_evaluations()
+            if not c.passed
+        ]
         if failed and not args.json:
             print(f"drift checks failed: {', '.join(failed)}\n")
     _print_skew(settings, args.view, as_json=args.json)
@@ -427,7 +499,9 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
     hour = parse_hour(args.as_of, "--as-of") if args.as_of else current_hour()
-    _build_snapshots(settings, "refresh run", "refresh_features", (hour.date(), hour.date()), hour, {"anchor": format_hour(hour)})
+    _build_snapshots(
+        settings, "refresh run", "refresh_features", (hour.date(), hour.date()), hour, {"anchor": format_hour(hour)}
+    )
     _print_summary(settings)
 
 
@@ -448,10 +522,14 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
             f"{view.online_ttl / hours:g} h, refreshed every {view.refresh_interval / hours:g} h, "
             f"online keys features:{view.online_namespace}:<{view.entity_key}>\n"
         )
-        table = pd.DataFrame([(f.name, f.dtype, f.description) for f in view.features], columns=["feature", "dtype", "description"])
+        table = pd.DataFrame(
+            [(f.name, f.dtype, f.description) for f in view.features], columns=["feature", "dtype", "description"]
+        )
         print(table.to_string(index=False) + "\n")
     for feature_set in registry.feature_sets.values():
-        print(f"{feature_set.model} ({feature_set.task} of {feature_set.labels.name}.{feature_set.target}), keys: {', '.join(feature_set.caller_keys)}")
+        print(
+            f"{feature_set.model} ({feature_set.task} of {feature_set.labels.name}.{feature_set.target}), keys: {', '.join(feature_set.caller_keys)}"
+        )
         for read in feature_set.reads:
             derived = f", {read.key} from {'.'.join(read.derived_from)}" if read.derived_from else ""
             print(f"  {read.view.name}: {', '.join(f.name for f in read.features)}{derived}")
@@ -508,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="generate demo data, build the feature history and print it")
     demo.add_argument("--users", type=int, default=2000)
-    demo.add_argument("--days", type=int, default=300, help="history; LTV needs 90 days of outcome and 90 between fit and validation")
+    demo.add_argument(
+        "--days", type=int, default=300, help="history; LTV needs 90 days of outcome and 90 between fit and validation"
+    )
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=cmd_demo)
 
@@ -533,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     predict = commands.add_parser("predict", help="score entities with the served version of a model")
     predict.add_argument("model", help="model name, e.g. churn (churn_model) or ltv")
     predict.add_argument("entity_ids", nargs="+", metavar="entity_id", help="one or more ids of the model's entity key")
-    predict.add_argument("--key", action="append", default=[], metavar="NAME=VALUE", help="another entity key, e.g. country_code=DE")
+    predict.add_argument(
+        "--key", action="append", default=[], metavar="NAME=VALUE", help="another entity key, e.g. country_code=DE"
+    )
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=cmd_predict)
 
@@ -550,7 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     skew.add_argument("--json", action="store_true")
     skew.set_defaults(run=cmd_skew)
 
-    drift = commands.add_parser("inject-drift", help="demo: shift a numeric feature in the online store to simulate drift")
+    drift = commands.add_parser(
+        "inject-drift", help="demo: shift a numeric feature in the online store to simulate drift"
+    )
     drift.add_argument("feature")
     drift.add_argument("--view", help="the feature's view, when several views have a feature of that name")
     drift.add_argument("--by", type=float, default=0.3, help="shift as a share of the feature's mean (default 0.3)")
@@ -564,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     server = commands.add_parser("serve", help="serve online features and predictions over HTTP (see the README)")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
-    server.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (default: the cores)")
+    server.add_argument(
+        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (default: the cores)"
+    )
     server.set_defaults(run=cmd_serve)
 
     stop_spark = commands.add_parser("stop-spark", help="stop the local Spark server the Spark warehouse left running")

@@ -101,7 +101,9 @@ def feature_checksums(manifest: Mapping, node: Mapping, feature_types: Mapping[s
         fragments = _analysed(node["raw_code"], names)
     except (sqlglot.errors.SqlglotError, ValueError, KeyError):
         fragments = {name: [node["checksum"]["checksum"]] for name in names}
-    references = {other["name"]: other["checksum"]["checksum"] for other in manifest["nodes"].values() if "checksum" in other}
+    references = {
+        other["name"]: other["checksum"]["checksum"] for other in manifest["nodes"].values() if "checksum" in other
+    }
     references |= {
         f"{_MACRO_PREFIX}{macro['name']}": macro["macro_sql"]
         for macro in manifest["macros"].values()

@@ -24,7 +24,7 @@ from feature_assets.resources.served_log import served_log_for
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import Settings
 
-__all__ = ["defs", "build_definitions", "warehouse_for"]
+__all__ = ["build_definitions", "defs", "warehouse_for"]
 
 
 def warehouse_for(settings: Settings) -> Warehouse:
@@ -108,15 +108,29 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Compares training and serving distributions for every view a model reads; drift checks alert.",
     )
     # Staging views included: on a fresh warehouse the feature views cannot build without them.
-    view_and_staging_keys = sorted(key for assets_def in all_dbt_assets for key in assets_def.keys if key not in set(labels))
+    view_and_staging_keys = sorted(
+        key for assets_def in all_dbt_assets for key in assets_def.keys if key not in set(labels)
+    )
     backfill_job = dg.define_asset_job(
         "backfill_features",
         selection=dg.AssetSelection.assets(*view_and_staging_keys),
         description="(Re)computes the feature snapshots of a range of as-of days (partitions) from the raw rows loaded.",
     )
     return dg.Definitions(
-        assets=[*raw, *all_dbt_assets, *(asset for asset, _ in online), *training_sets, *models, *report_assets, served_models],
-        asset_checks=[*(check for _, check in online), *leakage_checks, *(check for _, checks in reports for check in checks)],
+        assets=[
+            *raw,
+            *all_dbt_assets,
+            *(asset for asset, _ in online),
+            *training_sets,
+            *models,
+            *report_assets,
+            served_models,
+        ],
+        asset_checks=[
+            *(check for _, check in online),
+            *leakage_checks,
+            *(check for _, checks in reports for check in checks),
+        ],
         sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets), alert_sensor()],
         jobs=[refresh_job, train_job, sync_job, skew_job, backfill_job],
         schedules=[

@@ -78,9 +78,7 @@ class DemoDataSpec:
             raise ValueError("origin must be a naive UTC hour boundary")
 
 
-def generate(
-    spec: DemoDataSpec, loaded_after: datetime | None, loaded_until: datetime
-) -> dict[str, pd.DataFrame]:
+def generate(spec: DemoDataSpec, loaded_after: datetime | None, loaded_until: datetime) -> dict[str, pd.DataFrame]:
     """Rows whose loaded_at is in (loaded_after, loaded_until]; loaded_after=None means from the beginning."""
     origin = np.datetime64(spec.origin, "us")
     hi = _offset(loaded_until, origin)
@@ -222,11 +220,7 @@ def _population(spec: DemoDataSpec) -> _Population:
     pc_plan = _ffill(pc_plan[order])
     # Drop changes that leave the (country, plan) state unchanged.
     same = np.zeros(len(pc_user), dtype=bool)
-    same[1:] = (
-        (pc_user[1:] == pc_user[:-1])
-        & (pc_country[1:] == pc_country[:-1])
-        & (pc_plan[1:] == pc_plan[:-1])
-    )
+    same[1:] = (pc_user[1:] == pc_user[:-1]) & (pc_country[1:] == pc_country[:-1]) & (pc_plan[1:] == pc_plan[:-1])
     keep = ~same
 
     pop = _Population(

@@ -1,17 +1,17 @@
 """One error hierarchy, so callers can catch everything the feature store refuses with one class."""
 
 __all__ = [
-    "FeatureStoreError",
+    "AlertDeliveryError",
     "ConfigError",
-    "RegistryError",
     "DataError",
+    "DbtBuildError",
+    "FeatureStoreError",
     "InvalidEntity",
     "MissingFeatures",
-    "OnlineStoreError",
-    "WarehouseError",
     "ModelStoreError",
-    "DbtBuildError",
-    "AlertDeliveryError",
+    "OnlineStoreError",
+    "RegistryError",
+    "WarehouseError",
     "shown",
 ]
 

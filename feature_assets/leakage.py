@@ -62,18 +62,24 @@ def _snapshots(warehouse: Warehouse, con: Any, read: ViewRead, entities: list) -
     return by_entity
 
 
-def check_leakage(warehouse: Warehouse, feature_set: FeatureSet, table: str, sample: int, seed: int = 0) -> LeakageReport:
+def check_leakage(
+    warehouse: Warehouse, feature_set: FeatureSet, table: str, sample: int, seed: int = 0
+) -> LeakageReport:
     """Checks `sample` random rows of training-set `table` (all rows if it has fewer), every feature of every view."""
     table = validate_identifier(table, "training set table")
     label_time = feature_set.labels.label_time
-    report = LeakageReport(rows_checked=0, features_checked=tuple(f"{r.view.name}.{f.name}" for r in feature_set.reads for f in r.features))
+    report = LeakageReport(
+        rows_checked=0, features_checked=tuple(f"{r.view.name}.{f.name}" for r in feature_set.reads for f in r.features)
+    )
     with warehouse.connect() as con:
         total = int(warehouse.fetch(con, f"select count(*) as n from {table}")["n"].iloc[0])
         if total == 0:
             return report
         chosen = np.random.default_rng(seed).choice(np.arange(1, total + 1), size=min(sample, total), replace=False)
         marks = ", ".join("?" * len(chosen))
-        rows = warehouse.fetch(con, f"select * from {table} where {LABEL_ROW} in ({marks}) order by {LABEL_ROW}", chosen.tolist())
+        rows = warehouse.fetch(
+            con, f"select * from {table} where {LABEL_ROW} in ({marks}) order by {LABEL_ROW}", chosen.tolist()
+        )
         history = {}
         for read in feature_set.reads:
             entities = sorted({_python(k) for k in rows[read.key]} - {None})

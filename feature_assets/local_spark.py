@@ -20,11 +20,13 @@ from pathlib import Path
 
 from feature_assets.errors import WarehouseError
 
-__all__ = ["local_spark_url", "stop_local_spark", "LOCAL_SPARK_START_TIMEOUT_S"]
+__all__ = ["LOCAL_SPARK_START_TIMEOUT_S", "local_spark_url", "stop_local_spark"]
 
 LOCAL_SPARK_START_TIMEOUT_S = 180
 _SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-_DEFAULT_SIGTERM_THEN_EXEC = "import os, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+_DEFAULT_SIGTERM_THEN_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def _listening(port: int) -> bool:
@@ -81,7 +83,17 @@ def _command(folder: Path, port: int) -> list[str]:
         "spark.ui.enabled": "false",
     }
     arguments = [item for name, value in settings.items() for item in ("--conf", f"{name}={value}")]
-    server = [str(spark_submit), "--class", _SERVER_CLASS, "--name", "featurestore", "--master", "local[*]", *arguments, "spark-internal"]
+    server = [
+        str(spark_submit),
+        "--class",
+        _SERVER_CLASS,
+        "--name",
+        "featurestore",
+        "--master",
+        "local[*]",
+        *arguments,
+        "spark-internal",
+    ]
     # Through a Python one-liner that gives SIGTERM its default action back before it becomes the server: an ignored
     # signal stays ignored across exec, and a process running Dagster in a background job ignores SIGTERM (Dagster
     # gives it SIGINT's handler, which such a job ignores). The JVM would then never stop on stop_local_spark's
@@ -98,7 +110,9 @@ def local_spark_url(folder: Path) -> str:
     if state := _running(state_file):
         return f"sc://127.0.0.1:{state['port']}"
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        raise WarehouseError("the local Spark warehouse needs Java 17 (Debian: apt-get install openjdk-17-jre-headless)")
+        raise WarehouseError(
+            "the local Spark warehouse needs Java 17 (Debian: apt-get install openjdk-17-jre-headless)"
+        )
     with open(folder / "server.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if state := _running(state_file):
@@ -108,7 +122,11 @@ def local_spark_url(folder: Path) -> str:
         with open(log, "wb") as output:
             # A session of its own: the server outlives the process (and the terminal) that started it.
             process = subprocess.Popen(
-                _command(folder, port), cwd=folder, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                _command(folder, port),
+                cwd=folder,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         deadline = time.monotonic() + LOCAL_SPARK_START_TIMEOUT_S
@@ -116,7 +134,9 @@ def local_spark_url(folder: Path) -> str:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 lines = log.read_text(errors="replace").strip().splitlines()
-                raise WarehouseError(f"the local Spark did not start: {lines[-1] if lines else 'no output'} (its log: {log})")
+                raise WarehouseError(
+                    f"the local Spark did not start: {lines[-1] if lines else 'no output'} (its log: {log})"
+                )
             time.sleep(0.2)
         state_file.write_text(json.dumps({"pid": process.pid, "port": port}))
     return f"sc://127.0.0.1:{port}"

@@ -35,7 +35,14 @@ from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch,
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.reads import MISSING, FeatureReader
 
-__all__ = ["BUILD_LOG", "SyncResult", "ParityResult", "iter_latest_snapshots", "sync_online_store", "check_online_parity"]
+__all__ = [
+    "BUILD_LOG",
+    "ParityResult",
+    "SyncResult",
+    "check_online_parity",
+    "iter_latest_snapshots",
+    "sync_online_store",
+]
 
 DEFAULT_BATCH_ROWS = 20_000
 # Written by the dbt macro log_feature_build: one row per view, as-of time and build.
@@ -247,7 +254,9 @@ def sync_online_store(
         else:
             mode, reason = "incremental", f"snapshots after {previous.watermark}"
         oldest_served = now - view.online_ttl
-        after = max(previous.watermark, oldest_served) if mode == "incremental" and previous.watermark else oldest_served
+        after = (
+            max(previous.watermark, oldest_served) if mode == "incremental" and previous.watermark else oldest_served
+        )
         written: set[bytes] = set()
         # A full sync deletes the entities the store held before it and did not write; listing them (a scan of
         # the store) runs while the sync writes.
@@ -255,7 +264,9 @@ def sync_online_store(
         if newest is not None and newest > after:
             # A schema change leaves fields of the old schema behind unless each hash is replaced whole.
             with store.writer(view, replace=previous is not None and previous.schema != schema) as writer:
-                for frame in iter_latest_snapshots(warehouse, con, view, after=after, until=newest, batch_rows=batch_rows):
+                for frame in iter_latest_snapshots(
+                    warehouse, con, view, after=after, until=newest, batch_rows=batch_rows
+                ):
                     batch = encode_batch(view, frame)
                     writer.write(batch)
                     if mode == "full":
@@ -355,7 +366,9 @@ def check_online_parity(
                 if len(examples) >= max_examples:
                     break
                 if online[MISSING].iat[row]:
-                    examples.append({"entity": ids[row], "feature": "*", "offline": "(a snapshot)", "online": "missing"})
+                    examples.append(
+                        {"entity": ids[row], "feature": "*", "offline": "(a snapshot)", "online": "missing"}
+                    )
                     continue
                 for name, _ in fields:
                     if differs[name][row] and len(examples) < max_examples:
@@ -372,5 +385,7 @@ def check_online_parity(
         checked += len(extra)
         mismatched += len(extra)
         for entity_id in extra[: max(0, max_examples - len(examples))]:
-            examples.append({"entity": entity_id.decode(), "feature": "*", "offline": "(none in the TTL)", "online": "(a snapshot)"})
+            examples.append(
+                {"entity": entity_id.decode(), "feature": "*", "offline": "(none in the TTL)", "online": "(a snapshot)"}
+            )
     return ParityResult(checked, mismatched, examples)

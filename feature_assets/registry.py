@@ -19,17 +19,17 @@ from feature_assets.definition_checksums import feature_checksums
 from feature_assets.errors import RegistryError, shown
 
 __all__ = [
-    "Feature",
-    "FeatureView",
-    "LabelTable",
-    "ViewRead",
-    "FeatureSet",
-    "Registry",
-    "load_registry",
     "DEFAULT_ONLINE_TTL",
     "DEFAULT_REFRESH",
-    "TASKS",
     "LABEL_ROW",
+    "TASKS",
+    "Feature",
+    "FeatureSet",
+    "FeatureView",
+    "LabelTable",
+    "Registry",
+    "ViewRead",
+    "load_registry",
     "snapshot_column",
 ]
 
@@ -198,7 +198,9 @@ class Registry:
         try:
             return self.feature_sets[model]
         except KeyError:
-            raise RegistryError(f"no model {shown(model)} declares a feature set; known: {', '.join(sorted(self.feature_sets))}") from None
+            raise RegistryError(
+                f"no model {shown(model)} declares a feature set; known: {', '.join(sorted(self.feature_sets))}"
+            ) from None
 
     @property
     def read_views(self) -> list[FeatureView]:
@@ -236,7 +238,9 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
             raise RegistryError(f"feature view {name}: column {key!r} named in meta.feature_view is not declared")
     key_type = _data_type(columns[entity_key])
     if key_type not in _KEY_TYPES:
-        raise RegistryError(f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of {', '.join(_KEY_TYPES)}")
+        raise RegistryError(
+            f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of {', '.join(_KEY_TYPES)}"
+        )
     declared = {}
     for column_name, column in columns.items():
         if column_name in (entity_key, timestamp):
@@ -271,7 +275,10 @@ def _label_table(node: dict) -> LabelTable:
     block = node["config"]["meta"]["labels"]
     try:
         keys, label_time, target, outcome_hours = (
-            block["entity_keys"], block["label_time"], block["target"], block["outcome_hours"]
+            block["entity_keys"],
+            block["label_time"],
+            block["target"],
+            block["outcome_hours"],
         )
     except KeyError as missing:
         raise RegistryError(f"label table {name}: meta.labels needs {missing.args[0]!r}") from None
@@ -308,9 +315,13 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
     reads, seen = [], {}
     for view_name, names in features.items():
         if view_name not in views:
-            raise RegistryError(f"model {model}: feature view {view_name!r} is not declared; known: {', '.join(sorted(views))}")
+            raise RegistryError(
+                f"model {model}: feature view {view_name!r} is not declared; known: {', '.join(sorted(views))}"
+            )
         if not isinstance(names, list) or not names or len(set(names)) != len(names):
-            raise RegistryError(f"model {model}: the features of {view_name} must be a non-empty list without repeats, got {names!r}")
+            raise RegistryError(
+                f"model {model}: the features of {view_name} must be a non-empty list without repeats, got {names!r}"
+            )
         view = views[view_name]
         if view.entity_key not in label_table.entity_keys:
             raise RegistryError(
@@ -325,7 +336,9 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
                     "feature names must be unique within a model"
                 )
             if feature.name in (*label_table.entity_keys, label_table.label_time, label_table.target, LABEL_ROW):
-                raise RegistryError(f"model {model}: feature {view_name}.{feature.name} has the name of a column of {label_name}")
+                raise RegistryError(
+                    f"model {model}: feature {view_name}.{feature.name} has the name of a column of {label_name}"
+                )
             seen[feature.name] = view_name
         reads.append(ViewRead(view, chosen, _derivation(model, view, derived.get(view.entity_key), views, features)))
     for key in derived:
@@ -335,11 +348,15 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
         if read.derived_from is not None:
             source = next(r for r in reads if r.view.name == read.derived_from[0])
             if source.derived_from is not None:
-                raise RegistryError(f"model {model}: {read.key} is derived from {source.view.name}, whose own key is derived")
+                raise RegistryError(
+                    f"model {model}: {read.key} is derived from {source.view.name}, whose own key is derived"
+                )
     return FeatureSet(model, tuple(reads), label_table, task)
 
 
-def _derivation(model: str, view: FeatureView, spec, views: dict[str, FeatureView], features: dict) -> tuple[str, str] | None:
+def _derivation(
+    model: str, view: FeatureView, spec, views: dict[str, FeatureView], features: dict
+) -> tuple[str, str] | None:
     if spec is None:
         return None
     source_view, _, source_feature = str(spec).partition(".")
@@ -389,5 +406,7 @@ def load_registry(manifest_path: Path) -> Registry:
     tables = {view.name for view in views.values()} | set(labels)
     for feature_set in feature_sets.values():
         if feature_set.training_set in tables:
-            raise RegistryError(f"model {feature_set.model}: its training set table {feature_set.training_set} is already a dbt model")
+            raise RegistryError(
+                f"model {feature_set.model}: its training set table {feature_set.training_set} is already a dbt model"
+            )
     return Registry(views, labels, feature_sets)

@@ -23,13 +23,14 @@ most FEATURE_STORE_SERVE_MAX_BODY_BYTES (default 1 MiB).
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from feature_assets.errors import ConfigError
 
-__all__ = ["Settings", "validate_identifier", "seconds_from_milliseconds", "dbt_project_dir", "dbt_manifest_path"]
+__all__ = ["Settings", "dbt_manifest_path", "dbt_project_dir", "seconds_from_milliseconds", "validate_identifier"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -62,7 +63,9 @@ def _rate(value: str, name: str) -> float:
 def dbt_project_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """The dbt project of the feature definitions: dbt_features next to this package (resolved from this file, never
     the working directory), or the folder FEATURE_STORE_DBT_PROJECT names."""
-    return Path(environ.get("FEATURE_STORE_DBT_PROJECT") or Path(__file__).resolve().parent.parent / "dbt_features").resolve()
+    return Path(
+        environ.get("FEATURE_STORE_DBT_PROJECT") or Path(__file__).resolve().parent.parent / "dbt_features"
+    ).resolve()
 
 
 def dbt_manifest_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -120,24 +123,36 @@ class Settings:
         if warehouse not in ("duckdb", "postgres", "spark"):
             raise ConfigError(f"FEATURE_STORE_WAREHOUSE must be 'duckdb', 'postgres' or 'spark', got {warehouse!r}")
         if warehouse == "postgres" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
-            raise ConfigError("FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs FEATURE_STORE_POSTGRES_URL")
+            raise ConfigError(
+                "FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs FEATURE_STORE_POSTGRES_URL"
+            )
         spark_remote = bool(environ.get("FEATURE_STORE_SPARK_REMOTE"))
         if spark_remote and not environ["FEATURE_STORE_SPARK_REMOTE"].startswith("sc://"):
             # Never echo the URL: it may hold a token.
             raise ConfigError("FEATURE_STORE_SPARK_REMOTE must be a Spark Connect URL (sc://host:port)")
         if warehouse == "spark" and env == "prod" and not spark_remote:
-            raise ConfigError("FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local use)")
+            raise ConfigError(
+                "FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local use)"
+            )
         spark_dbt_method = environ.get("FEATURE_STORE_SPARK_DBT_METHOD", "session")
         if spark_dbt_method not in ("session", "thrift", "http"):
-            raise ConfigError(f"FEATURE_STORE_SPARK_DBT_METHOD must be 'session', 'thrift' or 'http', got {spark_dbt_method!r}")
-        if env == "prod" and not (environ.get("FEATURE_STORE_POSTGRES_URL") or environ.get("FEATURE_STORE_MODEL_STORE_URL")):
-            raise ConfigError("FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the model store")
+            raise ConfigError(
+                f"FEATURE_STORE_SPARK_DBT_METHOD must be 'session', 'thrift' or 'http', got {spark_dbt_method!r}"
+            )
+        if env == "prod" and not (
+            environ.get("FEATURE_STORE_POSTGRES_URL") or environ.get("FEATURE_STORE_MODEL_STORE_URL")
+        ):
+            raise ConfigError(
+                "FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the model store"
+            )
         online = environ.get("FEATURE_STORE_ONLINE", "sqlite" if env == "local" else "redis")
         if online not in ("redis", "sqlite"):
             raise ConfigError(f"FEATURE_STORE_ONLINE must be 'redis' or 'sqlite', got {online!r}")
         if online == "redis" and not environ.get("FEATURE_STORE_REDIS_URL", "").startswith(("redis://", "rediss://")):
             # Never echo the URL: it holds the password.
-            raise ConfigError("FEATURE_STORE_ONLINE=redis needs FEATURE_STORE_REDIS_URL set to a redis:// or rediss:// URL")
+            raise ConfigError(
+                "FEATURE_STORE_ONLINE=redis needs FEATURE_STORE_REDIS_URL set to a redis:// or rediss:// URL"
+            )
         if environ.get("FEATURE_STORE_MODEL_STORE_URL"):
             if not environ["FEATURE_STORE_MODEL_STORE_URL"].startswith(("postgresql://", "postgres://")):
                 # Never echo the URL: it holds the password.
@@ -156,12 +171,16 @@ class Settings:
             ),
             online=online,
             warehouse=warehouse,
-            spark_schema=validate_identifier(environ.get("FEATURE_STORE_SPARK_SCHEMA", "featurestore"), "FEATURE_STORE_SPARK_SCHEMA"),
+            spark_schema=validate_identifier(
+                environ.get("FEATURE_STORE_SPARK_SCHEMA", "featurestore"), "FEATURE_STORE_SPARK_SCHEMA"
+            ),
             spark_remote=spark_remote,
             spark_dbt_method=spark_dbt_method,
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
             model_store_url_variable=model_store_url_variable,
-            serve_max_entities=_count(environ.get("FEATURE_STORE_SERVE_MAX_ENTITIES", "1000"), "FEATURE_STORE_SERVE_MAX_ENTITIES"),
+            serve_max_entities=_count(
+                environ.get("FEATURE_STORE_SERVE_MAX_ENTITIES", "1000"), "FEATURE_STORE_SERVE_MAX_ENTITIES"
+            ),
             serve_max_body_bytes=_count(
                 environ.get("FEATURE_STORE_SERVE_MAX_BODY_BYTES", "1048576"), "FEATURE_STORE_SERVE_MAX_BODY_BYTES"
             ),

@@ -26,17 +26,17 @@ from scipy.stats import ks_2samp
 from feature_assets.errors import ConfigError, DataError
 
 __all__ = [
-    "DriftThresholds",
+    "MIN_ENTITIES_FOR_PSI",
     "PSI_EPSILON",
     "REPORT_COLUMNS",
     "SEVERITIES",
-    "MIN_ENTITIES_FOR_PSI",
+    "DriftThresholds",
+    "categorical_psi",
     "drift_severity",
     "feature_kind",
     "histogram_markdown",
     "histogram_sparkline",
     "numeric_psi",
-    "categorical_psi",
     "relative_mean_shift",
     "skew_report",
     "worst_severity",
@@ -92,12 +92,16 @@ class DriftThresholds:
         for name in _THRESHOLD_NAMES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise ConfigError(f"drift threshold {name} must be a number >= 0 (math.inf turns it off), got {value!r}")
+                raise ConfigError(
+                    f"drift threshold {name} must be a number >= 0 (math.inf turns it off), got {value!r}"
+                )
         if self.warn_psi > self.error_psi:
             raise ConfigError(f"drift threshold warn_psi ({self.warn_psi}) is above error_psi ({self.error_psi})")
         for feature, override in self.overrides.items():
             if not isinstance(override, DriftThresholds):
-                raise ConfigError(f"drift thresholds override for {feature!r} must be DriftThresholds, got {type(override).__name__}")
+                raise ConfigError(
+                    f"drift thresholds override for {feature!r} must be DriftThresholds, got {type(override).__name__}"
+                )
             if override.overrides:
                 raise ConfigError(f"drift thresholds override for {feature!r} has overrides of its own")
         # A read-only copy: the caller's dict changing later must not change a frozen value.
@@ -120,7 +124,9 @@ class DriftThresholds:
         per_feature = config.pop("features", None) or {}
         unknown = set(config) - set(_THRESHOLD_NAMES)
         if unknown:
-            raise ConfigError(f"unknown drift threshold(s) {sorted(unknown)}; known: {list(_THRESHOLD_NAMES)} and 'features'")
+            raise ConfigError(
+                f"unknown drift threshold(s) {sorted(unknown)}; known: {list(_THRESHOLD_NAMES)} and 'features'"
+            )
         base = cls(**{name: float(value) for name, value in config.items()})
         overrides = {}
         for feature, values in per_feature.items():
@@ -213,7 +219,11 @@ def categorical_psi(training: pd.Series, serving: pd.Series) -> float:
 
 
 def drift_severity(
-    thresholds: DriftThresholds, *, mean_shift: float = math.nan, psi: float = math.nan, null_rate_change: float = math.nan
+    thresholds: DriftThresholds,
+    *,
+    mean_shift: float = math.nan,
+    psi: float = math.nan,
+    null_rate_change: float = math.nan,
 ) -> tuple[str, list[str]]:
     """('ok' | 'warn' | 'error', reasons). Error: psi >= error_psi or |null-rate change| >=
     error_null_rate_change. Else warn: mean_shift >= warn_mean_shift or psi >= warn_psi. NaN never
@@ -225,7 +235,9 @@ def drift_severity(
     elif psi >= thresholds.warn_psi:
         warnings.append(f"psi {_fmt(psi)} >= {_fmt(thresholds.warn_psi)}")
     if abs(null_rate_change) >= thresholds.error_null_rate_change:
-        errors.append(f"null rate change {null_rate_change:+.3g}, |change| >= {_fmt(thresholds.error_null_rate_change)}")
+        errors.append(
+            f"null rate change {null_rate_change:+.3g}, |change| >= {_fmt(thresholds.error_null_rate_change)}"
+        )
     if mean_shift >= thresholds.warn_mean_shift:
         warnings.append(f"mean shift {_fmt(mean_shift)} >= {_fmt(thresholds.warn_mean_shift)}")
     severity = "error" if errors else "warn" if warnings else "ok"
@@ -264,11 +276,24 @@ def _numeric_values(series: pd.Series, feature: str, side: str) -> np.ndarray:
 
 
 def _feature_row(
-    name: str, dtype: str, training: pd.Series, serving: pd.Series, thresholds: DriftThresholds, bins: int, grade_psi: bool
+    name: str,
+    dtype: str,
+    training: pd.Series,
+    serving: pd.Series,
+    thresholds: DriftThresholds,
+    bins: int,
+    grade_psi: bool,
 ) -> dict[str, Any]:
     kind = feature_kind(dtype)
     row: dict[str, Any] = dict.fromkeys(REPORT_COLUMNS, math.nan)
-    row.update(feature=name, dtype=dtype, kind=kind, training_rows=len(training), serving_rows=len(serving), largest_change_category=None)
+    row.update(
+        feature=name,
+        dtype=dtype,
+        kind=kind,
+        training_rows=len(training),
+        serving_rows=len(serving),
+        largest_change_category=None,
+    )
     notes = []
     if kind == "numeric":
         t_all, s_all = _numeric_values(training, name, "training"), _numeric_values(serving, name, "serving")
@@ -283,7 +308,9 @@ def _feature_row(
         row["mean_shift"] = relative_mean_shift(t, s)
         row["psi"] = numeric_psi(t, s, bins)
         if len(t) and len(s):
-            row["ks"] = float(ks_2samp(t, s, method="asymp").statistic)  # the statistic alone; "asymp" skips an exact p-value
+            row["ks"] = float(
+                ks_2samp(t, s, method="asymp").statistic
+            )  # the statistic alone; "asymp" skips an exact p-value
     else:
         t_cat, s_cat = training.astype("string"), serving.astype("string")
         t_nulls, s_nulls = int(t_cat.isna().sum()), int(s_cat.isna().sum())
@@ -343,7 +370,15 @@ def skew_report(
     pairs = [(f.name, f.dtype) if hasattr(f, "name") else tuple(f) for f in features]
     grade_psi = serving_entities is None or serving_entities >= MIN_ENTITIES_FOR_PSI
     rows = [
-        _feature_row(name, dtype, _column(training, name, "training"), _column(serving, name, "serving"), thresholds, bins, grade_psi)
+        _feature_row(
+            name,
+            dtype,
+            _column(training, name, "training"),
+            _column(serving, name, "serving"),
+            thresholds,
+            bins,
+            grade_psi,
+        )
         for name, dtype in pairs
     ]
     if not grade_psi:
@@ -400,7 +435,10 @@ def histogram_sparkline(training: pd.Series, serving: pd.Series, feature: str, d
         shares = [frame["training"].to_numpy(), frame["serving"].to_numpy()]
         scale = ", ".join(frame.index)
     top = max(float(np.max(side)) for side in shares) or 1.0
-    rows = ["".join(_BARS[min(int(share / top * len(_BARS)), len(_BARS) - 1)] if share > 0 else "·" for share in side) for side in shares]
+    rows = [
+        "".join(_BARS[min(int(share / top * len(_BARS)), len(_BARS) - 1)] if share > 0 else "·" for share in side)
+        for side in shares
+    ]
     return f"training {rows[0]}   serving {rows[1]}   ({scale})"
 
 

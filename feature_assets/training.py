@@ -14,7 +14,7 @@ from feature_assets.registry import LABEL_ROW, FeatureSet, snapshot_column
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
 
-__all__ = ["point_in_time_sql", "require_view_indexes", "build_table", "LABEL_ROW"]
+__all__ = ["LABEL_ROW", "build_table", "point_in_time_sql", "require_view_indexes"]
 
 
 def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any]]:
@@ -38,9 +38,9 @@ def point_in_time_sql(kind: str, feature_set: FeatureSet) -> tuple[str, list[Any
     order = [first_key, time, *(key for key in keys if key != first_key), target]
     ordered = f"""
         labels as (
-            select {', '.join(label_columns)},
-                row_number() over (order by {', '.join(f'{column} nulls last' for column in order)}) as {LABEL_ROW}
-            from {validate_identifier(labels.name, 'label table')}
+            select {", ".join(label_columns)},
+                row_number() over (order by {", ".join(f"{column} nulls last" for column in order)}) as {LABEL_ROW}
+            from {validate_identifier(labels.name, "label table")}
         )"""
     if kind == "duckdb":
         return _duckdb(feature_set, ordered, label_columns)
@@ -99,7 +99,10 @@ def _postgres(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -
             limit 1
         ) as {found} on true""")
         params.append(view.online_ttl)
-        selected += [f"{found}.{view.timestamp} as {snapshot_column(view)}", *(f"{found}.{f.name}" for f in read.features)]
+        selected += [
+            f"{found}.{view.timestamp} as {snapshot_column(view)}",
+            *(f"{found}.{f.name}" for f in read.features),
+        ]
     return f"with {ordered}\n select {', '.join(selected)}\n from labels{''.join(probes)}", params
 
 
@@ -137,7 +140,10 @@ def _spark(feature_set: FeatureSet, ordered: str, label_columns: list[str]) -> t
         )""")
         params.append(view.online_ttl)
         joins.append(f"\n left join {found} on {found}.{LABEL_ROW} = labels.{LABEL_ROW}")
-        selected += [f"{found}.snapshot.{view.timestamp} as {snapshot_column(view)}", *(f"{found}.snapshot.{f.name}" for f in read.features)]
+        selected += [
+            f"{found}.snapshot.{view.timestamp} as {snapshot_column(view)}",
+            *(f"{found}.snapshot.{f.name}" for f in read.features),
+        ]
     return f"with {','.join(steps)}\n select {', '.join(selected)}\n from labels{''.join(joins)}", params
 
 

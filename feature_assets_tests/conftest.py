@@ -146,7 +146,9 @@ def redis_client():
     try:
         client.ping()
     except redis.RedisError as error:
-        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({error}); start redis-server or set FEATURE_STORE_TEST_REDIS_URL")
+        pytest.fail(
+            f"Redis at {REDIS_URL} is not reachable ({error}); start redis-server or set FEATURE_STORE_TEST_REDIS_URL"
+        )
     client.flushdb()
     yield client
     client.close()

@@ -114,7 +114,9 @@ class RedisProcess:
                 raise error(f"{self.name} exited with code {self.process.returncode} before {what}; log:\n{tail}")
             if time.monotonic() > deadline:
                 detail = f" (last error: {last_error!r})" if last_error else ""
-                raise RuntimeError(f"{self.name} did not reach {what} within {timeout:.0f} s{detail}; log:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} did not reach {what} within {timeout:.0f} s{detail}; log:\n{self.log_tail()}"
+                )
             try:
                 if check():
                     return
@@ -269,7 +271,9 @@ def _create_cluster(cluster: Cluster) -> None:
         raise RuntimeError(f"`{' '.join(command)}` did not finish within 60 s; output:\n{error.stdout}") from error
     if result.returncode != 0 or "[OK] All 16384 slots covered" not in result.stdout:
         logs = "\n".join(f"--- {node.name}:\n{node.log_tail(5)}" for node in cluster.processes)
-        raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}):\n{result.stdout}{result.stderr}\n{logs}")
+        raise RuntimeError(
+            f"`{' '.join(command)}` failed (exit {result.returncode}):\n{result.stdout}{result.stderr}\n{logs}"
+        )
 
 
 def _cluster_ok(port: int, masters: int) -> bool:

@@ -69,7 +69,9 @@ def record(store: OnlineStore, view: FeatureView, frame: pd.DataFrame) -> None:
         writer.write(encode_batch(view, frame))
     definitions = tuple((f.name, f.definition_checksum) for f in view.features)
     newest = frame[view.timestamp].max().to_pydatetime()
-    store.record_sync(view, SyncRecord(view.version, view_schema(view), definitions, newest, utc_now(), len(frame), True))
+    store.record_sync(
+        view, SyncRecord(view.version, view_schema(view), definitions, newest, utc_now(), len(frame), True)
+    )
 
 
 def training_rows(feature_set: FeatureSet, rows: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -79,7 +81,9 @@ def training_rows(feature_set: FeatureSet, rows: int, rng: np.random.Generator) 
     countries = country_rows(rng).set_index("country_code")
     frame = users.drop(columns="user_id").join(countries, on="country")
     frame[LABEL_ROW] = np.arange(rows)
-    frame[feature_set.labels.label_time] = pd.Timestamp(current_hour()) - pd.to_timedelta(rng.integers(0, 400, rows), unit="D")
+    frame[feature_set.labels.label_time] = pd.Timestamp(current_hour()) - pd.to_timedelta(
+        rng.integers(0, 400, rows), unit="D"
+    )
     events = frame["events_30d"].to_numpy(dtype=float)
     if feature_set.task == "classification":
         frame[feature_set.target] = rng.random(rows) < 1 / (1 + np.exp((events - 12) / 3))
@@ -88,12 +92,16 @@ def training_rows(feature_set: FeatureSet, rows: int, rng: np.random.Generator) 
     return frame
 
 
-def train_and_save(models: ModelStore, feature_set: FeatureSet, version: str, seed: int = 0, rows: int = 1000) -> ModelCard:
+def train_and_save(
+    models: ModelStore, feature_set: FeatureSet, version: str, seed: int = 0, rows: int = 1000
+) -> ModelCard:
     """A new version of the model, trained on synthetic rows and saved (not promoted)."""
     # One OpenMP thread: gradient boosting's threads spin against whatever else runs on a small busy box (60 s
     # instead of 2 s for ltv_model on 2 loaded cores).
     with threadpool_limits(1):
-        pipeline, metrics, counts, window = train(feature_set, training_rows(feature_set, rows, np.random.default_rng(seed)))
+        pipeline, metrics, counts, window = train(
+            feature_set, training_rows(feature_set, rows, np.random.default_rng(seed))
+        )
     card = ModelCard.for_feature_set(
         feature_set,
         version=version,

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REDIS_URL
+
 from feature_assets.project import dbt_project
 
 VIEW_SQL = """\
@@ -175,7 +175,11 @@ def test_the_definitions_build_the_new_views_pipeline_and_the_new_models(extende
         "spend_training_set:no_leakage",
     } <= set(found["checks"])
     groups = found["groups"]
-    assert (groups["user_order_features"], groups["user_order_features_online"], groups["spend_model"]) == ("features", "serving", "models")
+    assert (groups["user_order_features"], groups["user_order_features_online"], groups["spend_model"]) == (
+        "features",
+        "serving",
+        "models",
+    )
 
 
 def test_the_pipeline_materializes_the_new_view_and_model_on_duckdb_and_predicts_with_them(extended, redis_client):
@@ -184,7 +188,9 @@ def test_the_pipeline_materializes_the_new_view_and_model_on_duckdb_and_predicts
     assert "user_order_features_online parity: passed" in demo.stdout
     assert "spend_training_set no_leakage: passed" in demo.stdout
     assert "user_order_features_skew_report no_drift_error: passed" in demo.stdout
-    assert "served_models: churn_model" in demo.stdout and "spend_model 2" in demo.stdout, demo.stdout[demo.stdout.find("Training:"):]
+    assert "served_models: churn_model" in demo.stdout and "spend_model 2" in demo.stdout, demo.stdout[
+        demo.stdout.find("Training:") :
+    ]
 
     user = int(redis_client.scan_iter("features:user:*").__next__().split(b":")[-1])
     # Two views of one entity, two hashes: the entity's own view and the view-qualified one.
@@ -198,7 +204,9 @@ def test_the_pipeline_materializes_the_new_view_and_model_on_duckdb_and_predicts
     printed = json.loads(predicted.stdout)
     assert printed["model"] == "spend_model" and isinstance(printed["score"], float)
     assert set(printed["features"]) == {"orders_30d", "max_order_30d", "plan"}
-    assert printed["features"]["orders_30d"] == int(redis_client.hget(f"features:user_order_features:{user}", "orders_30d"))
+    assert printed["features"]["orders_30d"] == int(
+        redis_client.hget(f"features:user_order_features:{user}", "orders_30d")
+    )
 
     features = _run(extended, sys.executable, "-m", "feature_assets.cli", "features")
     assert "user_order_features: entity user (user_id)" in features.stdout

@@ -78,7 +78,9 @@ class Sensor:
         self.definition = alert_sensor()
 
     def tick(self):
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"alert_channels": self.channels})
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources={"alert_channels": self.channels}
+        )
         result = self.definition.evaluate_tick(context)
         self.cursor = result.cursor
         return result
@@ -95,10 +97,14 @@ def sensor(instance, receiver) -> Sensor:
 def _report_job(resources) -> dg.JobDefinition:
     report, checks = skew_report_assets(REGISTRY, VIEW)
     job = dg.define_asset_job("skew_report_job", selection=[report.key])
-    return dg.Definitions(assets=[report], asset_checks=checks, jobs=[job], resources=resources).resolve_job_def(job.name)
+    return dg.Definitions(assets=[report], asset_checks=checks, jobs=[job], resources=resources).resolve_job_def(
+        job.name
+    )
 
 
-def test_a_drift_error_is_sent_once_naming_the_feature_the_statistic_and_the_asset(monitored, instance, receiver, sensor):
+def test_a_drift_error_is_sent_once_naming_the_feature_the_statistic_and_the_asset(
+    monitored, instance, receiver, sensor
+):
     warehouse, store, _, resources = monitored
     shift_online_feature(warehouse, store, VIEW, "events_30d", 0.3)
     # The run succeeds: a drift error fails its check (and holds promotion back), not the report.
@@ -167,7 +173,9 @@ def test_a_receiver_that_fails_gets_the_alert_on_a_later_tick_and_the_tick_names
     assert len(receiver.messages) == 1
 
 
-def test_when_delivery_fails_midway_the_alerts_sent_are_not_sent_again(instance, receiver, sensor, tmp_path, duckdb_warehouse):
+def test_when_delivery_fails_midway_the_alerts_sent_are_not_sent_again(
+    instance, receiver, sensor, tmp_path, duckdb_warehouse
+):
     _failing_run(instance, tmp_path, duckdb_warehouse)
     _failing_run(instance, tmp_path, duckdb_warehouse)
 
@@ -189,13 +197,20 @@ def test_when_delivery_fails_midway_the_alerts_sent_are_not_sent_again(instance,
     assert receiver.messages[0]["text"].splitlines()[0] != receiver.messages[1]["text"].splitlines()[0]  # two runs
 
 
-def test_a_failed_freshness_policy_is_sent_once_with_the_hours_since_the_last_materialization(instance, receiver, sensor):
+def test_a_failed_freshness_policy_is_sent_once_with_the_hours_since_the_last_materialization(
+    instance, receiver, sensor
+):
     key = dg.AssetKey("user_features_online")
     instance.report_runless_asset_event(dg.AssetMaterialization(key))
     # What the freshness daemon records when the policy's fail window passes (and when it recovers).
     for previous, new in [("PASS", "WARN"), ("WARN", "FAIL"), ("FAIL", "PASS"), ("PASS", "FAIL")]:
         instance.report_runless_asset_event(
-            FreshnessStateChange(key=key, previous_state=FreshnessState(previous), new_state=FreshnessState(new), state_change_timestamp=0.0)
+            FreshnessStateChange(
+                key=key,
+                previous_state=FreshnessState(previous),
+                new_state=FreshnessState(new),
+                state_change_timestamp=0.0,
+            )
         )
     sensor.tick()
     assert len(receiver.messages) == 2  # the two changes to FAIL, not the warning or the recovery
@@ -229,7 +244,10 @@ def test_the_webhook_url_reaches_the_resource_from_the_environment_only(monkeypa
     "environ, problem",
     [
         ({"FEATURE_STORE_UI_URL": "dagster.internal:3000"}, "FEATURE_STORE_UI_URL must be an http:// or https:// URL"),
-        ({"FEATURE_STORE_SLACK_TOKEN": "xoxb-secret"}, "set both FEATURE_STORE_SLACK_TOKEN and FEATURE_STORE_SLACK_CHANNEL"),
+        (
+            {"FEATURE_STORE_SLACK_TOKEN": "xoxb-secret"},
+            "set both FEATURE_STORE_SLACK_TOKEN and FEATURE_STORE_SLACK_CHANNEL",
+        ),
     ],
 )
 def test_a_malformed_alert_setting_is_refused_naming_it_and_not_the_secret(environ, problem):

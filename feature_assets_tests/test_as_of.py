@@ -6,11 +6,10 @@ import subprocess
 from datetime import timedelta
 
 import pytest
-
 from conftest import materialize, write_raw
+
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.errors import ConfigError
-
 
 
 def hours_ahead(hours: int) -> str:
@@ -70,8 +69,20 @@ def test_dbt_refuses_a_future_as_of_var(duckdb_warehouse, tmp_path, hours):
     variables = {name: hours_ahead(ahead) for name, ahead in hours.items()}
     project = str(dbt_project.project_dir)
     compiled = subprocess.run(
-        [_dbt_executable(), "compile", "--select", "user_features", "--vars", json.dumps(variables),
-         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
+        [
+            _dbt_executable(),
+            "compile",
+            "--select",
+            "user_features",
+            "--vars",
+            json.dumps(variables),
+            "--project-dir",
+            project,
+            "--profiles-dir",
+            project,
+            "--target-path",
+            str(tmp_path / "target"),
+        ],
         env={**os.environ, **duckdb_warehouse.dbt_env()},
         capture_output=True,
         text=True,

@@ -68,7 +68,10 @@ def warehouse_held_by_another_process(home):
     """A process holding the DuckDB warehouse's lock, as a refresh does while it runs."""
     code = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()"
     holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(home / "warehouse.duckdb")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(home / "warehouse.duckdb")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline() == "locked\n"
@@ -88,10 +91,16 @@ def test_ids_parse_strictly_as_the_registry_types_each_key(home, store, capsys):
         (["get", "user_features", "--", "--5"], "user_id '--5' is not a bigint"),
         (["get", "user_features", long], f"user_id '{long[:39]}... is outside the range of a bigint"),
         (["get", "user_features", "9223372036854775808"], "is outside the range of a bigint"),
-        (["get", "country_features", "\udcff\udcfe"], "country_code '\\udcff\\udcfe' holds control characters or undecodable bytes"),
+        (
+            ["get", "country_features", "\udcff\udcfe"],
+            "country_code '\\udcff\\udcfe' holds control characters or undecodable bytes",
+        ),
         (["get", "country_features", "D" * 100_000], "is longer than 256 characters"),
         (["predict", "churn", str(users[0]), "１２３"], "user_id '１２３' is not a bigint"),
-        (["predict", "churn", str(users[0]), "--key", "country_code=\x1b[31m"], "country_code '\\x1b[31m' holds control characters"),
+        (
+            ["predict", "churn", str(users[0]), "--key", "country_code=\x1b[31m"],
+            "country_code '\\x1b[31m' holds control characters",
+        ),
     ]:
         line = assert_one_line(*run(argv, capsys)[::2], expected)
         assert len(line) < 300, "the bad value is echoed cut short"
@@ -104,7 +113,10 @@ def test_ids_parse_strictly_as_the_registry_types_each_key(home, store, capsys):
 def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
     _, users = store
     predictor = Predictor(SqliteOnlineStore(home / "online.sqlite"), FolderModelStore(home / "models"))
-    assert predictor.predict_one("churn_model", str(users[0])).score == predictor.predict_one("churn_model", users[0]).score
+    assert (
+        predictor.predict_one("churn_model", str(users[0])).score
+        == predictor.predict_one("churn_model", users[0]).score
+    )
     for bad in ("١٢٣", 2**63, True, "1.0"):
         with pytest.raises(DataError, match="user_id .* (is not a bigint|is outside the range)"):
             predictor.predict_one("churn_model", bad)
@@ -115,14 +127,18 @@ def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
 def test_undecodable_bytes_on_the_command_line_are_one_line(home):
     run = subprocess.run([FEATURESTORE, b"get", b"country_features", b"\xff\xfeDE"], capture_output=True, timeout=300)
     err = run.stderr.decode("utf-8", "backslashreplace")
-    assert_one_line(run.returncode, err, "country_code '\\udcff\\udcfeDE' holds control characters or undecodable bytes")
+    assert_one_line(
+        run.returncode, err, "country_code '\\udcff\\udcfeDE' holds control characters or undecodable bytes"
+    )
 
 
 def test_skew_with_an_unreachable_postgres_is_one_line_without_the_password(home, monkeypatch, capsys):
     monkeypatch.setenv("FEATURE_STORE_ENV", "prod")
     monkeypatch.setenv("FEATURE_STORE_ONLINE", "sqlite")
     monkeypatch.setenv("FEATURE_STORE_POSTGRES_URL", "postgresql://nobody:s3cret@127.0.0.1:1/features")
-    line = assert_one_line(*run(["skew"], capsys)[::2], "cannot connect to the PostgreSQL warehouse", "Connection refused")
+    line = assert_one_line(
+        *run(["skew"], capsys)[::2], "cannot connect to the PostgreSQL warehouse", "Connection refused"
+    )
     assert "s3cret" not in line
 
 
@@ -134,7 +150,9 @@ def test_a_failed_dbt_build_says_why_and_points_to_a_log_that_exists(home, wareh
     # A process of its own: the definitions resolve FEATURE_STORE_HOME when imported, and this one imported them already.
     argv = [FEATURESTORE, "backfill", "--start", "2026-03-30", "--end", "2026-03-31"]
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    line = assert_one_line(backfill.returncode, backfill.stderr, "the backfill failed: dbt_models: dbt build exited with code")
+    line = assert_one_line(
+        backfill.returncode, backfill.stderr, "the backfill failed: dbt_models: dbt build exited with code"
+    )
     assert "Could not set lock" in line
     log = Path(line.rsplit("dbt's log: ", 1)[1].rstrip(")"))
     assert log.is_file()
@@ -185,7 +203,13 @@ def test_first_commands_started_together_on_a_fresh_home_all_keep_their_runs(tmp
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"FEATURE_STORE_HOME": str(tmp_path / "home")}
     go = tmp_path / "go"
     commands = [
-        subprocess.Popen([sys.executable, "-c", RUN_ON_FIRST_OPEN, str(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RUN_ON_FIRST_OPEN, str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     try:
@@ -212,18 +236,31 @@ ids = st.one_of(
     st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), min_size=1, max_size=3),  # undecodable bytes
     st.sampled_from(["1", "-1", "DE", "US", "١٢٣", "１２３", "²", "--5", "0x10", "1e3", " 7", "7 ", "\t"]),
 )
-names = st.one_of(st.sampled_from(["user_features", "country_features", "churn", "ltv", "churn_model"]), st.text(max_size=20))
+names = st.one_of(
+    st.sampled_from(["user_features", "country_features", "churn", "ltv", "churn_model"]), st.text(max_size=20)
+)
 arguments = st.one_of(
     st.tuples(st.just("get"), names, ids).map(list),
     st.tuples(st.just("get"), names, ids, st.just("--json")).map(list),
     st.builds(lambda model, first, more: ["predict", model, first, *more], names, ids, st.lists(ids, max_size=3)),
     st.builds(lambda first, name, value: ["predict", "churn", first, "--key", f"{name}={value}"], ids, names, ids),
     st.builds(lambda view, flag: ["skew", "--view", view, *flag], names, st.sampled_from([[], ["--json"]])),
-    st.lists(st.text(max_size=12), max_size=4).filter(lambda argv: not argv or argv[0] not in {"demo", "refresh", "backfill", "train", "sync", "inject-drift", "dev", "serve", "skew"}),
+    st.lists(st.text(max_size=12), max_size=4).filter(
+        lambda argv: (
+            not argv
+            or argv[0] not in {"demo", "refresh", "backfill", "train", "sync", "inject-drift", "dev", "serve", "skew"}
+        )
+    ),
 )
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(argv=arguments)
 def test_any_arguments_give_an_answer_or_one_line_never_a_traceback(home, capsys, argv):
     code, out, err = run(argv, capsys)
@@ -236,4 +273,7 @@ def test_any_arguments_give_an_answer_or_one_line_never_a_traceback(home, capsys
 def test_an_empty_feature_store_home_is_refused_in_one_line_not_taken_for_the_current_folder(monkeypatch, capsys):
     monkeypatch.setenv("FEATURE_STORE_HOME", "")
     assert main(["stop-spark"]) == 1
-    assert capsys.readouterr().err == "featurestore: FEATURE_STORE_HOME is set but empty: name a folder, or unset it for .featurestore\n"
+    assert (
+        capsys.readouterr().err
+        == "featurestore: FEATURE_STORE_HOME is set but empty: name a folder, or unset it for .featurestore\n"
+    )

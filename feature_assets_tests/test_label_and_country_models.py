@@ -16,8 +16,8 @@ import dagster as dg
 import pandas as pd
 import psycopg
 import pytest
-
 from conftest import materialize, write_raw
+
 from feature_assets.assets.training import training_set_assets
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
@@ -123,7 +123,9 @@ def builds(postgres_url, tmp_path_factory) -> Iterator[dict[str, dict[str, list[
             assert materialize(warehouse, as_of=AS_OF).success, engine
             training_sets, leakage_checks = training_set_assets(load_registry(dbt_project.manifest_path))
             built = dg.materialize(
-                [*training_sets, *leakage_checks], resources={"warehouse": warehouse}, instance=dg.DagsterInstance.ephemeral()
+                [*training_sets, *leakage_checks],
+                resources={"warehouse": warehouse},
+                instance=dg.DagsterInstance.ephemeral(),
             )
             checked = built.get_asset_check_evaluations()
             assert len(checked) == len(leakage_checks) and all(check.passed for check in checked), engine
@@ -146,7 +148,9 @@ def _reference_labels(raw: dict[str, list[dict[str, Any]]], kind: str) -> list[d
     window = {"churn": 30 * DAY, "ltv": 90 * DAY}[kind]
     first_event = min(event["created_at"] for event in raw["raw_events"])
     # Every outcome row created before this has been loaded; a label's window must end by then.
-    observed_until = max(row["loaded_at"] for row in raw["raw_events" if kind == "churn" else "raw_orders"]) - LATE_ARRIVAL
+    observed_until = (
+        max(row["loaded_at"] for row in raw["raw_events" if kind == "churn" else "raw_orders"]) - LATE_ARRIVAL
+    )
     last_day = datetime(observed_until.year, observed_until.month, observed_until.day)
     week_ends = [last_day - window - k * WEEK for k in range(1001)]
     week_ends = [week_end for week_end in week_ends if week_end >= first_event + 30 * DAY]
@@ -162,7 +166,13 @@ def _reference_labels(raw: dict[str, list[dict[str, Any]]], kind: str) -> list[d
             outcome = events if kind == "churn" else orders
             observed = [row for row in outcome[user_id] if label_time <= row["created_at"] < label_time + window]
             if kind == "ltv":
-                labels.append({"user_id": user_id, "label_time": label_time, "revenue_90d": sum((o["amount"] for o in observed), 0.0)})
+                labels.append(
+                    {
+                        "user_id": user_id,
+                        "label_time": label_time,
+                        "revenue_90d": sum((o["amount"] for o in observed), 0.0),
+                    }
+                )
                 continue
             visible = [c for c in changes[user_id] if c["changed_at"] < label_time and c["loaded_at"] <= label_time]
             latest = max(visible, key=lambda c: (c["changed_at"], c["loaded_at"]), default=None)
@@ -276,20 +286,45 @@ def _late_user_rows(anchor: datetime, late_at: datetime) -> tuple[dict[str, pd.D
     anchor: the rows loaded by anchor, and the late ones."""
     signup = anchor - 120 * DAY
     early = {
-        "raw_users": pd.DataFrame({"user_id": [LATE_USER], "birthdate": pd.to_datetime(["1990-01-01"]), "signup_at": [signup], "loaded_at": [signup]}),
+        "raw_users": pd.DataFrame(
+            {
+                "user_id": [LATE_USER],
+                "birthdate": pd.to_datetime(["1990-01-01"]),
+                "signup_at": [signup],
+                "loaded_at": [signup],
+            }
+        ),
         "raw_profile_changes": pd.DataFrame(
             {"user_id": [LATE_USER], "changed_at": [signup], "country": ["FR"], "plan": ["pro"], "loaded_at": [signup]}
         ),
         "raw_events": pd.DataFrame(
-            {"event_id": [10**15 + 3], "user_id": [LATE_USER], "event_type": ["search"], "created_at": [signup], "loaded_at": [signup]}
+            {
+                "event_id": [10**15 + 3],
+                "user_id": [LATE_USER],
+                "event_type": ["search"],
+                "created_at": [signup],
+                "loaded_at": [signup],
+            }
         ),
     }
     late = {
         "raw_events": pd.DataFrame(
-            {"event_id": [10**15 + 4], "user_id": [LATE_USER], "event_type": ["search"], "created_at": [late_at], "loaded_at": [anchor + DAY]}
+            {
+                "event_id": [10**15 + 4],
+                "user_id": [LATE_USER],
+                "event_type": ["search"],
+                "created_at": [late_at],
+                "loaded_at": [anchor + DAY],
+            }
         ),
         "raw_orders": pd.DataFrame(
-            {"order_id": [10**15 + 1], "user_id": [LATE_USER], "amount": [50.0], "created_at": [late_at], "loaded_at": [anchor + DAY]}
+            {
+                "order_id": [10**15 + 1],
+                "user_id": [LATE_USER],
+                "amount": [50.0],
+                "created_at": [late_at],
+                "loaded_at": [anchor + DAY],
+            }
         ),
     }
     return early, late
@@ -316,5 +351,7 @@ def test_labels_once_taken_do_not_change_when_later_rows_arrive(tmp_path):
         assert len(later) > len(then) > 0, table
         kept = then.merge(later, on=list(grain), how="left", suffixes=("", "_later"))
         for column in set(columns) - set(grain):
-            changed = kept[kept[column].ne(kept[f"{column}_later"]) & ~(kept[column].isna() & kept[f"{column}_later"].isna())]
+            changed = kept[
+                kept[column].ne(kept[f"{column}_later"]) & ~(kept[column].isna() & kept[f"{column}_later"].isna())
+            ]
             assert changed.empty, (table, column, changed)

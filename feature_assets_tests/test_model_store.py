@@ -11,8 +11,8 @@ import dagster as dg
 import numpy as np
 import psycopg
 import pytest
-
 from conftest import wait_until
+
 from feature_assets.assets.monitoring import served_models_asset
 from feature_assets.cli import main
 from feature_assets.errors import ConfigError, ModelStoreError
@@ -77,7 +77,11 @@ def test_a_saved_version_loads_back_with_an_equal_card_and_the_same_predictions(
         assert reader.versions(model) == [card.version]
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(model).training_set} limit 500")
         matrix = feature_matrix({f["name"]: frame[f["name"]].tolist() for f in card.features}, card.features)
-        score = (lambda p: p.predict_proba(matrix)[:, 1]) if card.task == "classification" else (lambda p: p.predict(matrix))
+        score = (
+            (lambda p: p.predict_proba(matrix)[:, 1])
+            if card.task == "classification"
+            else (lambda p: p.predict(matrix))
+        )
         assert np.array_equal(score(loaded), score(pipeline)), model
 
 
@@ -88,10 +92,16 @@ def test_unknown_models_and_versions_are_refused_in_one_line_naming_them(trained
     refusals = [
         (lambda: store.current(MODEL), f"model '{MODEL}' has no served version in "),
         (lambda: store.card("fraud_model", "v1"), "model 'fraud_model' has no version 'v1' in "),
-        (lambda: store.load(MODEL, "20990101T000000000000Z"), f"model '{MODEL}' has no version '20990101T000000000000Z' in "),
+        (
+            lambda: store.load(MODEL, "20990101T000000000000Z"),
+            f"model '{MODEL}' has no version '20990101T000000000000Z' in ",
+        ),
         (lambda: store.load(MODEL), f"model '{MODEL}' has no served version in "),
         (lambda: store.promote(MODEL, "v9"), f"model '{MODEL}' has no version 'v9' in "),
-        (lambda: store.promote("fraud_model", card.version), f"model 'fraud_model' has no version '{card.version}' in "),
+        (
+            lambda: store.promote("fraud_model", card.version),
+            f"model 'fraud_model' has no version '{card.version}' in ",
+        ),
         (lambda: store.save(card, pipeline), f"model '{MODEL}' already has a version '{card.version}' in "),
     ]
     for attempt, message in refusals:
@@ -122,7 +132,7 @@ def test_a_promotion_is_atomic_and_seen_by_another_host_at_once(trained_versions
         try:
             for i in range(40):
                 store.promote(MODEL, versions[(i + n) % 2][0].version)
-        except Exception as error:  # noqa: BLE001 - the test reports any failure
+        except Exception as error:
             failures.append(error)
 
     def read(store):
@@ -130,7 +140,7 @@ def test_a_promotion_is_atomic_and_seen_by_another_host_at_once(trained_versions
             while not stop.is_set():
                 seen.append(store.current(MODEL))
                 seen.append(store.card(MODEL).version)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             failures.append(error)
 
     reader = threading.Thread(target=read, args=(open_store(),))
@@ -146,7 +156,9 @@ def test_a_promotion_is_atomic_and_seen_by_another_host_at_once(trained_versions
     assert here.current(MODEL) == there.current(MODEL) == open_store().current(MODEL) in names
 
 
-def test_a_serving_predictor_follows_a_promotion_within_a_second_without_a_failed_prediction(trained_versions, open_store, tmp_path):
+def test_a_serving_predictor_follows_a_promotion_within_a_second_without_a_failed_prediction(
+    trained_versions, open_store, tmp_path
+):
     warehouse, versions = trained_versions
     (first, pipeline), (second, _) = versions
     trainer = open_store()  # the training run, on another host than the server
@@ -156,7 +168,11 @@ def test_a_serving_predictor_follows_a_promotion_within_a_second_without_a_faile
     online = SqliteOnlineStore(tmp_path / "online.sqlite")
     for view in REGISTRY.views.values():
         sync_online_store(warehouse, online, view, full_resync=True)
-    user = int(warehouse.query("select user_id from user_features order by computed_at desc, user_id limit 1")["user_id"].iloc[0])
+    user = int(
+        warehouse.query("select user_id from user_features order by computed_at desc, user_id limit 1")["user_id"].iloc[
+            0
+        ]
+    )
 
     served = open_store()
     asked = {"current": 0, "load": []}
@@ -178,7 +194,7 @@ def test_a_serving_predictor_follows_a_promotion_within_a_second_without_a_faile
         while not stop.is_set():
             try:
                 answers.append((time.monotonic(), predictor.predict_one(MODEL, user).version))
-            except Exception as error:  # noqa: BLE001 - the test reports any failure
+            except Exception as error:
                 failures.append(error)
 
     started = time.monotonic()
@@ -217,11 +233,20 @@ def test_featurestore_predict_serves_from_either_store(trained, environment, ope
     with SqliteOnlineStore(settings.online_sqlite_path) as online:
         for view in REGISTRY.views.values():
             sync_online_store(warehouse, online, view, full_resync=True)
-    for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE", "FEATURE_STORE_DEMO_DATA", "FEATURE_STORE_MODEL_STORE_URL"):
+    for name in (
+        "FEATURE_STORE_ENV",
+        "FEATURE_STORE_ONLINE",
+        "FEATURE_STORE_DEMO_DATA",
+        "FEATURE_STORE_MODEL_STORE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    user = int(warehouse.query("select user_id from user_features order by computed_at desc, user_id limit 1")["user_id"].iloc[0])
+    user = int(
+        warehouse.query("select user_id from user_features order by computed_at desc, user_id limit 1")["user_id"].iloc[
+            0
+        ]
+    )
     assert main(["predict", "churn", str(user), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["version"] == store.current("churn_model") and 0.0 <= printed["score"] <= 1.0
@@ -282,7 +307,10 @@ def test_the_settings_choose_the_folder_locally_and_postgres_when_a_url_is_set_o
     prod = {**local, "FEATURE_STORE_ENV": "prod", "FEATURE_STORE_POSTGRES_URL": "postgresql://u:secret@warehouse:5432/features",
             "FEATURE_STORE_ONLINE": "sqlite", "FEATURE_STORE_POSTGRES_SCHEMA": "features"}  # fmt: skip
     store = open_model_store(Settings.from_env(prod), prod)
-    assert isinstance(store, PostgresModelStore) and store.describe() == "the PostgreSQL model store at warehouse:5432/features (schema features)"
+    assert (
+        isinstance(store, PostgresModelStore)
+        and store.describe() == "the PostgreSQL model store at warehouse:5432/features (schema features)"
+    )
     resource = model_store_for(Settings.from_env(prod))
     assert (resource.kind, resource.schema_name) == ("postgres", "features")
     store = open_model_store(Settings.from_env({**prod, **chosen}), {**prod, **chosen})

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pytest
-
 import pandas as pd
-
+import pytest
 from conftest import ANCHOR
+
 from feature_assets.assets.models import train
 from feature_assets.definitions import _dbt_executable
 from feature_assets.errors import DataError, FeatureStoreError
@@ -71,7 +70,12 @@ def test_model_card_records_the_exact_feature_schema_and_metrics(trained):
     assert card.rows["fit"] > card.rows["validation"] > 0
     # Validation is the latest label times; fit label times end one outcome window (30 days) before them.
     window = {name: datetime.fromisoformat(time) for name, time in card.training_window.items()}
-    assert window["first_label_time"] < window["last_fit_label_time"] < window["first_validation_label_time"] < window["last_label_time"]
+    assert (
+        window["first_label_time"]
+        < window["last_fit_label_time"]
+        < window["first_validation_label_time"]
+        < window["last_label_time"]
+    )
     assert window["first_validation_label_time"] - window["last_fit_label_time"] >= timedelta(days=30)
     ltv = store.card("ltv_model")
     assert ltv.metrics["mae"] < ltv.metrics["mae_of_mean_baseline"]
@@ -88,7 +92,9 @@ def test_the_model_asset_shows_its_card_features_dtypes_checksums_and_metrics(tr
     warehouse, _ = trained
     churn = next(asset for asset in model_assets(REGISTRY) if asset.key.to_user_string() == "churn_model")
     result = dg.materialize(
-        [churn], resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(tmp_path))}, instance=dg.DagsterInstance.ephemeral()
+        [churn],
+        resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(tmp_path))},
+        instance=dg.DagsterInstance.ephemeral(),
     )
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     card = FolderModelStore(tmp_path).card("churn_model", metadata["version"].value)
@@ -126,7 +132,9 @@ def test_no_fit_label_time_is_within_one_outcome_window_of_the_first_validation_
     _, metrics, rows, window = train(ltv, frame)
     times = {name: pd.Timestamp(time) for name, time in window.items()}
     # Validation: the latest 20% of the label times, whole days here.
-    assert rows["validation"] == 400 and times["first_validation_label_time"] == pd.Timestamp(ANCHOR) - pd.Timedelta(days=39)
+    assert rows["validation"] == 400 and times["first_validation_label_time"] == pd.Timestamp(ANCHOR) - pd.Timedelta(
+        days=39
+    )
     assert times["last_fit_label_time"] == times["first_validation_label_time"] - pd.Timedelta(days=90)
     assert rows["fit"] == 10 * (200 - 40 - 89) and times["first_label_time"] == frame.label_time.min()
     assert metrics["mae"] < metrics["mae_of_mean_baseline"]
@@ -134,7 +142,9 @@ def test_no_fit_label_time_is_within_one_outcome_window_of_the_first_validation_
 
 def test_a_history_too_short_for_the_gap_is_refused_asking_for_a_longer_one():
     ltv = REGISTRY.feature_set("ltv_model")
-    with pytest.raises(DataError, match=r"ltv_model: 0 fit and 80 validation rows .* 90 days, 0:00:00 before .* a longer history"):
+    with pytest.raises(
+        DataError, match=r"ltv_model: 0 fit and 80 validation rows .* 90 days, 0:00:00 before .* a longer history"
+    ):
         train(ltv, _ltv_rows(days=40, per_day=10))
 
 
@@ -148,7 +158,9 @@ def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view
     assert 0.0 <= one.score <= 1.0 and one.version == FolderModelStore(root).current("churn_model")
     country = redis_client.hget(f"features:user:{users[0]}", "country").decode()
     assert one.entity == {"user_id": users[0], "country_code": country}  # derived from the user's online country
-    assert one.features["country_paid_share"] == float(redis_client.hget(f"features:country:{country}", "country_paid_share"))
+    assert one.features["country_paid_share"] == float(
+        redis_client.hget(f"features:country:{country}", "country_paid_share")
+    )
     # The caller may pass the derived key: the same answer, in one exchange.
     assert predictor.predict_one("churn_model", {"user_id": users[0], "country_code": country}).score == one.score
     with pytest.raises(DataError, match="user_id 987654 has no user_features in the online store"):
@@ -163,9 +175,15 @@ def test_prediction_reads_both_views_online_and_refuses_missing_entities_by_view
     assert many["country_code"].iloc[0] == country
     assert "987654" in many["error"].iloc[1] and many["error"].isna().tolist() == [True, False, True]
     redis_client.hset(f"features:user:{users[2]}", "country", b"\x00")  # the online null marker
-    with pytest.raises(DataError, match=f"country_code is derived from user_features.country, which is null for user_id {users[2]}"):
+    with pytest.raises(
+        DataError, match=f"country_code is derived from user_features.country, which is null for user_id {users[2]}"
+    ):
         predictor.predict_one("churn_model", users[2])
-    assert predictor.predict("churn_model", [users[2]])["error"].iloc[0].startswith("country_code is derived from user_features.country")
+    assert (
+        predictor.predict("churn_model", [users[2]])["error"]
+        .iloc[0]
+        .startswith("country_code is derived from user_features.country")
+    )
     # Revenue is never negative, and neither is its prediction (a Poisson loss for a non-negative target).
     revenue = predictor.predict("ltv_model", _latest_users(warehouse, 200))["score"]
     assert revenue.notna().all() and (revenue >= 0).all()
@@ -224,7 +242,9 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(trained, warehouse_copy, redis_client, tmp_path):
+def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(
+    trained, warehouse_copy, redis_client, tmp_path
+):
     _, root = trained
     store = RedisOnlineStore(redis_client)
     sync_views(warehouse_copy, store)
@@ -234,47 +254,95 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(traine
     project = tmp_path / "dbt_features"
     shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
     sql, yml = project / "models/features/user_features.sql", project / "models/features/user_features.yml"
-    _edit(sql, "final as (", "orders_count as (\n    select user_id, computed_at, count(*) as n from orders_30d_rows group by 1, 2\n),\n\nfinal as (")
-    _edit(sql, "orders_30d as (", "orders_30d_rows as (\n    select orders.user_id, as_of_times.computed_at from orders inner join as_of_times\n        on orders.created_at >= as_of_times.computed_at - interval '30 days' and orders.created_at < as_of_times.computed_at\n        and orders.loaded_at <= as_of_times.computed_at\n),\n\norders_30d as (")
-    _edit(sql, "as avg_order_30d\n    from users_at", "as avg_order_30d,\n        cast(coalesce(orders_count.n, 0) as integer) as orders_30d\n    from users_at")
-    _edit(sql, "\n)\n\nselect * from final", "\n    left join orders_count\n        on orders_count.user_id = users_at.user_id\n        and orders_count.computed_at = users_at.computed_at\n)\n\nselect * from final")
-    _edit(yml, "      - name: avg_order_30d", "      - name: orders_30d\n        description: Orders in the 30 days before computed_at.\n        data_type: integer\n      - name: avg_order_30d")
+    _edit(
+        sql,
+        "final as (",
+        "orders_count as (\n    select user_id, computed_at, count(*) as n from orders_30d_rows group by 1, 2\n),\n\nfinal as (",
+    )
+    _edit(
+        sql,
+        "orders_30d as (",
+        "orders_30d_rows as (\n    select orders.user_id, as_of_times.computed_at from orders inner join as_of_times\n        on orders.created_at >= as_of_times.computed_at - interval '30 days' and orders.created_at < as_of_times.computed_at\n        and orders.loaded_at <= as_of_times.computed_at\n),\n\norders_30d as (",
+    )
+    _edit(
+        sql,
+        "as avg_order_30d\n    from users_at",
+        "as avg_order_30d,\n        cast(coalesce(orders_count.n, 0) as integer) as orders_30d\n    from users_at",
+    )
+    _edit(
+        sql,
+        "\n)\n\nselect * from final",
+        "\n    left join orders_count\n        on orders_count.user_id = users_at.user_id\n        and orders_count.computed_at = users_at.computed_at\n)\n\nselect * from final",
+    )
+    _edit(
+        yml,
+        "      - name: avg_order_30d",
+        "      - name: orders_30d\n        description: Orders in the 30 days before computed_at.\n        data_type: integer\n      - name: avg_order_30d",
+    )
     _dbt_build_copy(project, warehouse_copy)
     grown = load_registry(project / "target/manifest.json").view("user_features")
     assert "orders_30d" in grown.feature_names
-    assert [grown.feature(f.name).definition_checksum for f in USERS.features] == [f.definition_checksum for f in USERS.features]
+    assert [grown.feature(f.name).definition_checksum for f in USERS.features] == [
+        f.definition_checksum for f in USERS.features
+    ]
     sync_online_store(warehouse_copy, store, grown)
     assert redis_client.hget(f"features:user:{users[0]}", "orders_30d") is not None
 
     after = [Predictor(store, FolderModelStore(root)).predict_one("churn_model", user).score for user in users]
     assert after == before
 
-    _edit(yml, "the 30 days before computed_at.\n        data_type: integer", "the 30 days before computed_at.\n        data_type: double precision")
+    _edit(
+        yml,
+        "the 30 days before computed_at.\n        data_type: integer",
+        "the 30 days before computed_at.\n        data_type: double precision",
+    )
     _edit(sql, "as integer) as events_30d", "as double precision) as events_30d")
     _dbt_build_copy(project, warehouse_copy)
     changed = load_registry(project / "target/manifest.json").view("user_features")
     sync_online_store(warehouse_copy, store, changed)
-    with pytest.raises(SchemaMismatch, match=re.escape("reads user_features.events_30d as int64, but the online store holds it as float64")):
+    with pytest.raises(
+        SchemaMismatch,
+        match=re.escape("reads user_features.events_30d as int64, but the online store holds it as float64"),
+    ):
         Predictor(store, FolderModelStore(root)).predict_one("churn_model", users[0])
 
 
 @pytest.mark.parametrize(
     "view, feature, edit, message",
     [
-        ("user_features", "events_30d", "definition", re.escape("reads user_features.events_30d, but its definition (SQL) changed since the model was trained")),
+        (
+            "user_features",
+            "events_30d",
+            "definition",
+            re.escape("reads user_features.events_30d, but its definition (SQL) changed since the model was trained"),
+        ),
         ("user_features", "plan", "missing", "reads user_features.plan, but redis .* has no such feature"),
-        ("country_features", "country_paid_share", "definition", re.escape("reads country_features.country_paid_share, but its definition (SQL) changed")),
-        ("country_features", "country_paid_share", "dtype", re.escape("reads country_features.country_paid_share as float64, but the online store holds it as string")),
+        (
+            "country_features",
+            "country_paid_share",
+            "definition",
+            re.escape("reads country_features.country_paid_share, but its definition (SQL) changed"),
+        ),
+        (
+            "country_features",
+            "country_paid_share",
+            "dtype",
+            re.escape("reads country_features.country_paid_share as float64, but the online store holds it as string"),
+        ),
     ],
 )
-def test_prediction_refuses_a_change_in_either_view_naming_view_and_feature(trained, redis_client, view, feature, edit, message):
+def test_prediction_refuses_a_change_in_either_view_naming_view_and_feature(
+    trained, redis_client, view, feature, edit, message
+):
     warehouse, root = trained
     store = RedisOnlineStore(redis_client)
     sync_views(warehouse, store)
     changed_view = REGISTRY.view(view)
     record = store.last_sync(changed_view)
     if edit == "definition":
-        changed = replace(record, definitions=tuple((n, "edited" if n == feature else c) for n, c in record.definitions))
+        changed = replace(
+            record, definitions=tuple((n, "edited" if n == feature else c) for n, c in record.definitions)
+        )
     elif edit == "dtype":
         changed = replace(record, schema=tuple((n, "string" if n == feature else d) for n, d in record.schema))
     else:
@@ -307,14 +375,19 @@ def test_featurestore_predict_scores_one_or_many_users_and_names_bad_input(train
 
     assert main(["predict", "churn", str(users[0]), str(users[1]), "987654"]) == 0
     table = capsys.readouterr().out
-    assert len(table.strip().splitlines()) == 4 and "user_id 987654 has no user_features" in table  # a header, three rows
+    assert (
+        len(table.strip().splitlines()) == 4 and "user_id 987654 has no user_features" in table
+    )  # a header, three rows
 
     cases = [
         (["predict", "fraud", "1"], "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model"),
         (["predict", "ltv", "1", "--key", "country_code=DE"], "model ltv_model reads no view keyed by 'country_code'"),
         (["predict", "churn", "1", "--key", "country_code"], "--key takes NAME=VALUE"),
         (["predict", "churn", " "], "user_id cannot be empty"),
-        (["predict", "churn", str(users[0]), "--key", "country_code=ZZ"], "country_code ZZ has no country_features in the online store"),
+        (
+            ["predict", "churn", str(users[0]), "--key", "country_code=ZZ"],
+            "country_code ZZ has no country_features in the online store",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -333,7 +406,12 @@ def test_a_card_written_before_models_read_several_views_still_loads_with_its_on
     card = FolderModelStore(tmp_path).card("churn_model", "v1")
     assert card.caller_keys == ["user_id"] and card.features[0]["view"] == "user_features"
     [view] = card.feature_views()
-    assert (view.name, view.entity_key, view.feature_names, view.online_ttl) == ("user_features", "user_id", ("age",), timedelta(hours=48))
+    assert (view.name, view.entity_key, view.feature_names, view.online_ttl) == (
+        "user_features",
+        "user_id",
+        ("age",),
+        timedelta(hours=48),
+    )
 
 
 def test_serving_refuses_a_non_finite_feature_value_by_name(trained, redis_client):
@@ -423,11 +501,17 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
         expected = expected.toarray() if sparse.issparse(expected) else expected
         encoded = np.concatenate([encode(matrix) for encode in encoders], axis=1)
         assert np.array_equal(encoded, expected), name
-        one_by_one = np.vstack([np.concatenate([encode(matrix[i : i + 1]) for encode in encoders], axis=1) for i in range(len(matrix))])
+        one_by_one = np.vstack(
+            [np.concatenate([encode(matrix[i : i + 1]) for encode in encoders], axis=1) for i in range(len(matrix))]
+        )
         assert np.array_equal(one_by_one, expected), name
 
         rows = slice(None) if card.task == "classification" else slice(0, 300)  # gradient boosting scores itself
-        reference = pipeline.predict_proba(matrix[rows])[:, 1] if card.task == "classification" else pipeline.predict(matrix[rows])
+        reference = (
+            pipeline.predict_proba(matrix[rows])[:, 1]
+            if card.task == "classification"
+            else pipeline.predict(matrix[rows])
+        )
         np.testing.assert_allclose(score(encoded[rows]), reference, rtol=0, atol=1e-12, err_msg=name)
         singles = np.array([score(row.reshape(1, -1))[0] for row in encoded[rows]])
         np.testing.assert_allclose(singles, reference, rtol=0, atol=1e-12, err_msg=name)

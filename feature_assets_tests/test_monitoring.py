@@ -61,8 +61,12 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
     assert materialization.metadata["shape_events_30d"].value.startswith("training ")  # shown without a click
     # Each statistic is a number of its own, so the UI plots it over the reports; the table has no "nan" cells.
     psi = materialization.metadata["psi_events_30d"]
-    assert isinstance(psi, dg.FloatMetadataValue) and psi.value == round(report.set_index("feature").loc["events_30d", "psi"], 4)
-    assert {f"mean_shift_{name}" for name in VIEW.feature_names if VIEW.feature(name).dtype in ("int64", "float64")} <= set(materialization.metadata)
+    assert isinstance(psi, dg.FloatMetadataValue) and psi.value == round(
+        report.set_index("feature").loc["events_30d", "psi"], 4
+    )
+    assert {
+        f"mean_shift_{name}" for name in VIEW.feature_names if VIEW.feature(name).dtype in ("int64", "float64")
+    } <= set(materialization.metadata)
     assert "nan" not in materialization.metadata["report"].value
 
 
@@ -92,7 +96,10 @@ def test_a_drift_error_holds_promotion_back_in_plain_words_and_the_previous_mode
     materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     assert {"churn_model", "user_features_skew_report"} <= materialized
     assert "served_models" not in materialized
-    [held_back] = [e.asset_observation_data.asset_observation.metadata["held_back"].value for e in result.get_asset_observation_events()]
+    [held_back] = [
+        e.asset_observation_data.asset_observation.metadata["held_back"].value
+        for e in result.get_asset_observation_events()
+    ]
     assert held_back.startswith("held back: drift error on events_30d (user_features: psi ")
     assert f"serving churn_model {serving_before}" in held_back
     assert models.versions("churn_model")[-1] != serving_before  # a new version was trained ...
@@ -121,7 +128,6 @@ def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tm
     assert result.success
     source = warehouse.query(f"select serving_source from {REPORT_TABLE} order by report_at desc limit 1")
     assert source["serving_source"].iloc[0] == f"served log ({len(latest)} vectors)"
-
 
 
 def test_the_country_report_compares_training_with_what_serving_reads_through_each_users_country(monitored):

@@ -1,12 +1,13 @@
 """The online snapshot as Dagster runs it: after a real dbt build, with its parity check, automation and CLI."""
 
 import json
-from datetime import datetime, timedelta
 from dataclasses import replace
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import dagster as dg
 import pytest
+from conftest import ANCHOR, REDIS_URL, dbt_resource
 
 from feature_assets import automation
 from feature_assets.as_of import format_hour
@@ -24,7 +25,6 @@ from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, SqliteOnlineStore
 from feature_assets.settings import Settings
-from conftest import ANCHOR, REDIS_URL, dbt_resource
 
 ONLINE = dg.AssetKey("user_features_online")
 FEATURES = dg.AssetKey("user_features")
@@ -61,7 +61,9 @@ def built(tmp_path_factory):
         run_config={
             "ops": {
                 "demo_raw_data": {"config": {"users": 300, "days": 10, "anchor": format_hour(today)}},
-                "dbt_feature_views": {"config": {"as_of_start": format_hour(today - timedelta(days=2)), "as_of_end": format_hour(today)}},
+                "dbt_feature_views": {
+                    "config": {"as_of_start": format_hour(today - timedelta(days=2)), "as_of_end": format_hour(today)}
+                },
             }
         },
         instance=instance,
@@ -92,9 +94,13 @@ def test_the_sync_waits_while_a_blocking_check_of_user_features_has_failed(built
     cursor = dg.evaluate_automation_conditions(defs=built.defs, instance=instance).cursor
 
     # Today's as-of day: the partition the sync reads its latest snapshots from.
-    instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES, partition=automation.AS_OF_DAYS.get_last_partition_key()))
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(FEATURES, partition=automation.AS_OF_DAYS.get_last_partition_key())
+    )
     for spec in blocking:
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(FEATURES, spec.name, passed=spec is not blocking[0]))
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(FEATURES, spec.name, passed=spec is not blocking[0])
+        )
     held = dg.evaluate_automation_conditions(defs=built.defs, instance=instance, cursor=cursor)
     assert held.get_num_requested(ONLINE) == 0
 
@@ -132,7 +138,11 @@ def test_materializing_the_online_snapshot_fills_the_store_with_the_latest_offli
 def test_the_parity_check_fails_the_run_and_shows_the_value_altered_by_hand(built, redis_client):
     online = OnlineStoreResource(kind="redis", redis_url=REDIS_URL)
     resources = {"warehouse": built.warehouse, "online_store": online}
-    dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    dg.materialize(
+        [user_features_online, user_features_online_parity],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     user = int(offline_latest(built.warehouse)["user_id"].iloc[3])
     redis_client.hset(f"features:user:{user}", "plan", "platinum")
 
@@ -154,7 +164,9 @@ def test_the_parity_check_fails_the_run_and_shows_the_value_altered_by_hand(buil
     with online.open() as store:
         assert "parity check found 1 mismatched" in store.last_sync(VIEW).full_sync_due
     repaired = dg.materialize(
-        [user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral()
+        [user_features_online, user_features_online_parity],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
     )
     assert repaired.asset_materializations_for_node("user_features_online")[0].metadata["mode"].value == "full"
     assert repaired.get_asset_check_evaluations()[0].passed
@@ -164,7 +176,11 @@ def test_the_parity_check_fails_the_run_and_shows_the_value_altered_by_hand(buil
 def test_a_user_only_the_online_store_holds_fails_parity_and_the_repair_deletes_it(built, redis_client):
     online = OnlineStoreResource(kind="redis", redis_url=REDIS_URL)
     resources = {"warehouse": built.warehouse, "online_store": online}
-    dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    dg.materialize(
+        [user_features_online, user_features_online_parity],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     some_user = int(offline_latest(built.warehouse)["user_id"].iloc[0])
     redis_client.copy(f"features:user:{some_user}", "features:user:987654321")  # a user deleted from the warehouse
 
@@ -177,7 +193,11 @@ def test_a_user_only_the_online_store_holds_fails_parity_and_the_repair_deletes_
     )
     [parity] = failed.get_asset_check_evaluations()
     assert not parity.passed and "user_id 987654321" in parity.description
-    dg.materialize([user_features_online, user_features_online_parity], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    dg.materialize(
+        [user_features_online, user_features_online_parity],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert not redis_client.exists("features:user:987654321")
 
 
@@ -207,9 +227,16 @@ def test_featurestore_sync_names_the_users_a_failed_parity_check_found_and_the_n
     assert f"user_id {user}" in error and "a full sync repairs them" in error
 
     repaired = sync()
-    assert repaired.returncode == 0 and "user_features_online (sqlite" in repaired.stdout and "full sync" in repaired.stdout
+    assert (
+        repaired.returncode == 0
+        and "user_features_online (sqlite" in repaired.stdout
+        and "full sync" in repaired.stdout
+    )
     with sqlite3.connect(built.home / "online.sqlite") as con:
-        assert con.execute("select plan from online_user_features where entity_id = ?", (str(user),)).fetchone()[0] != "platinum"
+        assert (
+            con.execute("select plan from online_user_features where entity_id = ?", (str(user),)).fetchone()[0]
+            != "platinum"
+        )
 
 
 def test_a_failed_parity_check_makes_the_automation_request_the_repair_sync_once():
@@ -248,7 +275,9 @@ def test_featurestore_get_prints_one_entitys_online_features_of_the_named_view(b
 
     assert main(["get", "user_features", str(offline["user_id"]), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["user_id"] == offline["user_id"] and printed["age"] == offline["age"] and printed["_missing"] is False
+    assert (
+        printed["user_id"] == offline["user_id"] and printed["age"] == offline["age"] and printed["_missing"] is False
+    )
     assert printed["computed_at"] == offline["computed_at"].isoformat()
 
     assert main(["get", "user_features", str(offline["user_id"])]) == 0
@@ -293,10 +322,15 @@ def test_each_views_refresh_must_fit_twice_in_its_own_ttl():
     slow = replace(COUNTRIES, refresh_interval=timedelta(hours=12), online_ttl=timedelta(hours=20))
     with pytest.raises(ConfigError, match=r"refresh interval of country_features \(12 h\).*online TTL \(20 h\)"):
         automation.check_refresh_fits_ttl([VIEW, slow])
-    automation.check_refresh_fits_ttl([VIEW, replace(COUNTRIES, refresh_interval=timedelta(hours=24))])  # exactly half is enough
+    automation.check_refresh_fits_ttl(
+        [VIEW, replace(COUNTRIES, refresh_interval=timedelta(hours=24))]
+    )  # exactly half is enough
     # An as-of day (the views' partition) holds the same hours of the cadence every day.
     for odd in (timedelta(minutes=90), timedelta(hours=5), timedelta(hours=48)):
-        with pytest.raises(ConfigError, match=r"refresh_hours must be a whole number of hours that divides a day \(1, 2, 3, 4, 6, 8, 12 or 24\)"):
+        with pytest.raises(
+            ConfigError,
+            match=r"refresh_hours must be a whole number of hours that divides a day \(1, 2, 3, 4, 6, 8, 12 or 24\)",
+        ):
             automation.check_refresh_fits_ttl([replace(VIEW, refresh_interval=odd, online_ttl=timedelta(days=7))])
 
 
@@ -306,12 +340,25 @@ def test_the_hourly_schedule_refreshes_each_view_on_its_own_cadence(tmp_path):
     assert automation.due_views([VIEW, daily], ANCHOR + timedelta(hours=5)) == [VIEW]
     defs = build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
     schedule = defs.resolve_schedule_def("hourly_refresh")
-    request = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=ANCHOR + timedelta(hours=5), repository_def=defs.get_repository_def())).run_requests[0]
+    request = schedule.evaluate_tick(
+        dg.build_schedule_context(
+            scheduled_execution_time=ANCHOR + timedelta(hours=5), repository_def=defs.get_repository_def()
+        )
+    ).run_requests[0]
     selected = {key.to_user_string() for key in request.asset_selection}
-    assert {"user_features", "country_features", "stg_app__users", "raw_events"} <= selected  # both views refresh hourly
-    assert not selected & {"churn_labels", "ltv_labels", "user_features_online"}  # labels belong to training, syncs to automation
+    assert {
+        "user_features",
+        "country_features",
+        "stg_app__users",
+        "raw_events",
+    } <= selected  # both views refresh hourly
+    assert not selected & {
+        "churn_labels",
+        "ltv_labels",
+        "user_features_online",
+    }  # labels belong to training, syncs to automation
     # The run appends the tick's own hour to its as-of day (the partition), not the wall clock's.
     assert request.partition_key == automation.day_key(ANCHOR)
-    assert request.run_config["ops"]["dbt_feature_views"]["config"] == {"as_of_start": format_hour(ANCHOR + timedelta(hours=5))} | {
-        "as_of_end": format_hour(ANCHOR + timedelta(hours=5))
-    }
+    assert request.run_config["ops"]["dbt_feature_views"]["config"] == {
+        "as_of_start": format_hour(ANCHOR + timedelta(hours=5))
+    } | {"as_of_end": format_hour(ANCHOR + timedelta(hours=5))}

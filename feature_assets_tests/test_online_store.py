@@ -139,7 +139,9 @@ def _corrupt(store, field: str, value: str) -> None:
         con.execute(f'update "online_thing_features" set "{field}" = ? where entity_id = ?', (value, "2"))
 
 
-@pytest.mark.parametrize("field, value", [("count", "12.5"), ("score", "twelve"), ("active", "yes"), ("computed_at", "noon")])
+@pytest.mark.parametrize(
+    "field, value", [("count", "12.5"), ("score", "twelve"), ("active", "yes"), ("computed_at", "noon")]
+)
 def test_a_value_that_cannot_be_cast_raises_an_error_naming_key_field_and_value(online_store, field, value):
     write(online_store, VIEW, ROWS)
     _corrupt(online_store, field, value)
@@ -215,7 +217,10 @@ def test_redis_layout_is_one_readable_hash_per_entity_with_the_ttl(redis_client)
     assert redis_client.hget("features:thing:2", "score") == b"-0.0"
     meta = {k.decode(): v.decode() for k, v in redis_client.hgetall("featurestore:view:thing_features").items()}
     assert meta["version"] == VIEW.version
-    assert meta["schema"] == '{"computed_at": "timestamp", "count": "int64", "score": "float64", "label": "string", "active": "bool"}'
+    assert (
+        meta["schema"]
+        == '{"computed_at": "timestamp", "count": "int64", "score": "float64", "label": "string", "active": "bool"}'
+    )
     assert meta["last_sync_watermark"] == HOUR.isoformat()
     assert 172_790_000 < redis_client.pttl(b"featurestore:view:thing_features") <= 172_800_000
 
@@ -224,7 +229,9 @@ def test_two_views_of_one_entity_keep_separate_hashes_and_one_exchange_reads_bot
     from dataclasses import replace
 
     first = replace(VIEW, name="thing_features")  # the entity's own view: features:thing:<id>
-    second = replace(VIEW, name="thing_order_features", features=VIEW.features[:2])  # features:thing_order_features:<id>
+    second = replace(
+        VIEW, name="thing_order_features", features=VIEW.features[:2]
+    )  # features:thing_order_features:<id>
     store = RedisOnlineStore(redis_client)
     write(store, first, ROWS)
     other = ROWS.copy()
@@ -233,7 +240,9 @@ def test_two_views_of_one_entity_keep_separate_hashes_and_one_exchange_reads_bot
     assert redis_client.hget("features:thing:1", "count") == str(BIG).encode()
     assert redis_client.hget("features:thing_order_features:1", "count") == str(BIG // 2).encode()
     assert store.count_entities(first) == store.count_entities(second) == len(ROWS)
-    rows = store.read_rows([(first, 1, ["computed_at", "count"]), (second, 1, ["computed_at", "count"]), (second, 99, ["count"])])
+    rows = store.read_rows(
+        [(first, 1, ["computed_at", "count"]), (second, 1, ["computed_at", "count"]), (second, 99, ["count"])]
+    )
     assert [row and row[1] for row in rows] == [str(BIG).encode(), str(BIG // 2).encode(), None]
 
 

@@ -10,14 +10,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REDIS_URL, empty_redis_store
+from redis_servers import start_acl_redis, start_cluster
 
 from feature_assets.errors import OnlineStoreError
 from feature_assets.registry import Feature, FeatureView
 from feature_assets.serving import FeatureReader, RedisOnlineStore, encode_batch
 from feature_assets.serving.redis_io import primaries
-from redis_servers import start_acl_redis, start_cluster
-
-from conftest import REDIS_URL, empty_redis_store
 
 VIEW = FeatureView(
     "thing_features", "thing", "thing_id", "computed_at", timedelta(days=2),
@@ -49,7 +48,11 @@ def test_a_connection_killed_between_batches_fails_the_sync_clearly_and_leaves_n
     assert "the sync failed after" in message and "the next sync resumes" in message
     assert store.describe() in message
 
-    ttls = [node.pttl(key) for node in primaries(store.client) for key in node.scan_iter(match="features:thing:*", count=10_000)]
+    ttls = [
+        node.pttl(key)
+        for node in primaries(store.client)
+        for key in node.scan_iter(match="features:thing:*", count=10_000)
+    ]
     assert len(ttls) >= 5000  # the batches before the kill are stored
     assert min(ttls) > 0, "a key exists without an expiry"
     # What was stored is whole: every readable entity has both fields.
@@ -67,7 +70,10 @@ def test_a_cluster_master_killed_mid_read_gives_a_clear_error_never_partial_feat
             writer.write(encode_batch(VIEW, frame(range(3000))))
         reader = FeatureReader(store, VIEW)
         assert not reader.get_online_features(range(3000))["_missing"].any()
-        assert sorted(len(list(node.scan_iter(match="features:thing:*"))) > 0 for node in primaries(store.client)) == [True] * 3
+        assert (
+            sorted(len(list(node.scan_iter(match="features:thing:*"))) > 0 for node in primaries(store.client))
+            == [True] * 3
+        )
 
         cluster.kill(1)
 
@@ -137,7 +143,6 @@ def test_the_ca_certificate_may_come_in_the_url(tls_redis, monkeypatch):
     monkeypatch.delenv("FEATURE_STORE_REDIS_CA_CERT", raising=False)
     with RedisOnlineStore.from_url(f"{tls_redis.url}?ssl_ca_certs={tls_redis.ca_cert}") as store:
         assert store.count_entities(VIEW) >= 0
-
 
 
 def test_the_served_vector_log_works_on_a_cluster(redis_cluster):

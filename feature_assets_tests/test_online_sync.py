@@ -8,8 +8,9 @@ import pandas as pd
 import psycopg
 import pytest
 import redis
-
 from conftest import wait_until
+from redis_servers import start_restartable_redis
+
 from feature_assets.errors import OnlineStoreError
 from feature_assets.online_sync import check_online_parity, sync_online_store
 from feature_assets.project import dbt_project
@@ -17,7 +18,6 @@ from feature_assets.registry import load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord
 from feature_assets.serving.codec import PANDAS_DTYPES, view_schema
-from redis_servers import start_restartable_redis
 
 VIEW = load_registry(dbt_project.manifest_path).view("user_features")
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
@@ -101,7 +101,9 @@ def test_a_sync_reads_the_warehouse_in_bounded_batches(duckdb_warehouse, online_
     assert max(np.diff([0, *progress])) <= 2048
 
 
-def test_a_new_definition_version_forces_a_full_resync_and_a_new_schema_drops_old_fields(duckdb_warehouse, redis_client):
+def test_a_new_definition_version_forces_a_full_resync_and_a_new_schema_drops_old_fields(
+    duckdb_warehouse, redis_client
+):
     store = RedisOnlineStore(redis_client)
     append(duckdb_warehouse, snapshot(np.arange(1, 21), T1, 0))
     sync_online_store(duckdb_warehouse, store, VIEW)
@@ -112,7 +114,10 @@ def test_a_new_definition_version_forces_a_full_resync_and_a_new_schema_drops_ol
     assert "version" in result.reason
 
     redis_client.hset("features:user:3", "retired_feature", "1")
-    store.record_sync(VIEW, SyncRecord(VIEW.version, (*view_schema(VIEW), ("retired_feature", "int64")), DEFINITIONS, T1, T1, 20, False))
+    store.record_sync(
+        VIEW,
+        SyncRecord(VIEW.version, (*view_schema(VIEW), ("retired_feature", "int64")), DEFINITIONS, T1, T1, 20, False),
+    )
     sync_online_store(duckdb_warehouse, store, VIEW, full_resync=True)
     assert sorted(redis_client.hkeys("features:user:3")) == sorted(name.encode() for name, _ in view_schema(VIEW))
     assert redis_client.pttl("features:user:3") > 0
@@ -181,7 +186,9 @@ def test_a_sync_killed_with_redis_keeps_old_values_whole_records_nothing_and_the
         if rows >= 15_000 and own_redis.process.running():
             # Wait until Redis has applied part of the new snapshot, then kill it (SIGKILL).
             hsets = len(users) + 2_000
-            wait_until(lambda: probe.info("commandstats")["cmdstat_hset"]["calls"] >= hsets, f"Redis applying {hsets} HSETs")
+            wait_until(
+                lambda: probe.info("commandstats")["cmdstat_hset"]["calls"] >= hsets, f"Redis applying {hsets} HSETs"
+            )
             own_redis.kill()
 
     with pytest.raises(OnlineStoreError, match="earlier values stay readable"):
@@ -205,7 +212,9 @@ def test_a_sync_whose_warehouse_connection_dies_keeps_old_values_and_the_next_sy
 ):
     application = f"fs_online_{uuid.uuid4().hex[:8]}"
     warehouse = Warehouse(
-        kind="postgres", postgres_url=f"{postgres_url}?application_name={application}", schema_name=postgres_warehouse.schema_name
+        kind="postgres",
+        postgres_url=f"{postgres_url}?application_name={application}",
+        schema_name=postgres_warehouse.schema_name,
     )
     users = np.arange(1, 10_001)
     append(warehouse, snapshot(users, T1, 0))
@@ -241,7 +250,9 @@ def test_sqlite_and_redis_hold_the_same_values_after_the_same_sync(duckdb_wareho
     pd.testing.assert_frame_equal(*frames)
 
 
-def test_a_write_that_redis_refuses_fails_the_sync_naming_the_reason_and_records_nothing(duckdb_warehouse, redis_client):
+def test_a_write_that_redis_refuses_fails_the_sync_naming_the_reason_and_records_nothing(
+    duckdb_warehouse, redis_client
+):
     append(duckdb_warehouse, snapshot(np.arange(1, 2001), T1, 0))
     redis_client.set("features:user:1500", "not a hash")
     store = RedisOnlineStore(redis_client)
@@ -250,14 +261,18 @@ def test_a_write_that_redis_refuses_fails_the_sync_naming_the_reason_and_records
     assert store.last_sync(VIEW) is None
 
 
-def test_a_backfill_after_raw_data_was_corrected_reaches_the_online_store_and_deleted_users_leave_it(duckdb_warehouse, tmp_path):
+def test_a_backfill_after_raw_data_was_corrected_reaches_the_online_store_and_deleted_users_leave_it(
+    duckdb_warehouse, tmp_path
+):
     """Re-running as-of times the store already holds (the watermark does not move) still rewrites it: dbt logs
     each build of an as-of time, and the sync goes full when one it covered was rebuilt."""
-    from feature_assets.demo_data import DemoDataSpec, generate
-
     from conftest import ANCHOR, materialize, write_raw
 
-    write_raw(duckdb_warehouse, generate(DemoDataSpec(users=60, days=40, origin=ANCHOR - timedelta(days=40)), None, ANCHOR))
+    from feature_assets.demo_data import DemoDataSpec, generate
+
+    write_raw(
+        duckdb_warehouse, generate(DemoDataSpec(users=60, days=40, origin=ANCHOR - timedelta(days=40)), None, ANCHOR)
+    )
     as_of = {"as_of_start": str(ANCHOR - timedelta(days=1)), "as_of_end": str(ANCHOR)}
     assert materialize(duckdb_warehouse, as_of=as_of).success
     store = SqliteOnlineStore(tmp_path / "online.sqlite")
@@ -276,7 +291,9 @@ def test_a_backfill_after_raw_data_was_corrected_reaches_the_online_store_and_de
     assert result.mode == "full" and "rebuilt" in result.reason
     assert b"7" not in store.entity_ids(VIEW) and result.entities_deleted == 1
     assert check_online_parity(duckdb_warehouse, store, VIEW).passed
-    assert sync_online_store(duckdb_warehouse, store, VIEW).mode == "incremental"  # the rebuild is taken into account once
+    assert (
+        sync_online_store(duckdb_warehouse, store, VIEW).mode == "incremental"
+    )  # the rebuild is taken into account once
     store.close()
 
 

@@ -9,11 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 import dagster as dg
 import psycopg
 import pytest
+from conftest import ANCHOR
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from feature_assets.assets.raw import demo_raw_data
-
-from conftest import ANCHOR
 
 PROD_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "deploy" / "prod" / "dagster.yaml"
 

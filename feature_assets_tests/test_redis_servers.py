@@ -9,9 +9,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
-
 from redis_servers import start_acl_redis, start_cluster, start_tls_redis
-
 
 # redis-py 8 retries a failed connection or command 3 times with exponential backoff (~4 s in all): the tests that
 # expect a failure ask for none, so they take milliseconds.
@@ -99,7 +97,9 @@ def test_tls_redis_answers_a_verifying_tls_client(tls_redis):
 def test_tls_redis_refuses_plain_tcp_and_unknown_certificates(tls_redis):
     started = time.monotonic()
     with pytest.raises(redis.ConnectionError):
-        plain = redis.Redis(host="127.0.0.1", port=tls_redis.port, socket_timeout=1, socket_connect_timeout=1, retry=NO_RETRY)
+        plain = redis.Redis(
+            host="127.0.0.1", port=tls_redis.port, socket_timeout=1, socket_connect_timeout=1, retry=NO_RETRY
+        )
         plain.ping()
     assert time.monotonic() - started < 1
     # Without the test CA, the server's certificate does not verify against the system's CAs.

@@ -74,13 +74,19 @@ def _churn_set(exposures) -> dict:
             "model churn_model reads country_features, keyed by country_code, but label table churn_labels carries only user_id",
         ),
         (
-            lambda nodes, exposures: _churn_set(exposures)["features"]["country_features"].append("country_users")
-            or nodes["user_features"]["columns"].update(country_users={"name": "country_users", "data_type": "integer"})
-            or _churn_set(exposures)["features"]["user_features"].append("country_users"),
+            lambda nodes, exposures: (
+                _churn_set(exposures)["features"]["country_features"].append("country_users")
+                or nodes["user_features"]["columns"].update(
+                    country_users={"name": "country_users", "data_type": "integer"}
+                )
+                or _churn_set(exposures)["features"]["user_features"].append("country_users")
+            ),
             "model churn_model reads a feature named country_users from both user_features and country_features",
         ),
         (
-            lambda nodes, exposures: _churn_set(exposures).update(derived_keys={"country_code": "ltv_features.country"}),
+            lambda nodes, exposures: _churn_set(exposures).update(
+                derived_keys={"country_code": "ltv_features.country"}
+            ),
             "derived key country_code must name <view>.<feature> of another view the model reads, got 'ltv_features.country'",
         ),
         (
@@ -88,7 +94,9 @@ def _churn_set(exposures) -> dict:
             "labels 'user_features' is not a label table (a model with meta.labels); known: churn_labels, ltv_labels",
         ),
         (
-            lambda nodes, exposures: nodes["country_features"]["config"]["meta"]["feature_view"].update(refresh_hours=-1),
+            lambda nodes, exposures: nodes["country_features"]["config"]["meta"]["feature_view"].update(
+                refresh_hours=-1
+            ),
             "feature view country_features: refresh_hours must be a positive number of hours, got -1",
         ),
         (
@@ -141,7 +149,9 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     schedule = defs.resolve_schedule_def("hourly_refresh")
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # a store left open stays fresh
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 31, 5), repository_def=defs.get_repository_def())
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 3, 31, 5), repository_def=defs.get_repository_def()
+    )
     request = schedule.evaluate_tick(context).run_requests[0]
     assert request.run_config["ops"]["dbt_feature_views"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
     assert request.partition_key == "2026-03-31"
@@ -156,7 +166,10 @@ def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check
         assert "dagster_dbt/project" not in graph.get(key).metadata, "shown in the UI as [DbtProject] (unserializable)"
     assert all(graph.get_check_spec(key).description for key in graph.asset_check_keys)
     check = dg.AssetCheckKey(dg.AssetKey("user_features"), "unique_combination_user_features_user_id__computed_at")
-    assert graph.get_check_spec(check).description == "dbt test: one row per user_id, computed_at; a failure blocks what reads this model"
+    assert (
+        graph.get_check_spec(check).description
+        == "dbt test: one row per user_id, computed_at; a failure blocks what reads this model"
+    )
 
 
 @pytest.mark.parametrize(
@@ -164,10 +177,16 @@ def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check
     [
         ("2026-01-05", "2026-01-02", "--start 2026-01-05 is after --end 2026-01-02"),
         ("2026-01-01T05:00", "2026-01-02", "--start '2026-01-01T05:00' is not a day like 2026-01-31"),
-        ("2024-06-01", "2024-06-02", "the as-of days (the feature views' partitions) begin 2025-01-01: 2024-06-01 is before them"),
+        (
+            "2024-06-01",
+            "2024-06-02",
+            "the as-of days (the feature views' partitions) begin 2025-01-01: 2024-06-01 is before them",
+        ),
     ],
 )
-def test_a_bad_backfill_range_is_one_line_naming_it_not_dagsters_wrappers(tmp_path, monkeypatch, capsys, start, end, message):
+def test_a_bad_backfill_range_is_one_line_naming_it_not_dagsters_wrappers(
+    tmp_path, monkeypatch, capsys, start, end, message
+):
     from feature_assets.cli import main
 
     monkeypatch.setenv("FEATURE_STORE_HOME", str(tmp_path))

@@ -1,21 +1,21 @@
 """Served-feature logging: predictions unchanged, the exact served vectors logged, sampled, bounded, outage-proof."""
 
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 import redis
-
 from conftest import REDIS_URL, wait_until
-from feature_assets.serving import FeatureReader, FolderModelStore, RedisOnlineStore
-from feature_assets.serving.codec import PANDAS_DTYPES
-from feature_assets.serving.models import Predictor
+from redis_servers import start_restartable_redis
+
 from feature_assets.online_sync import sync_online_store
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
+from feature_assets.serving import FeatureReader, FolderModelStore, RedisOnlineStore
+from feature_assets.serving.codec import PANDAS_DTYPES
+from feature_assets.serving.models import Predictor
 from feature_assets.serving.served_log import RedisServedLog, SqliteServedLog
-from redis_servers import start_restartable_redis
 
 REGISTRY = load_registry(dbt_project.manifest_path)
 VIEW = REGISTRY.view("user_features")
@@ -33,7 +33,11 @@ def served_log_factory(request, tmp_path):
     made = []
 
     def make(**options):
-        log = RedisServedLog(REDIS_URL, **options) if request.param == "redis" else SqliteServedLog(tmp_path / "log.sqlite", **options)
+        log = (
+            RedisServedLog(REDIS_URL, **options)
+            if request.param == "redis"
+            else SqliteServedLog(tmp_path / "log.sqlite", **options)
+        )
         made.append(log)
         return log
 
@@ -64,7 +68,7 @@ def test_logging_leaves_predictions_unchanged_and_records_the_exact_served_vecto
     store, models, users = synced
     log = served_log_factory()
     plain, logged = Predictor(store, models), Predictor(store, models, served_log=log)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     expected = [plain.predict_one(MODEL, user) for user in users]
     served = [logged.predict_one(MODEL, user) for user in users]
     assert [p.score for p in served] == [p.score for p in expected]
@@ -86,7 +90,7 @@ def test_logging_leaves_predictions_unchanged_and_records_the_exact_served_vecto
         assert _features(row, names) == prediction.features  # values and types: ints stay ints, nulls stay null
         assert (row["model"], row["version"]) == (MODEL, prediction.version)
     assert frame["served_at"].dt.tz is not None
-    assert (frame["served_at"] >= before).all() and (frame["served_at"] <= datetime.now(timezone.utc)).all()
+    assert (frame["served_at"] >= before).all() and (frame["served_at"] <= datetime.now(UTC)).all()
     assert log.read("user_features", limit=5)["user_id"].tolist() == users[5:10]
 
 
@@ -155,7 +159,10 @@ def test_a_redis_outage_during_logging_never_fails_a_prediction_and_logging_resu
         pd.testing.assert_frame_equal(predictor.predict(FAST, users), plain.predict(FAST, users))
         assert log.flush(10)
         stats = log.stats()
-        assert stats.logged == PER_PREDICTION and stats.failed_writes + stats.dropped_full_queue == 6 * PER_PREDICTION * len(users)
+        assert (
+            stats.logged == PER_PREDICTION
+            and stats.failed_writes + stats.dropped_full_queue == 6 * PER_PREDICTION * len(users)
+        )
         assert stats.failed_writes > 0 and "ConnectionError" in stats.last_error
 
         server.restart()  # same port and AOF: the entry written before the outage comes back

@@ -18,14 +18,14 @@ import pandas as pd
 import psycopg
 import pytest
 import redis
-
 from conftest import REDIS_URL, wait_until
+from served_models import serve_models, train_and_save, write_snapshots
+
 from feature_assets.registry import load_registry
 from feature_assets.serving import FeatureReader, FolderModelStore, Predictor, RedisOnlineStore
 from feature_assets.serving.postgres_model_store import PostgresModelStore
 from feature_assets.serving.served_log import RedisServedLog
 from feature_assets.settings import dbt_manifest_path
-from served_models import serve_models, train_and_save, write_snapshots
 
 REGISTRY = load_registry(dbt_manifest_path())
 USERS, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
@@ -70,7 +70,9 @@ class Server:
         return self.health() == 200
 
     def wait_healthy(self) -> "Server":
-        wait_until(lambda: self.healthy() or self.process.poll() is not None, "the server answering /healthz", timeout=120)
+        wait_until(
+            lambda: self.healthy() or self.process.poll() is not None, "the server answering /healthz", timeout=120
+        )
         if self.process.poll() is not None:
             pytest.fail(f"the server exited; log:\n{self.log.read_text()[-3000:]}")
         return self
@@ -81,7 +83,11 @@ class Server:
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics by its name and labels, e.g. 'featurestore_http_requests_total{route=...,status=...}'."""
         text = self.client.get("/metrics").text
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -177,7 +183,10 @@ def test_features_come_back_typed_in_request_order_and_a_missing_entity_is_null_
         "/v1/features/country_features", json={"entities": [{"country_code": "DE"}], "features": ["country_paid_share"]}
     ).json()["entities"]
     assert list(one[0]["features"]) == ["country_paid_share"]
-    assert one[0]["features"]["country_paid_share"] == FeatureReader(online, COUNTRIES).get_entity("DE")["country_paid_share"]
+    assert (
+        one[0]["features"]["country_paid_share"]
+        == FeatureReader(online, COUNTRIES).get_entity("DE")["country_paid_share"]
+    )
 
 
 def test_predictions_over_http_equal_the_in_process_predictor_with_version_and_schema(server, online, home):
@@ -215,7 +224,9 @@ def test_a_missing_entity_is_a_404_and_a_changed_definition_a_409_naming_the_cau
     from dataclasses import replace
 
     record_before = online.last_sync(USERS)
-    changed = tuple((name, "edited" if name == "events_30d" else checksum) for name, checksum in record_before.definitions)
+    changed = tuple(
+        (name, "edited" if name == "events_30d" else checksum) for name, checksum in record_before.definitions
+    )
     online.record_sync(USERS, replace(record_before, definitions=changed))
     try:
         # Each worker looks at the sync record again within a second.
@@ -234,7 +245,9 @@ def test_a_value_json_cannot_carry_is_refused_by_name_not_sent_as_null(server, o
     before = online.client.hget(key, "avg_order_30d")
     online.client.hset(key, "avg_order_30d", "inf")
     try:
-        refused = server.client.post("/v1/features/user_features", json={"entities": [{"user_id": 10}, {"user_id": 11}]})
+        refused = server.client.post(
+            "/v1/features/user_features", json={"entities": [{"user_id": 10}, {"user_id": 11}]}
+        )
         assert refused.status_code == 409 and refused.json()["cause"] == "online_data"
         assert "user_features.avg_order_30d is inf for user_id 11, not a finite number" in refused.json()["error"]
         assert "not a finite number" in server.predict("churn", {"user_id": 11}).json()["error"]
@@ -250,18 +263,102 @@ def test_a_value_json_cannot_carry_is_refused_by_name_not_sent_as_null(server, o
         ("POST", "/v1/predict/churn", b'{"entity": [{"user_id": 1}]}', 400, "bad_request", "unknown field 'entity'"),
         ("POST", "/v1/predict/churn", b'{"entities": []}', 400, "bad_request", "a non-empty list of objects"),
         ("POST", "/v1/predict/churn", b'{"entities": [7]}', 400, "bad_request", "entities[0] is 7, not an object"),
-        ("POST", "/v1/predict/churn", b'{"entities": [{"user_id": "seven"}]}', 400, "invalid_entity", "user_id 'seven' is not a bigint"),
-        ("POST", "/v1/predict/churn", b'{"entities": [{"user_id": 1.5}]}', 400, "invalid_entity", "user_id 1.5 is not a bigint"),
-        ("POST", "/v1/predict/churn", b'{"entities": [{"user_id": true}]}', 400, "invalid_entity", "user_id True is not a bigint"),
-        ("POST", "/v1/predict/ltv", b'{"entities": [{"user_id": 1, "country_code": "DE"}]}', 400, "invalid_entity", "reads no view keyed by 'country_code'"),
-        ("POST", "/v1/predict/churn", b'{"entities": [{"user_id": 1, "country_code": "DE"}, {"user_id": 2}]}', 400, "invalid_entity", "every entity of one request passes the same keys"),
-        ("POST", "/v1/predict/churn", json.dumps({"entities": [{"user_id": i} for i in range(51)]}).encode(), 413, "too_many_entities", "51 entities; at most 50"),
-        ("POST", "/v1/predict/churn", b'{"entities": [' + b'{"user_id": 1},' * 2000 + b'{"user_id": 1}]}', 413, "too_large", "at most 20000"),
-        ("POST", "/v1/predict/fraud", b'{"entities": [{"user_id": 1}]}', 404, "unknown_model", "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model"),
-        ("POST", "/v1/features/orders", b'{"entities": [{"user_id": 1}]}', 404, "unknown_view", "no feature view 'orders'; known: country_features, user_features"),
-        ("POST", "/v1/features/user_features", b'{"entities": [{"user_id": 1}], "features": ["height"]}', 400, "unknown_feature", "user_features has no feature 'height'"),
-        ("POST", "/v1/features/user_features", b'{"entities": [{"country_code": "DE"}]}', 400, "invalid_entity", "keyed by user_id alone"),
-        ("POST", "/v1/features/user_features", b'{"entities": [{"user_id": 1}, {"user_id": "x"}]}', 400, "invalid_entity", "entities[1]: user_id 'x' is not a bigint"),
+        (
+            "POST",
+            "/v1/predict/churn",
+            b'{"entities": [{"user_id": "seven"}]}',
+            400,
+            "invalid_entity",
+            "user_id 'seven' is not a bigint",
+        ),
+        (
+            "POST",
+            "/v1/predict/churn",
+            b'{"entities": [{"user_id": 1.5}]}',
+            400,
+            "invalid_entity",
+            "user_id 1.5 is not a bigint",
+        ),
+        (
+            "POST",
+            "/v1/predict/churn",
+            b'{"entities": [{"user_id": true}]}',
+            400,
+            "invalid_entity",
+            "user_id True is not a bigint",
+        ),
+        (
+            "POST",
+            "/v1/predict/ltv",
+            b'{"entities": [{"user_id": 1, "country_code": "DE"}]}',
+            400,
+            "invalid_entity",
+            "reads no view keyed by 'country_code'",
+        ),
+        (
+            "POST",
+            "/v1/predict/churn",
+            b'{"entities": [{"user_id": 1, "country_code": "DE"}, {"user_id": 2}]}',
+            400,
+            "invalid_entity",
+            "every entity of one request passes the same keys",
+        ),
+        (
+            "POST",
+            "/v1/predict/churn",
+            json.dumps({"entities": [{"user_id": i} for i in range(51)]}).encode(),
+            413,
+            "too_many_entities",
+            "51 entities; at most 50",
+        ),
+        (
+            "POST",
+            "/v1/predict/churn",
+            b'{"entities": [' + b'{"user_id": 1},' * 2000 + b'{"user_id": 1}]}',
+            413,
+            "too_large",
+            "at most 20000",
+        ),
+        (
+            "POST",
+            "/v1/predict/fraud",
+            b'{"entities": [{"user_id": 1}]}',
+            404,
+            "unknown_model",
+            "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model",
+        ),
+        (
+            "POST",
+            "/v1/features/orders",
+            b'{"entities": [{"user_id": 1}]}',
+            404,
+            "unknown_view",
+            "no feature view 'orders'; known: country_features, user_features",
+        ),
+        (
+            "POST",
+            "/v1/features/user_features",
+            b'{"entities": [{"user_id": 1}], "features": ["height"]}',
+            400,
+            "unknown_feature",
+            "user_features has no feature 'height'",
+        ),
+        (
+            "POST",
+            "/v1/features/user_features",
+            b'{"entities": [{"country_code": "DE"}]}',
+            400,
+            "invalid_entity",
+            "keyed by user_id alone",
+        ),
+        (
+            "POST",
+            "/v1/features/user_features",
+            b'{"entities": [{"user_id": 1}, {"user_id": "x"}]}',
+            400,
+            "invalid_entity",
+            "entities[1]: user_id 'x' is not a bigint",
+        ),
         ("GET", "/v1/predict/churn", b"", 405, "no_route", "no route GET '/v1/predict/churn'"),
         ("GET", "/v2/everything", b"", 404, "no_route", "no route GET '/v2/everything'"),
     ],
@@ -311,7 +408,9 @@ def test_metrics_count_what_every_worker_served(server):
     assert len(pids) == 2, pids
     # Each prediction logs its vector per view (user and country), off the request path, counted within a second.
     logged = 'featurestore_served_log_vectors_total{outcome="logged"}'
-    wait_until(lambda: server.metrics().get(logged, 0) - before.get(logged, 0) >= 2 * sent, "the served vectors counted")
+    wait_until(
+        lambda: server.metrics().get(logged, 0) - before.get(logged, 0) >= 2 * sent, "the served vectors counted"
+    )
     assert server.metrics().get('featurestore_served_log_vectors_total{outcome="dropped"}', 0) == 0
     with RedisServedLog(REDIS_URL) as log:
         assert len(log.read("country_features")) >= sent
@@ -327,7 +426,11 @@ def test_a_promoted_version_is_served_without_a_restart(server, home):
     models.promote("ltv_model", "v2")
     try:
         # Each worker reads the served pointer at most once a second: within about a second, every answer is v2.
-        wait_until(lambda: all(server.predict("ltv", {"user_id": 5}).json()["version"] == "v2" for _ in range(10)), "v2 everywhere", timeout=5)
+        wait_until(
+            lambda: all(server.predict("ltv", {"user_id": 5}).json()["version"] == "v2" for _ in range(10)),
+            "v2 everywhere",
+            timeout=5,
+        )
         for _ in range(10):
             answer = server.predict("ltv", {"user_id": 5}).json()
             assert (answer["version"], answer["schema_version"]) == ("v2", v2.schema_version)
@@ -338,10 +441,16 @@ def test_a_promoted_version_is_served_without_a_restart(server, home):
         wait_until(lambda: [server.metrics().get(name) for name in in_use] == [0, 1], "v2 alone in the metrics")
     finally:
         models.promote("ltv_model", "v1")
-    wait_until(lambda: all(server.predict("ltv", {"user_id": 5}).json()["version"] == "v1" for _ in range(10)), "v1 again", timeout=5)
+    wait_until(
+        lambda: all(server.predict("ltv", {"user_id": 5}).json()["version"] == "v1" for _ in range(10)),
+        "v1 again",
+        timeout=5,
+    )
 
 
-def test_servers_on_the_postgresql_model_store_follow_a_promotion_made_elsewhere(online, start_server, postgres_url, tmp_path):
+def test_servers_on_the_postgresql_model_store_follow_a_promotion_made_elsewhere(
+    online, start_server, postgres_url, tmp_path
+):
     """The production layout: model versions and the served pointer in PostgreSQL, where every server host and the
     training run see them. A promotion by another process reaches a serving server within about a second."""
     schema = f"fs_serve_{uuid.uuid4().hex[:10]}"
@@ -349,7 +458,9 @@ def test_servers_on_the_postgresql_model_store_follow_a_promotion_made_elsewhere
     try:
         serve_models(models, REGISTRY, "v1")
         v2 = train_and_save(models, REGISTRY.feature_set("ltv_model"), "v2", seed=1)
-        server = start_server(REDIS_URL, FEATURE_STORE_MODEL_STORE_URL=postgres_url, FEATURE_STORE_POSTGRES_SCHEMA=schema)
+        server = start_server(
+            REDIS_URL, FEATURE_STORE_MODEL_STORE_URL=postgres_url, FEATURE_STORE_POSTGRES_SCHEMA=schema
+        )
         server.wait_healthy()
         assert server.predict("ltv", {"user_id": 5}).json()["version"] == "v1"
         models.promote("ltv_model", "v2")
@@ -457,7 +568,9 @@ def test_the_sqlite_online_store_serves_too(home, tmp_path, start_server):
     assert server.client.get("/healthz").json()["online_store"]["kind"] == "sqlite"
     answers = [server.predict("churn", {"user_id": user}) for user in (1, 2, 3)]
     assert all(answer.status_code == 200 for answer in answers)
-    features = server.client.post("/v1/features/user_features", json={"entities": [{"user_id": 4}, {"user_id": 99}]}).json()
+    features = server.client.post(
+        "/v1/features/user_features", json={"entities": [{"user_id": 4}, {"user_id": 99}]}
+    ).json()
     assert features["entities"][0]["features"]["plan"] == frames["user_features"]["plan"].iloc[3]
     assert features["entities"][1]["features"] is None
 

@@ -225,7 +225,9 @@ def test_a_constant_numeric_feature_is_ok_when_it_stays_and_an_error_when_it_mov
     assert moved["psi"] > 10  # every value left the training point: 2 * (1 - eps) * ln(1 / eps)
     assert moved["severity"] == "error"
 
-    from_zero = skew_report(pd.DataFrame({"c": np.zeros(100)}), pd.DataFrame({"c": np.ones(100)}), [("c", "float64")]).iloc[0]
+    from_zero = skew_report(
+        pd.DataFrame({"c": np.zeros(100)}), pd.DataFrame({"c": np.ones(100)}), [("c", "float64")]
+    ).iloc[0]
     assert from_zero["mean_shift"] == math.inf
     assert "mean shift inf >= 0.1" in from_zero["reasons"]
 
@@ -264,9 +266,14 @@ def test_a_single_category_feature_has_zero_psi_until_a_second_category_appears(
     assert (same["psi"], same["largest_frequency_change"], same["largest_change_category"]) == (0.0, 0.0, "free")
     assert same["severity"] == "ok"
 
-    mixed = skew_report(training, pd.DataFrame({"plan": exact_mix({"free": 40, "pro": 10})}), [("plan", "string")]).iloc[0]
+    mixed = skew_report(
+        training, pd.DataFrame({"plan": exact_mix({"free": 40, "pro": 10})}), [("plan", "string")]
+    ).iloc[0]
     assert mixed["psi"] > 0.25
-    assert mixed["largest_change_category"] in {"free", "pro"}  # both moved by 0.2; ties go to the first in sorted order
+    assert mixed["largest_change_category"] in {
+        "free",
+        "pro",
+    }  # both moved by 0.2; ties go to the first in sorted order
     assert mixed["largest_frequency_change"] == pytest.approx(0.2)
 
 
@@ -274,7 +281,9 @@ def test_an_empty_serving_frame_gives_zero_rows_and_nan_statistics_graded_ok() -
     report = skew_report(users(seed=1, n=200), pd.DataFrame(), FEATURES)
 
     assert (report["serving_rows"] == 0).all() and (report["training_rows"] == 200).all()
-    assert report[["serving_null_rate", "null_rate_change", "serving_mean", "mean_shift", "psi", "ks"]].isna().all().all()
+    assert (
+        report[["serving_null_rate", "null_rate_change", "serving_mean", "mean_shift", "psi", "ks"]].isna().all().all()
+    )
     assert (report["severity"] == "ok").all()
     assert (report["notes"] == "no serving rows").all()
 
@@ -289,7 +298,9 @@ def test_a_frame_with_rows_but_without_the_feature_column_is_a_data_error() -> N
 
 def test_a_non_numeric_value_in_a_numeric_feature_is_a_data_error() -> None:
     with pytest.raises(DataError, match="events_30d"):
-        skew_report(pd.DataFrame({"events_30d": [1, 2]}), pd.DataFrame({"events_30d": [1, "many"]}), [("events_30d", "int64")])
+        skew_report(
+            pd.DataFrame({"events_30d": [1, 2]}), pd.DataFrame({"events_30d": [1, "many"]}), [("events_30d", "int64")]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,7 +323,13 @@ def test_a_per_feature_override_changes_only_that_features_grade() -> None:
     serving["events_30d"] = training["events_30d"] * 1.3
     serving["spend_90d"] = training["spend_90d"] * 1.15
     thresholds = DriftThresholds.from_config(
-        {"warn_psi": 0.05, "features": {"events_30d": {"error_psi": math.inf, "warn_psi": math.inf}, "spend_90d": {"warn_mean_shift": 0.2}}}
+        {
+            "warn_psi": 0.05,
+            "features": {
+                "events_30d": {"error_psi": math.inf, "warn_psi": math.inf},
+                "spend_90d": {"warn_mean_shift": 0.2},
+            },
+        }
     )
 
     report = by_feature(skew_report(training, serving, FEATURES, thresholds))
@@ -321,7 +338,10 @@ def test_a_per_feature_override_changes_only_that_features_grade() -> None:
     assert report.loc["spend_90d", "severity"] == "ok"
     assert thresholds.for_feature("plan") is thresholds
     assert thresholds.for_feature("spend_90d").as_dict() == {
-        "warn_mean_shift": 0.2, "warn_psi": 0.05, "error_psi": 0.25, "error_null_rate_change": 0.05,
+        "warn_mean_shift": 0.2,
+        "warn_psi": 0.05,
+        "error_psi": 0.25,
+        "error_null_rate_change": 0.05,
     }
 
 
@@ -352,7 +372,9 @@ def test_malformed_thresholds_are_config_errors() -> None:
         ("spend_90d", "float64", pd.Series([None, None], dtype="Float64"), pd.Series([], dtype="float64")),
     ],
 )
-def test_histogram_markdown_embeds_a_small_png_titled_with_the_feature(feature: str, dtype: str, training: pd.Series, serving: pd.Series) -> None:
+def test_histogram_markdown_embeds_a_small_png_titled_with_the_feature(
+    feature: str, dtype: str, training: pd.Series, serving: pd.Series
+) -> None:
     markdown = histogram_markdown(training, serving, feature, dtype)
 
     prefix = f"![{feature}](data:image/png;base64,"
@@ -374,10 +396,17 @@ def test_histogram_markdown_leaves_pyplot_state_alone() -> None:
 
 def test_the_one_line_histogram_shows_a_shift_on_shared_bins_and_categories_by_share() -> None:
     rng = np.random.default_rng(0)
-    line = histogram_sparkline(pd.Series(rng.poisson(20, 5000)), pd.Series(rng.poisson(26, 5000)), "events_30d", "int64")
+    line = histogram_sparkline(
+        pd.Series(rng.poisson(20, 5000)), pd.Series(rng.poisson(26, 5000)), "events_30d", "int64"
+    )
     training, serving = re.fullmatch(r"training (\S+)   serving (\S+)   \((\S+) \.\. (\S+)\)", line).group(1, 2)
     assert len(training) == len(serving) == 10
     assert training.index("█") < serving.index("█")  # the serving mode lies to the right: the shift is visible
-    line = histogram_sparkline(exact_mix({"free": 6, "basic": 3, "pro": 1}), exact_mix({"free": 3, "enterprise": 7}), "plan", "string")
+    line = histogram_sparkline(
+        exact_mix({"free": 6, "basic": 3, "pro": 1}), exact_mix({"free": 3, "enterprise": 7}), "plan", "string"
+    )
     assert line == "training ·▇▄▂   serving █▄··   (enterprise, free, basic, pro)"  # by largest share on either side
-    assert histogram_sparkline(pd.Series([], dtype="float64"), pd.Series([None], dtype="Float64"), "x", "float64") == "no non-null values"
+    assert (
+        histogram_sparkline(pd.Series([], dtype="float64"), pd.Series([None], dtype="Float64"), "x", "float64")
+        == "no non-null values"
+    )

@@ -18,12 +18,12 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import pytest
-
 from conftest import materialize, write_raw
+from test_label_and_country_models import TABLES, _assert_same_rows, _records, _users_without_a_country
+
 from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.local_spark import local_spark_url
 from feature_assets.resources.warehouse import Warehouse
-from test_label_and_country_models import TABLES, _assert_same_rows, _records, _users_without_a_country
 
 ANCHOR = datetime(2026, 3, 31)
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
@@ -46,7 +46,10 @@ COMPARED = {
 
 def _read(warehouse: Warehouse) -> dict[str, list[dict[str, Any]]]:
     """Every compared table in contract order (Spark keeps a partition column last)."""
-    return {table: _records(warehouse.query(f"select {', '.join(columns)} from {table}")) for table, (columns, _) in COMPARED.items()}
+    return {
+        table: _records(warehouse.query(f"select {', '.join(columns)} from {table}"))
+        for table, (columns, _) in COMPARED.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +109,12 @@ def test_an_as_of_time_built_again_is_replaced_never_duplicated(builds):
     after = spark.query(newest, [ANCHOR])
     assert len(after) == len(before) > 0 and not after.duplicated(["user_id"]).any()
     changed = after.merge(before, on=["user_id", "computed_at"], suffixes=("", "_before"))
-    assert (changed["events_30d"] - changed["events_30d_before"]).tolist() == [int(u == user) for u in changed["user_id"]]
-    assert spark.query("select count(*) as n from user_features")["n"].iat[0] == len(builds["built"]["spark"]["user_features"])
+    assert (changed["events_30d"] - changed["events_30d_before"]).tolist() == [
+        int(u == user) for u in changed["user_id"]
+    ]
+    assert spark.query("select count(*) as n from user_features")["n"].iat[0] == len(
+        builds["built"]["spark"]["user_features"]
+    )
 
 
 @pytest.mark.parametrize("view_name", ["user_features", "country_features"])
@@ -124,7 +131,11 @@ def test_the_sync_reads_each_entitys_latest_snapshot_from_spark_in_bounded_batch
         # About three batches, whatever the number of entities.
         batch_rows = -(-len(expected) // 3)
         batches = list(iter_latest_snapshots(builds["spark"], con, view, until=until, batch_rows=batch_rows))
-        staged = [t.name for t in con.catalog.listTables(builds["spark"].schema_name) if t.name.startswith("featurestore_sync")]
+        staged = [
+            t.name
+            for t in con.catalog.listTables(builds["spark"].schema_name)
+            if t.name.startswith("featurestore_sync")
+        ]
         [sample] = list(iter_latest_snapshots(builds["spark"], con, view, until=until, sample=3))
     assert len(batches) > 1 and max(map(len, batches)) <= 3 * batch_rows
     assert not staged
@@ -145,7 +156,9 @@ def test_spark_builds_the_same_training_sets_as_duckdb_and_their_leakage_checks_
     assets, checks = training_set_assets(registry)
     built = {}
     for engine in ("duckdb", "spark"):
-        result = dg.materialize([*assets, *checks], resources={"warehouse": builds[engine]}, instance=dg.DagsterInstance.ephemeral())
+        result = dg.materialize(
+            [*assets, *checks], resources={"warehouse": builds[engine]}, instance=dg.DagsterInstance.ephemeral()
+        )
         evaluations = result.get_asset_check_evaluations()
         assert len(evaluations) == len(registry.feature_sets) and all(e.passed for e in evaluations), engine
         assert all(e.metadata["rows_checked"].value > 0 for e in evaluations), engine
@@ -172,7 +185,11 @@ def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path)
 
     local = {"FEATURE_STORE_HOME": str(tmp_path), "FEATURE_STORE_WAREHOUSE": "spark"}
     warehouse = warehouse_for(Settings.from_env(local))
-    assert (warehouse.kind, warehouse.spark_folder, warehouse.schema_name) == ("spark", str(tmp_path / "spark"), "featurestore")
+    assert (warehouse.kind, warehouse.spark_folder, warehouse.schema_name) == (
+        "spark",
+        str(tmp_path / "spark"),
+        "featurestore",
+    )
     session = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n").dbt_env()
     assert (session["FEATURE_STORE_DBT_TARGET"], session["SPARK_REMOTE"]) == ("spark", "sc://spark:15002/;token=t0k3n")
     thrift = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n", spark_dbt_method="thrift").dbt_env()
@@ -192,9 +209,17 @@ def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypat
     from feature_assets.resources import warehouse as warehouse_module
 
     monkeypatch.setattr(warehouse_module, "SPARK_APPEND_ROWS", 2)
-    frame = pd.DataFrame({"user_id": [1, 2, 3, 4, 5], "computed_at": [ANCHOR - k * HOUR for k in range(5)], "score": [0.5, None, 1.5, 2.5, 3.5]})
+    frame = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3, 4, 5],
+            "computed_at": [ANCHOR - k * HOUR for k in range(5)],
+            "score": [0.5, None, 1.5, 2.5, 3.5],
+        }
+    )
     with spark_warehouse.connect() as con:
-        spark_warehouse.append(con, "sliced", frame, {"user_id": "bigint", "computed_at": "timestamp", "score": "double"})
+        spark_warehouse.append(
+            con, "sliced", frame, {"user_id": "bigint", "computed_at": "timestamp", "score": "double"}
+        )
         landed = spark_warehouse.fetch(con, "select * from sliced order by user_id")
     pd.testing.assert_frame_equal(landed, frame, check_dtype=False)
 
@@ -234,4 +259,3 @@ def test_stop_spark_reads_a_server_record_it_did_not_write_as_no_server(tmp_path
     (tmp_path / "spark" / "server.json").write_text(recorded)
     assert main(["stop-spark"]) == 0
     assert capsys.readouterr().out == f"no local Spark server runs for {tmp_path / 'spark'}\n"
-

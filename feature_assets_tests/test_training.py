@@ -7,8 +7,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ANCHOR
+
 from feature_assets.errors import WarehouseError
 from feature_assets.leakage import check_leakage
 from feature_assets.project import dbt_project
@@ -24,7 +24,10 @@ COUNTRIES = replace(REGISTRY.view("country_features"), online_ttl=10 * HOUR)
 LABELS = LabelTable("test_labels", ("user_id", "country_code"), "label_time", "churned", "boolean", timedelta(days=30))
 FEATURE_SET = FeatureSet(
     "test_model",
-    (ViewRead(USERS, USERS.features), ViewRead(COUNTRIES, COUNTRIES.features, derived_from=("user_features", "country"))),
+    (
+        ViewRead(USERS, USERS.features),
+        ViewRead(COUNTRIES, COUNTRIES.features, derived_from=("user_features", "country")),
+    ),
     LABELS,
     "classification",
 )
@@ -32,7 +35,11 @@ LONE_USER, LONE_SNAPSHOT = 999, ANCHOR - 5 * DAY  # a user with one snapshot, to
 
 
 def _types(view) -> dict[str, str]:
-    return {view.entity_key: view.key_data_type, view.timestamp: "timestamp", **{f.name: f.data_type for f in view.features}}
+    return {
+        view.entity_key: view.key_data_type,
+        view.timestamp: "timestamp",
+        **{f.name: f.data_type for f in view.features},
+    }
 
 
 def _user_history(rng: np.random.Generator, users: int = 60) -> pd.DataFrame:
@@ -52,7 +59,9 @@ def _user_history(rng: np.random.Generator, users: int = 60) -> pd.DataFrame:
 def _country_history(rng: np.random.Generator) -> pd.DataFrame:
     """Hourly snapshots of two countries with gaps (FR has none at all)."""
     times = [ANCHOR - k * HOUR for k in range(240)]
-    frame = pd.DataFrame([(c, t) for c in ("US", "DE") for t in times if rng.random() < 0.4], columns=["country_code", "computed_at"])
+    frame = pd.DataFrame(
+        [(c, t) for c in ("US", "DE") for t in times if rng.random() < 0.4], columns=["country_code", "computed_at"]
+    )
     n = len(frame)
     frame["country_users"] = rng.integers(10, 500, n)
     frame["country_active_share_30d"] = rng.random(n)
@@ -79,7 +88,10 @@ def _labels(rng: np.random.Generator, users: pd.DataFrame, countries: pd.DataFra
                 country = row["country_code"] if view is COUNTRIES else codes[int(rng.integers(0, 4))]
                 rows.append((user, country, row["computed_at"] + delta))
     rows += [(u, "US", start - DAY) for u in range(1, 6)]  # before any snapshot
-    rows += [(LONE_USER, "DE", LONE_SNAPSHOT + delta) for delta in (timedelta(0), USERS.online_ttl, USERS.online_ttl + timedelta(seconds=1), -HOUR)]
+    rows += [
+        (LONE_USER, "DE", LONE_SNAPSHOT + delta)
+        for delta in (timedelta(0), USERS.online_ttl, USERS.online_ttl + timedelta(seconds=1), -HOUR)
+    ]
     rows += rows[:20]  # duplicates
     labels = pd.DataFrame(rows, columns=["user_id", "country_code", "label_time"])
     labels["churned"] = rng.random(len(labels)) < 0.2
@@ -95,7 +107,10 @@ def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.D
             view = read.view
             best = None
             for snapshot in histories[view.name].to_dict("records"):
-                if snapshot[view.entity_key] == label[read.key] and label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"]:
+                if (
+                    snapshot[view.entity_key] == label[read.key]
+                    and label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"]
+                ):
                     if best is None or snapshot[view.timestamp] > best[view.timestamp]:
                         best = snapshot
             row[snapshot_column(view)] = None if best is None else best[view.timestamp]
@@ -106,20 +121,34 @@ def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.D
 
 
 def _normalized(frame: pd.DataFrame) -> list[tuple]:
-    columns = ["user_id", "country_code", "label_time", "churned", *(snapshot_column(v) for v in FEATURE_SET.views), *FEATURE_SET.feature_names]
+    columns = [
+        "user_id",
+        "country_code",
+        "label_time",
+        "churned",
+        *(snapshot_column(v) for v in FEATURE_SET.views),
+        *FEATURE_SET.feature_names,
+    ]
     rows = []
     for row in frame[columns].itertuples(index=False):
         rows.append(tuple(None if pd.isna(v) else round(v, 9) if isinstance(v, float) else v for v in row))
     return rows
 
 
-def _load(warehouse, con, users: pd.DataFrame, countries: pd.DataFrame, labels: pd.DataFrame, indexed: bool = True) -> None:
+def _load(
+    warehouse, con, users: pd.DataFrame, countries: pd.DataFrame, labels: pd.DataFrame, indexed: bool = True
+) -> None:
     """The views and the labels; on PostgreSQL each view indexed on (key, timestamp) as the dbt build leaves it."""
     for view, history in ((USERS, users), (COUNTRIES, countries)):
         warehouse.append(con, view.name, history, _types(view))
         if warehouse.kind == "postgres" and indexed:
             warehouse.execute(con, f"create index on {view.name} ({view.entity_key}, {view.timestamp})")
-    warehouse.append(con, "test_labels", labels, {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"})
+    warehouse.append(
+        con,
+        "test_labels",
+        labels,
+        {"user_id": "bigint", "country_code": "varchar", "label_time": "timestamp", "churned": "boolean"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +161,9 @@ def generated():
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "postgres", "spark"])
-def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_of_each_views_ttl(engine, generated, request):
+def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_of_each_views_ttl(
+    engine, generated, request
+):
     warehouse = request.getfixturevalue(f"{engine}_warehouse")
     users, countries, labels, expected = generated
     with warehouse.connect() as con:
@@ -144,7 +175,9 @@ def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_
         second = warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}")
 
     # label_row numbers the rows in the first view's (key, time) order, then the other keys and the target.
-    expected = expected.sort_values(["user_id", "label_time", "country_code", "churned"], kind="stable", na_position="last")
+    expected = expected.sort_values(
+        ["user_id", "label_time", "country_code", "churned"], kind="stable", na_position="last"
+    )
     assert _normalized(first) == _normalized(expected)
     assert _normalized(first) == _normalized(second)  # a rebuild gives the same rows in the same order
     assert list(first[LABEL_ROW]) == list(range(1, len(labels) + 1))
@@ -158,7 +191,9 @@ def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_
     assert no_country["country_users"].isna().all() and no_country["user_features_snapshot_at"].notna().any()
 
 
-def test_duckdb_postgres_and_spark_give_identical_two_view_training_sets(duckdb_warehouse, postgres_warehouse, spark_warehouse, generated):
+def test_duckdb_postgres_and_spark_give_identical_two_view_training_sets(
+    duckdb_warehouse, postgres_warehouse, spark_warehouse, generated
+):
     users, countries, labels, _ = generated
     built = []
     for warehouse in (duckdb_warehouse, postgres_warehouse, spark_warehouse):
@@ -256,15 +291,29 @@ def test_leakage_check_names_a_feature_whose_value_does_not_come_from_its_snapsh
     with demo_warehouse.connect() as con:
         demo_warehouse.execute(con, "create or replace table tampered_training_set as select * from churn_training_set")
         demo_warehouse.execute(
-            con, "update tampered_training_set set events_30d = events_30d + 1 where label_row = (select min(label_row) "
-            "from tampered_training_set where user_features_snapshot_at is not null)"
+            con,
+            "update tampered_training_set set events_30d = events_30d + 1 where label_row = (select min(label_row) "
+            "from tampered_training_set where user_features_snapshot_at is not null)",
         )
         demo_warehouse.execute(
-            con, "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select max(label_row) "
-            "from tampered_training_set where country_features_snapshot_at is not null)"
+            con,
+            "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select max(label_row) "
+            "from tampered_training_set where country_features_snapshot_at is not null)",
         )
-        row = int(demo_warehouse.fetch(con, "select min(label_row) as r from tampered_training_set where user_features_snapshot_at is not null")["r"].iloc[0])
-        last = int(demo_warehouse.fetch(con, "select max(label_row) as r from tampered_training_set where country_features_snapshot_at is not null")["r"].iloc[0])
+        row = int(
+            demo_warehouse.fetch(
+                con, "select min(label_row) as r from tampered_training_set where user_features_snapshot_at is not null"
+            )["r"].iloc[0]
+        )
+        last = int(
+            demo_warehouse.fetch(
+                con,
+                "select max(label_row) as r from tampered_training_set where country_features_snapshot_at is not null",
+            )["r"].iloc[0]
+        )
     total = int(demo_warehouse.query("select count(*) as n from tampered_training_set")["n"].iloc[0])
     report = check_leakage(demo_warehouse, CHURN, "tampered_training_set", sample=total)
-    assert [(p[LABEL_ROW], p["feature"]) for p in report.problems] == [(row, "user_features.events_30d"), (last, "country_features.country_paid_share")]
+    assert [(p[LABEL_ROW], p["feature"]) for p in report.problems] == [
+        (row, "user_features.events_30d"),
+        (last, "country_features.country_paid_share"),
+    ]

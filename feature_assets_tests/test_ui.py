@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from playwright.sync_api import Page, expect, sync_playwright
 from redis_servers import free_ports
-
-from conftest import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 FEATURESTORE = Path(sys.executable).with_name("featurestore")
@@ -37,7 +36,9 @@ pytestmark = pytest.mark.ui
 
 def _environment(home: Path) -> dict[str, str]:
     """The local demo setup (DuckDB, SQLite online store) in a home of its own."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE")
+    }
     return env | {"FEATURE_STORE_HOME": str(home), "FEATURE_STORE_DEMO_DATA": "1"}
 
 
@@ -71,7 +72,11 @@ def dagster_ui(demo_home) -> Iterator[DagsterUI]:
     with open(log, "w") as out:
         dev = subprocess.Popen(
             ["bash", "-c", 'trap "" INT; exec "$0" "$@"', FEATURESTORE, "dev", "--port", str(port)],
-            cwd=REPO, env=_environment(demo_home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=_environment(demo_home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     ui = DagsterUI(f"http://127.0.0.1:{port}", log)
     try:
@@ -197,7 +202,8 @@ def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_namin
     # The automation must have started watching before the refresh lands, or it never sees the refresh.
     wait_until(
         lambda: "Finished auto-materialization tick for online_sync" in dagster_ui.log.read_text(),
-        "the first tick of the online_sync sensor", timeout=SERVER_START_SECONDS,
+        "the first tick of the online_sync sensor",
+        timeout=SERVER_START_SECONDS,
     )
 
     with steps.step("lineage"):
@@ -208,7 +214,9 @@ def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_namin
         for asset in ("raw_events", "stg_app__events", "country_features", "churn_model", "user_features"):
             expect(page.get_by_text(asset, exact=True)).to_be_visible()
         page.get_by_text("user_features", exact=True).click()
-        expect(page.locator("body")).to_contain_text(re.compile(r"Materialized\s*\d+/\d+"))  # its as-of days (partitions)
+        expect(page.locator("body")).to_contain_text(
+            re.compile(r"Materialized\s*\d+/\d+")
+        )  # its as-of days (partitions)
 
     with steps.step("refresh-launched"):
         launch_refresh(page)

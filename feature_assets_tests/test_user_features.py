@@ -11,14 +11,14 @@ from datetime import datetime, timedelta
 import pandas as pd
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from conftest import materialize, read_features, write_raw
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from reference_features import reference_features
+
 from feature_assets.as_of import current_hour
 from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.demo_data import DemoDataSpec, generate
 from feature_assets.resources.warehouse import Warehouse
-from reference_features import reference_features
 
 # A fixed anchor in the past: these tests build features and labels but never sync them online, and their
 # edge rows name dates (a leap-day birthday, the 2026 DST change).
@@ -103,13 +103,23 @@ def duckdb_features(duckdb_build):
 
 def test_each_built_table_shows_its_row_count_and_each_view_its_snapshots(duckdb_build):
     warehouse, result = duckdb_build
-    shown = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
-    counts = warehouse.query("select count(*) as n, count(distinct computed_at) as s, max(computed_at) as newest from user_features")
+    shown = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
+    counts = warehouse.query(
+        "select count(*) as n, count(distinct computed_at) as s, max(computed_at) as newest from user_features"
+    )
     assert shown["user_features"]["dagster/row_count"].value == counts["n"][0] > 0
     assert shown["user_features"]["snapshots"].value == counts["s"][0] == 4 * 24 + 1  # every hour of the range
     assert shown["user_features"]["newest_snapshot"].value == str(counts["newest"][0])
-    assert shown["user_features"]["run_as_of_times"].value == "2026-03-27 00:00:00 .. 2026-03-31 00:00:00: 97 of the view's cadence"
-    assert (shown["user_features"]["run_as_of_times_kept"].value, shown["user_features"]["run_as_of_times_thinned"].value) == (97, 0)
+    assert (
+        shown["user_features"]["run_as_of_times"].value
+        == "2026-03-27 00:00:00 .. 2026-03-31 00:00:00: 97 of the view's cadence"
+    )
+    assert (
+        shown["user_features"]["run_as_of_times_kept"].value,
+        shown["user_features"]["run_as_of_times_thinned"].value,
+    ) == (97, 0)
     assert "dagster/row_count" not in shown["stg_app__events"]  # a view: counting would run its query
 
 
@@ -125,7 +135,9 @@ def _expected(raw_frames) -> pd.DataFrame:
 def _assert_same_features(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     actual = actual.sort_values(["computed_at", "user_id"]).reset_index(drop=True)
     expected = expected.sort_values(["computed_at", "user_id"]).reset_index(drop=True)
-    assert list(zip(actual["user_id"], actual["computed_at"])) == list(zip(expected["user_id"], expected["computed_at"]))
+    assert list(zip(actual["user_id"], actual["computed_at"])) == list(
+        zip(expected["user_id"], expected["computed_at"])
+    )
     for column in ("age", "country", "plan", "events_30d"):
         assert actual[column].tolist() == expected[column].tolist(), column
     for got, want in zip(actual["avg_order_30d"], expected["avg_order_30d"]):
@@ -158,7 +170,8 @@ def test_postgres_builds_the_same_features_as_duckdb(duckdb_features, raw_frames
     _assert_same_features(read_features(postgres_warehouse), duckdb_features)
     # Every feature view gets an index on (entity key, timestamp) for point-in-time lookups and sync scans.
     indexes = postgres_warehouse.query(
-        "select tablename, indexdef from pg_indexes where schemaname = ? order by tablename", [postgres_warehouse.schema_name]
+        "select tablename, indexdef from pg_indexes where schemaname = ? order by tablename",
+        [postgres_warehouse.schema_name],
     )
     assert [(t, d.split(" USING ")[1]) for t, d in zip(indexes["tablename"], indexes["indexdef"])] == [
         ("country_features", "btree (country_code, computed_at)"),
@@ -191,7 +204,9 @@ def test_timestamptz_raw_columns_on_a_server_in_another_time_zone_give_the_same_
     """Production raw tables often hold timestamptz, and a server's default zone is rarely UTC; New York's
     clocks moved on 2026-03-08, inside the history. The raw rows are written as the instants they are."""
     warehouse = new_york_postgres
-    writer = warehouse.model_copy(update={"postgres_url": make_conninfo(warehouse.postgres_url, options="-c timezone=UTC")})
+    writer = warehouse.model_copy(
+        update={"postgres_url": make_conninfo(warehouse.postgres_url, options="-c timezone=UTC")}
+    )
     with writer.connect() as con:
         for table, columns in RAW_COLUMNS.items():
             types = {column: "timestamptz" if kind == "timestamp" else kind for column, kind in columns.items()}
@@ -259,8 +274,21 @@ def _build_user_features(warehouse, variables: dict, tmp_path) -> None:
 
     project = str(dbt_project.project_dir)
     subprocess.run(
-        [_dbt_executable(), "build", "--select", "+user_features", "--vars", json.dumps(variables), "--quiet",
-         "--project-dir", project, "--profiles-dir", project, "--target-path", str(tmp_path / "target")],
+        [
+            _dbt_executable(),
+            "build",
+            "--select",
+            "+user_features",
+            "--vars",
+            json.dumps(variables),
+            "--quiet",
+            "--project-dir",
+            project,
+            "--profiles-dir",
+            project,
+            "--target-path",
+            str(tmp_path / "target"),
+        ],
         env={**os.environ, **warehouse.dbt_env()},
         check=True,
         capture_output=True,

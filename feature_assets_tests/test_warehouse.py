@@ -14,11 +14,12 @@ def test_a_server_that_accepts_and_never_answers_fails_within_the_connect_timeou
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # accepts TCP (the kernel completes the handshake) and never says a word
     port = silent.getsockname()[1]
-    warehouse = Warehouse(kind="postgres", postgres_url=f"postgresql://postgres:s3cret@127.0.0.1:{port}/test?connect_timeout=1")
+    warehouse = Warehouse(
+        kind="postgres", postgres_url=f"postgresql://postgres:s3cret@127.0.0.1:{port}/test?connect_timeout=1"
+    )
     started = time.monotonic()
-    with pytest.raises(WarehouseError) as error:
-        with warehouse.connect():
-            pass
+    with pytest.raises(WarehouseError) as error, warehouse.connect():
+        pass
     assert time.monotonic() - started < 10, "the connect timeout did not bound the wait"
     assert f"cannot connect to the PostgreSQL warehouse at 127.0.0.1:{port}/test" in str(error.value)
     assert "s3cret" not in str(error.value)
@@ -36,4 +37,8 @@ def test_ssl_and_timeout_parameters_of_the_url_reach_dbt():
     assert env["FEATURE_STORE_PG_SSLMODE"] == "verify-full"
     assert env["FEATURE_STORE_PG_SSLROOTCERT"] == "/etc/ssl/pg-ca.pem"
     assert env["FEATURE_STORE_PG_CONNECT_TIMEOUT"] == "3"
-    assert (env["FEATURE_STORE_PG_HOST"], env["FEATURE_STORE_PG_PORT"], env["FEATURE_STORE_PG_DBNAME"]) == ("db.internal", "6432", "features")
+    assert (env["FEATURE_STORE_PG_HOST"], env["FEATURE_STORE_PG_PORT"], env["FEATURE_STORE_PG_DBNAME"]) == (
+        "db.internal",
+        "6432",
+        "features",
+    )

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DbtCliInvocation,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+    get_asset_key_for_model,
+)
 from dagster_dbt.asset_utils import default_description_fn
 from pydantic import Field
 
@@ -25,7 +32,7 @@ from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
 
-__all__ = ["AsOfConfig", "FeatureTranslator", "dbt_models", "dbt_feature_views", "all_dbt_assets", "dbt_model_key"]
+__all__ = ["AsOfConfig", "FeatureTranslator", "all_dbt_assets", "dbt_feature_views", "dbt_model_key", "dbt_models"]
 
 
 class FeatureTranslator(DagsterDbtTranslator):
@@ -116,7 +123,9 @@ _registry = load_registry(dbt_project.manifest_path)
 _translator = FeatureTranslator(_registry)
 
 
-def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, as_of: Mapping[str, Any] | None) -> Iterator:
+def _build(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, as_of: Mapping[str, Any] | None
+) -> Iterator:
     """Builds and tests the selected dbt models (with the as-of times as dbt vars, for feature views), with each
     built table's row count."""
     target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
@@ -148,9 +157,13 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse
 class AsOfConfig(dg.Config):
     """Which as-of times of the run's days (its partitions) to compute; by default all of them up to now."""
 
-    as_of_start: str | None = Field(default=None, description="First as-of hour (UTC, ISO) within the run's days; default: the first day's midnight.")
+    as_of_start: str | None = Field(
+        default=None,
+        description="First as-of hour (UTC, ISO) within the run's days; default: the first day's midnight.",
+    )
     as_of_end: str | None = Field(
-        default=None, description="Last as-of hour (UTC, ISO) within the run's days; default: the last day's last hour, or the current hour if today."
+        default=None,
+        description="Last as-of hour (UTC, ISO) within the run's days; default: the last day's last hour, or the current hour if today.",
     )
 
     def hours(self, days: dg.TimeWindow) -> tuple[datetime, datetime]:
@@ -159,7 +172,9 @@ class AsOfConfig(dg.Config):
         first = parse_hour(self.as_of_start, "as_of_start") if self.as_of_start else first_day
         for name, hour in (("as_of_start", first), ("as_of_end", last)):
             if not first_day <= hour < after:
-                raise ConfigError(f"{name} {format_hour(hour)} is not within the run's as-of days {first_day.date()} .. {(after - TICK).date()}")
+                raise ConfigError(
+                    f"{name} {format_hour(hour)} is not within the run's as-of days {first_day.date()} .. {(after - TICK).date()}"
+                )
         if first > last:
             raise ConfigError(f"as_of_start {format_hour(first)} is after as_of_end {format_hour(last)}")
         return first, last
@@ -179,13 +194,17 @@ def dbt_feature_views(context: dg.AssetExecutionContext, dbt: DbtCliResource, wa
     """Appends the feature snapshots of the run's as-of days (all their hours of each view's cadence up to now, or
     the configured ones) and tests them."""
     first, last = config.hours(context.partition_time_window)
-    yield from _build(context, dbt, warehouse, {"as_of_start": format_hour(first), "as_of_end": format_hour(last), "cadence_hours": 1})
+    yield from _build(
+        context, dbt, warehouse, {"as_of_start": format_hour(first), "as_of_end": format_hour(last), "cadence_hours": 1}
+    )
 
 
 all_dbt_assets = [dbt_models, dbt_feature_views]
 
 
-def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Warehouse, as_of: Mapping[str, Any] | None) -> Iterator:
+def _with_row_counts(
+    events: list, manifest: Mapping[str, Any], warehouse: Warehouse, as_of: Mapping[str, Any] | None
+) -> Iterator:
     """Each built table's row count (dbt views are not counted: that would run their query). A feature view also
     gets how many snapshots it keeps and the newest one, and what became of the run's as-of times: built, or
     thinned by the retention rule."""
@@ -205,7 +224,9 @@ def _with_row_counts(events: list, manifest: Mapping[str, Any], warehouse: Wareh
             if node is None:
                 yield event
                 continue
-            counts = warehouse.fetch(con, f"select count(*) as row_count from {validate_identifier(node['name'], 'dbt model')}")
+            counts = warehouse.fetch(
+                con, f"select count(*) as row_count from {validate_identifier(node['name'], 'dbt model')}"
+            )
             # dagster/row_count is the key the UI shows as the row count and plots over materializations.
             metadata: dict[str, Any] = {"dagster/row_count": int(counts["row_count"].iloc[0])}
             view = _registry.views.get(node["name"])
@@ -242,7 +263,9 @@ def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:
     the DuckDB file locked), the errors dbt logged."""
     results = target_path / "run_results.json"
     failed = json.loads(results.read_text())["results"] if results.exists() else []
-    reasons = [_reason(result["message"]) for result in failed if result["status"] in ("error", "fail") and result["message"]]
+    reasons = [
+        _reason(result["message"]) for result in failed if result["status"] in ("error", "fail") and result["message"]
+    ]
     if not reasons:
         logged = str(invocation.get_error()).partition("Errors parsed from dbt logs:")[2]
         logged = _ANSI.sub("", logged).partition("Traceback (most recent call last):")[0]  # dbt's own, not ours

@@ -1,7 +1,7 @@
 """Model artifacts: one scikit-learn pipeline per model declared in the registry, stored with its card."""
 
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
@@ -20,7 +20,7 @@ from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving.models import ModelCard, feature_matrix
 
-__all__ = ["model_assets", "build_pipeline", "train"]
+__all__ = ["build_pipeline", "model_assets", "train"]
 
 VALIDATION_SHARE = 0.2  # the latest label times, so validation is a look into the future, as serving is
 
@@ -117,7 +117,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         frame = rows[complete]
         skipped = len(rows) - len(frame)
         pipeline, metrics, rows, window = train(feature_set, frame)
-        trained_at = datetime.now(timezone.utc)
+        trained_at = datetime.now(UTC)
         card = ModelCard.for_feature_set(
             feature_set,
             version=trained_at.strftime("%Y%m%dT%H%M%S%fZ"),
@@ -134,9 +134,14 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
                 "schema_version": card.schema_version,
                 "features": ", ".join(card.feature_names),
                 "feature_schema": dg.MetadataValue.table(
-                    records=[dg.TableRecord({k: f[k] for k in ("view", "name", "dtype", "definition_checksum")}) for f in card.features],
+                    records=[
+                        dg.TableRecord({k: f[k] for k in ("view", "name", "dtype", "definition_checksum")})
+                        for f in card.features
+                    ],
                     schema=dg.TableSchema(
-                        columns=[dg.TableColumn(name, "string") for name in ("view", "name", "dtype", "definition_checksum")]
+                        columns=[
+                            dg.TableColumn(name, "string") for name in ("view", "name", "dtype", "definition_checksum")
+                        ]
                     ),
                 ),
                 **{name: round(value, 4) for name, value in metrics.items()},

@@ -25,13 +25,13 @@ from feature_assets.skew import DriftThresholds, histogram_markdown, histogram_s
 
 __all__ = [
     "SkewReportConfig",
-    "report_table",
-    "skew_report_name",
-    "latest_report",
-    "training_sources",
-    "skew_report_assets",
     "drift_errors",
+    "latest_report",
+    "report_table",
     "served_models_asset",
+    "skew_report_assets",
+    "skew_report_name",
+    "training_sources",
 ]
 _REPORT_COLUMNS = {
     "report_at": "timestamp",
@@ -60,7 +60,8 @@ _REPORT_COLUMNS = {
 
 class SkewReportConfig(dg.Config):
     min_served_rows: int = Field(
-        default=500, description="Compare against the logged served vectors when at least this many; else the online snapshot."
+        default=500,
+        description="Compare against the logged served vectors when at least this many; else the online snapshot.",
     )
     serving_sample: int = Field(default=20_000, description="Entities sampled from the online snapshot (fallback).")
     served_rows: int = Field(default=50_000, description="Most recent served vectors read from the log.")
@@ -93,11 +94,17 @@ def _training_values(warehouse: Warehouse, registry: Registry, view: FeatureView
             if read is None or not warehouse.table_exists(con, table):
                 continue
             names = [f.name for f in read.features]
-            frame = warehouse.fetch(con, f"select {', '.join(names)} from {table} where {snapshot_column(view)} is not null")
+            frame = warehouse.fetch(
+                con, f"select {', '.join(names)} from {table} where {snapshot_column(view)} is not null"
+            )
             for name in names:
                 values.setdefault(name, []).append(frame[name])
                 sources.setdefault(name, []).append(table)
-    return {name: (pd.concat(values[name], ignore_index=True), " + ".join(sources[name])) for name in view.feature_names if name in values}
+    return {
+        name: (pd.concat(values[name], ignore_index=True), " + ".join(sources[name]))
+        for name in view.feature_names
+        if name in values
+    }
 
 
 def _serving_rows(
@@ -116,14 +123,19 @@ def _serving_rows(
     if len(served) >= config.min_served_rows:
         return served, f"served log ({len(served)} vectors)"
     derived = next(
-        (read.derived_from for fs in registry.feature_sets.values() for read in fs.reads if read.view == view and read.derived_from),
+        (
+            read.derived_from
+            for fs in registry.feature_sets.values()
+            for read in fs.reads
+            if read.view == view and read.derived_from
+        ),
         None,
     )
     scored = registry.view(derived[0]) if derived else view
     with warehouse.connect() as con:
-        ids = pd.concat(
-            iter_latest_snapshots(warehouse, con, scored, sample=config.serving_sample), ignore_index=True
-        )[scored.entity_key].tolist()
+        ids = pd.concat(iter_latest_snapshots(warehouse, con, scored, sample=config.serving_sample), ignore_index=True)[
+            scored.entity_key
+        ].tolist()
     with online_store.open() as store:
         if derived:
             keys = FeatureReader(store, scored).get_online_features(ids, [derived[1]])[derived[1]]
@@ -155,7 +167,9 @@ def _drifted(report: pd.DataFrame, severities: tuple[str, ...]) -> pd.DataFrame:
     return report[report["severity"].isin(severities)]
 
 
-def _check_result(report: pd.DataFrame, severities: tuple[str, ...], severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+def _check_result(
+    report: pd.DataFrame, severities: tuple[str, ...], severity: dg.AssetCheckSeverity
+) -> dg.AssetCheckResult:
     drifted = _drifted(report, severities)
     metadata: dict[str, Any] = {
         "report_at": str(report["report_at"].iloc[0]) if len(report) else "no report",
@@ -164,11 +178,15 @@ def _check_result(report: pd.DataFrame, severities: tuple[str, ...], severity: d
     for row in drifted.to_dict("records"):
         metadata[row["feature"]] = f"{row['severity']}: {row['reasons']}"
     # The description is what alerts quote: each drifted feature with the statistic over its threshold.
-    description = "; ".join(f"drift on {row['feature']}: {row['reasons']}" for row in drifted.to_dict("records")) or "no drift"
+    description = (
+        "; ".join(f"drift on {row['feature']}: {row['reasons']}" for row in drifted.to_dict("records")) or "no drift"
+    )
     return dg.AssetCheckResult(passed=drifted.empty, severity=severity, metadata=metadata, description=description)
 
 
-def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
+def skew_report_assets(
+    registry: Registry, view: FeatureView
+) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
     """The view's skew report, with its drift checks; built from the registry entry."""
     training_sets = [fs.training_set for fs in registry.feature_sets.values() if view in fs.views]
 
@@ -196,12 +214,20 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
             raise dg.Failure(f"no training set of {view.name} exists yet; materialize the training sets first")
         serving, serving_source = _serving_rows(config, registry, warehouse, online_store, served_log, view)
         if serving.empty:
-            raise dg.Failure(f"nothing to compare: no served vectors logged and no {view.name} entity in the online store")
+            raise dg.Failure(
+                f"nothing to compare: no served vectors logged and no {view.name} entity in the online store"
+            )
         entities = serving[view.entity_key].nunique() if view.entity_key in serving.columns else None
         # Feature by feature: each against the training sets that read it (models may read different features).
         reports = []
         for name, (values, source) in training.items():
-            one = skew_report(values.to_frame(name), serving, [(name, view.feature(name).dtype)], _thresholds(config), serving_entities=entities)
+            one = skew_report(
+                values.to_frame(name),
+                serving,
+                [(name, view.feature(name).dtype)],
+                _thresholds(config),
+                serving_entities=entities,
+            )
             one["training_source"] = source
             reports.append(one)
         report = pd.concat(reports, ignore_index=True)
@@ -209,7 +235,9 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
         report["serving_source"] = serving_source
         with warehouse.connect() as con:
             warehouse.append(con, report_table(view), report, _REPORT_COLUMNS)
-        summary = report[["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]].round(4)
+        summary = report[
+            ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]
+        ].round(4)
         drifted = _drifted(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
             # A statistic that does not apply (KS of a category, a mean of strings) is an empty cell, not "nan".
@@ -227,7 +255,9 @@ def skew_report_assets(registry: Registry, view: FeatureView) -> tuple[dg.Assets
         for name in drifted:
             dtype = view.feature(name).dtype
             metadata[f"shape_{name}"] = histogram_sparkline(training[name][0], serving[name], name, dtype)
-            metadata[f"histogram_{name}"] = dg.MetadataValue.md(histogram_markdown(training[name][0], serving[name], name, dtype))
+            metadata[f"histogram_{name}"] = dg.MetadataValue.md(
+                histogram_markdown(training[name][0], serving[name], name, dtype)
+            )
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(asset=report_asset, name="no_drift_error")

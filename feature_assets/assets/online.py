@@ -5,8 +5,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.features import dbt_model_key
+from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import ONLINE_SYNC_AUTOMATION, view_freshness
 from feature_assets.online_sync import DEFAULT_BATCH_ROWS, check_online_parity, sync_online_store
@@ -52,7 +52,10 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
         ),
     )
     def online_snapshot(
-        context: dg.AssetExecutionContext, config: OnlineSyncConfig, warehouse: Warehouse, online_store: OnlineStoreResource
+        context: dg.AssetExecutionContext,
+        config: OnlineSyncConfig,
+        warehouse: Warehouse,
+        online_store: OnlineStoreResource,
     ) -> dg.MaterializeResult:
         with online_store.open() as store:
             result = sync_online_store(
@@ -63,7 +66,9 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
                 batch_rows=config.batch_rows,
                 on_batch=lambda rows: context.log.debug(f"{rows} rows written to {store.describe()}"),
             )
-            context.log.info(f"{result.mode} sync ({result.reason}): {result.rows_written} rows in {result.seconds:.2f} s")
+            context.log.info(
+                f"{result.mode} sync ({result.reason}): {result.rows_written} rows in {result.seconds:.2f} s"
+            )
             return dg.MaterializeResult(
                 metadata={
                     "rows_written": result.rows_written,
@@ -87,14 +92,19 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
         with online_store.open() as store:
             result = check_online_parity(warehouse, store, view, sample=config.sample)
             if not result.passed and not result.problem:
-                store.request_full_sync(view, f"the parity check found {result.mismatched_entities} mismatched entities")
+                store.request_full_sync(
+                    view, f"the parity check found {result.mismatched_entities} mismatched entities"
+                )
         metadata = {"entities_checked": result.entities_checked, "mismatched_entities": result.mismatched_entities}
         if result.problem:
             metadata["problem"] = result.problem
         if result.examples:
             metadata["examples"] = markdown_table(pd.DataFrame(result.examples))
         return dg.AssetCheckResult(
-            passed=result.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata, description=result.summary(view)
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=result.summary(view),
         )
 
     return online_snapshot, parity

@@ -9,7 +9,7 @@ from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.demo_data import RAW_TABLES, DemoDataSpec, generate
 from feature_assets.resources.warehouse import Warehouse
 
-__all__ = ["RAW_COLUMNS", "DemoDataConfig", "demo_raw_data", "external_raw_tables", "WAREHOUSE_POOL"]
+__all__ = ["RAW_COLUMNS", "WAREHOUSE_POOL", "DemoDataConfig", "demo_raw_data", "external_raw_tables"]
 
 # Steps that write the warehouse share this pool; the instance's dagster.yaml sets its limit
 # (1 for the DuckDB file, which admits one writer at a time).
@@ -48,7 +48,13 @@ _DESCRIPTIONS = {
 }
 
 _STATE_TABLE = "demo_data_state"
-_STATE_COLUMNS = {"users": "bigint", "days": "bigint", "seed": "bigint", "origin": "timestamp", "loaded_until": "timestamp"}
+_STATE_COLUMNS = {
+    "users": "bigint",
+    "days": "bigint",
+    "seed": "bigint",
+    "origin": "timestamp",
+    "loaded_until": "timestamp",
+}
 
 
 class DemoDataConfig(dg.Config):
@@ -61,7 +67,10 @@ class DemoDataConfig(dg.Config):
 
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(table, group_name="raw", description=_DESCRIPTIONS[table], kinds={"python"}) for table in RAW_TABLES],
+    specs=[
+        dg.AssetSpec(table, group_name="raw", description=_DESCRIPTIONS[table], kinds={"python"})
+        for table in RAW_TABLES
+    ],
     pool=WAREHOUSE_POOL,
 )
 def demo_raw_data(context: dg.AssetExecutionContext, config: DemoDataConfig, warehouse: Warehouse):
@@ -75,12 +84,17 @@ def demo_raw_data(context: dg.AssetExecutionContext, config: DemoDataConfig, war
             warehouse.fetch(con, f"select * from {_STATE_TABLE}") if warehouse.table_exists(con, _STATE_TABLE) else None
         )
         if state is None or state.empty:
-            spec = DemoDataSpec(users=config.users, days=config.days, origin=anchor - timedelta(days=config.days), seed=config.seed)
+            spec = DemoDataSpec(
+                users=config.users, days=config.days, origin=anchor - timedelta(days=config.days), seed=config.seed
+            )
             loaded_after = None
         else:
             row = state.iloc[0]
             spec = DemoDataSpec(
-                users=int(row["users"]), days=int(row["days"]), origin=row["origin"].to_pydatetime(), seed=int(row["seed"])
+                users=int(row["users"]),
+                days=int(row["days"]),
+                origin=row["origin"].to_pydatetime(),
+                seed=int(row["seed"]),
             )
             loaded_after = row["loaded_until"].to_pydatetime()
         frames = generate(spec, loaded_after, anchor) if loaded_after is None or anchor > loaded_after else None
@@ -88,7 +102,13 @@ def demo_raw_data(context: dg.AssetExecutionContext, config: DemoDataConfig, war
             for table in RAW_TABLES:
                 warehouse.append(con, table, frames[table], RAW_COLUMNS[table])
             warehouse.execute(con, f"drop table if exists {_STATE_TABLE}")
-            state_row = {"users": spec.users, "days": spec.days, "seed": spec.seed, "origin": spec.origin, "loaded_until": anchor}
+            state_row = {
+                "users": spec.users,
+                "days": spec.days,
+                "seed": spec.seed,
+                "origin": spec.origin,
+                "loaded_until": anchor,
+            }
             warehouse.execute(
                 con,
                 f"create table {_STATE_TABLE} ({', '.join(f'{c} {t}' for c, t in _STATE_COLUMNS.items())})",

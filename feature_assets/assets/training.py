@@ -6,15 +6,15 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.features import dbt_model_key
+from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.leakage import check_leakage
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 
-__all__ = ["training_set_assets", "LeakageCheckConfig"]
+__all__ = ["LeakageCheckConfig", "training_set_assets"]
 
 GROUP = "training"
 
@@ -47,7 +47,9 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         with warehouse.connect() as con:
             require_view_indexes(warehouse, con, feature_set)
             rows = build_table(warehouse, con, table, sql, params)
-            counts = warehouse.fetch(con, f"select {matched}, count(case when {complete} then 1 end) as complete from {table}").iloc[0]
+            counts = warehouse.fetch(
+                con, f"select {matched}, count(case when {complete} then 1 end) as complete from {table}"
+            ).iloc[0]
             preview = warehouse.fetch(con, f"select * from {table} order by {LABEL_ROW} limit 5")
         return dg.MaterializeResult(
             metadata={
@@ -72,7 +74,9 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         }
         if report.problems:
             first = report.problems[0]
-            metadata["first_problem"] = f"row {first[LABEL_ROW]} ({first['entity']}), feature {first['feature']}: {first['problem']}"
+            metadata["first_problem"] = (
+                f"row {first[LABEL_ROW]} ({first['entity']}), feature {first['feature']}: {first['problem']}"
+            )
             metadata["examples"] = markdown_table(pd.DataFrame(report.problems[:20]))
         return dg.AssetCheckResult(passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 

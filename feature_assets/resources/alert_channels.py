@@ -44,7 +44,10 @@ class AlertChannels(dg.ConfigurableResource):
 
     def _post_to_webhook(self, message: Mapping[str, Any]) -> None:
         request = urllib.request.Request(
-            self.webhook_url, data=json.dumps(message).encode(), headers={"Content-Type": "application/json"}, method="POST"
+            self.webhook_url,
+            data=json.dumps(message).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
@@ -53,7 +56,9 @@ class AlertChannels(dg.ConfigurableResource):
             raise AlertDeliveryError(f"the alert webhook answered HTTP {error.code} {error.reason}") from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise AlertDeliveryError(f"the alert webhook could not be reached ({type(reason).__name__}: {reason})") from None
+            raise AlertDeliveryError(
+                f"the alert webhook could not be reached ({type(reason).__name__}: {reason})"
+            ) from None
 
     def _post_to_slack(self, message: Mapping[str, Any]) -> None:
         # Not exercised against real Slack by the tests: a thin call through dagster-slack's client.
@@ -65,7 +70,9 @@ class AlertChannels(dg.ConfigurableResource):
         try:
             client.chat_postMessage(channel=self.slack_channel, text=message["text"], blocks=message.get("blocks"))
         except (SlackClientError, OSError) as error:
-            raise AlertDeliveryError(f"the alert could not be posted to Slack channel {self.slack_channel}: {error}") from None
+            raise AlertDeliveryError(
+                f"the alert could not be posted to Slack channel {self.slack_channel}: {error}"
+            ) from None
 
 
 def _secret(name: str, environ: Mapping[str, str]) -> dg.EnvVar | None:

@@ -31,6 +31,8 @@ def model_store_for(settings: Settings) -> ModelStoreResource:
     """The store serving/model_store.open_model_store opens outside Dagster, the URL passed as an EnvVar."""
     if settings.model_store_url_variable:
         return ModelStoreResource(
-            kind="postgres", postgres_url=dg.EnvVar(settings.model_store_url_variable), schema_name=settings.postgres_schema
+            kind="postgres",
+            postgres_url=dg.EnvVar(settings.model_store_url_variable),
+            schema_name=settings.postgres_schema,
         )
     return ModelStoreResource(root=str(settings.models_path))

@@ -18,7 +18,9 @@ class OnlineStoreResource(dg.ConfigurableResource):
     """Builds a store per use and closes it afterwards, like the warehouse: no connection outlives a step."""
 
     kind: Literal["redis", "sqlite"]
-    redis_url: str = Field(default="", description="redis:// or rediss:// URL (kind=redis); a secret, pass it as an EnvVar.")
+    redis_url: str = Field(
+        default="", description="redis:// or rediss:// URL (kind=redis); a secret, pass it as an EnvVar."
+    )
     sqlite_path: str = Field(default="", description="SQLite file (kind=sqlite).")
 
     def build(self) -> OnlineStore:
@@ -43,4 +45,3 @@ def online_store_for(settings: Settings) -> OnlineStoreResource:
     if settings.online == "redis":
         return OnlineStoreResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
     return OnlineStoreResource(kind="sqlite", sqlite_path=str(settings.online_sqlite_path))
-

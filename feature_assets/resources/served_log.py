@@ -18,7 +18,9 @@ class ServedLogResource(dg.ConfigurableResource):
     """Read by the skew report; the same store `featurestore predict` and model servers log to."""
 
     kind: Literal["redis", "sqlite"]
-    redis_url: str = Field(default="", description="redis:// or rediss:// URL (kind=redis); a secret, pass it as an EnvVar.")
+    redis_url: str = Field(
+        default="", description="redis:// or rediss:// URL (kind=redis); a secret, pass it as an EnvVar."
+    )
     sqlite_path: str = Field(default="", description="SQLite file (kind=sqlite).")
 
     @contextmanager
@@ -39,4 +41,3 @@ def served_log_for(settings: Settings) -> ServedLogResource:
     if settings.online == "redis":
         return ServedLogResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
     return ServedLogResource(kind="sqlite", sqlite_path=str(settings.served_log_path))
-

@@ -21,7 +21,7 @@ from feature_assets.local_spark import local_spark_url
 from feature_assets.postgres import POSTGRES_CONNECT_TIMEOUT_S, connect_postgres, first_line
 from feature_assets.settings import validate_identifier
 
-__all__ = ["Warehouse", "POSTGRES_CONNECT_TIMEOUT_S", "POSTGRES_STATEMENT_TIMEOUT_S"]
+__all__ = ["POSTGRES_CONNECT_TIMEOUT_S", "POSTGRES_STATEMENT_TIMEOUT_S", "Warehouse"]
 
 # The server cancels any statement running longer than this (training builds included).
 POSTGRES_STATEMENT_TIMEOUT_S = 3600
@@ -63,13 +63,16 @@ class Warehouse(dg.ConfigurableResource):
     duckdb_path: str = Field(default="", description="DuckDB file (kind=duckdb).")
     postgres_url: str = Field(default="", description="libpq URL (kind=postgres); a secret, pass it as an EnvVar.")
     spark_remote: str = Field(
-        default="", description="Spark Connect URL sc://host:port/;token=... (kind=spark); a secret, pass it as an EnvVar."
+        default="",
+        description="Spark Connect URL sc://host:port/;token=... (kind=spark); a secret, pass it as an EnvVar.",
     )
     spark_folder: str = Field(
-        default="", description="Folder of the local Spark server's tables and catalog (kind=spark without spark_remote)."
+        default="",
+        description="Folder of the local Spark server's tables and catalog (kind=spark without spark_remote).",
     )
     spark_dbt_method: Literal["session", "thrift", "http"] = Field(
-        default="session", description="How dbt reaches Spark (kind=spark): through spark_remote, a Thrift server or HTTP."
+        default="session",
+        description="How dbt reaches Spark (kind=spark): through spark_remote, a Thrift server or HTTP.",
     )
     schema_name: str = Field(default="main", description="Schema holding raw tables and features.")
 
@@ -228,4 +231,6 @@ class Warehouse(dg.ConfigurableResource):
 
 def _spark_values(params: Sequence[Any]) -> list[Any]:
     """Bound values for Spark: a naive time is UTC here, and PySpark would read it in the process's own zone."""
-    return [value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value for value in params]
+    return [
+        value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value for value in params
+    ]

@@ -29,17 +29,17 @@ from feature_assets.errors import DataError, InvalidEntity, shown
 from feature_assets.registry import FeatureView
 
 __all__ = [
+    "MAX_TEXT_KEY",
     "NULL_MARKER",
-    "TIMESTAMP",
     "PANDAS_DTYPES",
-    "EncodedColumn",
+    "TIMESTAMP",
     "EncodedBatch",
+    "EncodedColumn",
+    "cast_error",
+    "decoder",
     "encode_batch",
     "encode_entity_id",
     "parse_entity_id",
-    "MAX_TEXT_KEY",
-    "decoder",
-    "cast_error",
     "view_schema",
 ]
 
@@ -126,7 +126,9 @@ def parse_entity_id(value: object, key_type: str | None, key: str) -> int | str:
                 raise InvalidEntity(f"{key} {shown(value)} {out_of_range}")
             value = int(value)
         if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-            raise InvalidEntity(f"{key} {shown(value)} is not a {key_type}: an id of ASCII digits, optionally after a '-'")
+            raise InvalidEntity(
+                f"{key} {shown(value)} is not a {key_type}: an id of ASCII digits, optionally after a '-'"
+            )
         if not -bound <= value < bound:
             raise InvalidEntity(f"{key} {shown(int(value))} {out_of_range}")
         return int(value)
@@ -194,7 +196,9 @@ def encode_batch(view: FeatureView, frame: pd.DataFrame) -> EncodedBatch:
     computed_at = frame[view.timestamp]
     if computed_at.isna().any():
         raise DataError(f"{view.name}: {int(computed_at.isna().sum())} rows have no {view.timestamp}")
-    expires_at_ms = computed_at.to_numpy(dtype="datetime64[ms]").astype(np.int64) + int(view.online_ttl.total_seconds() * 1000)
+    expires_at_ms = computed_at.to_numpy(dtype="datetime64[ms]").astype(np.int64) + int(
+        view.online_ttl.total_seconds() * 1000
+    )
     return EncodedBatch(entity_ids, columns, expires_at_ms)
 
 

@@ -8,16 +8,24 @@ the process's own.
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from feature_assets.serving.served_log import ServedLog
 
 __all__ = [
-    "REQUESTS",
     "LATENCY",
-    "ONLINE_STORE_ERRORS",
     "MODEL_VERSION",
+    "ONLINE_STORE_ERRORS",
+    "REQUESTS",
     "ServedLogCounts",
     "exposition",
     "forget_this_process",
@@ -31,7 +39,8 @@ LATENCY = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
 ONLINE_STORE_ERRORS = Counter(
-    "featurestore_online_store_errors", "Requests answered 503 because the online store failed or did not answer in time."
+    "featurestore_online_store_errors",
+    "Requests answered 503 because the online store failed or did not answer in time.",
 )
 SERVED_LOG = Counter(
     "featurestore_served_log_vectors",

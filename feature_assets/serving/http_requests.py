@@ -10,7 +10,7 @@ from feature_assets.errors import InvalidEntity, shown
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import parse_entity_id
 
-__all__ = ["Refused", "read_payload", "entities_of", "view_ids", "feature_names"]
+__all__ = ["Refused", "entities_of", "feature_names", "read_payload", "view_ids"]
 
 
 class Refused(Exception):
@@ -25,12 +25,18 @@ async def read_payload(request: Request, limit: int, fields: Sequence[str]) -> d
     """The JSON object in the body, of at most `limit` bytes and with no other fields than `fields`."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise Refused(413, "too_large", f"the body is {length} bytes; at most {limit} are taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)")
+        raise Refused(
+            413,
+            "too_large",
+            f"the body is {length} bytes; at most {limit} are taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Refused(413, "too_large", f"the body is over {limit} bytes, the most taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)")
+            raise Refused(
+                413, "too_large", f"the body is over {limit} bytes, the most taken (FEATURE_STORE_SERVE_MAX_BODY_BYTES)"
+            )
         chunks.append(chunk)
     try:
         payload = json.loads(b"".join(chunks))
@@ -47,12 +53,22 @@ async def read_payload(request: Request, limit: int, fields: Sequence[str]) -> d
 def entities_of(payload: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     entities = payload.get("entities")
     if not isinstance(entities, list) or not entities:
-        raise Refused(400, "bad_request", 'the body needs "entities": a non-empty list of objects, e.g. [{"user_id": 42}]')
+        raise Refused(
+            400, "bad_request", 'the body needs "entities": a non-empty list of objects, e.g. [{"user_id": 42}]'
+        )
     if len(entities) > limit:
-        raise Refused(413, "too_many_entities", f"{len(entities)} entities; at most {limit} per request (FEATURE_STORE_SERVE_MAX_ENTITIES)")
+        raise Refused(
+            413,
+            "too_many_entities",
+            f"{len(entities)} entities; at most {limit} per request (FEATURE_STORE_SERVE_MAX_ENTITIES)",
+        )
     for index, entity in enumerate(entities):
         if not isinstance(entity, dict) or not entity:
-            raise Refused(400, "bad_request", f"entities[{index}] is {shown(entity)}, not an object of entity keys, e.g. {{\"user_id\": 42}}")
+            raise Refused(
+                400,
+                "bad_request",
+                f'entities[{index}] is {shown(entity)}, not an object of entity keys, e.g. {{"user_id": 42}}',
+            )
     keys = entities[0].keys()
     for index, entity in enumerate(entities):
         if entity.keys() != keys:
@@ -66,7 +82,9 @@ def entities_of(payload: dict[str, Any], limit: int) -> list[dict[str, Any]]:
 
 def view_ids(view: FeatureView, entities: list[dict[str, Any]]) -> list[Any]:
     if list(entities[0]) != [view.entity_key]:
-        raise InvalidEntity(f"{view.name} is keyed by {view.entity_key} alone; the entities pass {', '.join(entities[0])}")
+        raise InvalidEntity(
+            f"{view.name} is keyed by {view.entity_key} alone; the entities pass {', '.join(entities[0])}"
+        )
     ids = []
     for index, entity in enumerate(entities):
         try:
@@ -83,7 +101,11 @@ def feature_names(view: FeatureView, names: Any) -> list[str] | None:
         raise Refused(400, "bad_request", '"features", when given, is a non-empty list of feature names')
     unknown = [name for name in names if name not in view.feature_names]
     if unknown:
-        raise Refused(400, "unknown_feature", f"{view.name} has no feature {shown(unknown[0])}; its features: {', '.join(view.feature_names)}")
+        raise Refused(
+            400,
+            "unknown_feature",
+            f"{view.name} has no feature {shown(unknown[0])}; its features: {', '.join(view.feature_names)}",
+        )
     if len(set(names)) != len(names):
         raise Refused(400, "bad_request", '"features" names a feature twice')
     return names

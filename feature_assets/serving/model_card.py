@@ -101,7 +101,9 @@ class ModelCard:
                 timestamp=view["timestamp"],
                 online_ttl=timedelta(hours=view["online_ttl_hours"]),
                 features=tuple(
-                    Feature(f["name"], f["dtype"], "", "", f["definition_checksum"]) for f in self.features if f["view"] == view["name"]
+                    Feature(f["name"], f["dtype"], "", "", f["definition_checksum"])
+                    for f in self.features
+                    if f["view"] == view["name"]
                 ),
                 definition_checksum="",
             )

@@ -63,7 +63,9 @@ class ModelStore(ABC):
         return ModelStoreError(f"model {model!r} has no version {version!r} in {self.describe()}")
 
     def _version_exists(self, model: str, version: str) -> ModelStoreError:
-        return ModelStoreError(f"model {model!r} already has a version {version!r} in {self.describe()}; versions never change")
+        return ModelStoreError(
+            f"model {model!r} already has a version {version!r} in {self.describe()}; versions never change"
+        )
 
 
 def open_model_store(settings: Settings, environ: Mapping[str, str] = os.environ) -> ModelStore:

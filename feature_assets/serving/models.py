@@ -38,8 +38,8 @@ from feature_assets.settings import seconds_from_milliseconds
 __all__ = [
     "ModelCard",
     "ModelStore",
-    "Predictor",
     "Prediction",
+    "Predictor",
     "SchemaMismatch",
     "deadline_from_env",
     "feature_matrix",
@@ -49,6 +49,7 @@ __all__ = [
 def deadline_from_env() -> float:
     """FEATURE_STORE_PREDICT_DEADLINE_MS in seconds: the most one prediction may take, reads included."""
     return seconds_from_milliseconds("FEATURE_STORE_PREDICT_DEADLINE_MS", 1000)
+
 
 _NUMERIC = ("int64", "float64", "bool")
 
@@ -170,7 +171,10 @@ def _transform_encoder(transformer: Any, columns: list[int]) -> Callable[[np.nda
 def _numpy_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray], np.ndarray] | None:
     """The fitted parameters of SimpleImputer(+ indicator) -> StandardScaler, or of OneHotEncoder(handle_unknown=
     "ignore"), as arithmetic on rows; None for other transformers or settings."""
-    if isinstance(transformer, Pipeline) and [type(step) for _, step in transformer.steps] == [SimpleImputer, StandardScaler]:
+    if isinstance(transformer, Pipeline) and [type(step) for _, step in transformer.steps] == [
+        SimpleImputer,
+        StandardScaler,
+    ]:
         imputer, scaler = (step for _, step in transformer.steps)
         fill = np.asarray(imputer.statistics_, dtype=float)
         if np.isnan(fill).any():  # a column empty in training, which the imputer drops
@@ -186,7 +190,11 @@ def _numpy_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray
 
         return impute_and_scale
     if isinstance(transformer, OneHotEncoder):
-        if transformer.handle_unknown != "ignore" or transformer.drop is not None or getattr(transformer, "infrequent_categories_", None):
+        if (
+            transformer.handle_unknown != "ignore"
+            or transformer.drop is not None
+            or getattr(transformer, "infrequent_categories_", None)
+        ):
             return None
         # Per column, each category's position in the output; a null (NaN) is a category of its own if seen in training.
         positions, offset = [], 0
@@ -227,13 +235,17 @@ def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard)
         name = feature["name"]
         where = f"model {card.model} version {card.version} reads {view.name}.{name}"
         if name not in online_dtypes:
-            raise SchemaMismatch(f"{where}, but {store.describe()} has no such feature (it has {', '.join(online_dtypes)})")
+            raise SchemaMismatch(
+                f"{where}, but {store.describe()} has no such feature (it has {', '.join(online_dtypes)})"
+            )
         if online_dtypes[name] != feature["dtype"]:
             raise SchemaMismatch(
                 f"{where} as {feature['dtype']}, but the online store holds it as {online_dtypes[name]}; retrain the model"
             )
         if online_definitions.get(name) != feature["definition_checksum"]:
-            raise SchemaMismatch(f"{where}, but its definition (SQL) changed since the model was trained; retrain the model")
+            raise SchemaMismatch(
+                f"{where}, but its definition (SQL) changed since the model was trained; retrain the model"
+            )
     return _what_was_checked(record)
 
 
@@ -252,7 +264,12 @@ class Predictor:
     """
 
     def __init__(
-        self, store: OnlineStore, models: ModelStore, served_log: ServedLog | None = None, *, deadline: float | None = None
+        self,
+        store: OnlineStore,
+        models: ModelStore,
+        served_log: ServedLog | None = None,
+        *,
+        deadline: float | None = None,
     ):
         """deadline: seconds one predict_one may take in all (default FEATURE_STORE_PREDICT_DEADLINE_MS, 1000)."""
         self.store, self.models, self.served_log = store, models, served_log
@@ -319,7 +336,9 @@ class Predictor:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OnlineStoreError(f"predict {model}: no answer within its {self.deadline * 1000:g} ms deadline")
-            values = self.store.read_rows([(part.view, keys[part.key], part.fields) for part in level], timeout=remaining)
+            values = self.store.read_rows(
+                [(part.view, keys[part.key], part.fields) for part in level], timeout=remaining
+            )
             for part, raw in zip(level, values):
                 row = part.reader.decode_row(keys[part.key], raw, part.names)
                 if row[MISSING]:
@@ -350,7 +369,11 @@ class Predictor:
         for part in _in_dependency_order(served.parts):
             if part.key not in keys.columns:
                 source_view, source_feature = part.derived_from
-                keys[part.key] = frames[source_view][source_feature].astype(object).where(frames[source_view][source_feature].notna(), None)
+                keys[part.key] = (
+                    frames[source_view][source_feature]
+                    .astype(object)
+                    .where(frames[source_view][source_feature].notna(), None)
+                )
             ids = keys[part.key].tolist()
             known = np.array([entity_id is not None for entity_id in ids], dtype=bool)
             # A null derived key is read as the empty id, which no entity has, and then marked missing.
@@ -388,7 +411,9 @@ class Predictor:
 
 def _in_dependency_order(parts: list[_ViewPart]) -> list[_ViewPart]:
     """Views with a caller key first, then views whose key derives from them (one level, the registry's rule)."""
-    return [part for part in parts if part.derived_from is None] + [part for part in parts if part.derived_from is not None]
+    return [part for part in parts if part.derived_from is None] + [
+        part for part in parts if part.derived_from is not None
+    ]
 
 
 def _keys(card: ModelCard, entity: Any) -> dict[str, Any]:
@@ -406,7 +431,9 @@ def _keys(card: ModelCard, entity: Any) -> dict[str, Any]:
     unknown = [key for key in keys if key not in key_types]
     if unknown:
         known = ", ".join(sorted(key_types))
-        raise InvalidEntity(f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}")
+        raise InvalidEntity(
+            f"model {card.model} reads no view keyed by {', '.join(map(shown, unknown))}; its keys: {known}"
+        )
     return {key: parse_entity_id(value, key_types[key], key) for key, value in keys.items()}
 
 
@@ -424,7 +451,9 @@ def _key_frame(card: ModelCard, entities: Any) -> pd.DataFrame:
         raise InvalidEntity(f"model {card.model} needs the keys {', '.join(caller)}; pass a frame with those columns")
     absent = [key for key in caller if key not in frame.columns]
     if absent:
-        raise InvalidEntity(f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})")
+        raise InvalidEntity(
+            f"model {card.model} needs the columns {', '.join(absent)} (its entity keys: {', '.join(caller)})"
+        )
     frame = frame.astype(object).where(frame.notna(), None)
     key_types = _key_types(card)
     for key in frame.columns.intersection(list(key_types)):

@@ -50,7 +50,7 @@ from feature_assets.serving.redis_io import (
     timeout_from_env,
 )
 
-__all__ = ["SyncRecord", "OnlineWriter", "OnlineStore", "RedisOnlineStore", "SqliteOnlineStore"]
+__all__ = ["OnlineStore", "OnlineWriter", "RedisOnlineStore", "SqliteOnlineStore", "SyncRecord"]
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,9 @@ class RedisOnlineStore(OnlineStore):
     def _hmget(key: bytes, fields: Sequence[str]) -> bytes:
         return b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields)) + bulk(key) + b"".join(bulk(f.encode()) for f in fields)
 
-    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None) -> Sequence[Any] | None:
+    def read_row(
+        self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None
+    ) -> Sequence[Any] | None:
         key = self.prefix(view) + encode_entity_id(entity_id)
         (values,) = self._per_node([key], [self._hmget(key, fields)], timeout)
         return self._checked(key, fields, values)
@@ -300,7 +302,9 @@ class RedisOnlineStore(OnlineStore):
             self._slot_nodes.clear()
             if isinstance(self.client, RedisCluster):
                 self.client.nodes_manager.initialize()
-            return OnlineStoreError(f"the Redis cluster moved {key.decode()} while it was read ({error}); retry the request")
+            return OnlineStoreError(
+                f"the Redis cluster moved {key.decode()} while it was read ({error}); retry the request"
+            )
         return DataError(f"online value at {key.decode()}: {error}")
 
     def _node(self, key: bytes) -> redis.Redis:
@@ -639,11 +643,15 @@ class SqliteOnlineStore(OnlineStore):
             sql = self._sql[cache_key] = sql
         return sql
 
-    def read_row(self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None) -> Sequence[Any] | None:
+    def read_row(
+        self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None
+    ) -> Sequence[Any] | None:
         try:
-            return self._connect().execute(
-                self._select(view, fields, False), (encode_entity_id(entity_id).decode(), time.time())
-            ).fetchone()
+            return (
+                self._connect()
+                .execute(self._select(view, fields, False), (encode_entity_id(entity_id).decode(), time.time()))
+                .fetchone()
+            )
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return None
@@ -666,12 +674,18 @@ class SqliteOnlineStore(OnlineStore):
                 raise OnlineStoreError(f"{self.describe()}: {error}") from None
             found = {}
         blank = (None,) * len(fields)
-        return [list(column) for column in zip(*(found.get(entity_id, blank) for entity_id in ids))] or [[] for _ in fields]
+        return [list(column) for column in zip(*(found.get(entity_id, blank) for entity_id in ids))] or [
+            [] for _ in fields
+        ]
 
     def last_sync(self, view: FeatureView) -> SyncRecord | None:
-        row = self._connect().execute(
-            "select record from featurestore_views where name = ? and expires_at > ?", (view.name, time.time())
-        ).fetchone()
+        row = (
+            self._connect()
+            .execute(
+                "select record from featurestore_views where name = ? and expires_at > ?", (view.name, time.time())
+            )
+            .fetchone()
+        )
         return None if row is None else SyncRecord.from_json(json.loads(row[0]))
 
     def record_sync(self, view: FeatureView, record: SyncRecord) -> None:
@@ -700,7 +714,9 @@ class SqliteOnlineStore(OnlineStore):
         self._connect()  # creates the file and tables on first use
         with closing(sqlite3.connect(self.path, timeout=30)) as con:
             try:
-                return con.execute(f'select {columns} from "{self.table(view)}" where expires_at > ?', (time.time(),)).fetchall()
+                return con.execute(
+                    f'select {columns} from "{self.table(view)}" where expires_at > ?', (time.time(),)
+                ).fetchall()
             except sqlite3.OperationalError as error:
                 if "no such table" in str(error):
                     return []
@@ -710,7 +726,9 @@ class SqliteOnlineStore(OnlineStore):
         con = self._connect()
         con.execute("begin immediate")
         try:
-            con.executemany(f'delete from "{self.table(view)}" where entity_id = ?', ((i.decode(),) for i in entity_ids))
+            con.executemany(
+                f'delete from "{self.table(view)}" where entity_id = ?', ((i.decode(),) for i in entity_ids)
+            )
             con.execute("commit")
         except BaseException:
             con.execute("rollback")

@@ -54,7 +54,8 @@ class PostgresModelStore(ModelStore):
 
         def insert(connection: psycopg.Connection) -> None:
             connection.execute(
-                f"insert into {self.schema}.model_versions (model, version, card, artifact) values (%s, %s, %s, %s)", row
+                f"insert into {self.schema}.model_versions (model, version, card, artifact) values (%s, %s, %s, %s)",
+                row,
             )
 
         try:
@@ -67,7 +68,8 @@ class PostgresModelStore(ModelStore):
         # Byte order (collation C), as the folder store sorts its folder names.
         rows = self._run(
             lambda connection: connection.execute(
-                f'select version from {self.schema}.model_versions where model = %s order by version collate "C"', (model,)
+                f'select version from {self.schema}.model_versions where model = %s order by version collate "C"',
+                (model,),
             ).fetchall()
         )
         return [version for (version,) in rows]
@@ -112,11 +114,16 @@ class PostgresModelStore(ModelStore):
     def _version_row(self, model: str, version: str | None, columns: str) -> tuple:
         """The columns of `version`, or of the served version read in the same statement (never a torn pair)."""
         if version is None:
-            where, parameters = f"(model, version) = (select model, version from {self.schema}.served_model_versions where model = %s)", (model,)
+            where, parameters = (
+                f"(model, version) = (select model, version from {self.schema}.served_model_versions where model = %s)",
+                (model,),
+            )
         else:
             where, parameters = "model = %s and version = %s", (model, version)
         row = self._run(
-            lambda connection: connection.execute(f"select {columns} from {self.schema}.model_versions where {where}", parameters).fetchone()
+            lambda connection: connection.execute(
+                f"select {columns} from {self.schema}.model_versions where {where}", parameters
+            ).fetchone()
         )
         if row is None:
             raise self._no_served_version(model) if version is None else self._no_version(model, version)
@@ -166,7 +173,9 @@ class PostgresModelStore(ModelStore):
         if connection.execute(exists, (versions, served)).fetchone()[0]:
             return
         with connection.transaction():
-            connection.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"featurestore model store {self.schema}",))
+            connection.execute(
+                "select pg_advisory_xact_lock(hashtext(%s))", (f"featurestore model store {self.schema}",)
+            )
             connection.execute(f"create schema if not exists {self.schema}")
             connection.execute(
                 f"create table if not exists {versions} (model text not null, version text not null, card text not null, "

@@ -21,7 +21,7 @@ from feature_assets.serving.codec import TIMESTAMP, cast_error, decoder, view_sc
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.served_log import ServedLog
 
-__all__ = ["FeatureReader", "MISSING"]
+__all__ = ["MISSING", "FeatureReader"]
 
 MISSING = "_missing"
 # How often a long-lived reader looks for a new sync record (one small read).
@@ -100,7 +100,9 @@ class FeatureReader:
         """The stored fields a read of these features asks the store for (the timestamp first)."""
         return self._plan_for(features).fields
 
-    def decode_row(self, entity_id: Any, values: Sequence[Any] | None, features: Iterable[str] | None = None) -> dict[str, Any]:
+    def decode_row(
+        self, entity_id: Any, values: Sequence[Any] | None, features: Iterable[str] | None = None
+    ) -> dict[str, Any]:
         """What the store's read_row returned for fields(features), typed: the entity key, the timestamp, the
         features and `_missing`."""
         plan = self._plans[None] if features is None else self._plan_for(features)

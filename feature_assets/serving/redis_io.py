@@ -11,10 +11,10 @@ grouped by node (and, for MULTI/EXEC, by hash slot), and each node's share goes 
 """
 
 import os
-from functools import partial
-from urllib.parse import urlsplit
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,20 +26,20 @@ from feature_assets.errors import ConfigError, OnlineStoreError
 from feature_assets.settings import seconds_from_milliseconds
 
 __all__ = [
-    "RedisClient",
     "DEFAULT_TIMEOUT_MS",
+    "RedisClient",
     "bulk",
     "check_url",
     "close",
     "connect",
-    "describe_url",
     "describe",
-    "primaries",
-    "node_for",
-    "slot_of",
+    "describe_url",
     "errors",
     "exchange",
+    "node_for",
+    "primaries",
     "read",
+    "slot_of",
     "timeout_from_env",
 ]
 
@@ -61,7 +61,9 @@ def timeout_from_env() -> float:
 def check_url(url: str, what: str = "the Redis URL") -> None:
     if not url.startswith(_SCHEMES):
         # The URL may hold a password: name only its scheme.
-        raise ConfigError(f"{what} must start with redis://, rediss:// or unix://, not {url.split(':', 1)[0][:20]!r}://")
+        raise ConfigError(
+            f"{what} must start with redis://, rediss:// or unix://, not {url.split(':', 1)[0][:20]!r}://"
+        )
 
 
 def describe_url(url: str) -> str:

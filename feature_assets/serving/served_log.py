@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,7 +39,7 @@ from feature_assets.errors import ConfigError, FeatureStoreError
 from feature_assets.serving import redis_io
 from feature_assets.serving.redis_io import bulk
 
-__all__ = ["ServedLog", "ServedLogError", "ServedLogStats", "RedisServedLog", "SqliteServedLog"]
+__all__ = ["RedisServedLog", "ServedLog", "ServedLogError", "ServedLogStats", "SqliteServedLog"]
 
 
 class ServedLogError(FeatureStoreError):
@@ -108,7 +108,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
 
 
 def _served_at(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def _decoded_column(values: list[Any]) -> Any:
@@ -242,7 +242,9 @@ class ServedLog(ABC):
 
     def stats(self) -> ServedLogStats:
         with self._lock:
-            return ServedLogStats(self._logged, self._dropped, self._failed, self._queued + self._writing, self._last_error)
+            return ServedLogStats(
+                self._logged, self._dropped, self._failed, self._queued + self._writing, self._last_error
+            )
 
     @property
     def logged(self) -> int:
@@ -369,8 +371,15 @@ def _encode(items: list) -> list[Record]:
             time.sleep(0)
         if type(item) is _Vector:
             records.append(
-                Record(item.view, item.entity_key, _dumps(item.entity_id), _dumps(item.features), item.model, item.version,
-                       _served_at(item.served_at))  # fmt: skip
+                Record(
+                    item.view,
+                    item.entity_key,
+                    _dumps(item.entity_id),
+                    _dumps(item.features),
+                    item.model,
+                    item.version,
+                    _served_at(item.served_at),
+                )  # fmt: skip
             )
             continue
         index = None if item.selected is None else np.flatnonzero(item.selected)
@@ -381,8 +390,15 @@ def _encode(items: list) -> list[Record]:
             if len(records) % _CHUNK == 0:
                 time.sleep(0)
             records.append(
-                Record(item.view, item.entity_key, _dumps(entity_id), _dumps(dict(zip(names, values))), item.model,
-                       item.version, served_at)  # fmt: skip
+                Record(
+                    item.view,
+                    item.entity_key,
+                    _dumps(entity_id),
+                    _dumps(dict(zip(names, values))),
+                    item.model,
+                    item.version,
+                    served_at,
+                )  # fmt: skip
             )
     return records
 
@@ -519,11 +535,15 @@ class SqliteServedLog(ServedLog):
             con = sqlite3.connect(self.path, timeout=5)
             try:
                 exists = con.execute("select 1 from sqlite_master where name = 'served_vectors'").fetchone()
-                rows = [] if not exists else con.execute(
-                    "select entity_key, entity_id, features, model, version, served_at from served_vectors "
-                    "where view = ? order by id desc limit ?",
-                    (view, -1 if limit is None else limit),
-                ).fetchall()[::-1]
+                rows = (
+                    []
+                    if not exists
+                    else con.execute(
+                        "select entity_key, entity_id, features, model, version, served_at from served_vectors "
+                        "where view = ? order by id desc limit ?",
+                        (view, -1 if limit is None else limit),
+                    ).fetchall()[::-1]
+                )
             finally:
                 con.close()
         except sqlite3.Error as error:

@@ -167,7 +167,9 @@ class Service:
             if view.feature(name).dtype == "float64":
                 for index, value in enumerate(columns[name]):
                     if value is not None and not math.isfinite(value):  # JSON cannot carry it; never send it as null
-                        raise DataError(f"{view.name}.{name} is {value!r} for {view.entity_key} {ids[index]}, not a finite number")
+                        raise DataError(
+                            f"{view.name}.{name} is {value!r} for {view.entity_key} {ids[index]}, not a finite number"
+                        )
         ttl_hours = view.online_ttl.total_seconds() / 3600
         entities = []
         for index, entity_id in enumerate(ids):
@@ -196,7 +198,10 @@ class Service:
             frame = predictor.predict(model, pd.DataFrame(entities, dtype=object))
             version = frame["model_version"].iloc[0]
             keys = [column for column in frame.columns if column not in ("score", "model_version", "error")]
-            values = {column: frame[column].to_numpy(dtype=object, na_value=None).tolist() for column in [*keys, "score", "error"]}
+            values = {
+                column: frame[column].to_numpy(dtype=object, na_value=None).tolist()
+                for column in [*keys, "score", "error"]
+            }
             predictions = []
             for index in range(len(frame)):
                 entity = {key: values[key][index] for key in keys if values[key][index] is not None}
@@ -264,7 +269,6 @@ class Lane:
             raise
 
 
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -306,7 +310,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             return _json(200, await blocking(service.health))
         except FeatureStoreError as error:
             refused = _refusal(error)
-            return _json(503, {"status": "unavailable", "reason": " ".join(str(refused).split()), "cause": refused.cause})
+            return _json(
+                503, {"status": "unavailable", "reason": " ".join(str(refused).split()), "cause": refused.cause}
+            )
 
     async def features(request: Request) -> Response:
         try:
@@ -422,7 +428,10 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         log_level="warning",
         server_header=False,
     )
-    print(f"featurestore serve: http://{host}:{sock.getsockname()[1]} with {workers} worker(s), online store {settings.online}", flush=True)
+    print(
+        f"featurestore serve: http://{host}:{sock.getsockname()[1]} with {workers} worker(s), online store {settings.online}",
+        flush=True,
+    )
     try:
         # Workers are spawned processes even when there is one: they import the app with the metrics folder set.
         supervisor = Multiprocess(config, sockets=[sock])

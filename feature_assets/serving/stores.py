@@ -8,7 +8,7 @@ from feature_assets.serving.online_store import OnlineStore, RedisOnlineStore, S
 from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
 from feature_assets.settings import Settings
 
-__all__ = ["open_online_store", "open_served_log", "open_model_store"]
+__all__ = ["open_model_store", "open_online_store", "open_served_log"]
 
 
 def open_online_store(settings: Settings) -> OnlineStore:
