@@ -1,9 +1,11 @@
 VENV := .venv
 BIN := $(VENV)/bin
+# The quick loop leaves out what builds with dbt, runs on Spark or drives a browser (markers: conftest.py).
+QUICK := not e2e and not spark and not ui
 
-.PHONY: demo test install prepare dev
+.PHONY: demo test check lint install prepare dev
 
-$(BIN)/featurestore: setup.py
+$(BIN)/featurestore: pyproject.toml setup.py
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test,spark]"
@@ -11,17 +13,30 @@ $(BIN)/featurestore: setup.py
 
 install: $(BIN)/featurestore
 
-# The dbt manifest must exist before the Dagster definitions import.
+# The dbt manifest must exist before the Dagster definitions are built.
 prepare: install
 	cd dbt_features && ../$(BIN)/dbt parse --quiet
 
 demo: prepare
 	$(BIN)/featurestore demo
 
-# ensure-services prints the PostgreSQL URL the tests log in with (and installs chromium for the UI test).
-# The whole suite, the browser test of the Dagster UI included (`-m "not ui"` leaves its minutes out).
-test: prepare
-	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url $(BIN)/python -m pytest -q
+# Lint, format and types of the Python, and lint of the dbt models' SQL.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/sqlfluff lint dbt_features/models dbt_features/macros
+
+# The quick loop (about 2 minutes): lint, types, and the tests that need no dbt build, Spark or browser.
+check: prepare lint
+	url=$$(scripts/ensure-services --no-browser) && FEATURE_STORE_TEST_POSTGRES_URL=$$url \
+		$(BIN)/python -m pytest -q -m "$(QUICK)" --durations=10
+
+# Everything CI runs: lint, types and the whole suite, the browser test of the Dagster UI and Spark included.
+# ensure-services starts PostgreSQL and Redis if they are not running and prints the URL the tests log in with.
+test: prepare lint
+	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url \
+		$(BIN)/python -m pytest -q --durations=25
 
 dev: prepare
 	$(BIN)/featurestore dev

@@ -1,13 +1,18 @@
 """Fixtures shared by the suite: real DuckDB files, real PostgreSQL schemas, and feature builds through Dagster."""
 
 import atexit
+import inspect
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 # The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
 os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
@@ -20,6 +25,7 @@ import pandas as pd
 import psycopg
 import pytest
 from dagster_dbt import DbtCliResource
+from filelock import FileLock
 
 from feature_assets.assets.features import all_dbt_assets, dbt_model_key
 from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
@@ -35,6 +41,52 @@ POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://p
 ANCHOR = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
 
 
+# What a test needs, decided here for the whole suite (pyproject.toml lists the markers): the fixtures it uses, and
+# whether its body (or a helper of its module it calls) runs the pipeline. `make check` leaves out e2e, spark and ui.
+NEEDS_OF_FIXTURES = {
+    "postgres": {"postgres_url", "postgres_warehouse", "new_york_postgres"},
+    "redis": {"redis_client", "online_store", "redis_cluster", "tls_redis", "tls_ca", "acl_redis", "monitored"},
+    "spark": {"spark_folder", "spark_warehouse"},
+    "e2e": {"trained", "trained_once", "monitored"},
+}
+# Calls that run dbt or a Dagster job in process.
+PIPELINE_CALLS = {"materialize", "train_models", "run_demo", "featurestore"}
+MODULES_OF = {"test_spark": {"spark", "e2e"}, "test_ui": {"ui", "e2e"}, "test_add_a_view_and_model": {"e2e"}}
+
+
+def _calls_pipeline(function: Any, modules: list[Any], seen: set[str]) -> bool:
+    """Whether a function, or a function of the test's module or of this file that it calls (transitively), runs
+    the pipeline."""
+    names = set(getattr(getattr(function, "__code__", None), "co_names", ()))
+    if names & PIPELINE_CALLS:
+        return True
+    for name in names - seen:
+        seen.add(name)
+        for module in modules:
+            helper = getattr(module, name, None)
+            if inspect.isfunction(helper) and helper.__module__ == module.__name__:
+                if _calls_pipeline(helper, modules, seen):
+                    return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        modules = [item.module, sys.modules[__name__]]
+        needs = set(MODULES_OF.get(item.module.__name__, ()))
+        fixtures = set(getattr(item, "fixturenames", ()))
+        needs |= {need for need, names in NEEDS_OF_FIXTURES.items() if fixtures & names}
+        if "warehouse" in fixtures and "[postgres" in item.name:
+            needs.add("postgres")
+        # The test itself, and every fixture it uses (transitively) that this file or its module defines.
+        functions = [getattr(item, "function", None)]
+        functions += [inspect.unwrap(getattr(m, name)) for name in fixtures for m in modules if hasattr(m, name)]
+        if any(_calls_pipeline(function, modules, set()) for function in functions):
+            needs.add("e2e")
+        for need in sorted(needs) or ["unit"]:
+            item.add_marker(need)
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Waits for something another thread or process does; the deadline only turns a hang into a failure, so it is
     far above what the wait takes on a loaded machine."""
@@ -45,12 +97,20 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
         time.sleep(0.01)
 
 
+def without_password(url: str) -> str:
+    """A server URL fit for a test's output: the password (and a user before it) replaced."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
     except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable ({error}); `make test` starts one")
+        # libpq's message names host and port, never the password.
+        pytest.fail(
+            f"PostgreSQL at {without_password(POSTGRES_URL)} is not reachable ({error}); `make test` starts one"
+        )
     return POSTGRES_URL
 
 
@@ -134,8 +194,18 @@ def read_features(warehouse: Warehouse) -> pd.DataFrame:
     return warehouse.query("select * from user_features order by computed_at, user_id")
 
 
+def _redis_url_of_this_worker(base: str) -> str:
+    """A database of this test process's own on the shared Redis: database 15 (or the URL's) for a serial run, and
+    15 - N for pytest-xdist's worker gwN, so that parallel workers never flush each other's keys."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker:
+        return base
+    head, _, database = base.rpartition("/")
+    return f"{head}/{int(database or 0) - int(worker.removeprefix('gw'))}"
+
+
 # Online store: a real Redis, a database of its own, flushed before each test.
-REDIS_URL = os.environ.get("FEATURE_STORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = _redis_url_of_this_worker(os.environ.get("FEATURE_STORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 
 
 @pytest.fixture
@@ -235,22 +305,42 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
     return result
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets, and both models served."""
+@pytest.fixture(scope="session")
+def trained_once(tmp_path_factory, worker_id) -> Path:
+    """The trained folder, built once per test run (the first worker to need it builds it, under a lock, for all
+    pytest-xdist workers): a DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets,
+    and both models served. Never used directly: `trained` hands each module a copy to change."""
     from datetime import timedelta
 
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    folder = shared / "trained"
+    with FileLock(str(shared / "trained.lock")):
+        if not (folder / "built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
+            start = ANCHOR - timedelta(days=299)
+            result = materialize(
+                warehouse,
+                raw={"users": 1000, "days": 300, "anchor": ANCHOR.isoformat()},
+                as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
+            )
+            assert result.success
+            assert train_models(warehouse, folder / "models").success
+            (folder / "built").touch()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(trained_once, tmp_path_factory):
+    """A module's own copy of the trained folder (warehouse.duckdb and models/), so that what one module promotes
+    or writes never reaches another."""
     folder = tmp_path_factory.mktemp("trained")
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
-    start = ANCHOR - timedelta(days=299)
-    result = materialize(
-        warehouse,
-        raw={"users": 1000, "days": 300, "anchor": ANCHOR.isoformat()},
-        as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
-    )
-    assert result.success
-    assert train_models(warehouse, folder / "models").success
-    return warehouse, folder / "models"
+    shutil.copy(trained_once / "warehouse.duckdb", folder / "warehouse.duckdb")
+    shutil.copytree(trained_once / "models", folder / "models")
+    return Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb")), folder / "models"
 
 
 @pytest.fixture

@@ -29,22 +29,36 @@ def make_view(ttl: timedelta = timedelta(days=2)) -> FeatureView:
 VIEW = make_view()
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
 
-# Snapshot times within the view's TTL (an older snapshot is neither written nor served), down to the microsecond.
-HOUR = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-TIMES = [HOUR - timedelta(hours=5), HOUR - timedelta(hours=4), HOUR - timedelta(hours=3, microseconds=-1),
-         HOUR - timedelta(hours=2), HOUR, HOUR - timedelta(hours=1, seconds=1)]  # fmt: skip
 
-# Every dtype with its extremes and nulls; each row differs in every field from the others.
-ROWS = pd.DataFrame(
-    {
-        "thing_id": [1, 2, 3, 4, 5, 6],
-        "computed_at": np.array(TIMES, dtype="datetime64[us]"),
-        "count": pd.array([BIG, SMALL, 0, None, -1, 2**53 + 1], dtype="Int64"),
-        "score": [5e-324, -0.0, 1.7976931348623157e308, np.nan, 0.1, -1 / 3],
-        "label": pd.array(["ünïcødé ✓", "", "line\nbreak\ttab", None, "100%s", "x" * 10_000], dtype="str"),
-        "active": pd.array([True, False, None, True, False, True], dtype="boolean"),
-    }
-)
+def snapshot_rows(hour: datetime) -> tuple[list[datetime], pd.DataFrame]:
+    """Snapshot times within the view's TTL of `hour` (an older snapshot is neither written nor served), down to the
+    microsecond, and every dtype with its extremes and nulls; each row differs in every field from the others."""
+    times = [hour - timedelta(hours=5), hour - timedelta(hours=4), hour - timedelta(hours=3, microseconds=-1),
+             hour - timedelta(hours=2), hour, hour - timedelta(hours=1, seconds=1)]  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "thing_id": [1, 2, 3, 4, 5, 6],
+            "computed_at": np.array(times, dtype="datetime64[us]"),
+            "count": pd.array([BIG, SMALL, 0, None, -1, 2**53 + 1], dtype="Int64"),
+            "score": [5e-324, -0.0, 1.7976931348623157e308, np.nan, 0.1, -1 / 3],
+            "label": pd.array(["ünïcødé ✓", "", "line\nbreak\ttab", None, "100%s", "x" * 10_000], dtype="str"),
+            "active": pd.array([True, False, None, True, False, True], dtype="boolean"),
+        }
+    )
+    return times, rows
+
+
+HOUR = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+TIMES, ROWS = snapshot_rows(HOUR)
+
+
+@pytest.fixture(autouse=True)
+def now_when_the_test_runs():
+    """HOUR, TIMES and ROWS are taken again when each test starts: expiry is measured from the real clock, so rows
+    stamped when the module was collected would be hours older in a long or reordered run."""
+    global HOUR, TIMES, ROWS
+    HOUR = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    TIMES, ROWS = snapshot_rows(HOUR)
 
 
 def write(store, view: FeatureView, frame: pd.DataFrame) -> None:

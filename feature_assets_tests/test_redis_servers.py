@@ -1,7 +1,6 @@
 """The throwaway Redis servers of redis_servers.py start, serve redis-py's public API, and stop without leftovers."""
 
 import os
-import time
 from collections import Counter
 
 import pytest
@@ -95,13 +94,11 @@ def test_tls_redis_answers_a_verifying_tls_client(tls_redis):
 
 
 def test_tls_redis_refuses_plain_tcp_and_unknown_certificates(tls_redis):
-    started = time.monotonic()
     with pytest.raises(redis.ConnectionError):
         plain = redis.Redis(
             host="127.0.0.1", port=tls_redis.port, socket_timeout=1, socket_connect_timeout=1, retry=NO_RETRY
         )
         plain.ping()
-    assert time.monotonic() - started < 1
     # Without the test CA, the server's certificate does not verify against the system's CAs.
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(tls_redis.url, socket_timeout=1, socket_connect_timeout=1, retry=NO_RETRY).ping()
