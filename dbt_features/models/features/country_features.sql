@@ -39,7 +39,7 @@ users_at as (
     where user_features.country is not null
 ),
 
-{#- Shares as a ratio of two doubles, not avg() of 1.0 / 0.0: the same IEEE division on both engines. #}
+{# Shares as a ratio of two doubles, not avg() of 1.0 / 0.0: the same IEEE division on both engines. #}
 country_totals as (
     select
         users_at.country,
@@ -58,9 +58,9 @@ final as (
         cast(country_totals.computed_at as timestamp) as computed_at,
         cast(country_totals.country_users as integer) as country_users,
         {{ cast('country_totals.active_users_30d', 'double precision') }}
-            / {{ cast('country_totals.country_users', 'double precision') }} as country_active_share_30d,
+        / {{ cast('country_totals.country_users', 'double precision') }} as country_active_share_30d,
         {{ cast('country_totals.paid_users', 'double precision') }}
-            / {{ cast('country_totals.country_users', 'double precision') }} as country_paid_share,
+        / {{ cast('country_totals.country_users', 'double precision') }} as country_paid_share,
         {{ cast('country_totals.avg_order_30d', 'double precision') }} as country_avg_order_30d
     from country_totals
 )
