@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from feature_assets.definition_checksums import feature_checksums
 from feature_assets.errors import RegistryError, shown
@@ -57,6 +58,9 @@ _DTYPES = {
 }
 _KEY_TYPES = ("smallint", "integer", "int", "bigint", "varchar", "text")
 
+# A node, an exposure, a column or a meta block of the dbt manifest, as parsed from its JSON.
+_Json = dict[str, Any]
+
 
 def _snake_case(name: str, what: str) -> str:
     if not isinstance(name, str) or not _SNAKE_CASE.fullmatch(name):
@@ -65,7 +69,7 @@ def _snake_case(name: str, what: str) -> str:
     return name
 
 
-def _hours(block: dict, name: str, default: timedelta, what: str) -> timedelta:
+def _hours(block: _Json, name: str, default: timedelta, what: str) -> timedelta:
     hours = block.get(name, default / timedelta(hours=1))
     if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
         raise RegistryError(f"{what}: {name} must be a positive number of hours, got {hours!r}")
@@ -214,18 +218,18 @@ class Registry:
             raise RegistryError(f"no feature view {shown(name)}; known: {', '.join(sorted(self.views))}") from None
 
 
-def _columns(node: dict, what: str) -> dict[str, dict]:
+def _columns(node: _Json, what: str) -> dict[str, _Json]:
     columns = {}
     for column in node.get("columns", {}).values():
         columns[_snake_case(column["name"], f"column of {what}:")] = column
     return columns
 
 
-def _data_type(column: dict) -> str:
+def _data_type(column: _Json) -> str:
     return (column.get("data_type") or "").lower()
 
 
-def _feature_view(manifest: dict, node: dict) -> FeatureView:
+def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
     name = _snake_case(node["name"], "feature view")
     block = node["config"]["meta"]["feature_view"]
     try:
@@ -270,7 +274,7 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
     )
 
 
-def _label_table(node: dict) -> LabelTable:
+def _label_table(node: _Json) -> LabelTable:
     name = _snake_case(node["name"], "label table")
     block = node["config"]["meta"]["labels"]
     try:
@@ -294,7 +298,7 @@ def _label_table(node: dict) -> LabelTable:
     return LabelTable(name, tuple(keys), label_time, target, _data_type(columns[target]), outcome_window)
 
 
-def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
+def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
     model = _snake_case(exposure["name"], "model")
     block = exposure["config"]["meta"]["feature_set"]
     try:
@@ -312,7 +316,8 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
     if not isinstance(features, dict) or not features:
         raise RegistryError(f"model {model}: features must map each feature view to the list of features read from it")
     derived = block.get("derived_keys") or {}
-    reads, seen = [], {}
+    reads: list[ViewRead] = []
+    seen: dict[str, str] = {}  # feature name -> the view it is read from
     for view_name, names in features.items():
         if view_name not in views:
             raise RegistryError(
@@ -355,7 +360,7 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
 
 
 def _derivation(
-    model: str, view: FeatureView, spec, views: dict[str, FeatureView], features: dict
+    model: str, view: FeatureView, spec: object, views: dict[str, FeatureView], features: _Json
 ) -> tuple[str, str] | None:
     if spec is None:
         return None

@@ -53,7 +53,7 @@ class ModelStore(ABC):
     def __enter__(self) -> "ModelStore":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _no_served_version(self, model: str) -> ModelStoreError:
