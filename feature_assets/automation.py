@@ -40,7 +40,7 @@ _EPOCH = datetime(1970, 1, 1)
 AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC", end_offset=1)
 
 
-def day_key(hour: datetime) -> str:
+def day_key(hour: date) -> str:
     """The partition (as-of day) of an as-of time."""
     return hour.strftime("%Y-%m-%d")
 

@@ -67,7 +67,7 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         """Sampled rows recomputed row by row: every feature of every view comes from that view's latest snapshot
         strictly before the label time and within its TTL, or is null when there is none."""
         report = check_leakage(warehouse, feature_set, table, sample=config.sample, seed=config.seed)
-        metadata = {
+        metadata: dict[str, int | str | dg.MetadataValue] = {
             "rows_checked": report.rows_checked,
             "features_checked": ", ".join(report.features_checked),
             "problems": len(report.problems),
