@@ -254,10 +254,11 @@ def _start_server(directory: Path, url: str, workers: int) -> tuple[subprocess.P
     env = {**os.environ, "FEATURE_STORE_HOME": str(directory), "FEATURE_STORE_ONLINE": "redis",
            "FEATURE_STORE_REDIS_URL": url, "FEATURE_STORE_SERVED_LOG_RATE": "0.1"}  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
-        env=env, stdout=subprocess.PIPE, stderr=open(directory / "server.log", "wb"), text=True, start_new_session=True,
-    )  # fmt: skip
+    with open(directory / "server.log", "wb") as log:  # the server writes to its own copy of the file descriptor
+        server = subprocess.Popen(
+            [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
+            env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        )  # fmt: skip
     line = server.stdout.readline()
     if "http://" not in line:
         raise SystemExit(f"the server did not start: {line}{(directory / 'server.log').read_text()[-2000:]}")

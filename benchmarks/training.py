@@ -590,9 +590,14 @@ def training_build_times(
                 record(case, row)
                 row.agrees = verdict(feature_set, reference, read_result(postgres, feature_set, f"subquery_{n}", False))
 
-            in_memory = []
+            in_memory: list[pd.DataFrame] = []
 
-            def run_pandas() -> float:
+            # This iteration's frames bound as defaults (median_of calls it at once, before the loop moves on).
+            def run_pandas(
+                in_memory: list[pd.DataFrame] = in_memory,
+                feature_set: FeatureSet = feature_set,
+                labels: pd.DataFrame = labels,
+            ) -> float:
                 started = time.perf_counter()
                 in_memory[:] = [pandas_merge_asof(feature_set, labels, histories)]
                 return time.perf_counter() - started
@@ -604,7 +609,10 @@ def training_build_times(
 
             if single:
                 seconds, runs = median_of(
-                    args.repeats, lambda: timed_build(duckdb, f"floor_{n}", bare_asof_sql(feature_set), [], n)
+                    args.repeats,
+                    lambda feature_set=feature_set, n=n: timed_build(
+                        duckdb, f"floor_{n}", bare_asof_sql(feature_set), [], n
+                    ),
                 )
                 row = record(case, Row("floor: bare DuckDB ASOF JOIN (no TTL, no order)", n, seconds, runs=runs))
                 row.agrees, row.note = "n/a", "answers differ by design (no TTL)"

@@ -118,7 +118,7 @@ def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
         == predictor.predict_one("churn_model", users[0]).score
     )
     for bad in ("١٢٣", 2**63, True, "1.0"):
-        with pytest.raises(DataError, match="user_id .* (is not a bigint|is outside the range)"):
+        with pytest.raises(DataError, match=r"user_id .* (is not a bigint|is outside the range)"):
             predictor.predict_one("churn_model", bad)
     with pytest.raises(DataError, match="user_id '１２３' is not a bigint"):
         predictor.predict("churn_model", [users[0], "１２３"])

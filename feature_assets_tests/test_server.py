@@ -46,11 +46,11 @@ class Server:
             "FEATURE_STORE_HOME": str(home), "FEATURE_STORE_ONLINE": "redis", "FEATURE_STORE_REDIS_URL": redis_url,
             **LIMITS, **env,
         }  # fmt: skip
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
-            env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        with open(self.log, "wb") as log:  # the server writes to its own copy of the file descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
+                env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+            )  # fmt: skip
         line = self.process.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         if not match:

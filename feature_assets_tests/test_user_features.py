@@ -65,7 +65,7 @@ def _edge_rows() -> dict[str, pd.DataFrame]:
             "user_id": EDGE_USER,
             "event_type": "search",
             "created_at": [c for c, _ in event_times],
-            "loaded_at": [l for _, l in event_times],
+            "loaded_at": [loaded for _, loaded in event_times],
         }
     )
     orders = pd.DataFrame(
