@@ -378,7 +378,8 @@ def main() -> int:
     for line in rows_out:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
     print(
-        "\nBaselines: syncs vs naive iterrows; reads vs a bare redis-py HGETALL of the same batch size on the same server"
+        "\nBaselines: syncs vs naive iterrows; reads vs a bare redis-py HGETALL of the same batch size on the same "
+        "server"
         " (p50 / p99 ratios). Write path = encode_batch + writer.write on frames already read from the warehouse."
     )
     return 0

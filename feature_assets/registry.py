@@ -243,7 +243,8 @@ def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
     key_type = _data_type(columns[entity_key])
     if key_type not in _KEY_TYPES:
         raise RegistryError(
-            f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of {', '.join(_KEY_TYPES)}"
+            f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of "
+            f"{', '.join(_KEY_TYPES)}"
         )
     declared = {}
     for column_name, column in columns.items():
@@ -330,14 +331,16 @@ def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[st
         view = views[view_name]
         if view.entity_key not in label_table.entity_keys:
             raise RegistryError(
-                f"model {model} reads {view_name}, keyed by {view.entity_key}, but label table {label_name} carries only "
+                f"model {model} reads {view_name}, keyed by {view.entity_key}, but label table {label_name} carries "
+                "only "
                 f"{', '.join(label_table.entity_keys)}"
             )
         chosen = tuple(view.feature(_snake_case(name, f"feature of model {model}:")) for name in names)
         for feature in chosen:
             if feature.name in seen:
                 raise RegistryError(
-                    f"model {model} reads a feature named {feature.name} from both {seen[feature.name]} and {view_name}; "
+                    f"model {model} reads a feature named {feature.name} from both {seen[feature.name]} and "
+                    f"{view_name}; "
                     "feature names must be unique within a model"
                 )
             if feature.name in (*label_table.entity_keys, label_table.label_time, label_table.target, LABEL_ROW):
@@ -367,7 +370,8 @@ def _derivation(
     source_view, _, source_feature = str(spec).partition(".")
     if source_view not in features or source_view == view.name:
         raise RegistryError(
-            f"model {model}: derived key {view.entity_key} must name <view>.<feature> of another view the model reads, got {spec!r}"
+            f"model {model}: derived key {view.entity_key} must name <view>.<feature> of another view the model reads, "
+            f"got {spec!r}"
         )
     feature = views[source_view].feature(source_feature)
     if feature.dtype not in ("int64", "string"):
@@ -381,12 +385,14 @@ def _check_namespaces(views: dict[str, FeatureView]) -> None:
         other = owners.setdefault(view.online_namespace, view.name)
         if other != view.name:
             raise RegistryError(
-                f"feature views {other} and {view.name} would share the online keys features:{view.online_namespace}:<id>; rename one"
+                f"feature views {other} and {view.name} would share the online keys "
+                f"features:{view.online_namespace}:<id>; rename one"
             )
 
 
 def load_registry(manifest_path: Path) -> Registry:
-    """Reads every feature view, label table and feature set from a dbt manifest; raises RegistryError on anything invalid."""
+    """Reads every feature view, label table and feature set from a dbt manifest; raises RegistryError on anything
+    invalid."""
     try:
         manifest = json.loads(Path(manifest_path).read_text())
     except FileNotFoundError:

@@ -129,7 +129,8 @@ class Settings:
             raise ConfigError(f"FEATURE_STORE_WAREHOUSE must be 'duckdb', 'postgres' or 'spark', got {warehouse!r}")
         if warehouse == "postgres" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
             raise ConfigError(
-                "FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs FEATURE_STORE_POSTGRES_URL"
+                "FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs "
+                "FEATURE_STORE_POSTGRES_URL"
             )
         spark_remote = bool(environ.get("FEATURE_STORE_SPARK_REMOTE"))
         if spark_remote and not environ["FEATURE_STORE_SPARK_REMOTE"].startswith("sc://"):
@@ -137,7 +138,8 @@ class Settings:
             raise ConfigError("FEATURE_STORE_SPARK_REMOTE must be a Spark Connect URL (sc://host:port)")
         if warehouse == "spark" and env == "prod" and not spark_remote:
             raise ConfigError(
-                "FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local use)"
+                "FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local "
+                "use)"
             )
         spark_dbt_method = environ.get("FEATURE_STORE_SPARK_DBT_METHOD", "session")
         if spark_dbt_method not in ("session", "thrift", "http"):
@@ -148,7 +150,8 @@ class Settings:
             environ.get("FEATURE_STORE_POSTGRES_URL") or environ.get("FEATURE_STORE_MODEL_STORE_URL")
         ):
             raise ConfigError(
-                "FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the model store"
+                "FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the "
+                "model store"
             )
         online = environ.get("FEATURE_STORE_ONLINE", "sqlite" if env == "local" else "redis")
         if online not in ("redis", "sqlite"):

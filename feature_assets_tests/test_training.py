@@ -268,7 +268,8 @@ def test_leakage_check_fails_on_a_training_set_that_sees_the_snapshot_at_label_t
         # Labels exactly at snapshot times, joined with <= instead of <: the snapshot stamped t leaks in.
         demo_warehouse.execute(
             con,
-            "create or replace table exact_labels as select user_id, country as country_code, computed_at as label_time, "
+            "create or replace table exact_labels as select user_id, country as country_code, computed_at as "
+            "label_time, "
             "false as churned from user_features where computed_at > (select min(computed_at) from user_features) "
             "order by 1, 3 limit 50",
         )
@@ -297,7 +298,8 @@ def test_leakage_check_names_a_feature_whose_value_does_not_come_from_its_snapsh
         )
         demo_warehouse.execute(
             con,
-            "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select max(label_row) "
+            "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select "
+            "max(label_row) "
             "from tampered_training_set where country_features_snapshot_at is not null)",
         )
         row = int(

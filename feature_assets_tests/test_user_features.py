@@ -330,7 +330,8 @@ def test_a_snapshot_stamped_in_the_future_does_not_thin_the_real_history(raw_fra
     with duckdb_warehouse.connect() as con:
         duckdb_warehouse.execute(
             con,
-            "insert into user_features select user_id, cast(? as timestamp), age, country, plan, events_30d, avg_order_30d "
+            "insert into user_features select user_id, cast(? as timestamp), age, country, plan, events_30d, "
+            "avg_order_30d "
             "from user_features where computed_at = ?",
             [future, now],
         )

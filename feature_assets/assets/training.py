@@ -36,7 +36,8 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         pool=WAREHOUSE_POOL,
         description=(
             f"One row per {feature_set.labels.name} row (label_row orders them): the label and the {feature_set.model} "
-            f"features of {views}, each from that view's latest snapshot strictly before the label time and within its TTL."
+            f"features of {views}, each from that view's latest snapshot strictly before the label time and within its "
+            "TTL."
         ),
     )
     def training_set(warehouse: Warehouse) -> dg.MaterializeResult:

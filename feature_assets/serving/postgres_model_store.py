@@ -182,7 +182,8 @@ class PostgresModelStore(ModelStore):
             )
             connection.execute(f"create schema if not exists {self.schema}")
             connection.execute(
-                f"create table if not exists {versions} (model text not null, version text not null, card text not null, "
+                f"create table if not exists {versions} (model text not null, version text not null, card text not "
+                "null, "
                 "artifact bytea not null, created_at timestamptz not null default now(), primary key (model, version))"
             )
             connection.execute(
