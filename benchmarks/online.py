@@ -153,7 +153,7 @@ def redis_alone(store: RedisOnlineStore, latest: list[pd.DataFrame]):
     for frame in latest:
         batch = encode_batch(VIEW, frame)
         keep = batch.expires_at_ms > time.time() * 1000
-        ((node, transactions),) = writer._transactions(batch, keep).items()
+        ((_node, transactions),) = writer._transactions(batch, keep).items()
         payload = b"".join(b"*1\r\n$5\r\nMULTI\r\n" + b"".join(rows) + b"*1\r\n$4\r\nEXEC\r\n" for rows in transactions)
         payloads.append((payload, [len(rows) for rows in transactions]))
     writer.abort()
@@ -372,13 +372,14 @@ def main() -> int:
         f"naive syncs on {min(args.naive_users, args.users):,} rows; {store.describe()}\n"
     )
     header = ("measure", "figure", "vs baseline", "target")
-    widths = [max(len(r[i]) for r in rows_out + [header]) for i in range(4)]
+    widths = [max(len(r[i]) for r in [*rows_out, header]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))
     for line in rows_out:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
     print(
-        "\nBaselines: syncs vs naive iterrows; reads vs a bare redis-py HGETALL of the same batch size on the same server"
+        "\nBaselines: syncs vs naive iterrows; reads vs a bare redis-py HGETALL of the same batch size on the same "
+        "server"
         " (p50 / p99 ratios). Write path = encode_batch + writer.write on frames already read from the warehouse."
     )
     return 0

@@ -82,7 +82,9 @@ def build_served_model(
     start = ANCHOR - timedelta(days=days - 1)
     built = dg.materialize(
         [demo_raw_data, *all_dbt_assets],
-        resources={"warehouse": warehouse, "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())},
+        resources={
+            "warehouse": warehouse, "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())
+        },
         run_config={"ops": {
             "demo_raw_data": {"config": {"users": users, "days": days, "anchor": ANCHOR.isoformat()}},
             "dbt_feature_views": {"config": {"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()}},
@@ -259,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     store = RedisOnlineStore(client)
     with tempfile.TemporaryDirectory() as tmp:
         print(
-            f"Building: {args.users:,} users, daily snapshots over {args.days} days (DuckDB), churn + ltv trained, synced ...",
+            f"Building: {args.users:,} users, daily snapshots over {args.days} days (DuckDB), churn + ltv trained, "
+            "synced ...",
             flush=True,
         )
         started = time.perf_counter()
@@ -287,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             target = f"p99 < {TARGET_P99_MS:g} ms: {'yes' if p99 < TARGET_P99_MS else 'NO'}"
         elif name in counters:
             overhead = p50 / figures[TWO_VIEW_MODEL][0] - 1
-            target = f"p50 overhead <= {TARGET_LOG_OVERHEAD:.0%}: {'yes' if overhead <= TARGET_LOG_OVERHEAD else 'NO'}; {counters[name]}"
+            target = (
+                f"p50 overhead <= {TARGET_LOG_OVERHEAD:.0%}: {'yes' if overhead <= TARGET_LOG_OVERHEAD else 'NO'}; "
+                f"{counters[name]}"
+            )
         label = {
             "floor": "bare HGETALL of the user (floor)",
             "floor, two hashes": "user + country HGETALL, one pipelined exchange (floor, two views)",

@@ -254,10 +254,11 @@ def _start_server(directory: Path, url: str, workers: int) -> tuple[subprocess.P
     env = {**os.environ, "FEATURE_STORE_HOME": str(directory), "FEATURE_STORE_ONLINE": "redis",
            "FEATURE_STORE_REDIS_URL": url, "FEATURE_STORE_SERVED_LOG_RATE": "0.1"}  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
-        env=env, stdout=subprocess.PIPE, stderr=open(directory / "server.log", "wb"), text=True, start_new_session=True,
-    )  # fmt: skip
+    with open(directory / "server.log", "wb") as log:  # the server writes to its own copy of the file descriptor
+        server = subprocess.Popen(
+            [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
+            env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        )  # fmt: skip
     line = server.stdout.readline()
     if "http://" not in line:
         raise SystemExit(f"the server did not start: {line}{(directory / 'server.log').read_text()[-2000:]}")
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         _build(directory, args.redis_url, args.users)
         done = subprocess.run(
-            [sys.executable, "-c", IN_PROCESS, args.redis_url, str(directory / "models"), str(args.users), str(args.calls)],
+            [sys.executable, "-c", IN_PROCESS, args.redis_url, str(directory / "models"), str(args.users),
+             str(args.calls)],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
         in_process = json.loads(done.stdout)
@@ -349,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"errors {run.errors}", flush=True)  # fmt: skip
             rss_before = _workers_rss_kb(server.pid)
             cpu = _workers_cpu_seconds(server.pid)
-            soak = asyncio.run(load("127.0.0.1", port, path, single, name=f"soak: 1 user @ 500/s for {args.soak_seconds:g} s",
+            soak = asyncio.run(load("127.0.0.1", port, path, single,
+                                    name=f"soak: 1 user @ 500/s for {args.soak_seconds:g} s",
                                     rate=500.0, seconds=args.soak_seconds, connections=args.connections))  # fmt: skip
             rss_after = _workers_rss_kb(server.pid)
             soak.server_cpu = _workers_cpu_seconds(server.pid) - cpu
@@ -375,23 +378,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  predict_one          p50 {predict_one[0]:.3f} ms, p99 {predict_one[1]:.3f} ms "
           f"({predict_one[1] / floor[1]:.1f}x the floor's p99); p99 < {TARGETS['in_process_p99_ms']:g} ms: "
           f"{verdict(predict_one[1] < TARGETS['in_process_p99_ms'])}\n")  # fmt: skip
-    rows = [("POST /v1/predict/churn_model", "offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "vs in-process p50",
-             "CPU ms/request: server, generator", "target")]  # fmt: skip
+    rows = [("POST /v1/predict/churn_model", "offered/s", "answered/s", "p50 ms", "p99 ms", "errors",
+             "vs in-process p50", "CPU ms/request: server, generator", "target")]  # fmt: skip
     for run in runs:
         target = ""
         if run.name == "1 user @ 500/s":
-            target = f"p99 < {TARGETS['single_p99_ms_at_500']:g} ms: {verdict(run.percentile(0.99) < TARGETS['single_p99_ms_at_500'])}"
+            target = (f"p99 < {TARGETS['single_p99_ms_at_500']:g} ms: "
+                      f"{verdict(run.percentile(0.99) < TARGETS['single_p99_ms_at_500'])}")  # fmt: skip
         elif run.name == "1 user, saturation":
             target = f">= {TARGETS['single_rate']:,.0f}/s: {verdict(run.rate >= TARGETS['single_rate'])}"
         elif run.name == "100 users @ 50/s":
-            target = f"p99 < {TARGETS['batch_p99_ms_at_50']:g} ms: {verdict(run.percentile(0.99) < TARGETS['batch_p99_ms_at_50'])}"
+            target = (f"p99 < {TARGETS['batch_p99_ms_at_50']:g} ms: "
+                      f"{verdict(run.percentile(0.99) < TARGETS['batch_p99_ms_at_50'])}")  # fmt: skip
         elif run is soak:
             grown = sum(rss_after.values()) - sum(rss_before.values())
             target = (f"0 errors: {verdict(run.errors == 0)}; workers' RSS {sum(rss_before.values()) / 1024:.0f} -> "
                       f"{sum(rss_after.values()) / 1024:.0f} MB ({grown / 1024:+.1f} MB)")  # fmt: skip
-        rows.append((run.name, "max" if run.offered is None else f"{run.offered:,.0f}", f"{run.rate:,.0f}", f"{run.p50:.2f}",
-                     f"{run.percentile(0.99):.2f}", f"{run.errors}", f"{run.p50 / predict_one[0]:.1f}x",
-                     f"{run.server_cpu / max(run.answered, 1) * 1e3:.2f}, {run.generator_cpu / max(run.sent, 1) * 1e3:.2f}",
+        rows.append((run.name, "max" if run.offered is None else f"{run.offered:,.0f}", f"{run.rate:,.0f}",
+                     f"{run.p50:.2f}", f"{run.percentile(0.99):.2f}", f"{run.errors}",
+                     f"{run.p50 / predict_one[0]:.1f}x",
+                     f"{run.server_cpu / max(run.answered, 1) * 1e3:.2f}, "
+                     f"{run.generator_cpu / max(run.sent, 1) * 1e3:.2f}",
                      target))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):

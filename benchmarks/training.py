@@ -274,14 +274,16 @@ def timeline_sql(feature_set: FeatureSet) -> tuple[str, list]:
         restored = [f"pit_at as {LABEL_TIME}" if column == LABEL_TIME else column for column in carried]
         steps.append(f"""
         timeline_{position} as (
-            select {read.key} as pit_entity, {LABEL_TIME} as pit_at, 0 as pit_is_snapshot, {", ".join(passed)} from {previous}
+            select {read.key} as pit_entity, {LABEL_TIME} as pit_at, 0 as pit_is_snapshot, {", ".join(passed)}
+            from {previous}
             union all
             select {view.entity_key}, {view.timestamp}, 1{", null" * len(passed)} from {view.name}
         ),
         running_{position} as (
             select *,
                 max(case when pit_is_snapshot = 1 then pit_at end) over (
-                    partition by pit_entity order by pit_at range between unbounded preceding and interval '1 microsecond' preceding
+                    partition by pit_entity order by pit_at
+                    range between unbounded preceding and interval '1 microsecond' preceding
                 ) as pit_candidate_at
             from timeline_{position}
         ),
@@ -294,7 +296,8 @@ def timeline_sql(feature_set: FeatureSet) -> tuple[str, list]:
                 where pit_is_snapshot = 0
             ) as label
             left join {view.name} as {snapshot}
-                on {snapshot}.{view.entity_key} = label.{read.key} and {snapshot}.{view.timestamp} = label.{snapshot_column(view)}
+                on {snapshot}.{view.entity_key} = label.{read.key}
+                and {snapshot}.{view.timestamp} = label.{snapshot_column(view)}
         )""")
         params.append(view.online_ttl)
         carried += [snapshot_column(view), *(f.name for f in read.features)]
@@ -344,7 +347,8 @@ def timed_build(warehouse: Warehouse, table: str, sql: str, params: list, expect
 def pandas_merge_asof(
     feature_set: FeatureSet, labels: pd.DataFrame, histories: dict[str, pd.DataFrame]
 ) -> pd.DataFrame:
-    """From frames already in memory, one merge_asof per view; every sort is part of the time (merge_asof needs them)."""
+    """From frames already in memory, one merge_asof per view; every sort is part of the time (merge_asof needs
+    them)."""
     result = labels.sort_values(LABEL_TIME, kind="stable")
     for read in feature_set.reads:
         view = read.view
@@ -455,7 +459,10 @@ def disagreement(feature_set: FeatureSet, reference: pd.DataFrame, other: pd.Dat
         same = same_values(a, b)
         if not same.all():
             first = int(np.flatnonzero(~same)[0])
-            where = f"{USER_KEY} {other[USER_KEY].iat[first]}, {LABEL_TIME} {pd.Timestamp(other[LABEL_TIME].iat[first], unit='us')}"
+            where = (
+                f"{USER_KEY} {other[USER_KEY].iat[first]}, "
+                f"{LABEL_TIME} {pd.Timestamp(other[LABEL_TIME].iat[first], unit='us')}"
+            )
             problems.append(
                 f"{column}: {int((~same).sum()):,} rows (first: {where}: {plain(b[first])!r}, ours {plain(a[first])!r})"
             )
@@ -484,7 +491,8 @@ def describe(
         before = int((first.isna() | (labels[LABEL_TIME] <= first)).sum())
         matched = int((result[snapshot_column(view)] != pd.NaT.value).sum())
         parts.append(
-            f"{view.name}: {matched:,} matched a fresh snapshot, {at_snapshot:,} ({at_snapshot / len(labels):.0%}) stamped "
+            f"{view.name}: {matched:,} matched a fresh snapshot, {at_snapshot:,} ({at_snapshot / len(labels):.0%}) "
+            "stamped "
             f"exactly at a snapshot of theirs, {before:,} at or before the first snapshot (or without any)"
         )
     return "; ".join(parts)
@@ -590,9 +598,14 @@ def training_build_times(
                 record(case, row)
                 row.agrees = verdict(feature_set, reference, read_result(postgres, feature_set, f"subquery_{n}", False))
 
-            in_memory = []
+            in_memory: list[pd.DataFrame] = []
 
-            def run_pandas() -> float:
+            # This iteration's frames bound as defaults (median_of calls it at once, before the loop moves on).
+            def run_pandas(
+                in_memory: list[pd.DataFrame] = in_memory,
+                feature_set: FeatureSet = feature_set,
+                labels: pd.DataFrame = labels,
+            ) -> float:
                 started = time.perf_counter()
                 in_memory[:] = [pandas_merge_asof(feature_set, labels, histories)]
                 return time.perf_counter() - started
@@ -604,7 +617,10 @@ def training_build_times(
 
             if single:
                 seconds, runs = median_of(
-                    args.repeats, lambda: timed_build(duckdb, f"floor_{n}", bare_asof_sql(feature_set), [], n)
+                    args.repeats,
+                    lambda feature_set=feature_set, n=n: timed_build(
+                        duckdb, f"floor_{n}", bare_asof_sql(feature_set), [], n
+                    ),
                 )
                 row = record(case, Row("floor: bare DuckDB ASOF JOIN (no TTL, no order)", n, seconds, runs=runs))
                 row.agrees, row.note = "n/a", "answers differ by design (no TTL)"
@@ -645,7 +661,8 @@ def markdown(rows: list[Row]) -> str:
     postgres = {(r.labels, r.state): r.seconds for r in rows if r.engine == "postgres"}
     largest = max(r.labels for r in rows)
     lines = [
-        "| method | label rows | seconds | load | vs ours DuckDB | vs ours PostgreSQL (same state, else fresh) | agrees with ours | target | note |",
+        "| method | label rows | seconds | load | vs ours DuckDB | vs ours PostgreSQL (same state, else fresh) | "
+        "agrees with ours | target | note |",
         "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r.labels):
@@ -657,7 +674,8 @@ def markdown(rows: list[Row]) -> str:
         ratios = [f"{r.seconds / baseline:.2f}x" if baseline else "" for baseline in baselines]
         seconds = f"~{r.seconds:.2f}" if r.note.startswith("extrapolated") else f"{r.seconds:.2f}"
         lines.append(
-            f"| {r.method} | {r.labels:,} | {seconds} | {r.load:.2f} | {ratios[0]} | {ratios[1]} | {r.agrees} | {target} | {r.note} |"
+            f"| {r.method} | {r.labels:,} | {seconds} | {r.load:.2f} | {ratios[0]} | {ratios[1]} | {r.agrees} | "
+            f"{target} | {r.note} |"
         )
     return "\n".join(lines)
 
@@ -698,8 +716,10 @@ def main() -> int:
         cases.append(Case("two views", TWO_VIEWS, labels, "country_labels"))
     histories = {USERS.name: users, COUNTRIES.name: countries}
     print(
-        f"Generated user_features: {len(users):,} rows ({args.users:,} users x {args.days} daily snapshots, ~8% missing), "
-        f"country_features: {len(countries):,} rows ({len(COUNTRY_CODES)} countries at every as-of time), label tables of "
+        f"Generated user_features: {len(users):,} rows ({args.users:,} users x {args.days} daily snapshots, ~8% "
+        "missing), "
+        f"country_features: {len(countries):,} rows ({len(COUNTRY_CODES)} countries at every as-of time), label tables "
+        "of "
         f"{', '.join(f'{n:,}' for n in labels)} rows in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
@@ -737,9 +757,11 @@ def main() -> int:
                 stop_local_spark(Path(spark.spark_folder))
 
     print(
-        f"\nuser_features: {len(users):,} history rows, {args.users:,} users; country_features: {len(countries):,} rows; "
+        f"\nuser_features: {len(users):,} history rows, {args.users:,} users; country_features: {len(countries):,} "
+        "rows; "
         f"TTL {USERS.online_ttl} / {COUNTRIES.online_ttl}; {os.cpu_count()} CPUs; PostgreSQL "
-        f"{', '.join(f'{k} {v}' for k, v in settings.items())}; median of {args.repeats} runs (the correlated subquery: one; ours and the timeline on PostgreSQL interleaved); "
+        f"{', '.join(f'{k} {v}' for k, v in settings.items())}; median of {args.repeats} runs (the correlated "
+        "subquery: one; ours and the timeline on PostgreSQL interleaved); "
         f"load: the 1-minute load average after a figure's runs"
     )
     for name, rows in tables.items():
@@ -754,7 +776,8 @@ def main() -> int:
     largest = max(labels)
     print(
         f"\nTargets at {largest:,} labels: DuckDB < {TARGETS['duckdb']} s, PostgreSQL < {TARGETS['postgres']} s "
-        "(product owner). Times run from opening the connection to the commit of `create table as`, row count included; "
+        "(product owner). Times run from opening the connection to the commit of `create table as`, row count "
+        "included; "
         "pandas builds a frame only. 'agrees': every label row's matched snapshots and features equal ours on DuckDB."
     )
     checked = [r for rows in tables.values() for r in rows if r.agrees and r.agrees != "(reference)"]

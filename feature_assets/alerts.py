@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from dagster import DagsterEventType
@@ -31,7 +31,8 @@ NOT_CONFIGURED = (
     "no alert channel is configured: set FEATURE_STORE_ALERT_WEBHOOK_URL (a Slack incoming webhook works), "
     "or FEATURE_STORE_SLACK_TOKEN and FEATURE_STORE_SLACK_CHANNEL"
 )
-_RUN_ENDS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
+_RunEnd = Literal[DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS]
+_RUN_ENDS: tuple[_RunEnd, ...] = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
 _FRESHNESS = DagsterEventType.FRESHNESS_STATE_CHANGE
 # Events read per stream per tick; the rest wait for the next tick.
 _BATCH = 50
@@ -102,11 +103,12 @@ def run_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, channels:
     run_id = record.event_log_entry.run_id
     failed = record.event_log_entry.dagster_event_type == DagsterEventType.RUN_FAILURE
     items: list[tuple[str, str | None]] = []
-    step_failures = []
+    step_failures: list[dg.DagsterEvent] = []
     events = instance.get_records_for_run(
         run_id, of_type={DagsterEventType.ASSET_CHECK_EVALUATION, DagsterEventType.STEP_FAILURE}
     ).records
-    for event in (entry.event_log_entry.dagster_event for entry in events):
+    # Records of Dagster event types (of_type), so each has its event.
+    for event in (entry.event_log_entry.get_dagster_event() for entry in events):
         if event.event_type == DagsterEventType.STEP_FAILURE:
             step_failures.append(event)
             continue
@@ -123,10 +125,9 @@ def run_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, channels:
                 continue  # its checks are listed above
             items.append((f"step {event.step_key} failed: {_step_error(event)}", None))
         if not step_failures:
-            error = record.event_log_entry.dagster_event.job_failure_data.error
-            items.append(
-                (_short(error.message if error else record.event_log_entry.dagster_event.message or "run failed"), None)
-            )
+            run_failure = record.event_log_entry.get_dagster_event()  # a run status change: a Dagster event
+            error = run_failure.job_failure_data.error
+            items.append((_short(error.message if error else run_failure.message or "run failed"), None))
     if not items:
         return None
     job = record.event_log_entry.job_name or "a run"
@@ -141,7 +142,7 @@ def run_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, channels:
 
 def freshness_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, channels: AlertChannels) -> Alert | None:
     """The alert for an asset whose freshness policy turned FAIL; None for any other freshness change."""
-    change = record.event_log_entry.dagster_event.asset_freshness_state_change_data
+    change = record.event_log_entry.get_dagster_event().asset_freshness_state_change_data
     if change.new_state != "FAIL":
         return None
     key = change.key
@@ -158,9 +159,7 @@ def freshness_alert(instance: dg.DagsterInstance, record: dg.EventLogRecord, cha
     )
 
 
-def _run_ends(
-    instance: dg.DagsterInstance, kind: DagsterEventType, after: int | None, limit: int
-) -> list[dg.EventLogRecord]:
+def _run_ends(instance: dg.DagsterInstance, kind: _RunEnd, after: int | None, limit: int) -> list[dg.EventLogRecord]:
     records_filter = dg.RunStatusChangeRecordsFilter(event_type=kind, after_storage_id=after)
     return list(instance.fetch_run_status_changes(records_filter, limit=limit, ascending=after is not None).records)
 

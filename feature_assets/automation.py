@@ -40,7 +40,7 @@ _EPOCH = datetime(1970, 1, 1)
 AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC", end_offset=1)
 
 
-def day_key(hour: datetime) -> str:
+def day_key(hour: date) -> str:
     """The partition (as-of day) of an as-of time."""
     return hour.strftime("%Y-%m-%d")
 
@@ -145,9 +145,11 @@ def check_refresh_fits_ttl(views: Iterable[FeatureView]) -> None:
             )
         if view.refresh_interval > view.online_ttl / 2:
             raise ConfigError(
-                f"the refresh interval of {view.name} ({view.refresh_interval / hours:g} h) is more than half its online TTL "
+                f"the refresh interval of {view.name} ({view.refresh_interval / hours:g} h) is more than half its "
+                "online TTL "
                 f"({view.online_ttl / hours:g} h), so online keys would expire between syncs; set online_ttl_hours "
-                f"to at least {2 * view.refresh_interval / hours:g} or refresh_hours to at most {view.online_ttl / hours / 2:g}"
+                f"to at least {2 * view.refresh_interval / hours:g} or refresh_hours to at most "
+                f"{view.online_ttl / hours / 2:g}"
             )
 
 

@@ -115,7 +115,8 @@ def generate(spec: DemoDataSpec, loaded_after: datetime | None, loaded_until: da
     # Day chunks that can hold a row loaded in the slice (created_at <= loaded_at <= created_at + max delay).
     first = 0 if lo is None else max(0, (lo - _MAX_DELAY) // _DAY - 1)
     last = hi // _DAY
-    ev_parts, ord_parts = [], []
+    ev_parts: list[dict[str, np.ndarray]] = []
+    ord_parts: list[dict[str, np.ndarray]] = []
     for day in range(first, last + 1):
         for chunk, parts in zip(_day_chunk(spec, pop, day), (ev_parts, ord_parts)):
             m = in_slice(chunk["loaded"])

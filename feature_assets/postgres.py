@@ -1,6 +1,8 @@
 """Opening PostgreSQL from a URL that holds a password: bounded in time, and failing in one line that never quotes
 the URL. The warehouse and the model store both connect through here."""
 
+from typing import Any
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -25,13 +27,14 @@ def postgres_location(url: str) -> str:
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
-def connect_postgres(url: str, what: str, error: type[FeatureStoreError], **options) -> psycopg.Connection:
+def connect_postgres(url: str, what: str, error: type[FeatureStoreError], **options: Any) -> psycopg.Connection:
     """A connection to `url`, or `error` naming `what` and its host and port (never the URL, which holds the
     password). The URL's own connect_timeout, if any, is libpq's to read and check."""
     try:
         parts = conninfo_to_dict(url) if url else {}
-        timeout = {} if "connect_timeout" in parts else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
-        return psycopg.connect(url, **timeout, **options)
+        if "connect_timeout" not in parts:
+            options = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, **options}
+        return psycopg.connect(url, **options)
     except psycopg.ProgrammingError:
         # libpq's parse errors may quote the URL, password included.
         raise error(f"the {what} URL is not a valid libpq URL") from None

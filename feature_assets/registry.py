@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from feature_assets.definition_checksums import feature_checksums
 from feature_assets.errors import RegistryError, shown
@@ -57,6 +58,9 @@ _DTYPES = {
 }
 _KEY_TYPES = ("smallint", "integer", "int", "bigint", "varchar", "text")
 
+# A node, an exposure, a column or a meta block of the dbt manifest, as parsed from its JSON.
+_Json = dict[str, Any]
+
 
 def _snake_case(name: str, what: str) -> str:
     if not isinstance(name, str) or not _SNAKE_CASE.fullmatch(name):
@@ -65,7 +69,7 @@ def _snake_case(name: str, what: str) -> str:
     return name
 
 
-def _hours(block: dict, name: str, default: timedelta, what: str) -> timedelta:
+def _hours(block: _Json, name: str, default: timedelta, what: str) -> timedelta:
     hours = block.get(name, default / timedelta(hours=1))
     if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
         raise RegistryError(f"{what}: {name} must be a positive number of hours, got {hours!r}")
@@ -214,18 +218,18 @@ class Registry:
             raise RegistryError(f"no feature view {shown(name)}; known: {', '.join(sorted(self.views))}") from None
 
 
-def _columns(node: dict, what: str) -> dict[str, dict]:
+def _columns(node: _Json, what: str) -> dict[str, _Json]:
     columns = {}
     for column in node.get("columns", {}).values():
         columns[_snake_case(column["name"], f"column of {what}:")] = column
     return columns
 
 
-def _data_type(column: dict) -> str:
+def _data_type(column: _Json) -> str:
     return (column.get("data_type") or "").lower()
 
 
-def _feature_view(manifest: dict, node: dict) -> FeatureView:
+def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
     name = _snake_case(node["name"], "feature view")
     block = node["config"]["meta"]["feature_view"]
     try:
@@ -239,7 +243,8 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
     key_type = _data_type(columns[entity_key])
     if key_type not in _KEY_TYPES:
         raise RegistryError(
-            f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of {', '.join(_KEY_TYPES)}"
+            f"feature view {name}: entity key {entity_key} has data_type {key_type or None!r}; use one of "
+            f"{', '.join(_KEY_TYPES)}"
         )
     declared = {}
     for column_name, column in columns.items():
@@ -270,7 +275,7 @@ def _feature_view(manifest: dict, node: dict) -> FeatureView:
     )
 
 
-def _label_table(node: dict) -> LabelTable:
+def _label_table(node: _Json) -> LabelTable:
     name = _snake_case(node["name"], "label table")
     block = node["config"]["meta"]["labels"]
     try:
@@ -294,7 +299,7 @@ def _label_table(node: dict) -> LabelTable:
     return LabelTable(name, tuple(keys), label_time, target, _data_type(columns[target]), outcome_window)
 
 
-def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
+def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
     model = _snake_case(exposure["name"], "model")
     block = exposure["config"]["meta"]["feature_set"]
     try:
@@ -312,7 +317,8 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
     if not isinstance(features, dict) or not features:
         raise RegistryError(f"model {model}: features must map each feature view to the list of features read from it")
     derived = block.get("derived_keys") or {}
-    reads, seen = [], {}
+    reads: list[ViewRead] = []
+    seen: dict[str, str] = {}  # feature name -> the view it is read from
     for view_name, names in features.items():
         if view_name not in views:
             raise RegistryError(
@@ -325,14 +331,16 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
         view = views[view_name]
         if view.entity_key not in label_table.entity_keys:
             raise RegistryError(
-                f"model {model} reads {view_name}, keyed by {view.entity_key}, but label table {label_name} carries only "
+                f"model {model} reads {view_name}, keyed by {view.entity_key}, but label table {label_name} carries "
+                "only "
                 f"{', '.join(label_table.entity_keys)}"
             )
         chosen = tuple(view.feature(_snake_case(name, f"feature of model {model}:")) for name in names)
         for feature in chosen:
             if feature.name in seen:
                 raise RegistryError(
-                    f"model {model} reads a feature named {feature.name} from both {seen[feature.name]} and {view_name}; "
+                    f"model {model} reads a feature named {feature.name} from both {seen[feature.name]} and "
+                    f"{view_name}; "
                     "feature names must be unique within a model"
                 )
             if feature.name in (*label_table.entity_keys, label_table.label_time, label_table.target, LABEL_ROW):
@@ -355,14 +363,15 @@ def _feature_set(exposure: dict, views: dict[str, FeatureView], labels: dict[str
 
 
 def _derivation(
-    model: str, view: FeatureView, spec, views: dict[str, FeatureView], features: dict
+    model: str, view: FeatureView, spec: object, views: dict[str, FeatureView], features: _Json
 ) -> tuple[str, str] | None:
     if spec is None:
         return None
     source_view, _, source_feature = str(spec).partition(".")
     if source_view not in features or source_view == view.name:
         raise RegistryError(
-            f"model {model}: derived key {view.entity_key} must name <view>.<feature> of another view the model reads, got {spec!r}"
+            f"model {model}: derived key {view.entity_key} must name <view>.<feature> of another view the model reads, "
+            f"got {spec!r}"
         )
     feature = views[source_view].feature(source_feature)
     if feature.dtype not in ("int64", "string"):
@@ -376,12 +385,14 @@ def _check_namespaces(views: dict[str, FeatureView]) -> None:
         other = owners.setdefault(view.online_namespace, view.name)
         if other != view.name:
             raise RegistryError(
-                f"feature views {other} and {view.name} would share the online keys features:{view.online_namespace}:<id>; rename one"
+                f"feature views {other} and {view.name} would share the online keys "
+                f"features:{view.online_namespace}:<id>; rename one"
             )
 
 
 def load_registry(manifest_path: Path) -> Registry:
-    """Reads every feature view, label table and feature set from a dbt manifest; raises RegistryError on anything invalid."""
+    """Reads every feature view, label table and feature set from a dbt manifest; raises RegistryError on anything
+    invalid."""
     try:
         manifest = json.loads(Path(manifest_path).read_text())
     except FileNotFoundError:

@@ -26,13 +26,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from feature_assets.errors import ConfigError
 
 __all__ = ["Settings", "dbt_manifest_path", "dbt_project_dir", "seconds_from_milliseconds", "validate_identifier"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_Env = Literal["local", "prod"]
+_Warehouse = Literal["duckdb", "postgres", "spark"]
+_SparkDbtMethod = Literal["session", "thrift", "http"]
+_Online = Literal["redis", "sqlite"]
 
 
 def validate_identifier(name: str, what: str) -> str:
@@ -96,17 +101,17 @@ def seconds_from_milliseconds(name: str, default_ms: int, environ: Mapping[str, 
 
 @dataclass(frozen=True)
 class Settings:
-    env: Literal["local", "prod"]
+    env: _Env
     home: Path
     postgres_schema: str
     demo_data: bool
-    warehouse: Literal["duckdb", "postgres", "spark"] = "duckdb"
+    warehouse: _Warehouse = "duckdb"
     spark_schema: str = "featurestore"
     # Whether FEATURE_STORE_SPARK_REMOTE names the Spark Connect server (else a local one): the URL may hold a token,
     # so settings say whether it is there and never hold it.
     spark_remote: bool = False
-    spark_dbt_method: Literal["session", "thrift", "http"] = "session"
-    online: Literal["redis", "sqlite"] = "sqlite"
+    spark_dbt_method: _SparkDbtMethod = "session"
+    online: _Online = "sqlite"
     served_log_rate: float = 1.0
     # The environment variable holding the model store's PostgreSQL URL, "" for the folder store: the URL is a
     # secret, so settings name where it is and never hold it.
@@ -124,7 +129,8 @@ class Settings:
             raise ConfigError(f"FEATURE_STORE_WAREHOUSE must be 'duckdb', 'postgres' or 'spark', got {warehouse!r}")
         if warehouse == "postgres" and not environ.get("FEATURE_STORE_POSTGRES_URL"):
             raise ConfigError(
-                "FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs FEATURE_STORE_POSTGRES_URL"
+                "FEATURE_STORE_WAREHOUSE=postgres (the default with FEATURE_STORE_ENV=prod) needs "
+                "FEATURE_STORE_POSTGRES_URL"
             )
         spark_remote = bool(environ.get("FEATURE_STORE_SPARK_REMOTE"))
         if spark_remote and not environ["FEATURE_STORE_SPARK_REMOTE"].startswith("sc://"):
@@ -132,7 +138,8 @@ class Settings:
             raise ConfigError("FEATURE_STORE_SPARK_REMOTE must be a Spark Connect URL (sc://host:port)")
         if warehouse == "spark" and env == "prod" and not spark_remote:
             raise ConfigError(
-                "FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local use)"
+                "FEATURE_STORE_WAREHOUSE=spark in prod needs FEATURE_STORE_SPARK_REMOTE (a local Spark is for local "
+                "use)"
             )
         spark_dbt_method = environ.get("FEATURE_STORE_SPARK_DBT_METHOD", "session")
         if spark_dbt_method not in ("session", "thrift", "http"):
@@ -143,7 +150,8 @@ class Settings:
             environ.get("FEATURE_STORE_POSTGRES_URL") or environ.get("FEATURE_STORE_MODEL_STORE_URL")
         ):
             raise ConfigError(
-                "FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the model store"
+                "FEATURE_STORE_ENV=prod needs FEATURE_STORE_POSTGRES_URL or FEATURE_STORE_MODEL_STORE_URL for the "
+                "model store"
             )
         online = environ.get("FEATURE_STORE_ONLINE", "sqlite" if env == "local" else "redis")
         if online not in ("redis", "sqlite"):
@@ -160,8 +168,9 @@ class Settings:
             model_store_url_variable = "FEATURE_STORE_MODEL_STORE_URL"
         else:
             model_store_url_variable = "FEATURE_STORE_POSTGRES_URL" if env == "prod" else ""
+        # Each choice was checked against its literals above (`in` on a tuple of strings does not narrow a str).
         return cls(
-            env=env,
+            env=cast(_Env, env),
             home=_home(environ.get("FEATURE_STORE_HOME", ".featurestore")),
             postgres_schema=validate_identifier(
                 environ.get("FEATURE_STORE_POSTGRES_SCHEMA", "public"), "FEATURE_STORE_POSTGRES_SCHEMA"
@@ -169,13 +178,13 @@ class Settings:
             demo_data=_flag(
                 environ.get("FEATURE_STORE_DEMO_DATA", "1" if env == "local" else "0"), "FEATURE_STORE_DEMO_DATA"
             ),
-            online=online,
-            warehouse=warehouse,
+            online=cast(_Online, online),
+            warehouse=cast(_Warehouse, warehouse),
             spark_schema=validate_identifier(
                 environ.get("FEATURE_STORE_SPARK_SCHEMA", "featurestore"), "FEATURE_STORE_SPARK_SCHEMA"
             ),
             spark_remote=spark_remote,
-            spark_dbt_method=spark_dbt_method,
+            spark_dbt_method=cast(_SparkDbtMethod, spark_dbt_method),
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
             model_store_url_variable=model_store_url_variable,
             serve_max_entities=_count(

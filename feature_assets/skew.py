@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol, TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,25 @@ _KINDS = {"int64": "numeric", "float64": "numeric", "bool": "numeric", "string":
 _THRESHOLD_NAMES = ("warn_mean_shift", "warn_psi", "error_psi", "error_null_rate_change")
 
 
+class _Thresholds(TypedDict, total=False):
+    """Some of the thresholds by name (_THRESHOLD_NAMES), as DriftThresholds takes them."""
+
+    warn_mean_shift: float
+    warn_psi: float
+    error_psi: float
+    error_null_rate_change: float
+
+
+class _NamedFeature(Protocol):
+    """A feature as skew_report takes it besides a (name, dtype) pair, e.g. the registry's Feature."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class DriftThresholds:
     """When a feature's drift is a warning or an error; `overrides` holds per-feature thresholds.
@@ -127,13 +146,16 @@ class DriftThresholds:
             raise ConfigError(
                 f"unknown drift threshold(s) {sorted(unknown)}; known: {list(_THRESHOLD_NAMES)} and 'features'"
             )
-        base = cls(**{name: float(value) for name, value in config.items()})
+        # The keys are threshold names (checked above): a _Thresholds.
+        base = cls(**cast(_Thresholds, {name: float(value) for name, value in config.items()}))
         overrides = {}
         for feature, values in per_feature.items():
             unknown = set(values) - set(_THRESHOLD_NAMES)
             if unknown:
                 raise ConfigError(f"unknown drift threshold(s) {sorted(unknown)} for feature {feature!r}")
-            overrides[feature] = replace(base, **{name: float(value) for name, value in values.items()})
+            overrides[feature] = replace(
+                base, **cast(_Thresholds, {name: float(value) for name, value in values.items()})
+            )
         return replace(base, overrides=overrides)
 
     def as_dict(self) -> dict[str, float]:
@@ -350,7 +372,7 @@ def _feature_row(
 def skew_report(
     training: pd.DataFrame,
     serving: pd.DataFrame,
-    features: Sequence[tuple[str, str]],
+    features: Sequence[tuple[str, str] | _NamedFeature],
     thresholds: DriftThresholds = DriftThresholds(),
     bins: int = 10,
     serving_entities: int | None = None,
@@ -367,7 +389,7 @@ def skew_report(
     """
     if bins < 2:
         raise ConfigError(f"skew report bins must be at least 2, got {bins}")
-    pairs = [(f.name, f.dtype) if hasattr(f, "name") else tuple(f) for f in features]
+    pairs = [f if isinstance(f, tuple) else (f.name, f.dtype) for f in features]
     grade_psi = serving_entities is None or serving_entities >= MIN_ENTITIES_FOR_PSI
     rows = [
         _feature_row(

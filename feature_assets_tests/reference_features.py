@@ -28,10 +28,13 @@ def reference_features(raw: dict[str, pd.DataFrame], user_id: int, as_of: dateti
     country = plan = None
     latest = None
     for change in _rows(raw["raw_profile_changes"], user_id):
-        if change.changed_at < as_of and change.loaded_at <= as_of:
-            if latest is None or (change.changed_at, change.loaded_at) > latest:
-                latest = (change.changed_at, change.loaded_at)
-                country, plan = change.country, change.plan
+        if (
+            change.changed_at < as_of
+            and change.loaded_at <= as_of
+            and (latest is None or (change.changed_at, change.loaded_at) > latest)
+        ):
+            latest = (change.changed_at, change.loaded_at)
+            country, plan = change.country, change.plan
 
     def in_window(row) -> bool:
         return as_of - WINDOW <= row.created_at < as_of and row.loaded_at <= as_of

@@ -147,7 +147,8 @@ def test_a_failed_run_is_sent_once_naming_the_job_and_the_error(instance, receiv
     [message] = receiver.messages
     assert message["text"].splitlines() == [
         f"skew_report_job failed (run {result.run_id[:8]})",
-        "- step user_features_skew_report failed: no training set of user_features exists yet; materialize the training sets first",
+        "- step user_features_skew_report failed: no training set of user_features exists yet; materialize the "
+        "training sets first",
         f"{UI}/runs/{result.run_id}",
     ]
     sensor.tick()

@@ -34,7 +34,8 @@ def store(trained) -> tuple[Path, list[int]]:
         for view in REGISTRY.views.values():
             sync_online_store(warehouse, online, view, full_resync=True)
     latest = warehouse.query(
-        "select user_id from user_features where computed_at = (select max(computed_at) from user_features) order by user_id limit 3"
+        "select user_id from user_features where computed_at = (select max(computed_at) from user_features) order by "
+        "user_id limit 3"
     )
     return home, [int(user) for user in latest["user_id"]]
 
@@ -118,7 +119,7 @@ def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
         == predictor.predict_one("churn_model", users[0]).score
     )
     for bad in ("١٢٣", 2**63, True, "1.0"):
-        with pytest.raises(DataError, match="user_id .* (is not a bigint|is outside the range)"):
+        with pytest.raises(DataError, match=r"user_id .* (is not a bigint|is outside the range)"):
             predictor.predict_one("churn_model", bad)
     with pytest.raises(DataError, match="user_id '１２３' is not a bigint"):
         predictor.predict("churn_model", [users[0], "１２３"])
@@ -147,7 +148,8 @@ def test_skew_during_a_refresh_says_the_warehouse_is_held(home, warehouse_held_b
 
 
 def test_a_failed_dbt_build_says_why_and_points_to_a_log_that_exists(home, warehouse_held_by_another_process):
-    # A process of its own: the definitions resolve FEATURE_STORE_HOME when imported, and this one imported them already.
+    # A process of its own: the definitions resolve FEATURE_STORE_HOME when imported, and this one imported them
+    # already.
     argv = [FEATURESTORE, "backfill", "--start", "2026-03-30", "--end", "2026-03-31"]
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     line = assert_one_line(

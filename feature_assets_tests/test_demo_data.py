@@ -1,3 +1,4 @@
+import itertools
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_slices_concatenate_to_the_whole(b, c):
 def test_hourly_slices_concatenate_to_the_whole():
     spec = DemoDataSpec(users=300, days=2, origin=ORIGIN, seed=3)
     bounds = [None] + [ORIGIN + timedelta(hours=h) for h in range(30, 30 + 72, 1)]
-    parts = [generate(spec, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [generate(spec, a, b) for a, b in itertools.pairwise(bounds)]
     joined = {t: pd.concat([p[t] for p in parts], ignore_index=True) for t in RAW_TABLES}
     _assert_same(joined, generate(spec, None, bounds[-1]))
     assert len(joined["raw_events"]) > 0

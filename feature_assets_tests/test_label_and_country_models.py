@@ -210,7 +210,8 @@ def _reference_country_features(user_features: list[dict[str, Any]]) -> list[dic
 
 
 def _assert_same_rows(table: str, actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
-    """Same columns in contract order, same grain, same values; doubles may differ in the last bits (summation order)."""
+    """Same columns in contract order, same grain, same values; doubles may differ in the last bits (summation
+    order)."""
     columns, grain = TABLES[table]
     assert all(tuple(row) == columns for row in actual), f"{table}: columns differ from the contract"
     actual = sorted(actual, key=lambda row: tuple(row[c] for c in grain))

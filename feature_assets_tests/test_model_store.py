@@ -78,9 +78,9 @@ def test_a_saved_version_loads_back_with_an_equal_card_and_the_same_predictions(
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(model).training_set} limit 500")
         matrix = feature_matrix({f["name"]: frame[f["name"]].tolist() for f in card.features}, card.features)
         score = (
-            (lambda p: p.predict_proba(matrix)[:, 1])
+            (lambda p, matrix=matrix: p.predict_proba(matrix)[:, 1])
             if card.task == "classification"
-            else (lambda p: p.predict(matrix))
+            else (lambda p, matrix=matrix: p.predict(matrix))
         )
         assert np.array_equal(score(loaded), score(pipeline)), model
 

@@ -257,12 +257,15 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(
     _edit(
         sql,
         "final as (",
-        "orders_count as (\n    select user_id, computed_at, count(*) as n from orders_30d_rows group by 1, 2\n),\n\nfinal as (",
+        "orders_count as (\n    select user_id, computed_at, count(*) as n from orders_30d_rows group by 1, "
+        "2\n),\n\nfinal as (",
     )
     _edit(
         sql,
         "orders_30d as (",
-        "orders_30d_rows as (\n    select orders.user_id, as_of_times.computed_at from orders inner join as_of_times\n        on orders.created_at >= as_of_times.computed_at - interval '30 days' and orders.created_at < as_of_times.computed_at\n        and orders.loaded_at <= as_of_times.computed_at\n),\n\norders_30d as (",
+        "orders_30d_rows as (\n    select orders.user_id, as_of_times.computed_at from orders inner join as_of_times\n "
+        "       on orders.created_at >= as_of_times.computed_at - interval '30 days' and orders.created_at < "
+        "as_of_times.computed_at\n        and orders.loaded_at <= as_of_times.computed_at\n),\n\norders_30d as (",
     )
     _edit(
         sql,
@@ -272,12 +275,14 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(
     _edit(
         sql,
         "\n)\n\nselect * from final",
-        "\n    left join orders_count\n        on orders_count.user_id = users_at.user_id\n        and orders_count.computed_at = users_at.computed_at\n)\n\nselect * from final",
+        "\n    left join orders_count\n        on orders_count.user_id = users_at.user_id\n        and "
+        "orders_count.computed_at = users_at.computed_at\n)\n\nselect * from final",
     )
     _edit(
         yml,
         "      - name: avg_order_30d",
-        "      - name: orders_30d\n        description: Orders in the 30 days before computed_at.\n        data_type: integer\n      - name: avg_order_30d",
+        "      - name: orders_30d\n        description: Orders in the 30 days before computed_at.\n        data_type: "
+        "integer\n      - name: avg_order_30d",
     )
     _dbt_build_copy(project, warehouse_copy)
     grown = load_registry(project / "target/manifest.json").view("user_features")

@@ -138,7 +138,7 @@ def test_an_empty_store_reads_every_entity_as_missing(online_store):
 
 def test_an_unknown_feature_name_is_a_clear_error(online_store):
     reader = FeatureReader(online_store, VIEW)
-    with pytest.raises(RegistryError, match="no feature 'colour'.*count, score, label, active"):
+    with pytest.raises(RegistryError, match=r"no feature 'colour'.*count, score, label, active"):
         reader.get_entity(1, features=["colour"])
     with pytest.raises(RegistryError, match="no feature 'colour'"):
         reader.get_online_features([1], features=["count", "colour"])
@@ -211,7 +211,7 @@ def test_the_sync_record_round_trips_and_starts_empty(online_store):
 def test_a_reader_refuses_a_store_synced_with_another_schema(online_store):
     old_schema = (("computed_at", "timestamp"), ("count", "string"))
     online_store.record_sync(VIEW, SyncRecord("old", old_schema, (("count", "old"),), None, HOUR, 0, True))
-    with pytest.raises(DataError, match="schema.*run the sync"):
+    with pytest.raises(DataError, match=r"schema.*run the sync"):
         FeatureReader(online_store, VIEW)
 
 

@@ -135,7 +135,7 @@ def test_a_tls_plain_mismatch_is_an_error_that_says_so_within_the_timeout(tls_ca
 
 def test_a_tls_server_is_refused_without_the_ca_that_signed_it(tls_redis, monkeypatch):
     monkeypatch.delenv("FEATURE_STORE_REDIS_CA_CERT", raising=False)
-    with pytest.raises(OnlineStoreError, match="TLS|certificate"):
+    with pytest.raises(OnlineStoreError, match=r"TLS|certificate"):
         RedisOnlineStore.from_url(tls_redis.url, timeout=0.5)
 
 

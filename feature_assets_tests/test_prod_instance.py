@@ -78,7 +78,8 @@ def test_a_run_of_the_demo_data_asset_is_recorded_in_postgres(prod_instance_db, 
 
 
 def test_a_started_schedule_stays_started_across_instances(prod_instance_db):
-    """What `dagster schedule start hourly_refresh` (or the UI toggle) stores; the daemon reads it from another process."""
+    """What `dagster schedule start hourly_refresh` (or the UI toggle) stores; the daemon reads it from another
+    process."""
     # Starting a schedule publicly needs a running code server; these internals store the same state, cheaply.
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin

@@ -71,7 +71,8 @@ def _churn_set(exposures) -> dict:
         ),
         (
             lambda nodes, exposures: nodes["churn_labels"]["config"]["meta"]["labels"].update(entity_keys=["user_id"]),
-            "model churn_model reads country_features, keyed by country_code, but label table churn_labels carries only user_id",
+            "model churn_model reads country_features, keyed by country_code, but label table churn_labels carries "
+            "only user_id",
         ),
         (
             lambda nodes, exposures: (
@@ -87,7 +88,8 @@ def _churn_set(exposures) -> dict:
             lambda nodes, exposures: _churn_set(exposures).update(
                 derived_keys={"country_code": "ltv_features.country"}
             ),
-            "derived key country_code must name <view>.<feature> of another view the model reads, got 'ltv_features.country'",
+            "derived key country_code must name <view>.<feature> of another view the model reads, got "
+            "'ltv_features.country'",
         ),
         (
             lambda nodes, exposures: _churn_set(exposures).update(labels="user_features"),

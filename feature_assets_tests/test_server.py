@@ -46,11 +46,11 @@ class Server:
             "FEATURE_STORE_HOME": str(home), "FEATURE_STORE_ONLINE": "redis", "FEATURE_STORE_REDIS_URL": redis_url,
             **LIMITS, **env,
         }  # fmt: skip
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
-            env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        with open(self.log, "wb") as log:  # the server writes to its own copy of the file descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
+                env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+            )  # fmt: skip
         line = self.process.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         if not match:
@@ -81,7 +81,8 @@ class Server:
         return self.client.post(f"/v1/predict/{model}", json={"entities": list(entities)})
 
     def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics by its name and labels, e.g. 'featurestore_http_requests_total{route=...,status=...}'."""
+        """Every sample of /metrics by its name and labels, e.g.
+        'featurestore_http_requests_total{route=...,status=...}'."""
         text = self.client.get("/metrics").text
         return {
             line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -411,7 +412,10 @@ def test_metrics_count_what_every_worker_served(server):
     with RedisServedLog(REDIS_URL) as log:
         assert len(log.read("country_features")) >= sent
     card = FolderModelStore(server.home / "models").card("churn_model")
-    gauge = f'featurestore_model_version_info{{model="churn_model",schema_version="{card.schema_version}",version="{card.version}"}}'
+    gauge = (
+        f'featurestore_model_version_info{{model="churn_model",schema_version="{card.schema_version}",'
+        f'version="{card.version}"}}'
+    )
     assert after[gauge] == 1
 
 

@@ -83,7 +83,7 @@ def _assert_same_rows_of(table: str, actual: list[dict[str, Any]], expected: lis
     if table in TABLES:
         _assert_same_rows(table, actual, expected)
         return
-    columns, grain = COMPARED[table]
+    _columns, grain = COMPARED[table]
     key = lambda row: tuple(row[c] for c in grain)  # noqa: E731
     assert sorted(actual, key=key) == sorted(expected, key=key), table
 

@@ -46,7 +46,7 @@ def _user_history(rng: np.random.Generator, users: int = 60) -> pd.DataFrame:
     """Snapshots every 6 hours with gaps (some users skip days), values random, some nulls."""
     times = [ANCHOR - k * 6 * HOUR for k in range(40)]
     rows = [(user, t) for user in range(1, users + 1) for t in times if rng.random() < 0.7]
-    frame = pd.DataFrame(rows + [(LONE_USER, LONE_SNAPSHOT)], columns=["user_id", "computed_at"])
+    frame = pd.DataFrame([*rows, (LONE_USER, LONE_SNAPSHOT)], columns=["user_id", "computed_at"])
     n = len(frame)
     frame["age"] = rng.integers(18, 80, n)
     frame["country"] = rng.choice(["US", "DE", None], n)
@@ -110,9 +110,9 @@ def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.D
                 if (
                     snapshot[view.entity_key] == label[read.key]
                     and label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"]
+                    and (best is None or snapshot[view.timestamp] > best[view.timestamp])
                 ):
-                    if best is None or snapshot[view.timestamp] > best[view.timestamp]:
-                        best = snapshot
+                    best = snapshot
             row[snapshot_column(view)] = None if best is None else best[view.timestamp]
             for feature in read.features:
                 row[feature.name] = None if best is None else best[feature.name]
@@ -268,7 +268,8 @@ def test_leakage_check_fails_on_a_training_set_that_sees_the_snapshot_at_label_t
         # Labels exactly at snapshot times, joined with <= instead of <: the snapshot stamped t leaks in.
         demo_warehouse.execute(
             con,
-            "create or replace table exact_labels as select user_id, country as country_code, computed_at as label_time, "
+            "create or replace table exact_labels as select user_id, country as country_code, computed_at as "
+            "label_time, "
             "false as churned from user_features where computed_at > (select min(computed_at) from user_features) "
             "order by 1, 3 limit 50",
         )
@@ -297,7 +298,8 @@ def test_leakage_check_names_a_feature_whose_value_does_not_come_from_its_snapsh
         )
         demo_warehouse.execute(
             con,
-            "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select max(label_row) "
+            "update tampered_training_set set country_paid_share = country_paid_share / 2 where label_row = (select "
+            "max(label_row) "
             "from tampered_training_set where country_features_snapshot_at is not null)",
         )
         row = int(

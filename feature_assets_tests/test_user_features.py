@@ -65,7 +65,7 @@ def _edge_rows() -> dict[str, pd.DataFrame]:
             "user_id": EDGE_USER,
             "event_type": "search",
             "created_at": [c for c, _ in event_times],
-            "loaded_at": [l for _, l in event_times],
+            "loaded_at": [loaded for _, loaded in event_times],
         }
     )
     orders = pd.DataFrame(
@@ -330,7 +330,8 @@ def test_a_snapshot_stamped_in_the_future_does_not_thin_the_real_history(raw_fra
     with duckdb_warehouse.connect() as con:
         duckdb_warehouse.execute(
             con,
-            "insert into user_features select user_id, cast(? as timestamp), age, country, plan, events_30d, avg_order_30d "
+            "insert into user_features select user_id, cast(? as timestamp), age, country, plan, events_30d, "
+            "avg_order_30d "
             "from user_features where computed_at = ?",
             [future, now],
         )

@@ -95,7 +95,10 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
                 store.request_full_sync(
                     view, f"the parity check found {result.mismatched_entities} mismatched entities"
                 )
-        metadata = {"entities_checked": result.entities_checked, "mismatched_entities": result.mismatched_entities}
+        metadata: dict[str, int | str | dg.MetadataValue] = {
+            "entities_checked": result.entities_checked,
+            "mismatched_entities": result.mismatched_entities,
+        }
         if result.problem:
             metadata["problem"] = result.problem
         if result.examples:

@@ -36,7 +36,8 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         pool=WAREHOUSE_POOL,
         description=(
             f"One row per {feature_set.labels.name} row (label_row orders them): the label and the {feature_set.model} "
-            f"features of {views}, each from that view's latest snapshot strictly before the label time and within its TTL."
+            f"features of {views}, each from that view's latest snapshot strictly before the label time and within its "
+            "TTL."
         ),
     )
     def training_set(warehouse: Warehouse) -> dg.MaterializeResult:
@@ -67,7 +68,7 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         """Sampled rows recomputed row by row: every feature of every view comes from that view's latest snapshot
         strictly before the label time and within its TTL, or is null when there is none."""
         report = check_leakage(warehouse, feature_set, table, sample=config.sample, seed=config.seed)
-        metadata = {
+        metadata: dict[str, int | str | dg.MetadataValue] = {
             "rows_checked": report.rows_checked,
             "features_checked": ", ".join(report.features_checked),
             "problems": len(report.problems),

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,16 +89,16 @@ def view_schema(view: FeatureView) -> tuple[tuple[str, str], ...]:
 
 def encode_entity_id(entity_id: object) -> bytes:
     """An id as it appears in keys: ints in decimal, strings as UTF-8 (on every read, so the common types go first)."""
-    kind = type(entity_id)
-    if kind is int:
+    # Exact types (type() is, not isinstance): a bool is an int, but no id.
+    if type(entity_id) is int:
         return b"%d" % entity_id
-    if kind is str:
+    if type(entity_id) is str:
         return entity_id.encode()
-    if kind is bytes:
+    if type(entity_id) is bytes:
         return entity_id
     if isinstance(entity_id, (int, np.integer)) and not isinstance(entity_id, (bool, np.bool_)):
         return b"%d" % int(entity_id)
-    raise DataError(f"entity id {entity_id!r} ({kind.__name__}) is not an int or a string")
+    raise DataError(f"entity id {entity_id!r} ({type(entity_id).__name__}) is not an int or a string")
 
 
 # Each integer key type's bound (ids lie in [-bound, bound)), as the registry names them; other keys are text.
@@ -150,14 +151,15 @@ _ACCEPTS: dict[str, Callable[[object], bool]] = {
 }
 
 
-def _strings(values: list) -> list[bytes]:
+def _strings(values: list[str]) -> list[bytes]:
     for value in values:
         if "\x00" in value:
             raise DataError(f"string value {value!r} contains a NUL byte, which the online stores reserve for null")
     return [value.encode() for value in values]
 
 
-_ENCODERS: dict[str, Callable[[list], list[bytes]]] = {
+# A column's distinct values (Python ints, bools, strs or pandas Timestamps, by dtype) to their stored text.
+_ENCODERS: dict[str, Callable[[list[Any]], list[bytes]]] = {
     "int64": lambda values: list(map(b"%d".__mod__, values)),
     "bool": lambda values: [b"true" if value else b"false" for value in values],
     "string": _strings,
@@ -210,7 +212,7 @@ def _bool(value: bytes | str) -> bool:
 
 
 def _string(value: bytes | str) -> str:
-    return value.decode() if type(value) is bytes else value
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _timestamp(value: bytes | str) -> datetime:

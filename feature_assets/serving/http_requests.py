@@ -74,7 +74,8 @@ def entities_of(payload: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         if entity.keys() != keys:
             raise Refused(
                 400, "invalid_entity",
-                f"entities[{index}] passes the keys {', '.join(entity)} but entities[0] passes {', '.join(keys)}; every entity "
+                f"entities[{index}] passes the keys {', '.join(entity)} but entities[0] passes {', '.join(keys)}; "
+                "every entity "
                 "of one request passes the same keys",
             )  # fmt: skip
     return entities

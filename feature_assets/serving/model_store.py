@@ -47,13 +47,13 @@ class ModelStore(ABC):
     def load(self, model: str, version: str | None = None) -> tuple[ModelCard, Any]:
         """The card and fitted pipeline of `version`, or of the served version."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  # optional: a store without a connection has nothing to release
         """Releases the store's connection, if it holds one."""
 
     def __enter__(self) -> "ModelStore":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _no_served_version(self, model: str) -> ModelStoreError:

@@ -82,7 +82,8 @@ class PostgresModelStore(ModelStore):
         )
         if row is None:
             raise self._no_served_version(model)
-        return row[0]
+        version: str = row[0]
+        return version
 
     def promote(self, model: str, version: str) -> None:
         def upsert(connection: psycopg.Connection) -> None:
@@ -111,8 +112,9 @@ class PostgresModelStore(ModelStore):
                 self._connection.close()
                 self._connection = None
 
-    def _version_row(self, model: str, version: str | None, columns: str) -> tuple:
+    def _version_row(self, model: str, version: str | None, columns: str) -> tuple[Any, ...]:
         """The columns of `version`, or of the served version read in the same statement (never a torn pair)."""
+        parameters: tuple[str, ...]
         if version is None:
             where, parameters = (
                 f"(model, version) = (select model, version from {self.schema}.served_model_versions where model = %s)",
@@ -134,17 +136,18 @@ class PostgresModelStore(ModelStore):
         one line naming the store, except integrity errors, which the caller names."""
         with self._lock:
             while True:
-                fresh = self._connection is None
-                if fresh:
-                    self._connection = self._connect()
+                connection = self._connection
+                fresh = connection is None
+                if connection is None:
+                    connection = self._connection = self._connect()
                 try:
-                    return work(self._connection)
+                    return work(connection)
                 except psycopg.IntegrityError:
                     raise
                 except psycopg.Error as failure:
-                    lost = self._connection.broken or self._connection.closed
+                    lost = connection.broken or connection.closed
                     if lost:
-                        self._connection.close()
+                        connection.close()
                         self._connection = None
                     if fresh or not lost:
                         raise ModelStoreError(f"{self.describe()} failed: {first_line(failure)}") from None
@@ -170,7 +173,8 @@ class PostgresModelStore(ModelStore):
         host) never needs the right to create; a lock keeps two first users from creating at once."""
         versions, served = f"{self.schema}.model_versions", f"{self.schema}.served_model_versions"
         exists = "select to_regclass(%s) is not null and to_regclass(%s) is not null"
-        if connection.execute(exists, (versions, served)).fetchone()[0]:
+        row = connection.execute(exists, (versions, served)).fetchone()  # a select of one value: always one row
+        if row is not None and row[0]:
             return
         with connection.transaction():
             connection.execute(
@@ -178,7 +182,8 @@ class PostgresModelStore(ModelStore):
             )
             connection.execute(f"create schema if not exists {self.schema}")
             connection.execute(
-                f"create table if not exists {versions} (model text not null, version text not null, card text not null, "
+                f"create table if not exists {versions} (model text not null, version text not null, card text not "
+                "null, "
                 "artifact bytea not null, created_at timestamptz not null default now(), primary key (model, version))"
             )
             connection.execute(

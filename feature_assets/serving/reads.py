@@ -80,7 +80,9 @@ class FeatureReader:
         return _Plan(fields, dtypes, tuple(map(decoder, dtypes)), {field: None for field in fields})
 
     def _plan_for(self, features: Iterable[str] | None) -> _Plan:
-        selection = None if features is None else (features,) if isinstance(features, str) else tuple(features)
+        if features is None:
+            return self._plans[None]
+        selection = (features,) if isinstance(features, str) else tuple(features)
         plan = self._plans.get(selection)
         if plan is None:
             plan = self._plans[selection] = self._plan(selection)
@@ -144,16 +146,18 @@ class FeatureReader:
                 data[field][stale] = None if field != self.view.timestamp else np.datetime64("NaT")
         data[MISSING] = np.isnat(data[self.view.timestamp])
         if self.served_log is not None:
-            columns = {field: data[field] for field in plan.fields[1:]}
-            self.served_log.log_batch(self.view.name, self.view.entity_key, ids, columns, rows=~data[MISSING])
+            logged = {field: data[field] for field in plan.fields[1:]}
+            self.served_log.log_batch(self.view.name, self.view.entity_key, ids, logged, rows=~data[MISSING])
         return pd.DataFrame(data, copy=False)
 
-    def _decode_column(self, field: str, dtype: str, decode: Callable, column: Sequence[Any], ids: list) -> Any:
+    def _decode_column(
+        self, field: str, dtype: str, decode: Callable[[Any], Any], column: Sequence[Any], ids: list[Any]
+    ) -> Any:
         # Feature values repeat (plans, countries, counts, one computed_at): decode each distinct value once, give
         # each row the index of its value (one dict lookup, in C), then let numpy gather values and the null mask.
-        distinct = set(column)
-        distinct.discard(None)
-        distinct = list(distinct)
+        present = set(column)
+        present.discard(None)
+        distinct = list(present)
         try:
             decoded = list(map(decode, distinct))
         except _CAST_ERRORS:
@@ -171,7 +175,7 @@ class FeatureReader:
         index[None] = null
         codes = np.fromiter(map(index.__getitem__, column), dtype=np.intp, count=len(column))
         decoded.append(_FILL[dtype])
-        values = np.array(decoded, dtype=_NUMPY[dtype])[codes]
+        values: np.ndarray = np.array(decoded, dtype=_NUMPY[dtype])[codes]
         return _ARRAYS[dtype](values, codes == null)
 
 

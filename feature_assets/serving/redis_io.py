@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.connection import ConnectionInterface
 from redis.crc import key_slot
 from redis.retry import Retry
 
@@ -127,7 +128,8 @@ def _why(url: str, error: Exception) -> str:
 def describe(client: RedisClient) -> str:
     """Where the client points, without secrets."""
     if isinstance(client, RedisCluster):
-        nodes = sorted(f"{node.host}:{node.port}" for node in client.get_primaries())
+        # redis-py leaves get_primaries unannotated (it returns list[ClusterNode]).
+        nodes = sorted(f"{node.host}:{node.port}" for node in client.get_primaries())  # type: ignore[no-untyped-call]
         return f"redis cluster {', '.join(nodes)}"
     kwargs = client.connection_pool.connection_kwargs
     where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
@@ -143,7 +145,8 @@ def close(client: RedisClient) -> None:
 def primaries(client: RedisClient) -> list[redis.Redis]:
     """A plain client per master (the client itself for a single server)."""
     if isinstance(client, RedisCluster):
-        return [node.redis_connection for node in client.get_primaries()]
+        # redis-py leaves get_primaries unannotated (it returns list[ClusterNode]).
+        return [node.redis_connection for node in client.get_primaries()]  # type: ignore[no-untyped-call]
     return [client]
 
 
@@ -156,29 +159,33 @@ def node_for(client: RedisClient, key: bytes | None = None, slot: int | None = N
     if not isinstance(client, RedisCluster):
         return client
     if slot is None:
+        if key is None:
+            raise TypeError("node_for needs a key or a slot")
         slot = key_slot(key)
-    return client.nodes_manager.get_node_from_slot(slot).redis_connection
+    # ClusterNode.redis_connection is unannotated in redis-py; a node of the slot map has its client.
+    node: redis.Redis = client.nodes_manager.get_node_from_slot(slot).redis_connection
+    return node
 
 
-def exchange(node: redis.Redis, payload: bytes, replies: int, timeout: float | None = None) -> list:
+def exchange(node: redis.Redis, payload: bytes, replies: int, timeout: float | None = None) -> list[Any]:
     """Sends pre-encoded commands to one server and reads their `replies` replies, once (no retry: the caller
     knows whether its commands may run twice). An error reply comes back as a redis.ResponseError value, not
     raised; any other failure closes the connection and raises."""
     pool = node.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_packed_command([payload])
+        connection.send_packed_command([payload])  # type: ignore[no-untyped-call]  # unannotated in redis-py
         return read(connection, replies, timeout)
     except BaseException:
-        connection.disconnect()
+        connection.disconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         raise
     finally:
         pool.release(connection)
 
 
-def read(connection, replies: int, timeout: float | None = None) -> list:
-    """`replies` replies off a connection, error replies as values."""
-    results: list = []
+def read(connection: ConnectionInterface, replies: int, timeout: float | None = None) -> list[Any]:
+    """`replies` replies off a connection, error replies as values (RESP values: bytes, ints, lists...)."""
+    results: list[Any] = []
     append = results.append
     receive = connection.read_response if timeout is None else partial(connection.read_response, timeout=timeout)
     for _ in range(replies):
@@ -189,5 +196,5 @@ def read(connection, replies: int, timeout: float | None = None) -> list:
     return results
 
 
-def errors(replies: Iterable) -> list[redis.ResponseError]:
+def errors(replies: Iterable[object]) -> list[redis.ResponseError]:
     return [reply for reply in replies if isinstance(reply, redis.ResponseError)]
