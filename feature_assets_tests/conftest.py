@@ -49,6 +49,7 @@ NEEDS_OF_FIXTURES = {
     "spark": {"spark_folder", "spark_warehouse"},
     "e2e": {"trained", "trained_once", "monitored"},
 }
+NEEDS_OF_PARAMETERS = {"postgres": {"postgres"}, "redis": {"redis", "cluster", "tls"}, "spark": {"spark"}}
 # Calls that run dbt or a Dagster job in process.
 PIPELINE_CALLS = {"materialize", "train_models", "run_demo", "featurestore"}
 MODULES_OF = {"test_spark": {"spark", "e2e"}, "test_ui": {"ui", "e2e"}, "test_add_a_view_and_model": {"e2e"}}
@@ -76,8 +77,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         needs = set(MODULES_OF.get(item.module.__name__, ()))
         fixtures = set(getattr(item, "fixturenames", ()))
         needs |= {need for need, names in NEEDS_OF_FIXTURES.items() if fixtures & names}
-        if "warehouse" in fixtures and "[postgres" in item.name:
-            needs.add("postgres")
+        # A parameter that names a backend (`engine`, `kind`, `warehouse`...: "postgres", "spark", "cluster") needs it.
+        params = {str(value) for value in getattr(getattr(item, "callspec", None), "params", {}).values()}
+        needs |= {need for need, values in NEEDS_OF_PARAMETERS.items() if params & values}
         # The test itself, and every fixture it uses (transitively) that this file or its module defines.
         functions = [getattr(item, "function", None)]
         functions += [inspect.unwrap(getattr(m, name)) for name in fixtures for m in modules if hasattr(m, name)]
@@ -85,6 +87,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             needs.add("e2e")
         for need in sorted(needs) or ["unit"]:
             item.add_marker(need)
+        if "spark" in needs:
+            # Under `pytest -n N --dist loadgroup`, one worker runs every Spark test: one local Spark server.
+            item.add_marker(pytest.mark.xdist_group("spark"))
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
