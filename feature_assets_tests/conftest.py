@@ -65,9 +65,9 @@ def _calls_pipeline(function: Any, modules: list[Any], seen: set[str]) -> bool:
         seen.add(name)
         for module in modules:
             helper = getattr(module, name, None)
-            if inspect.isfunction(helper) and helper.__module__ == module.__name__:
-                if _calls_pipeline(helper, modules, seen):
-                    return True
+            own = inspect.isfunction(helper) and helper.__module__ == module.__name__
+            if own and _calls_pipeline(helper, modules, seen):
+                return True
     return False
 
 
