@@ -65,10 +65,10 @@ def _execute(
     blocking check included, unless tolerated: then the caller reports it)."""
     import dagster as dg
 
-    from feature_assets.definitions import defs
+    from feature_assets.definitions import build_definitions
 
     instance = dagster_instance(settings)
-    job = defs.resolve_job_def(job_name)
+    job = build_definitions(settings).resolve_job_def(job_name)
     if assets:
         job = job.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).

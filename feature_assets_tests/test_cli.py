@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from feature_assets.cli import main
 from feature_assets.errors import DataError
 from feature_assets.online_sync import sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.serving import FolderModelStore, SqliteOnlineStore
 from feature_assets.serving.models import Predictor
+from feature_assets.settings import dbt_manifest_path
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 FEATURESTORE = Path(sys.executable).with_name("featurestore")
 
 
