@@ -277,3 +277,10 @@ def test_an_empty_feature_store_home_is_refused_in_one_line_not_taken_for_the_cu
         capsys.readouterr().err
         == "featurestore: FEATURE_STORE_HOME is set but empty: name a folder, or unset it for .featurestore\n"
     )
+
+
+def test_the_cli_runs_where_os_has_no_sched_getaffinity(monkeypatch, capsys):
+    """macOS has no os.sched_getaffinity; the serve command's --workers default must not need it."""
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert main(["features"]) == 0
+    assert "user_features:" in capsys.readouterr().out

@@ -11,8 +11,9 @@ served-vector log from the environment (the settings the CLI uses), and reads th
 
 Every answer is JSON; a refusal is {"error": <what and why>, "cause": <one word>} with a 4xx or 503 status.
 Reads of the online store block: they run on the event loop while it answers, in threads after it failed (Lane),
-so a hung Redis answers each request 503 within the store's timeout. The served model version is looked up on
-every prediction, so a promotion takes effect at once, without a restart.
+so a hung Redis answers each request 503 within the store's timeout. The served model version is re-read about once a
+second (not on every prediction: that would be a model-store round trip each), so a promotion takes effect within
+about a second, without a restart.
 """
 
 import asyncio
@@ -414,8 +415,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     temporary = folder is None
     if temporary:
         folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="featurestore-metrics-")
-    else:
-        os.makedirs(folder, exist_ok=True)
+    else:  # created by the CLI before this module's metrics were
         for name in os.listdir(folder):
             if name.endswith(".db"):
                 os.remove(os.path.join(folder, name))
