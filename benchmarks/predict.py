@@ -46,7 +46,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from feature_assets.serving import FolderModelStore, ModelStore, RedisOnlineStore
-from feature_assets.serving.models import Predictor
+from feature_assets.serving.predictor import Predictor
 from feature_assets.serving.served_log import RedisServedLog
 
 # Snapshots must be recent: one older than its online TTL is neither synced nor served.

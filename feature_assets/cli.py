@@ -256,7 +256,7 @@ def _train(settings: Settings) -> bool:
 
 
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
-    from feature_assets.serving.models import Predictor
+    from feature_assets.serving.predictor import Predictor
     from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 
     with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:

@@ -17,7 +17,7 @@ from feature_assets.errors import DataError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import load_registry
 from feature_assets.serving import FolderModelStore, SqliteOnlineStore
-from feature_assets.serving.models import Predictor
+from feature_assets.serving.predictor import Predictor
 from feature_assets.settings import dbt_manifest_path
 
 REGISTRY = load_registry(dbt_manifest_path())

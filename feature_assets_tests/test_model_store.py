@@ -20,7 +20,7 @@ from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import load_registry
 from feature_assets.resources.model_store import model_store_for
 from feature_assets.serving import FolderModelStore, PostgresModelStore, Predictor, SqliteOnlineStore, open_model_store
-from feature_assets.serving.models import feature_matrix
+from feature_assets.serving.predictor import feature_matrix
 from feature_assets.serving.reads import RECHECK_SECONDS
 from feature_assets.settings import Settings, dbt_manifest_path
 

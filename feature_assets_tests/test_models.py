@@ -22,7 +22,7 @@ from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import LABEL_ROW, load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FolderModelStore, RedisOnlineStore
-from feature_assets.serving.models import Predictor, SchemaMismatch, feature_matrix
+from feature_assets.serving.predictor import Predictor, SchemaMismatch, feature_matrix
 from feature_assets.settings import dbt_manifest_path, dbt_project_dir
 from feature_assets.training import build_table, point_in_time_sql
 
@@ -487,7 +487,7 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
     time and all at once, and score the same."""
     from scipy import sparse
 
-    from feature_assets.serving.models import _fitted_steps
+    from feature_assets.serving.predictor import _fitted_steps
 
     warehouse, root = trained
     models = FolderModelStore(root)

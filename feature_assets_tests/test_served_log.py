@@ -13,7 +13,7 @@ from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import load_registry
 from feature_assets.serving import FeatureReader, FolderModelStore, RedisOnlineStore
 from feature_assets.serving.codec import PANDAS_DTYPES
-from feature_assets.serving.models import Predictor
+from feature_assets.serving.predictor import Predictor
 from feature_assets.serving.served_log import RedisServedLog, SqliteServedLog
 from feature_assets.settings import dbt_manifest_path
 

@@ -52,8 +52,8 @@ from feature_assets.errors import (
 from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.serving import http_metrics
 from feature_assets.serving.http_requests import Refused, entities_of, feature_names, read_payload, view_ids
-from feature_assets.serving.models import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.online_store import OnlineStore
+from feature_assets.serving.predictor import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 from feature_assets.settings import Settings, dbt_manifest_path
