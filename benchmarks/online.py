@@ -40,14 +40,14 @@ sys.path.insert(0, str(ROOT / "feature_assets_tests"))
 from redis_servers import start_cluster  # noqa: E402
 
 from feature_assets.online_sync import iter_latest_snapshots, sync_online_store  # noqa: E402
-from feature_assets.project import dbt_project  # noqa: E402
 from feature_assets.registry import load_registry  # noqa: E402
 from feature_assets.resources.warehouse import Warehouse  # noqa: E402
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, encode_batch  # noqa: E402
 from feature_assets.serving.redis_io import read  # noqa: E402
+from feature_assets.settings import dbt_manifest_path  # noqa: E402
 
 AS_OF = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
-VIEW = load_registry(dbt_project.manifest_path).view("user_features")
+VIEW = load_registry(dbt_manifest_path()).view("user_features")
 # The warehouse table's SQL types: the features' from the registry (the dbt contract), the key's and time's fixed.
 COLUMNS = {VIEW.entity_key: "bigint", VIEW.timestamp: "timestamp", **{f.name: f.data_type for f in VIEW.features}}
 PREFIX = "features:user:"

@@ -46,7 +46,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from feature_assets.serving import FolderModelStore, ModelStore, RedisOnlineStore
-from feature_assets.serving.models import Predictor
+from feature_assets.serving.predictor import Predictor
 from feature_assets.serving.served_log import RedisServedLog
 
 # Snapshots must be recent: one older than its online TTL is neither synced nor served.
@@ -65,7 +65,7 @@ def build_served_model(
     import dagster as dg
     from dagster_dbt import DbtCliResource
 
-    from feature_assets.assets.features import all_dbt_assets
+    from feature_assets.assets.features import dbt_assets_for
     from feature_assets.assets.models import model_assets
     from feature_assets.assets.raw import demo_raw_data
     from feature_assets.assets.training import training_set_assets
@@ -76,14 +76,16 @@ def build_served_model(
     from feature_assets.registry import load_registry
     from feature_assets.resources.model_store import ModelStoreResource
     from feature_assets.resources.warehouse import Warehouse
+    from feature_assets.settings import dbt_manifest_path, dbt_project_dir
 
-    registry = load_registry(dbt_project.manifest_path)
+    registry = load_registry(dbt_manifest_path())
     warehouse = Warehouse(kind="duckdb", duckdb_path=str(directory / "warehouse.duckdb"))
     start = ANCHOR - timedelta(days=days - 1)
     built = dg.materialize(
-        [demo_raw_data, *all_dbt_assets],
+        [demo_raw_data, *dbt_assets_for(registry, dbt_manifest_path())],
         resources={
-            "warehouse": warehouse, "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())
+            "warehouse": warehouse,
+            "dbt": DbtCliResource(project_dir=dbt_project(dbt_project_dir()), dbt_executable=_dbt_executable()),
         },
         run_config={"ops": {
             "demo_raw_data": {"config": {"users": users, "days": days, "anchor": ANCHOR.isoformat()}},

@@ -53,12 +53,12 @@ import predict
 
 from feature_assets.errors import WarehouseError
 from feature_assets.local_spark import stop_local_spark
-from feature_assets.project import dbt_project
 from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column
 from feature_assets.resources.warehouse import Warehouse
+from feature_assets.settings import dbt_manifest_path
 from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 USERS, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
 USER_KEY, COUNTRY_KEY = USERS.entity_key, COUNTRIES.entity_key
 LABEL_TIME, TARGET = "label_time", "churned"

@@ -102,9 +102,9 @@ def refresh_schedule(
 
 
 # dbt materializes a view before its tests run, and a plain asset sensor or eager() fires on the
-# materialization alone (STACK.md G9). dbt tests of severity error are blocking checks in dagster-dbt, so
-# requiring them to pass keeps data that failed its tests out of the online store; in_progress in eager()
-# waits for the dbt run, tests included, to end.
+# materialization alone: neither waits for blocking checks, which only stop what runs after them in the same run.
+# dbt tests of severity error are blocking checks in dagster-dbt, so requiring them to pass keeps data that failed
+# its tests out of the online store; in_progress in eager() waits for the dbt run, tests included, to end.
 SYNC_WHEN_FEATURES_PASS_CHECKS = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("eager, once upstream blocking checks passed")

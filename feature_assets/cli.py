@@ -65,10 +65,10 @@ def _execute(
     blocking check included, unless tolerated: then the caller reports it)."""
     import dagster as dg
 
-    from feature_assets.definitions import defs
+    from feature_assets.definitions import build_definitions
 
     instance = dagster_instance(settings)
-    job = defs.resolve_job_def(job_name)
+    job = build_definitions(settings).resolve_job_def(job_name)
     if assets:
         job = job.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).
@@ -256,7 +256,7 @@ def _train(settings: Settings) -> bool:
 
 
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
-    from feature_assets.serving.models import Predictor
+    from feature_assets.serving.predictor import Predictor
     from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 
     with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:
@@ -559,9 +559,27 @@ def cmd_stop_spark(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    # Importing the server creates its metrics, which write into PROMETHEUS_MULTIPROC_DIR at once: it must exist first.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"PROMETHEUS_MULTIPROC_DIR {folder[:200]!r} cannot be created: {error.strerror}"
+            ) from None
     from feature_assets.serving.server import serve
 
     serve(settings, args.host, args.port, args.workers)
+
+
+def _cores() -> int:
+    """The cores this process may use: os.process_cpu_count is Python 3.13's, os.sched_getaffinity is not on macOS."""
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class _UsageError(Exception):
@@ -648,9 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     server = commands.add_parser("serve", help="serve online features and predictions over HTTP (see the README)")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
-    server.add_argument(
-        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (default: the cores)"
-    )
+    server.add_argument("--workers", type=int, default=_cores(), help="processes (default: the cores)")
     server.set_defaults(run=cmd_serve)
 
     stop_spark = commands.add_parser("stop-spark", help="stop the local Spark server the Spark warehouse left running")

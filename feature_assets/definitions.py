@@ -1,4 +1,4 @@
-"""The only place that builds the Dagster Definitions."""
+"""The only place that builds the Dagster Definitions: from a manifest, when asked (nothing is read at import)."""
 
 import shutil
 import sys
@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from feature_assets.alerts import alert_sensor
-from feature_assets.assets.features import all_dbt_assets, dbt_feature_views, dbt_model_key
+from feature_assets.assets.features import FEATURE_VIEWS_OP, DbtAssets, dbt_assets_for, dbt_model_key
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
 from feature_assets.assets.online import online_assets
@@ -49,10 +49,10 @@ def _dbt_executable() -> str:
     return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"
 
 
-def _refresh_keys(registry: Registry, raw: list, due: list[FeatureView]) -> set[dg.AssetKey]:
+def _refresh_keys(registry: Registry, dbt: DbtAssets, raw: list, due: list[FeatureView]) -> set[dg.AssetKey]:
     """What an hourly run materializes for the due views: raw data (demo), every dbt model that is neither a
     feature view nor a label table (staging), the due views and the views they are built from."""
-    specs = {spec.key: spec for assets_def in all_dbt_assets for spec in assets_def.specs}
+    specs = {spec.key: spec for assets_def in dbt for spec in assets_def.specs}
     view_keys = {dbt_model_key(view.name) for view in registry.views.values()}
     label_keys = {dbt_model_key(name) for name in registry.labels}
     keys = {key for key in specs if key not in view_keys | label_keys}
@@ -67,16 +67,19 @@ def _refresh_keys(registry: Registry, raw: list, due: list[FeatureView]) -> set[
     return keys
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
-    """Every pipeline piece is built from the registry: per feature view its online snapshot, parity check and
-    skew report; per model its training set, leakage check and model asset."""
+def build_definitions(settings: Settings, manifest_path: Path | None = None) -> dg.Definitions:
+    """Every pipeline piece is built from the registry of one manifest (default: the settings' dbt project's): per
+    feature view its online snapshot, parity check and skew report; per model its training set, leakage check and
+    model asset."""
+    manifest_path = manifest_path or settings.dbt_manifest_path
     # Refuses to load on an invalid registry (e.g. a feature name that is not snake_case).
-    registry = load_registry(dbt_project.manifest_path)
+    registry = load_registry(manifest_path)
+    dbt = dbt_assets_for(registry, manifest_path)
     # Refuses to load if online keys would expire between two refreshes of a view.
     check_refresh_fits_ttl(registry.views.values())
     raw = [demo_raw_data] if settings.demo_data else external_raw_tables
     views = list(registry.views.values())
-    refresh_selection = sorted(_refresh_keys(registry, raw, views))
+    refresh_selection = sorted(_refresh_keys(registry, dbt, raw, views))
     refresh_job = dg.define_asset_job(
         "refresh_features",
         selection=dg.AssetSelection.assets(*refresh_selection),
@@ -108,9 +111,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Compares training and serving distributions for every view a model reads; drift checks alert.",
     )
     # Staging views included: on a fresh warehouse the feature views cannot build without them.
-    view_and_staging_keys = sorted(
-        key for assets_def in all_dbt_assets for key in assets_def.keys if key not in set(labels)
-    )
+    view_and_staging_keys = sorted(key for assets_def in dbt for key in assets_def.keys if key not in set(labels))
     backfill_job = dg.define_asset_job(
         "backfill_features",
         selection=dg.AssetSelection.assets(*view_and_staging_keys),
@@ -119,7 +120,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *raw,
-            *all_dbt_assets,
+            *dbt,
             *(asset for asset, _ in online),
             *training_sets,
             *models,
@@ -137,14 +138,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             refresh_schedule(
                 refresh_job,
                 views,
-                lambda due: _refresh_keys(registry, raw, due),
+                lambda due: _refresh_keys(registry, dbt, raw, due),
                 raw_op=demo_raw_data.op.name if settings.demo_data else None,
-                features_op=dbt_feature_views.op.name,
+                features_op=FEATURE_VIEWS_OP,
             )
         ],
         resources={
             "warehouse": warehouse_for(settings),
-            "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable()),
+            "dbt": DbtCliResource(project_dir=dbt_project(settings.dbt_project_dir), dbt_executable=_dbt_executable()),
             "online_store": online_store_for(settings),
             "model_store": model_store_for(settings),
             "served_log": served_log_for(settings),
@@ -155,4 +156,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(Settings.from_env())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location (`dagster dev`, workspace.yaml): built when Dagster loads it, from the environment."""
+    settings = Settings.from_env()
+    # Re-parses the dbt project under `dagster dev` only, so edits to it show on reload; elsewhere it does nothing.
+    dbt_project(settings.dbt_project_dir).prepare_if_dev()
+    return build_definitions(settings)

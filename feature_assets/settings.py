@@ -24,7 +24,7 @@ most FEATURE_STORE_SERVE_MAX_BODY_BYTES (default 1 MiB).
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
@@ -118,6 +118,7 @@ class Settings:
     model_store_url_variable: str = ""
     serve_max_entities: int = 1000
     serve_max_body_bytes: int = 1_048_576
+    dbt_project_dir: Path = field(default_factory=lambda: dbt_project_dir({}))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -187,6 +188,7 @@ class Settings:
             spark_dbt_method=cast(_SparkDbtMethod, spark_dbt_method),
             served_log_rate=_rate(environ.get("FEATURE_STORE_SERVED_LOG_RATE", "1"), "FEATURE_STORE_SERVED_LOG_RATE"),
             model_store_url_variable=model_store_url_variable,
+            dbt_project_dir=dbt_project_dir(environ),
             serve_max_entities=_count(
                 environ.get("FEATURE_STORE_SERVE_MAX_ENTITIES", "1000"), "FEATURE_STORE_SERVE_MAX_ENTITIES"
             ),
@@ -194,6 +196,10 @@ class Settings:
                 environ.get("FEATURE_STORE_SERVE_MAX_BODY_BYTES", "1048576"), "FEATURE_STORE_SERVE_MAX_BODY_BYTES"
             ),
         )
+
+    @property
+    def dbt_manifest_path(self) -> Path:
+        return self.dbt_project_dir / "target" / "manifest.json"
 
     @property
     def duckdb_path(self) -> Path:

@@ -11,13 +11,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
-
-# The definitions resolve FEATURE_STORE_HOME when imported: keep everything the suite writes out of the tree.
-os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
-atexit.register(shutil.rmtree, os.environ["FEATURE_STORE_HOME"], ignore_errors=True)
-os.environ.pop("DAGSTER_HOME", None)
 
 
 import dagster as dg
@@ -27,12 +23,20 @@ import pytest
 from dagster_dbt import DbtCliResource
 from filelock import FileLock
 
-from feature_assets.assets.features import all_dbt_assets, dbt_model_key
+from feature_assets.assets.features import DbtAssets, dbt_assets_for, dbt_model_key
 from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
 from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
+from feature_assets.registry import load_registry
 from feature_assets.resources.warehouse import Warehouse
+from feature_assets.settings import dbt_manifest_path, dbt_project_dir
+
+# Settings.from_env() (the definitions, the CLI) resolves FEATURE_STORE_HOME: keep everything the suite writes out of
+# the tree.
+os.environ["FEATURE_STORE_HOME"] = tempfile.mkdtemp(prefix="featurestore-tests-")
+atexit.register(shutil.rmtree, os.environ["FEATURE_STORE_HOME"], ignore_errors=True)
+os.environ.pop("DAGSTER_HOME", None)
 
 POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -159,8 +163,14 @@ def warehouse(request) -> Warehouse:
     return request.getfixturevalue(f"{request.param}_warehouse")
 
 
+@cache
+def dbt_assets() -> DbtAssets:
+    """The dbt assets of the project the environment names, built once."""
+    return dbt_assets_for(load_registry(dbt_manifest_path()), dbt_manifest_path())
+
+
 def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable())
+    return DbtCliResource(project_dir=dbt_project(dbt_project_dir()), dbt_executable=_dbt_executable())
 
 
 def write_raw(warehouse: Warehouse, frames: dict[str, pd.DataFrame]) -> None:
@@ -180,7 +190,7 @@ def materialize(
         assets.append(demo_raw_data)
         ops["demo_raw_data"] = {"config": raw}
     if as_of is not None:
-        assets += all_dbt_assets
+        assets += dbt_assets()
         first, last = (str(as_of.get(name) or as_of["as_of_end"]) for name in ("as_of_start", "as_of_end"))
         ops["dbt_feature_views"] = {"config": {"as_of_start": first, "as_of_end": last}}
         tags = as_of_days_tags(datetime.fromisoformat(first), datetime.fromisoformat(last))
@@ -293,11 +303,10 @@ def online_store(request, tmp_path):
 def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult:
     from feature_assets.assets.models import model_assets
     from feature_assets.assets.training import training_set_assets
-    from feature_assets.registry import load_registry
     from feature_assets.resources.model_store import ModelStoreResource
     from feature_assets.serving import FolderModelStore
 
-    registry = load_registry(dbt_project.manifest_path)
+    registry = load_registry(dbt_manifest_path())
     training_sets, _ = training_set_assets(registry)
     result = dg.materialize(
         [*training_sets, *model_assets(registry)],
@@ -353,7 +362,6 @@ def monitored(trained, redis_client, tmp_path):
     """The trained warehouse with every view's latest snapshots synced to Redis, and the resources the skew
     report needs."""
     from feature_assets.online_sync import sync_online_store
-    from feature_assets.registry import load_registry
     from feature_assets.resources.model_store import ModelStoreResource
     from feature_assets.resources.online import OnlineStoreResource
     from feature_assets.resources.served_log import ServedLogResource
@@ -361,7 +369,7 @@ def monitored(trained, redis_client, tmp_path):
 
     warehouse, models_root = trained
     store = RedisOnlineStore(redis_client)
-    for view in load_registry(dbt_project.manifest_path).views.values():
+    for view in load_registry(dbt_manifest_path()).views.values():
         sync_online_store(warehouse, store, view, full_resync=True)
     resources = {
         "warehouse": warehouse,

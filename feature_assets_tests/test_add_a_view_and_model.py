@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from conftest import REDIS_URL
 
-from feature_assets.project import dbt_project
+from feature_assets.definitions import build_definitions
+from feature_assets.settings import Settings, dbt_project_dir
 
 VIEW_SQL = """\
 {{ config(unique_key='computed_at', incremental_strategy='delete+insert') }}
@@ -117,24 +119,13 @@ MODEL_YML = """
             user_features: [plan]
 """
 
-LIST_DEFINITIONS = """
-import json
-from feature_assets.definitions import defs
-graph = defs.resolve_asset_graph()
-print(json.dumps({
-    "assets": sorted(key.to_user_string() for key in defs.resolve_all_asset_keys()),
-    "checks": sorted(key.to_user_string() for key in graph.asset_check_keys),
-    "groups": {key.to_user_string(): graph.get(key).group_name for key in defs.resolve_all_asset_keys()},
-}))
-"""
-
 
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory):
     """A copy of the dbt project with the new view and model, parsed; and the environment that points at it."""
     root = tmp_path_factory.mktemp("extended")
     project = root / "dbt_features"
-    shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
+    shutil.copytree(dbt_project_dir(), project, ignore=shutil.ignore_patterns("target", "logs"))
     (project / "models/features/user_order_features.sql").write_text(VIEW_SQL)
     (project / "models/features/user_order_features.yml").write_text(VIEW_YML)
     with (project / "models/ml/models.yml").open("a") as models:
@@ -158,28 +149,26 @@ def _run(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_definitions_build_the_new_views_pipeline_and_the_new_models(extended):
-    listed = _run(extended, sys.executable, "-c", LIST_DEFINITIONS)
-    assert listed.returncode == 0, listed.stderr[-2000:]
-    found = json.loads(listed.stdout.strip().splitlines()[-1])
+    # In this process: the definitions are built from the settings' dbt project, read when asked.
+    defs = build_definitions(Settings.from_env(extended))
+    graph = defs.resolve_asset_graph()
+    assets = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     assert {
         "user_order_features",
         "user_order_features_online",
         "user_order_features_skew_report",
         "spend_training_set",
         "spend_model",
-    } <= set(found["assets"])
+    } <= assets
     assert {
         "user_order_features_online:parity",
         "user_order_features_skew_report:no_drift_error",
         "user_order_features_skew_report:no_drift_warning",
         "spend_training_set:no_leakage",
-    } <= set(found["checks"])
-    groups = found["groups"]
-    assert (groups["user_order_features"], groups["user_order_features_online"], groups["spend_model"]) == (
-        "features",
-        "serving",
-        "models",
-    )
+    } <= {key.to_user_string() for key in graph.asset_check_keys}
+    groups = {name: graph.get(dg.AssetKey(name)).group_name for name in ("user_order_features", "spend_model")}
+    assert groups == {"user_order_features": "features", "spend_model": "models"}
+    assert graph.get(dg.AssetKey("user_order_features_online")).group_name == "serving"
 
 
 def test_the_pipeline_materializes_the_new_view_and_model_on_duckdb_and_predicts_with_them(extended, redis_client):

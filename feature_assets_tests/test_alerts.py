@@ -12,14 +12,15 @@ from dagster._core.definitions.freshness import FreshnessState, FreshnessStateCh
 from feature_assets.alerts import NOT_CONFIGURED, alert_sensor
 from feature_assets.assets.monitoring import skew_report_assets
 from feature_assets.cli import shift_online_feature
+from feature_assets.definitions import build_definitions
 from feature_assets.errors import ConfigError
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.alert_channels import AlertChannels, alert_channels_from_env
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
+from feature_assets.settings import Settings, dbt_manifest_path
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 VIEW = REGISTRY.view("user_features")
 UI = "http://dagster.internal:3000"
 # A Slack incoming-webhook URL carries its token in the path: no error may quote it.
@@ -224,9 +225,10 @@ def test_a_failed_freshness_policy_is_sent_once_with_the_hours_since_the_last_ma
 
 
 def test_without_a_channel_the_sensor_is_defined_and_skips_saying_what_to_set(instance):
-    from feature_assets.definitions import defs
-
-    assert defs.resolve_sensor_def("alerts").default_status == dg.DefaultSensorStatus.RUNNING
+    assert (
+        build_definitions(Settings.from_env()).resolve_sensor_def("alerts").default_status
+        == dg.DefaultSensorStatus.RUNNING
+    )
     skip = Sensor(instance, alert_channels_from_env({})).tick()
     assert skip.skip_message == NOT_CONFIGURED
     assert "FEATURE_STORE_ALERT_WEBHOOK_URL" in NOT_CONFIGURED

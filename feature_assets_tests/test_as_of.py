@@ -64,10 +64,10 @@ def test_run_config_with_a_future_time_fails_naming_it(duckdb_warehouse, raw, as
 @pytest.mark.parametrize("hours", [{"as_of_end": 2}, {"as_of_start": 180 * 24, "as_of_end": 180 * 24}])
 def test_dbt_refuses_a_future_as_of_var(duckdb_warehouse, tmp_path, hours):
     from feature_assets.definitions import _dbt_executable
-    from feature_assets.project import dbt_project
+    from feature_assets.settings import dbt_project_dir
 
     variables = {name: hours_ahead(ahead) for name, ahead in hours.items()}
-    project = str(dbt_project.project_dir)
+    project = str(dbt_project_dir())
     compiled = subprocess.run(
         [
             _dbt_executable(),

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from feature_assets.cli import main
 from feature_assets.errors import DataError
 from feature_assets.online_sync import sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.serving import FolderModelStore, SqliteOnlineStore
-from feature_assets.serving.models import Predictor
+from feature_assets.serving.predictor import Predictor
+from feature_assets.settings import dbt_manifest_path
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 FEATURESTORE = Path(sys.executable).with_name("featurestore")
 
 
@@ -279,3 +279,10 @@ def test_an_empty_feature_store_home_is_refused_in_one_line_not_taken_for_the_cu
         capsys.readouterr().err
         == "featurestore: FEATURE_STORE_HOME is set but empty: name a folder, or unset it for .featurestore\n"
     )
+
+
+def test_the_cli_runs_where_os_has_no_sched_getaffinity(monkeypatch, capsys):
+    """macOS has no os.sched_getaffinity; the serve command's --workers default must not need it."""
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert main(["features"]) == 0
+    assert "user_features:" in capsys.readouterr().out

@@ -19,9 +19,9 @@ import pytest
 from conftest import materialize, write_raw
 
 from feature_assets.assets.training import training_set_assets
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.warehouse import Warehouse
+from feature_assets.settings import dbt_manifest_path
 
 # A fixed anchor in the past: these tests build features and labels but never sync them online, and their
 # edge rows name dates (a leap-day birthday, the 2026 DST change).
@@ -121,7 +121,7 @@ def builds(postgres_url, tmp_path_factory) -> Iterator[dict[str, dict[str, list[
             assert materialize(warehouse, raw=RAW).success, engine
             write_raw(warehouse, _users_without_a_country())
             assert materialize(warehouse, as_of=AS_OF).success, engine
-            training_sets, leakage_checks = training_set_assets(load_registry(dbt_project.manifest_path))
+            training_sets, leakage_checks = training_set_assets(load_registry(dbt_manifest_path()))
             built = dg.materialize(
                 [*training_sets, *leakage_checks],
                 resources={"warehouse": warehouse},

@@ -17,15 +17,14 @@ from feature_assets.assets.monitoring import served_models_asset
 from feature_assets.cli import main
 from feature_assets.errors import ConfigError, ModelStoreError
 from feature_assets.online_sync import sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.model_store import model_store_for
 from feature_assets.serving import FolderModelStore, PostgresModelStore, Predictor, SqliteOnlineStore, open_model_store
-from feature_assets.serving.models import feature_matrix
+from feature_assets.serving.predictor import feature_matrix
 from feature_assets.serving.reads import RECHECK_SECONDS
-from feature_assets.settings import Settings
+from feature_assets.settings import Settings, dbt_manifest_path
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 MODEL = "churn_model"
 
 

@@ -19,14 +19,14 @@ from feature_assets.assets.models import train
 from feature_assets.definitions import _dbt_executable
 from feature_assets.errors import DataError, FeatureStoreError
 from feature_assets.online_sync import sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import LABEL_ROW, load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FolderModelStore, RedisOnlineStore
-from feature_assets.serving.models import Predictor, SchemaMismatch, feature_matrix
+from feature_assets.serving.predictor import Predictor, SchemaMismatch, feature_matrix
+from feature_assets.settings import dbt_manifest_path, dbt_project_dir
 from feature_assets.training import build_table, point_in_time_sql
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 CHURN = REGISTRY.feature_set("churn_model")
 USERS, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
 
@@ -252,7 +252,7 @@ def test_a_new_feature_keeps_the_old_model_and_a_changed_dtype_is_refused(
     before = [Predictor(store, FolderModelStore(root)).predict_one("churn_model", user).score for user in users]
 
     project = tmp_path / "dbt_features"
-    shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
+    shutil.copytree(dbt_project_dir(), project, ignore=shutil.ignore_patterns("target", "logs"))
     sql, yml = project / "models/features/user_features.sql", project / "models/features/user_features.yml"
     _edit(
         sql,
@@ -492,7 +492,7 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
     time and all at once, and score the same."""
     from scipy import sparse
 
-    from feature_assets.serving.models import _fitted_steps
+    from feature_assets.serving.predictor import _fitted_steps
 
     warehouse, root = trained
     models = FolderModelStore(root)

@@ -8,11 +8,11 @@ from feature_assets.assets.monitoring import latest_report, report_table, served
 from feature_assets.assets.training import training_set_assets
 from feature_assets.cli import shift_online_feature
 from feature_assets.online_sync import iter_latest_snapshots
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.serving import FolderModelStore
+from feature_assets.settings import dbt_manifest_path
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
 REPORT_TABLE = report_table(VIEW)
 

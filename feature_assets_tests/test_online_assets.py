@@ -7,11 +7,10 @@ from types import SimpleNamespace
 
 import dagster as dg
 import pytest
-from conftest import ANCHOR, REDIS_URL, dbt_resource
+from conftest import ANCHOR, REDIS_URL, dbt_assets, dbt_resource
 
 from feature_assets import automation
 from feature_assets.as_of import format_hour
-from feature_assets.assets.features import all_dbt_assets, dbt_feature_views
 from feature_assets.assets.online import online_assets
 from feature_assets.assets.raw import demo_raw_data
 from feature_assets.automation import online_sync_sensor
@@ -19,16 +18,15 @@ from feature_assets.cli import main
 from feature_assets.definitions import build_definitions
 from feature_assets.errors import ConfigError
 from feature_assets.online_sync import sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, SqliteOnlineStore
-from feature_assets.settings import Settings
+from feature_assets.settings import Settings, dbt_manifest_path
 
 ONLINE = dg.AssetKey("user_features_online")
 FEATURES = dg.AssetKey("user_features")
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
 user_features_online, user_features_online_parity = online_assets(VIEW)
 country_features_online, country_features_online_parity = online_assets(COUNTRIES)
@@ -36,7 +34,7 @@ country_features_online, country_features_online_parity = online_assets(COUNTRIE
 
 def definitions(warehouse: Warehouse, online: OnlineStoreResource) -> dg.Definitions:
     return dg.Definitions(
-        assets=[demo_raw_data, *all_dbt_assets, user_features_online, country_features_online],
+        assets=[demo_raw_data, *dbt_assets(), user_features_online, country_features_online],
         asset_checks=[user_features_online_parity, country_features_online_parity],
         sensors=[online_sync_sensor([user_features_online, country_features_online])],
         resources={"warehouse": warehouse, "dbt": dbt_resource(), "online_store": online},
@@ -56,7 +54,7 @@ def built(tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     refresh = dg.materialize(
-        [demo_raw_data, *all_dbt_assets],
+        [demo_raw_data, *dbt_assets()],
         resources={"warehouse": warehouse, "dbt": dbt_resource()},
         run_config={
             "ops": {
@@ -89,7 +87,7 @@ def test_each_views_sync_is_requested_once_the_view_is_materialized_and_its_chec
 
 def test_the_sync_waits_while_a_blocking_check_of_user_features_has_failed(built):
     instance = dg.DagsterInstance.ephemeral()
-    blocking = [spec for spec in dbt_feature_views.check_specs if spec.asset_key == FEATURES and spec.blocking]
+    blocking = [spec for spec in dbt_assets().feature_views.check_specs if spec.asset_key == FEATURES and spec.blocking]
     assert blocking, "dbt tests of severity error are blocking checks"
     cursor = dg.evaluate_automation_conditions(defs=built.defs, instance=instance).cursor
 

@@ -13,13 +13,13 @@ from redis_servers import start_restartable_redis
 
 from feature_assets.errors import OnlineStoreError
 from feature_assets.online_sync import check_online_parity, sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord
 from feature_assets.serving.codec import PANDAS_DTYPES, view_schema
+from feature_assets.settings import dbt_manifest_path
 
-VIEW = load_registry(dbt_project.manifest_path).view("user_features")
+VIEW = load_registry(dbt_manifest_path()).view("user_features")
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
 # Two recent as-of times: snapshots older than the view's TTL are neither synced nor served.
 T2 = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)

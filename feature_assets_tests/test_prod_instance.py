@@ -86,9 +86,10 @@ def test_a_started_schedule_stays_started_across_instances(prod_instance_db):
     from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, ScheduleInstigatorData
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-    from feature_assets.definitions import defs
+    from feature_assets.definitions import build_definitions
+    from feature_assets.settings import Settings
 
-    schedule = defs.resolve_schedule_def("hourly_refresh")
+    schedule = build_definitions(Settings.from_env()).resolve_schedule_def("hourly_refresh")
     location = InProcessCodeLocationOrigin(
         LoadableTargetOrigin(module_name="feature_assets.definitions"), location_name="featurestore"
     )

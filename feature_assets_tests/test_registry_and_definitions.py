@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,14 +12,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from feature_assets.definitions import defs
+from feature_assets.definitions import build_definitions
 from feature_assets.errors import RegistryError
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
+from feature_assets.settings import Settings, dbt_manifest_path, dbt_project_dir
 
 
 def test_the_registry_lists_the_five_features_with_dtypes_and_ttl():
-    view = load_registry(dbt_project.manifest_path).view("user_features")
+    view = load_registry(dbt_manifest_path()).view("user_features")
     assert [(f.name, f.dtype) for f in view.features] == [
         ("age", "int64"),
         ("country", "string"),
@@ -31,7 +32,7 @@ def test_the_registry_lists_the_five_features_with_dtypes_and_ttl():
 
 
 def test_the_registry_declares_two_views_two_label_tables_and_a_churn_model_reading_both_views():
-    registry = load_registry(dbt_project.manifest_path)
+    registry = load_registry(dbt_manifest_path())
     countries = registry.view("country_features")
     assert (countries.entity, countries.entity_key, countries.key_data_type) == ("country", "country_code", "varchar")
     assert countries.refresh_interval == timedelta(hours=1) and countries.online_namespace == "country"
@@ -44,7 +45,7 @@ def test_the_registry_declares_two_views_two_label_tables_and_a_churn_model_read
     assert (churn.labels.name, churn.target, churn.training_set) == ("churn_labels", "churned", "churn_training_set")
 
 
-MANIFEST = json.loads(Path(dbt_project.manifest_path).read_text())
+MANIFEST = json.loads(Path(dbt_manifest_path()).read_text())
 
 
 def _edited(tmp_path: Path, edit) -> Path:
@@ -123,7 +124,7 @@ def test_an_inconsistent_declaration_is_refused_naming_what_to_fix(tmp_path, edi
 
 def test_a_feature_name_that_is_not_snake_case_is_refused_naming_it(tmp_path):
     project = tmp_path / "dbt_features"
-    shutil.copytree(dbt_project.project_dir, project, ignore=shutil.ignore_patterns("target", "logs"))
+    shutil.copytree(dbt_project_dir(), project, ignore=shutil.ignore_patterns("target", "logs"))
     yml = project / "models" / "features" / "user_features.yml"
     yml.write_text(yml.read_text().replace("- name: events_30d", "- name: Events30d"))
     dbt = Path(sys.executable).with_name("dbt")
@@ -133,7 +134,12 @@ def test_a_feature_name_that_is_not_snake_case_is_refused_naming_it(tmp_path):
         load_registry(project / "target" / "manifest.json")
 
 
-def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_freshness():
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return build_definitions(Settings.from_env())
+
+
+def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_freshness(defs):
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     assert {"raw_users", "raw_profile_changes", "raw_events", "raw_orders"} <= keys
     assert {"stg_app__users", "stg_app__profile_changes", "stg_app__events", "stg_app__orders", "user_features"} <= keys
@@ -159,7 +165,7 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     assert request.partition_key == "2026-03-31"
 
 
-def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check_in_words():
+def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check_in_words(defs):
     graph = defs.resolve_asset_graph()
     dbt_keys = [key for key in graph.get_all_asset_keys() if "dbt" in graph.get(key).kinds]
     assert dg.AssetKey("user_features") in dbt_keys
@@ -197,3 +203,29 @@ def test_a_bad_backfill_range_is_one_line_naming_it_not_dagsters_wrappers(
     assert code == 1
     # Refused before any run starts (test_cli covers a failure inside a run: its step and root cause, one line).
     assert capsys.readouterr().err == f"featurestore: {message}\n"
+
+
+def test_importing_the_definitions_reads_neither_the_environment_nor_a_manifest(tmp_path):
+    environment = {**os.environ, "FEATURE_STORE_DBT_PROJECT": str(tmp_path), "FEATURE_STORE_ENV": "no-such-env"}
+    code = "import feature_assets.definitions, feature_assets.assets.features, feature_assets.project"
+    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_definitions_build_in_this_process_from_a_copied_project_with_one_more_view(tmp_path):
+    project = tmp_path / "dbt_features"
+    shutil.copytree(dbt_project_dir(), project, ignore=shutil.ignore_patterns("target", "logs"))
+    features = project / "models" / "features"
+    (features / "user_features_copy.sql").write_text((features / "user_features.sql").read_text())
+    view = (features / "user_features.yml").read_text().split("\nunit_tests:")[0]  # unit test names are unique
+    (features / "user_features_copy.yml").write_text(
+        view.replace("- name: user_features\n", "- name: user_features_copy\n")
+    )
+    dbt = Path(sys.executable).with_name("dbt")
+    subprocess.run([dbt, "parse", "--quiet", "--profiles-dir", project], cwd=project, check=True)
+
+    environment = {"FEATURE_STORE_DBT_PROJECT": str(project), "FEATURE_STORE_HOME": str(tmp_path / "home")}
+    defs = build_definitions(Settings.from_env(environment))
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert {"user_features", "user_features_copy", "user_features_copy_online", "user_features_online"} <= keys
+    assert defs.resources["dbt"].project_dir == str(project)

@@ -10,14 +10,14 @@ from conftest import REDIS_URL, wait_until
 from redis_servers import start_restartable_redis
 
 from feature_assets.online_sync import sync_online_store
-from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
 from feature_assets.serving import FeatureReader, FolderModelStore, RedisOnlineStore
 from feature_assets.serving.codec import PANDAS_DTYPES
-from feature_assets.serving.models import Predictor
+from feature_assets.serving.predictor import Predictor
 from feature_assets.serving.served_log import RedisServedLog, SqliteServedLog
+from feature_assets.settings import dbt_manifest_path
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 VIEW = REGISTRY.view("user_features")
 MODEL = "ltv_model"  # reads user_features only; churn_model's two views are logged per view (test at the end)
 # Timing tests use the logistic churn model (a one-row prediction well under a millisecond; ltv's boosted trees

@@ -129,8 +129,9 @@ def online(home) -> Iterator[RedisOnlineStore]:
 
 @pytest.fixture(scope="module")
 def server(home, online, tmp_path_factory) -> Iterator[Server]:
-    """Two workers serving the online store, their metrics summed from files in a folder of the test's own."""
-    metrics = tmp_path_factory.mktemp("metrics")
+    """Two workers serving the online store, their metrics summed from files in a folder of the test's own (one
+    that does not exist yet: serve creates it)."""
+    metrics = tmp_path_factory.mktemp("metrics") / "not_yet"
     running = Server(home, REDIS_URL, workers=2, PROMETHEUS_MULTIPROC_DIR=str(metrics))
     yield running.wait_healthy()
     running.stop()
@@ -607,3 +608,13 @@ def test_serve_refuses_in_one_line(arguments, message):
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.startswith("featurestore: ") and done.stderr.count("\n") == 1
     assert message.format(taken=port) in done.stderr
+
+
+def test_serve_refuses_a_metrics_folder_it_cannot_create_in_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "a_file" / "metrics")}
+    command = [sys.executable, "-m", "feature_assets.cli", "serve"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=120)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("featurestore: PROMETHEUS_MULTIPROC_DIR ") and done.stderr.count("\n") == 1
+    assert "cannot be created: Not a directory" in done.stderr

@@ -120,10 +120,10 @@ def test_an_as_of_time_built_again_is_replaced_never_duplicated(builds):
 @pytest.mark.parametrize("view_name", ["user_features", "country_features"])
 def test_the_sync_reads_each_entitys_latest_snapshot_from_spark_in_bounded_batches(builds, view_name):
     from feature_assets.online_sync import iter_latest_snapshots
-    from feature_assets.project import dbt_project
     from feature_assets.registry import load_registry
+    from feature_assets.settings import dbt_manifest_path
 
-    view = load_registry(dbt_project.manifest_path).views[view_name]
+    view = load_registry(dbt_manifest_path()).views[view_name]
     until = ANCHOR - HOUR
     with builds["duckdb"].connect() as con:
         [expected] = list(iter_latest_snapshots(builds["duckdb"], con, view, until=until))
@@ -149,10 +149,10 @@ def test_the_sync_reads_each_entitys_latest_snapshot_from_spark_in_bounded_batch
 def test_spark_builds_the_same_training_sets_as_duckdb_and_their_leakage_checks_pass(builds):
     """The models' training sets over the views and labels each engine built: row for row the same, label_row too."""
     from feature_assets.assets.training import training_set_assets
-    from feature_assets.project import dbt_project
     from feature_assets.registry import LABEL_ROW, load_registry
+    from feature_assets.settings import dbt_manifest_path
 
-    registry = load_registry(dbt_project.manifest_path)
+    registry = load_registry(dbt_manifest_path())
     assets, checks = training_set_assets(registry)
     built = {}
     for engine in ("duckdb", "spark"):

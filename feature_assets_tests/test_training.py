@@ -11,11 +11,11 @@ from conftest import ANCHOR
 
 from feature_assets.errors import WarehouseError
 from feature_assets.leakage import check_leakage
-from feature_assets.project import dbt_project
 from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column
+from feature_assets.settings import dbt_manifest_path
 from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 
-REGISTRY = load_registry(dbt_project.manifest_path)
+REGISTRY = load_registry(dbt_manifest_path())
 CHURN = REGISTRY.feature_set("churn_model")
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 # The demo's two views, with TTLs of their own for this test: users 48 h, countries 10 h.

@@ -2,7 +2,7 @@
 a refresh launched from the UI succeeds and the automation carries it to the online store and the skew report, and
 after a scripted drift the skew report materialized from the UI fails its drift check, naming the feature.
 
-`make test-ui` runs it (`make test` leaves it out: it takes minutes). Chromium is Debian's (scripts/ensure-services
+`pytest -m ui` runs it alone; `pytest -m "not ui"` leaves its minutes out. Chromium is Debian's (scripts/ensure-services
 installs it); Playwright drives it headless. Each step leaves a screenshot under the test's tmp_path, and a failed
 step one of the page as it failed; the failure names that folder and dagster dev's log."""
 

@@ -270,9 +270,9 @@ def test_bad_raw_input_fails_the_build_naming_each_problem(raw_frames, duckdb_wa
 
 def _build_user_features(warehouse, variables: dict, tmp_path) -> None:
     from feature_assets.definitions import _dbt_executable
-    from feature_assets.project import dbt_project
+    from feature_assets.settings import dbt_project_dir
 
-    project = str(dbt_project.project_dir)
+    project = str(dbt_project_dir())
     subprocess.run(
         [
             _dbt_executable(),

@@ -1,15 +1,15 @@
 """The feature history: the dbt project's models as assets, with dbt tests as asset checks."""
 
 import json
-import os
 import re
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 from dagster_dbt import (
@@ -18,7 +18,6 @@ from dagster_dbt import (
     DbtCliResource,
     DbtProject,
     dbt_assets,
-    get_asset_key_for_model,
 )
 from dagster_dbt.asset_utils import default_description_fn
 from pydantic import Field
@@ -27,12 +26,22 @@ from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import AS_OF_DAYS, TICK, due_views, view_freshness
 from feature_assets.errors import ConfigError, DbtBuildError
-from feature_assets.project import dbt_project
-from feature_assets.registry import FeatureView, Registry, load_registry
+from feature_assets.registry import FeatureView, Registry
 from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
 
-__all__ = ["AsOfConfig", "FeatureTranslator", "all_dbt_assets", "dbt_feature_views", "dbt_model_key", "dbt_models"]
+__all__ = [
+    "FEATURE_VIEWS_OP",
+    "AsOfConfig",
+    "DbtAssets",
+    "FeatureTranslator",
+    "dbt_assets_for",
+    "dbt_model_key",
+    "with_environment",
+]
+
+# The op of the feature views' dbt assets: run config and schedules name it.
+FEATURE_VIEWS_OP = "dbt_feature_views"
 
 
 class FeatureTranslator(DagsterDbtTranslator):
@@ -43,6 +52,12 @@ class FeatureTranslator(DagsterDbtTranslator):
     def __init__(self, registry: Registry):
         super().__init__()
         self.registry = registry
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        # A model's key is its name, so assets built from the registry can depend on it without the dbt assets.
+        if dbt_resource_props["resource_type"] == "model":
+            return dbt_model_key(dbt_resource_props["name"])
+        return super().get_asset_key(dbt_resource_props)
 
     def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
         return default_description_fn(dbt_resource_props, display_raw_sql=False)
@@ -104,54 +119,68 @@ def test_description(test: Mapping[str, Any]) -> str:
     return f"dbt test: {words}" + ("; a failure blocks what reads this model" if blocking else "")
 
 
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """dbt reads its profile from the environment of the process it starts; set it only for that start."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+# dbt_executable for one build: dbt's profile reads the warehouse's settings (the PostgreSQL password among them) from
+# the environment, and dagster-dbt 0.29's DbtCliResource.cli starts dbt with a copy of this process's os.environ and
+# no way to add to it. Setting os.environ would hand the password to every thread and process started meanwhile; this
+# launcher, written into the build's private folder (mkdtemp: mode 0700), reads the settings from a file beside it
+# (mode 0600), deletes it, and replaces itself with dbt, so they reach dbt's environment only.
+_LAUNCHER = """#!{python}
+import json, os, sys
+settings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dbt_env.json")
+if sys.argv[1:] != ["--version"] and os.path.exists(settings):
+    with open(settings) as file:
+        os.environ.update(json.load(file))
+    os.remove(settings)
+os.execv({dbt!r}, [{dbt!r}, *sys.argv[1:]])
+"""
 
 
-_registry = load_registry(dbt_project.manifest_path)
-_translator = FeatureTranslator(_registry)
+def with_environment(dbt: DbtCliResource, env: Mapping[str, str], folder: Path) -> DbtCliResource:
+    """dbt as configured, started with env added to its own process's environment (see _LAUNCHER). folder must be
+    private to this build: the launcher and the settings file are written there."""
+    executable = shutil.which(dbt.dbt_executable) or dbt.dbt_executable
+    launcher = folder / "dbt"
+    launcher.write_text(_LAUNCHER.format(python=sys.executable, dbt=executable))
+    launcher.chmod(stat.S_IRWXU)
+    settings = folder / "dbt_env.json"
+    settings.touch(mode=stat.S_IRUSR | stat.S_IWUSR)
+    settings.write_text(json.dumps(dict(env)))
+    return DbtCliResource(
+        project_dir=dbt.project_dir,
+        global_config_flags=dbt.global_config_flags,
+        profiles_dir=dbt.profiles_dir,
+        profile=dbt.profile,
+        # Also read by the adapter dagster-dbt opens in this process, whose environment lacks the target's name.
+        target=dbt.target or env.get("FEATURE_STORE_DBT_TARGET"),
+        dbt_executable=str(launcher),
+        state_path=dbt.state_path,
+    )
 
 
 def _build(
-    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, as_of: Mapping[str, Any] | None
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: Warehouse,
+    registry: Registry,
+    as_of: Mapping[str, Any] | None,
 ) -> Iterator:
     """Builds and tests the selected dbt models (with the as-of times as dbt vars, for feature views), with each
     built table's row count."""
     target_path = Path(tempfile.mkdtemp(prefix="dbt-run-"))
     args = ["build", "--vars", json.dumps(as_of)] if as_of else ["build"]
-    with _environment(warehouse.dbt_env()):
-        invocation = dbt.cli(args, context=context, target_path=target_path, raise_on_error=False)
-    # Counted once dbt has exited: the embedded DuckDB file takes one writer at a time.
-    events = list(invocation.stream())
-    yield from _with_row_counts(events, invocation.manifest, warehouse, as_of)
+    try:
+        invocation = with_environment(dbt, warehouse.dbt_env(), target_path).cli(
+            args, context=context, target_path=target_path, raise_on_error=False
+        )
+        # Counted once dbt has exited: the embedded DuckDB file takes one writer at a time.
+        events = list(invocation.stream())
+    finally:
+        (target_path / "dbt_env.json").unlink(missing_ok=True)  # the launcher deletes it, unless dbt never started
+    yield from _with_row_counts(events, invocation.manifest, warehouse, registry, as_of)
     if not invocation.is_successful():
         raise DbtBuildError(_failure(invocation, target_path))
     # A failed build keeps its folder: the error names the dbt.log in it.
     shutil.rmtree(target_path, ignore_errors=True)
-
-
-# No project= here: it only adds code references, and its metadata shows as "[DbtProject] (unserializable)".
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    exclude=" ".join(_registry.views) or None,
-    name="dbt_models",
-    dagster_dbt_translator=_translator,
-    pool=WAREHOUSE_POOL,
-)
-def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
-    """Builds and tests the dbt models that are not feature views: staging views and label tables."""
-    yield from _build(context, dbt, warehouse, None)
 
 
 class AsOfConfig(dg.Config):
@@ -180,30 +209,58 @@ class AsOfConfig(dg.Config):
         return first, last
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    select=" ".join(_registry.views),
-    name="dbt_feature_views",
-    partitions_def=AS_OF_DAYS,
-    # A backfill over many days is one dbt run: one incremental insert of all their as-of times.
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    dagster_dbt_translator=_translator,
-    pool=WAREHOUSE_POOL,
-)
-def dbt_feature_views(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
-    """Appends the feature snapshots of the run's as-of days (all their hours of each view's cadence up to now, or
-    the configured ones) and tests them."""
-    first, last = config.hours(context.partition_time_window)
-    yield from _build(
-        context, dbt, warehouse, {"as_of_start": format_hour(first), "as_of_end": format_hour(last), "cadence_hours": 1}
+class DbtAssets(NamedTuple):
+    """The dbt project's models as two asset definitions: the feature views, partitioned by as-of day, and the rest
+    (staging views, label tables)."""
+
+    models: dg.AssetsDefinition
+    feature_views: dg.AssetsDefinition
+
+
+def dbt_assets_for(registry: Registry, manifest_path: Path) -> DbtAssets:
+    """The dbt assets of the manifest the registry was read from."""
+    translator = FeatureTranslator(registry)
+
+    # No project= here: it only adds code references, and its metadata shows as "[DbtProject] (unserializable)".
+    @dbt_assets(
+        manifest=manifest_path,
+        exclude=" ".join(registry.views) or None,
+        name="dbt_models",
+        dagster_dbt_translator=translator,
+        pool=WAREHOUSE_POOL,
     )
+    def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+        """Builds and tests the dbt models that are not feature views: staging views and label tables."""
+        yield from _build(context, dbt, warehouse, registry, None)
 
+    @dbt_assets(
+        manifest=manifest_path,
+        select=" ".join(registry.views),
+        name=FEATURE_VIEWS_OP,
+        partitions_def=AS_OF_DAYS,
+        # A backfill over many days is one dbt run: one incremental insert of all their as-of times.
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        dagster_dbt_translator=translator,
+        pool=WAREHOUSE_POOL,
+    )
+    def dbt_feature_views(
+        context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig
+    ):
+        """Appends the feature snapshots of the run's as-of days (all their hours of each view's cadence up to now,
+        or the configured ones) and tests them."""
+        first, last = config.hours(context.partition_time_window)
+        as_of = {"as_of_start": format_hour(first), "as_of_end": format_hour(last), "cadence_hours": 1}
+        yield from _build(context, dbt, warehouse, registry, as_of)
 
-all_dbt_assets = [dbt_models, dbt_feature_views]
+    return DbtAssets(dbt_models, dbt_feature_views)
 
 
 def _with_row_counts(
-    events: list, manifest: Mapping[str, Any], warehouse: Warehouse, as_of: Mapping[str, Any] | None
+    events: list,
+    manifest: Mapping[str, Any],
+    warehouse: Warehouse,
+    registry: Registry,
+    as_of: Mapping[str, Any] | None,
 ) -> Iterator:
     """Each built table's row count (dbt views are not counted: that would run their query). A feature view also
     gets how many snapshots it keeps and the newest one, and what became of the run's as-of times: built, or
@@ -229,7 +286,7 @@ def _with_row_counts(
             )
             # dagster/row_count is the key the UI shows as the row count and plots over materializations.
             metadata: dict[str, Any] = {"dagster/row_count": int(counts["row_count"].iloc[0])}
-            view = _registry.views.get(node["name"])
+            view = registry.views.get(node["name"])
             if view is not None and as_of is not None:
                 metadata.update(_snapshot_metadata(warehouse, con, view, as_of))
             yield event.with_metadata({**event.metadata, **metadata})
@@ -289,5 +346,5 @@ def _reason(message: str) -> str:
 
 
 def dbt_model_key(name: str) -> dg.AssetKey:
-    """The asset key of a dbt model of the project."""
-    return get_asset_key_for_model([dbt_feature_views if name in _registry.views else dbt_models], name)
+    """The asset key of a dbt model of the project: its name (FeatureTranslator.get_asset_key)."""
+    return dg.AssetKey(name)

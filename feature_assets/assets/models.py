@@ -18,7 +18,7 @@ from feature_assets.errors import DataError
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.warehouse import Warehouse
-from feature_assets.serving.models import ModelCard, feature_matrix
+from feature_assets.serving.predictor import ModelCard, feature_matrix
 
 __all__ = ["build_pipeline", "model_assets", "train"]
 

@@ -19,7 +19,7 @@ from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
 from feature_assets.resources.warehouse import Warehouse
-from feature_assets.serving.models import ModelStore
+from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, histogram_markdown, histogram_sparkline, skew_report
 

@@ -5,7 +5,6 @@ from feature_assets.serving.codec import EncodedBatch, encode_batch
 from feature_assets.serving.folder_model_store import FolderModelStore
 from feature_assets.serving.model_card import ModelCard
 from feature_assets.serving.model_store import ModelStore, open_model_store
-from feature_assets.serving.models import Prediction, Predictor, SchemaMismatch
 from feature_assets.serving.online_store import (
     OnlineStore,
     OnlineWriter,
@@ -14,6 +13,7 @@ from feature_assets.serving.online_store import (
     SyncRecord,
 )
 from feature_assets.serving.postgres_model_store import PostgresModelStore
+from feature_assets.serving.predictor import Prediction, Predictor, SchemaMismatch
 from feature_assets.serving.reads import FeatureReader
 from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
 

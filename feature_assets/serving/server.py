@@ -11,8 +11,9 @@ served-vector log from the environment (the settings the CLI uses), and reads th
 
 Every answer is JSON; a refusal is {"error": <what and why>, "cause": <one word>} with a 4xx or 503 status.
 Reads of the online store block: they run on the event loop while it answers, in threads after it failed (Lane),
-so a hung Redis answers each request 503 within the store's timeout. The served model version is looked up on
-every prediction, so a promotion takes effect at once, without a restart.
+so a hung Redis answers each request 503 within the store's timeout. The served model version is re-read about once a
+second (not on every prediction: that would be a model-store round trip each), so a promotion takes effect within
+about a second, without a restart.
 """
 
 import asyncio
@@ -51,8 +52,8 @@ from feature_assets.errors import (
 from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.serving import http_metrics
 from feature_assets.serving.http_requests import Refused, entities_of, feature_names, read_payload, view_ids
-from feature_assets.serving.models import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.online_store import OnlineStore
+from feature_assets.serving.predictor import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 from feature_assets.settings import Settings, dbt_manifest_path
@@ -414,8 +415,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     temporary = folder is None
     if temporary:
         folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="featurestore-metrics-")
-    else:
-        os.makedirs(folder, exist_ok=True)
+    else:  # created by the CLI before this module's metrics were
         for name in os.listdir(folder):
             if name.endswith(".db"):
                 os.remove(os.path.join(folder, name))

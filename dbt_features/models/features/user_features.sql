@@ -49,27 +49,8 @@ users_at as (
         and users.loaded_at <= as_of_times.computed_at
 ),
 
-profile_ranked as (
-    select
-        users_at.user_id,
-        users_at.computed_at,
-        profile_changes.country,
-        profile_changes.plan,
-        row_number() over (
-            partition by users_at.user_id, users_at.computed_at
-            order by profile_changes.changed_at desc, profile_changes.loaded_at desc
-        ) as recency
-    from users_at
-    inner join profile_changes
-        on profile_changes.user_id = users_at.user_id
-        and profile_changes.changed_at < users_at.computed_at
-        and profile_changes.loaded_at <= users_at.computed_at
-),
-
 profile_at as (
-    select user_id, computed_at, country, plan
-    from profile_ranked
-    where recency = 1
+    {{ profile_as_of('users_at', 'computed_at', 'profile_changes', ['country', 'plan']) }}
 ),
 
 events_30d as (

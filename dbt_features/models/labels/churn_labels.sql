@@ -37,30 +37,8 @@ outcomes as (
     group by labelled.user_id, labelled.label_time
 ),
 
-{#- The same bitemporal rule as user_features: changed strictly before label_time, loaded at or before it. #}
-profile_ranked as (
-    select
-        outcomes.user_id,
-        outcomes.label_time,
-        profile_changes.country,
-        row_number() over (
-            partition by outcomes.user_id, outcomes.label_time
-            order by profile_changes.changed_at desc, profile_changes.loaded_at desc
-        ) as recency
-    from outcomes
-    inner join profile_changes
-        on profile_changes.user_id = outcomes.user_id
-        and profile_changes.changed_at < outcomes.label_time
-        and profile_changes.loaded_at <= outcomes.label_time
-),
-
 country_at as (
-    select
-        profile_ranked.user_id,
-        profile_ranked.label_time,
-        profile_ranked.country
-    from profile_ranked
-    where profile_ranked.recency = 1
+    {{ profile_as_of('outcomes', 'label_time', 'profile_changes', ['country']) }}
 ),
 
 final as (

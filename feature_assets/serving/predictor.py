@@ -240,7 +240,8 @@ def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard)
             )
         if online_dtypes[name] != feature["dtype"]:
             raise SchemaMismatch(
-                f"{where} as {feature['dtype']}, but the online store holds it as {online_dtypes[name]}; retrain the model"
+                f"{where} as {feature['dtype']}, but the online store holds it as {online_dtypes[name]}; "
+                "retrain the model"
             )
         if online_definitions.get(name) != feature["definition_checksum"]:
             raise SchemaMismatch(
