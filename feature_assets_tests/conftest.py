@@ -54,8 +54,8 @@ NEEDS_OF_FIXTURES = {
     "e2e": {"trained", "trained_once", "monitored"},
 }
 NEEDS_OF_PARAMETERS = {"postgres": {"postgres"}, "redis": {"redis", "cluster", "tls"}, "spark": {"spark"}}
-# Calls that run dbt or a Dagster job in process.
-PIPELINE_CALLS = {"materialize", "train_models", "run_demo", "featurestore"}
+# Calls that run dbt (in process, or its executable) or a Dagster job.
+PIPELINE_CALLS = {"materialize", "train_models", "run_demo", "featurestore", "_dbt_executable"}
 MODULES_OF = {"test_spark": {"spark", "e2e"}, "test_ui": {"ui", "e2e"}, "test_add_a_view_and_model": {"e2e"}}
 
 
