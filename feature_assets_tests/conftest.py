@@ -26,7 +26,7 @@ from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
 from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
-from feature_assets.resources.warehouse import Warehouse
+from feature_assets.warehouses import DuckDBWarehouse, PostgresWarehouse, SparkWarehouse, Warehouse
 
 POSTGRES_URL = os.environ.get("FEATURE_STORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -56,14 +56,14 @@ def postgres_url() -> str:
 
 @pytest.fixture
 def duckdb_warehouse(tmp_path) -> Warehouse:
-    return Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"), schema_name="main")
+    return DuckDBWarehouse(str(tmp_path / "warehouse.duckdb"))
 
 
 @pytest.fixture
 def postgres_warehouse(postgres_url) -> Iterator[Warehouse]:
     """A warehouse in a schema of its own, dropped afterwards."""
     schema = f"fs_test_{uuid.uuid4().hex[:10]}"
-    yield Warehouse(kind="postgres", postgres_url=postgres_url, schema_name=schema)
+    yield PostgresWarehouse(postgres_url, schema)
     with psycopg.connect(postgres_url, autocommit=True) as con:
         con.execute(f"drop schema if exists {schema} cascade")
 
@@ -82,7 +82,7 @@ def spark_folder(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture
 def spark_warehouse(spark_folder) -> Iterator[Warehouse]:
     """A warehouse in a database of its own on the session's local Spark, dropped afterwards."""
-    warehouse = Warehouse(kind="spark", spark_folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    warehouse = SparkWarehouse(folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
     yield warehouse
     with warehouse.connect() as con:
         warehouse.execute(con, "use default")
@@ -241,7 +241,7 @@ def trained(tmp_path_factory):
     from datetime import timedelta
 
     folder = tmp_path_factory.mktemp("trained")
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
+    warehouse = DuckDBWarehouse(str(folder / "warehouse.duckdb"))
     start = ANCHOR - timedelta(days=299)
     result = materialize(
         warehouse,

@@ -149,7 +149,7 @@ def _build(
     dagster_dbt_translator=_translator,
     pool=WAREHOUSE_POOL,
 )
-def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: dg.ResourceParam[Warehouse]):
     """Builds and tests the dbt models that are not feature views: staging views and label tables."""
     yield from _build(context, dbt, warehouse, None)
 
@@ -190,7 +190,9 @@ class AsOfConfig(dg.Config):
     dagster_dbt_translator=_translator,
     pool=WAREHOUSE_POOL,
 )
-def dbt_feature_views(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig):
+def dbt_feature_views(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: dg.ResourceParam[Warehouse], config: AsOfConfig
+):
     """Appends the feature snapshots of the run's as-of days (all their hours of each view's cadence up to now, or
     the configured ones) and tests them."""
     first, last = config.hours(context.partition_time_window)
