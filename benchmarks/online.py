@@ -271,9 +271,7 @@ def main() -> int:
         postgres = None
         if args.postgres_url:
             print(f"... and {args.sync_users:,} users in PostgreSQL schema {schema}", flush=True)
-            postgres = fill(
-                PostgresWarehouse(args.postgres_url, schema), args.sync_users
-            )
+            postgres = fill(PostgresWarehouse(args.postgres_url, schema), args.sync_users)
         with big.connect() as con:
             latest = list(iter_latest_snapshots(big, con, VIEW))
         ttl = int(VIEW.online_ttl.total_seconds())
