@@ -206,7 +206,7 @@ def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path)
 
 def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypatch):
     """Appends go in slices (the server holds each one in memory): every row lands once, with its values."""
-    from feature_assets.resources import warehouse as warehouse_module
+    from feature_assets.warehouses import spark as warehouse_module
 
     monkeypatch.setattr(warehouse_module, "SPARK_APPEND_ROWS", 2)
     frame = pd.DataFrame(
