@@ -41,10 +41,10 @@ from redis_servers import start_cluster  # noqa: E402
 
 from feature_assets.online_sync import iter_latest_snapshots, sync_online_store  # noqa: E402
 from feature_assets.registry import load_registry  # noqa: E402
-from feature_assets.resources.warehouse import Warehouse  # noqa: E402
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, encode_batch  # noqa: E402
 from feature_assets.serving.redis_io import read  # noqa: E402
 from feature_assets.settings import dbt_manifest_path  # noqa: E402
+from feature_assets.warehouses import DuckDBWarehouse, PostgresWarehouse, Warehouse  # noqa: E402
 
 AS_OF = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
 VIEW = load_registry(dbt_manifest_path()).view("user_features")
@@ -266,14 +266,12 @@ def main() -> int:
             f"Preparing user_features, 2 snapshots per user: {args.users:,} and {args.sync_users:,} users (DuckDB)",
             flush=True,
         )
-        big = fill(Warehouse(kind="duckdb", duckdb_path=str(directory / "big.duckdb")), args.users)
-        duck = fill(Warehouse(kind="duckdb", duckdb_path=str(directory / "sync.duckdb")), args.sync_users)
+        big = fill(DuckDBWarehouse(str(directory / "big.duckdb")), args.users)
+        duck = fill(DuckDBWarehouse(str(directory / "sync.duckdb")), args.sync_users)
         postgres = None
         if args.postgres_url:
             print(f"... and {args.sync_users:,} users in PostgreSQL schema {schema}", flush=True)
-            postgres = fill(
-                Warehouse(kind="postgres", postgres_url=args.postgres_url, schema_name=schema), args.sync_users
-            )
+            postgres = fill(PostgresWarehouse(args.postgres_url, schema), args.sync_users)
         with big.connect() as con:
             latest = list(iter_latest_snapshots(big, con, VIEW))
         ttl = int(VIEW.online_ttl.total_seconds())

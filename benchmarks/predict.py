@@ -75,11 +75,11 @@ def build_served_model(
     from feature_assets.project import dbt_project
     from feature_assets.registry import load_registry
     from feature_assets.resources.model_store import ModelStoreResource
-    from feature_assets.resources.warehouse import Warehouse
     from feature_assets.settings import dbt_manifest_path, dbt_project_dir
+    from feature_assets.warehouses import DuckDBWarehouse
 
     registry = load_registry(dbt_manifest_path())
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(directory / "warehouse.duckdb"))
+    warehouse = DuckDBWarehouse(str(directory / "warehouse.duckdb"))
     start = ANCHOR - timedelta(days=days - 1)
     built = dg.materialize(
         [demo_raw_data, *dbt_assets_for(registry, dbt_manifest_path())],

@@ -54,9 +54,9 @@ import predict
 from feature_assets.errors import WarehouseError
 from feature_assets.local_spark import stop_local_spark
 from feature_assets.registry import LABEL_ROW, FeatureSet, LabelTable, ViewRead, load_registry, snapshot_column
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import dbt_manifest_path
 from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
+from feature_assets.warehouses import DuckDBWarehouse, PostgresWarehouse, SparkWarehouse, Warehouse
 
 REGISTRY = load_registry(dbt_manifest_path())
 USERS, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")
@@ -536,7 +536,7 @@ def training_build_times(
         methods = [("running-max timeline, PostgreSQL", "", "timeline", timeline_sql(case.at(n)))]
         if ours:
             methods.insert(
-                0, ("ours, PostgreSQL (LATERAL probes)", engine, "ours", point_in_time_sql("postgres", case.at(n)))
+                0, ("ours, PostgreSQL (LATERAL probes)", engine, "ours", point_in_time_sql(postgres, case.at(n)))
             )
         runs: dict[str, list[float]] = {method: [] for method, *_ in methods}
         for _ in range(args.repeats):
@@ -559,7 +559,7 @@ def training_build_times(
         for n, labels in case.labels.items():
             feature_set = case.at(n)
             print(f"\n{case.name}, {n:,} label rows (tables analyzed, not vacuumed)", flush=True)
-            sql, params = point_in_time_sql("duckdb", feature_set)
+            sql, params = point_in_time_sql(duckdb, feature_set)
             build(
                 case, n, "ours, DuckDB (ASOF JOIN + TTL)", "duckdb", duckdb, f"ours_{n}", sql, params
             ).agrees = "(reference)"
@@ -567,7 +567,7 @@ def training_build_times(
             print(f"    {describe(feature_set, reference, labels, histories)}", flush=True)
             on_postgres(case, n, "fresh", "postgres")
             if spark is not None:
-                sql, params = point_in_time_sql("spark", feature_set)
+                sql, params = point_in_time_sql(spark, feature_set)
                 build(case, n, "ours, Spark (running last() per entity)", "spark", spark, f"ours_{n}", sql, params)
 
             if single:
@@ -627,7 +627,7 @@ def training_build_times(
 
     # A table just written has no visibility map, so index-only scans still visit the heap: the state a training
     # run right after the feature build meets when nothing vacuums. The same queries once the tables are vacuumed:
-    with psycopg.connect(postgres.postgres_url, autocommit=True) as con:
+    with psycopg.connect(postgres.url, autocommit=True) as con:
         con.execute(f"set search_path to {postgres.schema_name}")
         for table in [
             *(view.name for view in (USERS, COUNTRIES)),
@@ -724,15 +724,11 @@ def main() -> int:
         flush=True,
     )
     schema = f"bench_training_{os.getpid()}"
-    postgres = Warehouse(kind="postgres", postgres_url=args.postgres_url, schema_name=schema)
+    postgres = PostgresWarehouse(args.postgres_url, schema)
     tables: dict[str, list[Row]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        duckdb = Warehouse(kind="duckdb", duckdb_path=str(Path(tmp) / "warehouse.duckdb"), schema_name="main")
-        spark = (
-            None
-            if args.skip_spark
-            else Warehouse(kind="spark", spark_folder=str(Path(tmp) / "spark"), schema_name="bench")
-        )
+        duckdb = DuckDBWarehouse(str(Path(tmp) / "warehouse.duckdb"))
+        spark = None if args.skip_spark else SparkWarehouse(folder=str(Path(tmp) / "spark"), schema_name="bench")
         try:
             for warehouse in (duckdb, postgres, *([spark] if spark else [])):
                 started = time.perf_counter()
@@ -754,7 +750,7 @@ def main() -> int:
             with postgres.connect() as con:
                 postgres.execute(con, f"drop schema if exists {schema} cascade")
             if spark is not None:
-                stop_local_spark(Path(spark.spark_folder))
+                stop_local_spark(Path(spark.folder))
 
     print(
         f"\nuser_features: {len(users):,} history rows, {args.users:,} users; country_features: {len(countries):,} "

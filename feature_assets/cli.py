@@ -104,10 +104,10 @@ def _registry():
 
 
 def _warehouse(settings: Settings):
-    """The warehouse outside a run: initializing the resource resolves its EnvVar fields (the prod PostgreSQL URL)."""
-    from feature_assets.definitions import warehouse_for
+    """The warehouse outside a run, its URL read from the environment."""
+    from feature_assets.backends import open_warehouse
 
-    return warehouse_for(settings).process_config_and_initialize()
+    return open_warehouse(settings)
 
 
 def _build_snapshots(
@@ -256,8 +256,8 @@ def _train(settings: Settings) -> bool:
 
 
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
+    from feature_assets.backends import open_model_store, open_online_store, open_served_log
     from feature_assets.serving.predictor import Predictor
-    from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 
     with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:
         predictor = Predictor(store, models, served_log=log)
@@ -354,8 +354,8 @@ def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> Non
 
 def _print_online_next_to_offline(settings: Settings) -> dict[str, object]:
     """Per view, its first entity of the latest snapshot, offline and online side by side; returns those ids."""
+    from feature_assets.backends import open_online_store
     from feature_assets.serving import FeatureReader
-    from feature_assets.serving.stores import open_online_store
 
     shown = {}
     with open_online_store(settings) as store:
@@ -390,9 +390,9 @@ def _json_value(value: object) -> object:
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.backends import open_online_store
     from feature_assets.serving import FeatureReader
     from feature_assets.serving.codec import parse_entity_id
-    from feature_assets.serving.stores import open_online_store
 
     view = _registry().view(args.view)
     entity_id = parse_entity_id(args.entity_id, view.key_data_type, view.entity_key)
@@ -477,7 +477,7 @@ def shift_online_feature(warehouse, store, view, feature: str, share: float) -> 
 
 
 def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
-    from feature_assets.serving.stores import open_online_store
+    from feature_assets.backends import open_online_store
 
     registry = _registry()
     if args.view:

@@ -21,26 +21,10 @@ from feature_assets.resources.alert_channels import alert_channels_from_env
 from feature_assets.resources.model_store import model_store_for
 from feature_assets.resources.online import online_store_for
 from feature_assets.resources.served_log import served_log_for
-from feature_assets.resources.warehouse import Warehouse
+from feature_assets.resources.warehouse import warehouse_for
 from feature_assets.settings import Settings
 
 __all__ = ["build_definitions", "defs", "warehouse_for"]
-
-
-def warehouse_for(settings: Settings) -> Warehouse:
-    if settings.warehouse == "duckdb":
-        return Warehouse(kind="duckdb", duckdb_path=str(settings.duckdb_path), schema_name="main")
-    if settings.warehouse == "spark":
-        return Warehouse(
-            kind="spark",
-            spark_remote=dg.EnvVar("FEATURE_STORE_SPARK_REMOTE") if settings.spark_remote else "",
-            spark_folder=str(settings.spark_folder),
-            spark_dbt_method=settings.spark_dbt_method,
-            schema_name=settings.spark_schema,
-        )
-    return Warehouse(
-        kind="postgres", postgres_url=dg.EnvVar("FEATURE_STORE_POSTGRES_URL"), schema_name=settings.postgres_schema
-    )
 
 
 def _dbt_executable() -> str:

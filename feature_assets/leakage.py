@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from feature_assets.registry import LABEL_ROW, FeatureSet, ViewRead, snapshot_column
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
+from feature_assets.warehouses.base import Warehouse
 
 __all__ = ["LeakageReport", "check_leakage"]
 
@@ -91,9 +91,10 @@ def check_leakage(
             view, entity = read.view, _python(row[read.key])
             expected = None
             for snapshot in history[view.name].get(entity, []):
-                if t - view.online_ttl <= snapshot[view.timestamp] < t:
-                    if expected is None or snapshot[view.timestamp] > expected[view.timestamp]:
-                        expected = snapshot
+                if t - view.online_ttl <= snapshot[view.timestamp] < t and (
+                    expected is None or snapshot[view.timestamp] > expected[view.timestamp]
+                ):
+                    expected = snapshot
             matched = _python(row[snapshot_column(view)])
             for feature in read.features:
                 value = _python(row[feature.name])
@@ -101,9 +102,15 @@ def check_leakage(
                 if matched is not None and matched >= t:
                     why = f"taken from the snapshot of {matched}, computed at or after the label time"
                 elif matched is not None and expected is None:
-                    why = f"taken from the snapshot of {matched}, although no {view.name} snapshot lies in [label time - TTL, label time)"
+                    why = (
+                        f"taken from the snapshot of {matched}, although no {view.name} snapshot lies in "
+                        "[label time - TTL, label time)"
+                    )
                 elif expected is not None and matched != expected[view.timestamp]:
-                    why = f"taken from the snapshot of {matched}, not the latest one before the label time ({expected[view.timestamp]})"
+                    why = (
+                        f"taken from the snapshot of {matched}, not the latest one before the label time "
+                        f"({expected[view.timestamp]})"
+                    )
                 elif expected is None and value is not None:
                     why = "a value although the row matched no snapshot"
                 elif not _same(value, reference):

@@ -3,12 +3,11 @@
 The store holds, per entity, its latest snapshot computed within the view's TTL (the rule training applies):
 older ones are neither written nor served, and snapshots dated after the current time are ignored.
 
-The sync reads in bounded batches (DuckDB chunks, a PostgreSQL server-side cursor, Spark partitions of a staged
-table read through Arrow), encodes each batch
-column by column and streams it to the store, so memory does not grow with the table. It is incremental:
-only entities whose latest snapshot is newer than the watermark of the last completed sync are written.
-The watermark is recorded only after the last batch is stored: a sync that dies midway records nothing, and
-the next run rewrites everything after the old watermark.
+The sync reads in bounded batches (Warehouse.read_batches: DuckDB chunks, a PostgreSQL server-side cursor, Spark
+partitions of a staged table read through Arrow), encodes each batch column by column and streams it to the store,
+so memory does not grow with the table. It is incremental: only entities whose latest snapshot is newer than the
+watermark of the last completed sync are written. The watermark is recorded only after the last batch is stored:
+a sync that dies midway records nothing, and the next run rewrites everything after the old watermark.
 
 A full sync rewrites every entity and deletes those the warehouse no longer has a snapshot for (a deleted
 user, once its history is rebuilt). It happens on request, when the store holds no completed sync (first
@@ -21,7 +20,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,6 +32,7 @@ from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, encode_entity_id, view_schema
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.reads import MISSING, FeatureReader
+from feature_assets.warehouses.base import Warehouse
 
 __all__ = [
     "BUILD_LOG",
@@ -47,7 +46,6 @@ __all__ = [
 DEFAULT_BATCH_ROWS = 20_000
 # Written by the dbt macro log_feature_build: one row per view, as-of time and build.
 BUILD_LOG = "featurestore_builds"
-_DUCKDB_VECTOR = 2048
 
 
 @dataclass(frozen=True)
@@ -76,27 +74,16 @@ def _latest_sql(view: FeatureView, after: bool, until: bool, sample: bool) -> st
     # Portable SQL (DuckDB and PostgreSQL): no QUALIFY, no DISTINCT ON.
     sql = (
         f"select {columns} from ("
-        f"select {columns}, row_number() over (partition by {view.entity_key} order by {view.timestamp} desc) as recency "
+        f"select {columns}, "
+        f"row_number() over (partition by {view.entity_key} order by {view.timestamp} desc) as recency "
         f"from {_within(view, after, until)}"
         f") as ranked where recency = 1"
     )
     return sql + " order by random() limit ?" if sample else sql
 
 
-def _typed(view: FeatureView, columns: list[str], rows: list[tuple]) -> pd.DataFrame:
-    """Rows of a PostgreSQL cursor as a frame with the registry's dtypes (ints with nulls stay ints)."""
-    values = list(zip(*rows))
-    dtypes = {view.timestamp: TIMESTAMP, **{f.name: f.dtype for f in view.features}}
-    return pd.DataFrame(
-        {
-            name: pd.array(column, dtype=PANDAS_DTYPES[dtypes[name]]) if name in dtypes else pd.array(column)
-            for name, column in zip(columns, values)
-        }
-    )
-
-
 def iter_latest_snapshots(
-    warehouse: Any,
+    warehouse: Warehouse,
     con: Any,
     view: FeatureView,
     *,
@@ -106,98 +93,53 @@ def iter_latest_snapshots(
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> Iterator[pd.DataFrame]:
     """Each entity's latest snapshot in (after, until], for the entities that have one there, in frames of about
-    batch_rows rows."""
+    batch_rows rows, typed as the registry declares."""
     sql = _latest_sql(view, after is not None, until is not None, sample is not None)
     params = [value for value in (after, until, sample) if value is not None]
+    dtypes = {view.timestamp: PANDAS_DTYPES[TIMESTAMP], **{f.name: PANDAS_DTYPES[f.dtype] for f in view.features}}
+
+    def count_entities() -> int:
+        within = _within(view, after is not None, until is not None)
+        counting = f"select count(distinct {view.entity_key}) as n from {within}"
+        return int(warehouse.fetch(con, counting, params)["n"].iat[0])
+
     # The next batch is read in a thread while the caller works on the last: the warehouse waits on the network or
-    # works in C with the GIL released. One read at a time, and the pool's exit (before the cursor's) waits for the
+    # works in C with the GIL released. One read at a time, and the pool's exit (before the batches') waits for the
     # one under way, so the connection is never used by two threads at once, even when the caller stops early.
-    with ExitStack() as stack:
-        if warehouse.kind == "spark":
-            within = _within(view, after is not None, until is not None)
-            entities = 0 if sample is not None else _count_entities(warehouse, con, view, within, params)
-            batches = stack.enter_context(_spark_batches(warehouse, con, view, sql, params, entities, batch_rows))
-
-            def fetch() -> pd.DataFrame | None:
-                return next(batches, None)
-
-        elif warehouse.kind == "duckdb":
-            con.execute(sql, params)
-            vectors = max(1, batch_rows // _DUCKDB_VECTOR)
-
-            def fetch() -> pd.DataFrame | None:
-                frame = con.fetch_df_chunk(vectors)
-                return None if frame.empty else frame
-
-        else:
-            cursor = stack.enter_context(con.cursor(name=f"latest_{view.name}_{random.getrandbits(32):08x}"))
-            cursor.execute(sql.replace("?", "%s"), params)
-            columns = [view.entity_key, view.timestamp, *view.feature_names]
-
-            def fetch() -> pd.DataFrame | None:
-                rows = cursor.fetchmany(batch_rows)
-                return _typed(view, columns, rows) if rows else None
-
-        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="warehouse-read"))
-        pending = pool.submit(fetch)
+    with (
+        warehouse.read_batches(
+            con,
+            sql,
+            params,
+            name=f"featurestore_sync_{view.name}_{random.getrandbits(32):08x}",
+            columns=[view.entity_key, view.timestamp, *view.feature_names],
+            dtypes=dtypes,
+            batch_rows=batch_rows,
+            count_rows=None if sample is not None else count_entities,
+        ) as batches,
+        ThreadPoolExecutor(1, thread_name_prefix="warehouse-read") as pool,
+    ):
+        pending = pool.submit(next, batches, None)
         while (frame := pending.result()) is not None:
-            pending = pool.submit(fetch)
+            pending = pool.submit(next, batches, None)
             yield frame
 
 
-def _count_entities(warehouse: Any, con: Any, view: FeatureView, within: str, params: list) -> int:
-    return int(warehouse.fetch(con, f"select count(distinct {view.entity_key}) as n from {within}", params)["n"].iat[0])
-
-
-@contextmanager
-def _spark_batches(
-    warehouse: Any, con: Any, view: FeatureView, sql: str, params: list, entities: int, batch_rows: int
-) -> Iterator[Iterator[pd.DataFrame]]:
-    """The query's rows (one per entity) in about batch_rows-row frames. Spark has no cursor: when the entities
-    outnumber a batch, the rows are staged in a table partitioned by a hash of the entity key, and each partition
-    is one frame, read alone (partition pruning) through Arrow. The staged table is dropped at exit."""
-    parts = -(-entities // batch_rows)
-    if parts <= 1:
-        yield iter([_registry_typed(view, warehouse.fetch(con, sql, params))])
-        return
-    staged = f"featurestore_sync_{view.name}_{random.getrandbits(32):08x}"
-    try:
-        warehouse.execute(
-            con,
-            f"create table {staged} using parquet partitioned by (sync_part) as "
-            f"select *, pmod(xxhash64({view.entity_key}), {parts}) as sync_part from ({sql}) as latest",
-            params,
-        )
-        columns = ", ".join([view.entity_key, view.timestamp, *view.feature_names])
-        yield (
-            _registry_typed(view, warehouse.fetch(con, f"select {columns} from {staged} where sync_part = {part}"))
-            for part in range(parts)
-        )
-    finally:
-        warehouse.execute(con, f"drop table if exists {staged}")
-
-
-def _registry_typed(view: FeatureView, frame: pd.DataFrame) -> pd.DataFrame:
-    """A frame with the registry's dtypes, as the PostgreSQL path gives (Arrow widens an int with nulls to float)."""
-    dtypes = {view.timestamp: TIMESTAMP, **{f.name: f.dtype for f in view.features}}
-    return frame.astype({name: PANDAS_DTYPES[dtype] for name, dtype in dtypes.items()})
-
-
-def _newest_snapshot(warehouse: Any, con: Any, view: FeatureView, now: datetime) -> datetime | None:
+def _newest_snapshot(warehouse: Warehouse, con: Any, view: FeatureView, now: datetime) -> datetime | None:
     """The newest as-of time up to now: a snapshot dated in the future is never synced nor a watermark."""
     if not warehouse.table_exists(con, view.name):
         raise DataError(f"the warehouse has no table {view.name} yet; materialize it before syncing")
     return _moment(warehouse, con, f"select max({view.timestamp}) from {view.name} where {view.timestamp} <= ?", [now])
 
 
-def _newest_build(warehouse: Any, con: Any, view: FeatureView) -> datetime | None:
+def _newest_build(warehouse: Warehouse, con: Any, view: FeatureView) -> datetime | None:
     """When dbt last built an as-of time of the view (None before the first logged build)."""
     if not warehouse.table_exists(con, BUILD_LOG):
         return None
     return _moment(warehouse, con, f"select max(built_at) from {BUILD_LOG} where view_name = ?", [view.name])
 
 
-def _rebuilt_since(warehouse: Any, con: Any, view: FeatureView, record: SyncRecord) -> datetime | None:
+def _rebuilt_since(warehouse: Warehouse, con: Any, view: FeatureView, record: SyncRecord) -> datetime | None:
     """The earliest as-of time the last sync covered (at or before its watermark) that dbt rebuilt after it."""
     if record.built_through is None or record.watermark is None or not warehouse.table_exists(con, BUILD_LOG):
         return None
@@ -209,7 +151,7 @@ def _rebuilt_since(warehouse: Any, con: Any, view: FeatureView, record: SyncReco
     )
 
 
-def _moment(warehouse: Any, con: Any, sql: str, params: list) -> datetime | None:
+def _moment(warehouse: Warehouse, con: Any, sql: str, params: list) -> datetime | None:
     """The one time a query selects, or None when it selects null (an empty table)."""
     value = warehouse.fetch(con, sql, params).iat[0, 0]
     return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime()
@@ -223,7 +165,7 @@ def _in_background(function: Callable, *args: Any) -> Future:
 
 
 def sync_online_store(
-    warehouse: Any,
+    warehouse: Warehouse,
     store: OnlineStore,
     view: FeatureView,
     *,
@@ -318,7 +260,7 @@ def _display(value: Any) -> Any:
 
 
 def check_online_parity(
-    warehouse: Any,
+    warehouse: Warehouse,
     store: OnlineStore,
     view: FeatureView,
     *,

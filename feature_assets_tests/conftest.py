@@ -15,7 +15,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-
 import dagster as dg
 import pandas as pd
 import psycopg
@@ -29,8 +28,8 @@ from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
 from feature_assets.registry import load_registry
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import dbt_manifest_path, dbt_project_dir
+from feature_assets.warehouses import DuckDBWarehouse, PostgresWarehouse, SparkWarehouse, Warehouse
 
 # Settings.from_env() (the definitions, the CLI) resolves FEATURE_STORE_HOME: keep everything the suite writes out of
 # the tree.
@@ -125,14 +124,14 @@ def postgres_url() -> str:
 
 @pytest.fixture
 def duckdb_warehouse(tmp_path) -> Warehouse:
-    return Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"), schema_name="main")
+    return DuckDBWarehouse(str(tmp_path / "warehouse.duckdb"))
 
 
 @pytest.fixture
 def postgres_warehouse(postgres_url) -> Iterator[Warehouse]:
     """A warehouse in a schema of its own, dropped afterwards."""
     schema = f"fs_test_{uuid.uuid4().hex[:10]}"
-    yield Warehouse(kind="postgres", postgres_url=postgres_url, schema_name=schema)
+    yield PostgresWarehouse(postgres_url, schema)
     with psycopg.connect(postgres_url, autocommit=True) as con:
         con.execute(f"drop schema if exists {schema} cascade")
 
@@ -151,7 +150,7 @@ def spark_folder(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture
 def spark_warehouse(spark_folder) -> Iterator[Warehouse]:
     """A warehouse in a database of its own on the session's local Spark, dropped afterwards."""
-    warehouse = Warehouse(kind="spark", spark_folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    warehouse = SparkWarehouse(folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
     yield warehouse
     with warehouse.connect() as con:
         warehouse.execute(con, "use default")
@@ -334,7 +333,7 @@ def trained_once(tmp_path_factory, worker_id) -> Path:
         if not (folder / "built").exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            warehouse = Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb"))
+            warehouse = DuckDBWarehouse(str(folder / "warehouse.duckdb"))
             start = ANCHOR - timedelta(days=299)
             result = materialize(
                 warehouse,
@@ -354,7 +353,7 @@ def trained(trained_once, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     shutil.copy(trained_once / "warehouse.duckdb", folder / "warehouse.duckdb")
     shutil.copytree(trained_once / "models", folder / "models")
-    return Warehouse(kind="duckdb", duckdb_path=str(folder / "warehouse.duckdb")), folder / "models"
+    return DuckDBWarehouse(str(folder / "warehouse.duckdb")), folder / "models"
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from conftest import materialize, write_raw
 
 from feature_assets.assets.training import training_set_assets
 from feature_assets.registry import load_registry
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import dbt_manifest_path
+from feature_assets.warehouses import DuckDBWarehouse, PostgresWarehouse, Warehouse
 
 # A fixed anchor in the past: these tests build features and labels but never sync them online, and their
 # edge rows name dates (a leap-day birthday, the 2026 DST change).
@@ -112,8 +112,8 @@ def builds(postgres_url, tmp_path_factory) -> Iterator[dict[str, dict[str, list[
     training sets are built as Dagster builds them, on PostgreSQL through the index each view's dbt build creates."""
     schema = f"fs_test_{uuid.uuid4().hex[:10]}"
     warehouses = {
-        "duckdb": Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("labels") / "warehouse.duckdb")),
-        "postgres": Warehouse(kind="postgres", postgres_url=postgres_url, schema_name=schema),
+        "duckdb": DuckDBWarehouse(str(tmp_path_factory.mktemp("labels") / "warehouse.duckdb")),
+        "postgres": PostgresWarehouse(postgres_url, schema),
     }
     try:
         read = {}
@@ -337,7 +337,7 @@ def test_labels_once_taken_do_not_change_when_later_rows_arrive(tmp_path):
     rows, are as honest as the oldest. The late user's event and order fall just inside the outcome windows
     that end on the day of the newest event loaded by the first anchor, a week ago (as-of times after the
     current hour are refused)."""
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    warehouse = DuckDBWarehouse(str(tmp_path / "warehouse.duckdb"))
     first = ANCHOR - WEEK
     early, late = _late_user_rows(first, first - DAY - (LATE_USER % 168) * HOUR - HOUR)
     taken = []

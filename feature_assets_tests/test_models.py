@@ -20,11 +20,11 @@ from feature_assets.definitions import _dbt_executable
 from feature_assets.errors import DataError, FeatureStoreError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import LABEL_ROW, load_registry
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FolderModelStore, RedisOnlineStore
 from feature_assets.serving.predictor import Predictor, SchemaMismatch, feature_matrix
 from feature_assets.settings import dbt_manifest_path, dbt_project_dir
 from feature_assets.training import build_table, point_in_time_sql
+from feature_assets.warehouses import DuckDBWarehouse, Warehouse
 
 REGISTRY = load_registry(dbt_manifest_path())
 CHURN = REGISTRY.feature_set("churn_model")
@@ -40,8 +40,8 @@ def sync_views(warehouse: Warehouse, store) -> None:
 def warehouse_copy(trained, tmp_path) -> Warehouse:
     """A private copy of the trained warehouse, for tests that rebuild features."""
     warehouse, _ = trained
-    shutil.copyfile(warehouse.duckdb_path, tmp_path / "warehouse.duckdb")
-    return Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    shutil.copyfile(warehouse.path, tmp_path / "warehouse.duckdb")
+    return DuckDBWarehouse(str(tmp_path / "warehouse.duckdb"))
 
 
 def _latest_users(warehouse: Warehouse, count: int) -> list[int]:
@@ -209,7 +209,7 @@ def test_training_row_and_online_prediction_see_the_same_feature_vector(trained,
             [ANCHOR],
         )
         skew = replace(CHURN, labels=replace(CHURN.labels, name="skew_labels"))
-        build_table(warehouse, con, "skew_training_set", *point_in_time_sql("duckdb", skew))
+        build_table(warehouse, con, "skew_training_set", *point_in_time_sql(warehouse, skew))
         rows = warehouse.fetch(con, "select * from skew_training_set order by user_id")
     card, pipeline = FolderModelStore(root).load("churn_model")
     offline = feature_matrix({name: rows[name].tolist() for name in card.feature_names}, card.features)

@@ -20,9 +20,9 @@ from feature_assets.errors import ConfigError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import load_registry
 from feature_assets.resources.online import OnlineStoreResource
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, SqliteOnlineStore
 from feature_assets.settings import Settings, dbt_manifest_path
+from feature_assets.warehouses import DuckDBWarehouse, Warehouse
 
 ONLINE = dg.AssetKey("user_features_online")
 FEATURES = dg.AssetKey("user_features")
@@ -48,7 +48,7 @@ def built(tmp_path_factory):
     # Today, when the fixture runs (not ANCHOR, from when the suite started: it may have started before midnight):
     # the sync waits for the newest as-of day.
     today = datetime.fromisoformat(automation.AS_OF_DAYS.get_last_partition_key())
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(home / "warehouse.duckdb"), schema_name="main")
+    warehouse = DuckDBWarehouse(str(home / "warehouse.duckdb"))
     sqlite = OnlineStoreResource(kind="sqlite", sqlite_path=str(home / "online.sqlite"))
     defs = definitions(warehouse, sqlite)
     instance = dg.DagsterInstance.ephemeral()

@@ -14,10 +14,10 @@ from redis_servers import start_restartable_redis
 from feature_assets.errors import OnlineStoreError
 from feature_assets.online_sync import check_online_parity, sync_online_store
 from feature_assets.registry import load_registry
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving import FeatureReader, RedisOnlineStore, SqliteOnlineStore, SyncRecord
 from feature_assets.serving.codec import PANDAS_DTYPES, view_schema
 from feature_assets.settings import dbt_manifest_path
+from feature_assets.warehouses import PostgresWarehouse, Warehouse
 
 VIEW = load_registry(dbt_manifest_path()).view("user_features")
 DEFINITIONS = tuple((f.name, f.definition_checksum) for f in VIEW.features)
@@ -211,11 +211,7 @@ def test_a_sync_whose_warehouse_connection_dies_keeps_old_values_and_the_next_sy
     postgres_warehouse, postgres_url, redis_client
 ):
     application = f"fs_online_{uuid.uuid4().hex[:8]}"
-    warehouse = Warehouse(
-        kind="postgres",
-        postgres_url=f"{postgres_url}?application_name={application}",
-        schema_name=postgres_warehouse.schema_name,
-    )
+    warehouse = PostgresWarehouse(f"{postgres_url}?application_name={application}", postgres_warehouse.schema_name)
     users = np.arange(1, 10_001)
     append(warehouse, snapshot(users, T1, 0))
     store = RedisOnlineStore(redis_client)

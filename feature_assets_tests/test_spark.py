@@ -23,7 +23,7 @@ from test_label_and_country_models import TABLES, _assert_same_rows, _records, _
 
 from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.local_spark import local_spark_url
-from feature_assets.resources.warehouse import Warehouse
+from feature_assets.warehouses import DuckDBWarehouse, SparkWarehouse, Warehouse
 
 ANCHOR = datetime(2026, 3, 31)
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
@@ -56,8 +56,8 @@ def _read(warehouse: Warehouse) -> dict[str, list[dict[str, Any]]]:
 def builds(tmp_path_factory, spark_folder) -> Iterator[dict[str, Any]]:
     """One build per engine from the same raw rows (generated on DuckDB, copied to Spark), and the compared tables
     as built; the local Spark starts while DuckDB builds."""
-    duckdb = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb"))
-    spark = Warehouse(kind="spark", spark_folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
+    duckdb = DuckDBWarehouse(str(tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb"))
+    spark = SparkWarehouse(folder=spark_folder, schema_name=f"fs_test_{uuid.uuid4().hex[:10]}")
     with ThreadPoolExecutor(1) as pool:
         started = pool.submit(local_spark_url, Path(spark_folder))
         assert materialize(duckdb, raw=RAW).success
@@ -179,20 +179,20 @@ def test_spark_builds_the_same_training_sets_as_duckdb_and_their_leakage_checks_
 
 
 def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path):
-    from feature_assets.definitions import warehouse_for
+    from feature_assets.backends import open_warehouse
     from feature_assets.errors import ConfigError
     from feature_assets.settings import Settings
 
     local = {"FEATURE_STORE_HOME": str(tmp_path), "FEATURE_STORE_WAREHOUSE": "spark"}
-    warehouse = warehouse_for(Settings.from_env(local))
-    assert (warehouse.kind, warehouse.spark_folder, warehouse.schema_name) == (
+    warehouse = open_warehouse(Settings.from_env(local))
+    assert (warehouse.kind, warehouse.folder, warehouse.schema_name) == (
         "spark",
         str(tmp_path / "spark"),
         "featurestore",
     )
-    session = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n").dbt_env()
+    session = SparkWarehouse(remote="sc://spark:15002/;token=t0k3n").dbt_env()
     assert (session["FEATURE_STORE_DBT_TARGET"], session["SPARK_REMOTE"]) == ("spark", "sc://spark:15002/;token=t0k3n")
-    thrift = Warehouse(kind="spark", spark_remote="sc://spark:15002/;token=t0k3n", spark_dbt_method="thrift").dbt_env()
+    thrift = SparkWarehouse(remote="sc://spark:15002/;token=t0k3n", dbt_method="thrift").dbt_env()
     assert thrift["FEATURE_STORE_DBT_TARGET"] == "spark_thrift" and "t0k3n" not in str(thrift)
     prod = {**local, "FEATURE_STORE_ENV": "prod", "FEATURE_STORE_MODEL_STORE_URL": "postgresql://u@h/m"}
     with pytest.raises(ConfigError, match="needs FEATURE_STORE_SPARK_REMOTE"):
@@ -206,7 +206,7 @@ def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path)
 
 def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypatch):
     """Appends go in slices (the server holds each one in memory): every row lands once, with its values."""
-    from feature_assets.resources import warehouse as warehouse_module
+    from feature_assets.warehouses import spark as warehouse_module
 
     monkeypatch.setattr(warehouse_module, "SPARK_APPEND_ROWS", 2)
     frame = pd.DataFrame(

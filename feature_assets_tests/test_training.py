@@ -168,7 +168,7 @@ def test_a_two_view_training_set_matches_the_row_by_row_reference_on_every_edge_
     users, countries, labels, expected = generated
     with warehouse.connect() as con:
         _load(warehouse, con, users, countries, labels)
-        sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
+        sql, params = point_in_time_sql(warehouse, FEATURE_SET)
         assert build_table(warehouse, con, "test_training_set", sql, params) == len(labels)  # duplicates survive
         first = warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}")
         build_table(warehouse, con, "test_training_set", sql, params)
@@ -199,7 +199,7 @@ def test_duckdb_postgres_and_spark_give_identical_two_view_training_sets(
     for warehouse in (duckdb_warehouse, postgres_warehouse, spark_warehouse):
         with warehouse.connect() as con:
             _load(warehouse, con, users, countries, labels)
-            sql, params = point_in_time_sql(warehouse.kind, FEATURE_SET)
+            sql, params = point_in_time_sql(warehouse, FEATURE_SET)
             build_table(warehouse, con, "test_training_set", sql, params)
             built.append(warehouse.fetch(con, f"select * from test_training_set order by {LABEL_ROW}"))
     for other in built[1:]:
@@ -274,7 +274,7 @@ def test_leakage_check_fails_on_a_training_set_that_sees_the_snapshot_at_label_t
             "order by 1, 3 limit 50",
         )
         exact = replace(CHURN, labels=replace(CHURN.labels, name="exact_labels"))
-        sql, params = point_in_time_sql("duckdb", exact)
+        sql, params = point_in_time_sql(demo_warehouse, exact)
         leaky_sql = sql.replace("labels.label_time > snapshot.computed_at", "labels.label_time >= snapshot.computed_at")
         assert leaky_sql != sql
         build_table(demo_warehouse, con, "leaky_training_set", leaky_sql, params)

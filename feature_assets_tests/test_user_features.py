@@ -18,7 +18,7 @@ from reference_features import reference_features
 from feature_assets.as_of import current_hour
 from feature_assets.assets.raw import RAW_COLUMNS
 from feature_assets.demo_data import DemoDataSpec, generate
-from feature_assets.resources.warehouse import Warehouse
+from feature_assets.warehouses import DuckDBWarehouse, PostgresWarehouse, Warehouse
 
 # A fixed anchor in the past: these tests build features and labels but never sync them online, and their
 # edge rows name dates (a leap-day birthday, the 2026 DST change).
@@ -89,7 +89,7 @@ def raw_frames() -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def duckdb_build(raw_frames, tmp_path_factory):
-    warehouse = Warehouse(kind="duckdb", duckdb_path=str(tmp_path_factory.mktemp("pit") / "w.duckdb"))
+    warehouse = DuckDBWarehouse(str(tmp_path_factory.mktemp("pit") / "w.duckdb"))
     write_raw(warehouse, raw_frames)
     result = materialize(warehouse, as_of=AS_OF)
     assert result.success
@@ -190,7 +190,7 @@ def new_york_postgres(postgres_url) -> Iterator[Warehouse]:
         con.execute(f"alter role {role} set timezone = 'America/New_York'")
         con.execute(f"grant create on database {database} to {role}")
     try:
-        yield Warehouse(kind="postgres", postgres_url=make_conninfo(postgres_url, user=role), schema_name=schema)
+        yield PostgresWarehouse(make_conninfo(postgres_url, user=role), schema)
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as con:
             con.execute(f"drop schema if exists {schema} cascade")
@@ -204,9 +204,7 @@ def test_timestamptz_raw_columns_on_a_server_in_another_time_zone_give_the_same_
     """Production raw tables often hold timestamptz, and a server's default zone is rarely UTC; New York's
     clocks moved on 2026-03-08, inside the history. The raw rows are written as the instants they are."""
     warehouse = new_york_postgres
-    writer = warehouse.model_copy(
-        update={"postgres_url": make_conninfo(warehouse.postgres_url, options="-c timezone=UTC")}
-    )
+    writer = PostgresWarehouse(make_conninfo(warehouse.url, options="-c timezone=UTC"), warehouse.schema_name)
     with writer.connect() as con:
         for table, columns in RAW_COLUMNS.items():
             types = {column: "timestamptz" if kind == "timestamp" else kind for column, kind in columns.items()}
@@ -215,7 +213,7 @@ def test_timestamptz_raw_columns_on_a_server_in_another_time_zone_give_the_same_
     assert materialize(warehouse, as_of=AS_OF).success
     _assert_same_features(read_features(warehouse), duckdb_features)
     # The staging views convert explicitly: read in a session of the server's zone, they still give UTC.
-    with psycopg.connect(warehouse.postgres_url) as con:
+    with psycopg.connect(warehouse.url) as con:
         assert con.execute("show timezone").fetchone()[0] == "America/New_York"
         staged = con.execute(f"select event_id, created_at from {warehouse.schema_name}.stg_app__events").fetchall()
     events = raw_frames["raw_events"]
@@ -224,8 +222,8 @@ def test_timestamptz_raw_columns_on_a_server_in_another_time_zone_give_the_same_
 
 def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frames, tmp_path):
     hours = [ANCHOR - timedelta(hours=h) for h in (2, 1, 0)]
-    backfilled = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "backfill.duckdb"))
-    hourly = Warehouse(kind="duckdb", duckdb_path=str(tmp_path / "hourly.duckdb"))
+    backfilled = DuckDBWarehouse(str(tmp_path / "backfill.duckdb"))
+    hourly = DuckDBWarehouse(str(tmp_path / "hourly.duckdb"))
     for warehouse in (backfilled, hourly):
         write_raw(warehouse, raw_frames)
     window = {"as_of_start": str(hours[0]), "as_of_end": str(hours[-1])}

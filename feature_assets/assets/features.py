@@ -27,8 +27,8 @@ from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import AS_OF_DAYS, TICK, due_views, view_freshness
 from feature_assets.errors import ConfigError, DbtBuildError
 from feature_assets.registry import FeatureView, Registry
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.settings import validate_identifier
+from feature_assets.warehouses import Warehouse
 
 __all__ = [
     "FEATURE_VIEWS_OP",
@@ -229,7 +229,7 @@ def dbt_assets_for(registry: Registry, manifest_path: Path) -> DbtAssets:
         dagster_dbt_translator=translator,
         pool=WAREHOUSE_POOL,
     )
-    def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+    def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: dg.ResourceParam[Warehouse]):
         """Builds and tests the dbt models that are not feature views: staging views and label tables."""
         yield from _build(context, dbt, warehouse, registry, None)
 
@@ -244,7 +244,10 @@ def dbt_assets_for(registry: Registry, manifest_path: Path) -> DbtAssets:
         pool=WAREHOUSE_POOL,
     )
     def dbt_feature_views(
-        context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, config: AsOfConfig
+        context: dg.AssetExecutionContext,
+        dbt: DbtCliResource,
+        warehouse: dg.ResourceParam[Warehouse],
+        config: AsOfConfig,
     ):
         """Appends the feature snapshots of the run's as-of days (all their hours of each view's cadence up to now,
         or the configured ones) and tests them."""

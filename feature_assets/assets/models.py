@@ -17,8 +17,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from feature_assets.errors import DataError
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving.predictor import ModelCard, feature_matrix
+from feature_assets.warehouses import Warehouse
 
 __all__ = ["build_pipeline", "model_assets", "train"]
 
@@ -111,7 +111,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
             "It learns from the rows that matched a snapshot of every view it reads, as serving scores only those."
         ),
     )
-    def model(warehouse: Warehouse, model_store: ModelStoreResource) -> dg.MaterializeResult:
+    def model(warehouse: dg.ResourceParam[Warehouse], model_store: ModelStoreResource) -> dg.MaterializeResult:
         rows = warehouse.query(f"select * from {table} order by {LABEL_ROW}")
         complete = np.logical_and.reduce([rows[snapshot_column(view)].notna().to_numpy() for view in feature_set.views])
         frame = rows[complete]

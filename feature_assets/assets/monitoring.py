@@ -18,10 +18,10 @@ from feature_assets.registry import FeatureView, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, histogram_markdown, histogram_sparkline, skew_report
+from feature_assets.warehouses import Warehouse
 
 __all__ = [
     "SkewReportConfig",
@@ -205,7 +205,7 @@ def skew_report_assets(
     )
     def report_asset(
         config: SkewReportConfig,
-        warehouse: Warehouse,
+        warehouse: dg.ResourceParam[Warehouse],
         online_store: OnlineStoreResource,
         served_log: ServedLogResource,
     ) -> dg.MaterializeResult:
@@ -261,14 +261,14 @@ def skew_report_assets(
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(asset=report_asset, name="no_drift_error")
-    def no_drift_error(warehouse: Warehouse) -> dg.AssetCheckResult:
+    def no_drift_error(warehouse: dg.ResourceParam[Warehouse]) -> dg.AssetCheckResult:
         """ERROR when a feature's PSI or null-rate change crosses its error threshold; served_models then holds the
         newly trained models back (it reads the same report), so the previous versions keep serving."""
         with warehouse.connect() as con:
             return _check_result(latest_report(warehouse, con, view), ("error",), dg.AssetCheckSeverity.ERROR)
 
     @dg.asset_check(asset=report_asset, name="no_drift_warning")
-    def no_drift_warning(warehouse: Warehouse) -> dg.AssetCheckResult:
+    def no_drift_warning(warehouse: dg.ResourceParam[Warehouse]) -> dg.AssetCheckResult:
         """WARN when a feature's mean shift or PSI crosses its warning threshold."""
         with warehouse.connect() as con:
             return _check_result(latest_report(warehouse, con, view), ("warn", "error"), dg.AssetCheckSeverity.WARN)
@@ -293,7 +293,9 @@ def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinit
     views = registry.read_views
 
     @dg.asset(deps=[*models, *report_assets], group_name="models", kinds={"python"}, output_required=False)
-    def served_models(context: dg.AssetExecutionContext, warehouse: Warehouse, model_store: ModelStoreResource):
+    def served_models(
+        context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Warehouse], model_store: ModelStoreResource
+    ):
         """Each model's newest trained version becomes the one predict serves, unless a skew report grades a drift
         error: then nothing is promoted (the asset is skipped, not failed) and an observation says why and which
         versions keep serving."""

@@ -12,7 +12,7 @@ from feature_assets.automation import ONLINE_SYNC_AUTOMATION, view_freshness
 from feature_assets.online_sync import DEFAULT_BATCH_ROWS, check_online_parity, sync_online_store
 from feature_assets.registry import FeatureView
 from feature_assets.resources.online import OnlineStoreResource
-from feature_assets.resources.warehouse import Warehouse
+from feature_assets.warehouses import Warehouse
 
 __all__ = ["OnlineSyncConfig", "ParityConfig", "online_asset_name", "online_assets"]
 
@@ -54,7 +54,7 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
     def online_snapshot(
         context: dg.AssetExecutionContext,
         config: OnlineSyncConfig,
-        warehouse: Warehouse,
+        warehouse: dg.ResourceParam[Warehouse],
         online_store: OnlineStoreResource,
     ) -> dg.MaterializeResult:
         with online_store.open() as store:
@@ -85,7 +85,9 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
             )
 
     @dg.asset_check(asset=online_snapshot, name="parity", blocking=True, pool=WAREHOUSE_POOL)
-    def parity(config: ParityConfig, warehouse: Warehouse, online_store: OnlineStoreResource) -> dg.AssetCheckResult:
+    def parity(
+        config: ParityConfig, warehouse: dg.ResourceParam[Warehouse], online_store: OnlineStoreResource
+    ) -> dg.AssetCheckResult:
         """Online values equal the offline latest snapshot exactly, after typed decoding (all entities or a sample),
         and the store holds no entity the warehouse lacks. A failure names the entities and asks for a full sync,
         which the automation runs at once (the repair)."""

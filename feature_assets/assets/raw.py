@@ -7,7 +7,7 @@ from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.demo_data import RAW_TABLES, DemoDataSpec, generate
-from feature_assets.resources.warehouse import Warehouse
+from feature_assets.warehouses import Warehouse
 
 __all__ = ["RAW_COLUMNS", "WAREHOUSE_POOL", "DemoDataConfig", "demo_raw_data", "external_raw_tables"]
 
@@ -73,7 +73,7 @@ class DemoDataConfig(dg.Config):
     ],
     pool=WAREHOUSE_POOL,
 )
-def demo_raw_data(context: dg.AssetExecutionContext, config: DemoDataConfig, warehouse: Warehouse):
+def demo_raw_data(context: dg.AssetExecutionContext, config: DemoDataConfig, warehouse: dg.ResourceParam[Warehouse]):
     """Appends the demo rows that arrived (by loaded_at) since the last run, up to the anchor hour.
 
     The data is a pure function of the spec and time, so running hourly continues one history.

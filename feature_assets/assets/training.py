@@ -11,8 +11,8 @@ from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.leakage import check_leakage
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
-from feature_assets.resources.warehouse import Warehouse
 from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
+from feature_assets.warehouses import Warehouse
 
 __all__ = ["LeakageCheckConfig", "training_set_assets"]
 
@@ -40,8 +40,8 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
             "TTL."
         ),
     )
-    def training_set(warehouse: Warehouse) -> dg.MaterializeResult:
-        sql, params = point_in_time_sql(warehouse.kind, feature_set)
+    def training_set(warehouse: dg.ResourceParam[Warehouse]) -> dg.MaterializeResult:
+        sql, params = point_in_time_sql(warehouse, feature_set)
         started = time.perf_counter()
         matched = ", ".join(f"count({snapshot_column(view)}) as {view.name}" for view in feature_set.views)
         complete = " and ".join(f"{snapshot_column(view)} is not null" for view in feature_set.views)
@@ -64,7 +64,7 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         )
 
     @dg.asset_check(asset=training_set, name="no_leakage", blocking=True, pool=WAREHOUSE_POOL)
-    def no_leakage(config: LeakageCheckConfig, warehouse: Warehouse) -> dg.AssetCheckResult:
+    def no_leakage(config: LeakageCheckConfig, warehouse: dg.ResourceParam[Warehouse]) -> dg.AssetCheckResult:
         """Sampled rows recomputed row by row: every feature of every view comes from that view's latest snapshot
         strictly before the label time and within its TTL, or is null when there is none."""
         report = check_leakage(warehouse, feature_set, table, sample=config.sample, seed=config.seed)

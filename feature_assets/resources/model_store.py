@@ -6,9 +6,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from feature_assets.serving.folder_model_store import FolderModelStore
+from feature_assets.backends import make_model_store, model_store_choice
 from feature_assets.serving.model_store import ModelStore
-from feature_assets.serving.postgres_model_store import PostgresModelStore
 from feature_assets.settings import Settings
 
 __all__ = ["ModelStoreResource", "model_store_for"]
@@ -22,17 +21,14 @@ class ModelStoreResource(dg.ConfigurableResource):
 
     def store(self) -> ModelStore:
         """A store to use in a `with` block, which closes its connection."""
-        if self.kind == "postgres":
-            return PostgresModelStore(self.postgres_url, self.schema_name)
-        return FolderModelStore(self.root)
+        return make_model_store(self.kind, self.postgres_url, path=self.root, schema_name=self.schema_name)
 
 
 def model_store_for(settings: Settings) -> ModelStoreResource:
-    """The store serving/model_store.open_model_store opens outside Dagster, the URL passed as an EnvVar."""
-    if settings.model_store_url_variable:
+    """The store feature_assets.backends.open_model_store opens outside Dagster, the URL passed as an EnvVar."""
+    choice = model_store_choice(settings)
+    if choice.url_variable:
         return ModelStoreResource(
-            kind="postgres",
-            postgres_url=dg.EnvVar(settings.model_store_url_variable),
-            schema_name=settings.postgres_schema,
+            kind=choice.kind, postgres_url=dg.EnvVar(choice.url_variable), schema_name=choice.options["schema_name"]
         )
-    return ModelStoreResource(root=str(settings.models_path))
+    return ModelStoreResource(kind=choice.kind, root=choice.options["path"])

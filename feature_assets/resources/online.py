@@ -7,15 +7,15 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from feature_assets.errors import ConfigError
-from feature_assets.serving.online_store import OnlineStore, RedisOnlineStore, SqliteOnlineStore
+from feature_assets.backends import make_online_store, online_store_choice
+from feature_assets.serving.online_store import OnlineStore
 from feature_assets.settings import Settings
 
 __all__ = ["OnlineStoreResource", "online_store_for"]
 
 
 class OnlineStoreResource(dg.ConfigurableResource):
-    """Builds a store per use and closes it afterwards, like the warehouse: no connection outlives a step."""
+    """Builds a store per use and closes it afterwards: no connection outlives a step."""
 
     kind: Literal["redis", "sqlite"]
     redis_url: str = Field(
@@ -24,13 +24,7 @@ class OnlineStoreResource(dg.ConfigurableResource):
     sqlite_path: str = Field(default="", description="SQLite file (kind=sqlite).")
 
     def build(self) -> OnlineStore:
-        if self.kind == "redis":
-            if not self.redis_url:
-                raise ConfigError("the redis online store needs a URL (FEATURE_STORE_REDIS_URL)")
-            return RedisOnlineStore.from_url(self.redis_url)
-        if not self.sqlite_path:
-            raise ConfigError("the sqlite online store needs a file path")
-        return SqliteOnlineStore(self.sqlite_path)
+        return make_online_store(self.kind, self.redis_url, path=self.sqlite_path)
 
     @contextmanager
     def open(self) -> Iterator[OnlineStore]:
@@ -42,6 +36,7 @@ class OnlineStoreResource(dg.ConfigurableResource):
 
 
 def online_store_for(settings: Settings) -> OnlineStoreResource:
-    if settings.online == "redis":
-        return OnlineStoreResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
-    return OnlineStoreResource(kind="sqlite", sqlite_path=str(settings.online_sqlite_path))
+    choice = online_store_choice(settings)
+    if choice.url_variable:
+        return OnlineStoreResource(kind=choice.kind, redis_url=dg.EnvVar(choice.url_variable))
+    return OnlineStoreResource(kind=choice.kind, sqlite_path=choice.options["path"])

@@ -7,8 +7,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from feature_assets.errors import ConfigError
-from feature_assets.serving.served_log import RedisServedLog, ServedLog, SqliteServedLog
+from feature_assets.backends import make_served_log, served_log_choice
+from feature_assets.serving.served_log import ServedLog
 from feature_assets.settings import Settings
 
 __all__ = ["ServedLogResource", "served_log_for"]
@@ -25,12 +25,7 @@ class ServedLogResource(dg.ConfigurableResource):
 
     @contextmanager
     def open(self) -> Iterator[ServedLog]:
-        if self.kind == "redis":
-            if not self.redis_url:
-                raise ConfigError("the redis served log needs a URL (FEATURE_STORE_REDIS_URL)")
-            log: ServedLog = RedisServedLog(self.redis_url)
-        else:
-            log = SqliteServedLog(self.sqlite_path)
+        log = make_served_log(self.kind, self.redis_url, path=self.sqlite_path)
         try:
             yield log
         finally:
@@ -38,6 +33,7 @@ class ServedLogResource(dg.ConfigurableResource):
 
 
 def served_log_for(settings: Settings) -> ServedLogResource:
-    if settings.online == "redis":
-        return ServedLogResource(kind="redis", redis_url=dg.EnvVar("FEATURE_STORE_REDIS_URL"))
-    return ServedLogResource(kind="sqlite", sqlite_path=str(settings.served_log_path))
+    choice = served_log_choice(settings)
+    if choice.url_variable:
+        return ServedLogResource(kind=choice.kind, redis_url=dg.EnvVar(choice.url_variable))
+    return ServedLogResource(kind=choice.kind, sqlite_path=choice.options["path"])

@@ -1,18 +1,15 @@
 """The model store: each model's versions (a card and a fitted pipeline) and the pointer to the version `predict`
 serves. Two implementations honour one contract (feature_assets_tests/test_model_store.py runs against each):
 folders under FEATURE_STORE_HOME/models (local default), and PostgreSQL, which every server host and training run
-sees alike (prod). `open_model_store` picks one from the settings."""
+sees alike (prod). feature_assets.backends.open_model_store picks one from the settings."""
 
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import Any
 
 from feature_assets.errors import ModelStoreError
 from feature_assets.serving.model_card import ModelCard
-from feature_assets.settings import Settings
 
-__all__ = ["ModelStore", "open_model_store"]
+__all__ = ["ModelStore"]
 
 
 class ModelStore(ABC):
@@ -66,16 +63,3 @@ class ModelStore(ABC):
         return ModelStoreError(
             f"model {model!r} already has a version {version!r} in {self.describe()}; versions never change"
         )
-
-
-def open_model_store(settings: Settings, environ: Mapping[str, str] = os.environ) -> ModelStore:
-    """The model store the settings choose: PostgreSQL at the URL in the variable settings.model_store_url_variable
-    names (FEATURE_STORE_MODEL_STORE_URL, or in prod by default the warehouse's FEATURE_STORE_POSTGRES_URL), in the
-    schema FEATURE_STORE_POSTGRES_SCHEMA; else the folders under FEATURE_STORE_HOME/models."""
-    # Imported here: both implementations build on this module's interface.
-    from feature_assets.serving.folder_model_store import FolderModelStore
-    from feature_assets.serving.postgres_model_store import PostgresModelStore
-
-    if settings.model_store_url_variable:
-        return PostgresModelStore(environ.get(settings.model_store_url_variable, ""), settings.postgres_schema)
-    return FolderModelStore(settings.models_path)

@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from feature_assets.backends import open_model_store, open_online_store, open_served_log
 from feature_assets.errors import (
     ConfigError,
     DataError,
@@ -55,7 +56,6 @@ from feature_assets.serving.http_requests import Refused, entities_of, feature_n
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.predictor import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.reads import MISSING, FeatureReader
-from feature_assets.serving.stores import open_model_store, open_online_store, open_served_log
 from feature_assets.settings import Settings, dbt_manifest_path
 
 __all__ = ["create_app", "serve"]
@@ -429,7 +429,8 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         server_header=False,
     )
     print(
-        f"featurestore serve: http://{host}:{sock.getsockname()[1]} with {workers} worker(s), online store {settings.online}",
+        f"featurestore serve: http://{host}:{sock.getsockname()[1]} with {workers} worker(s), "
+        f"online store {settings.online}",
         flush=True,
     )
     try:

@@ -4,7 +4,7 @@ The skew report compares these with the training distribution. Logging must neve
 so the caller only appends to a bounded in-memory queue (a full queue drops the vector and counts it); a
 daemon thread encodes and writes the queue in batches, catches every write error, counts it and carries on.
 
-Where the vectors go (each bounded, oldest dropped first):
+Where the vectors go (each bounded, oldest dropped first; one module each):
     RedisServedLog    a stream per view, featurestore:served:<view>, XADD with MAXLEN ~ max_length (Redis trims
                       whole stream nodes, so the length may exceed the bound by up to one node, 100 entries);
                       fields: <entity key> (JSON), features (a JSON object), model, version (absent for plain
@@ -20,7 +20,6 @@ version, served_at), oldest first.
 import json
 import math
 import random
-import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -28,18 +27,14 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-import redis
 
 from feature_assets.errors import ConfigError, FeatureStoreError
-from feature_assets.serving import redis_io
-from feature_assets.serving.redis_io import bulk
 
-__all__ = ["RedisServedLog", "ServedLog", "ServedLogError", "ServedLogStats", "SqliteServedLog"]
+__all__ = ["GIL_CHUNK", "Record", "ServedLog", "ServedLogError", "ServedLogStats", "records_frame"]
 
 
 class ServedLogError(FeatureStoreError):
@@ -126,7 +121,7 @@ def _decoded_column(values: list[Any]) -> Any:
     return pd.array(values, dtype=object)
 
 
-def _records_frame(records: Sequence[tuple[str, str, str | None, str | None, str]]) -> pd.DataFrame:
+def records_frame(records: Sequence[tuple[str, str, str | None, str | None, str]]) -> pd.DataFrame:
     """(entity key, entity id JSON, features JSON, model, version, served_at ISO) rows -> the frame `read` returns."""
     if not records:
         return pd.DataFrame({"model": pd.array([], dtype="string"), "version": pd.array([], dtype="string"),
@@ -359,15 +354,15 @@ def _values(column: Sequence[Any], index: np.ndarray | None) -> list[Any]:
     return np.asarray(column, dtype=object)[index].tolist()
 
 
-_CHUNK = 16  # vectors encoded between two releases of the GIL
+GIL_CHUNK = 16  # vectors encoded between two releases of the GIL
 
 
 def _encode(items: list) -> list[Record]:
-    """Encodes on the writer thread, yielding the GIL every _CHUNK vectors: a request thread waiting for it
+    """Encodes on the writer thread, yielding the GIL every GIL_CHUNK vectors: a request thread waiting for it
     would otherwise wait for the whole batch (Python only forces a switch after 5 ms)."""
     records: list[Record] = []
     for item in items:
-        if len(records) % _CHUNK == 0:
+        if len(records) % GIL_CHUNK == 0:
             time.sleep(0)
         if type(item) is _Vector:
             records.append(
@@ -379,7 +374,7 @@ def _encode(items: list) -> list[Record]:
                     item.model,
                     item.version,
                     _served_at(item.served_at),
-                )  # fmt: skip
+                )
             )
             continue
         index = None if item.selected is None else np.flatnonzero(item.selected)
@@ -387,7 +382,7 @@ def _encode(items: list) -> list[Record]:
         columns = [_values(item.columns[name], index) for name in names]
         served_at = _served_at(item.served_at)
         for entity_id, values in zip(_values(item.entity_ids, index), zip(*columns)):
-            if len(records) % _CHUNK == 0:
+            if len(records) % GIL_CHUNK == 0:
                 time.sleep(0)
             records.append(
                 Record(
@@ -398,159 +393,6 @@ def _encode(items: list) -> list[Record]:
                     item.model,
                     item.version,
                     served_at,
-                )  # fmt: skip
+                )
             )
     return records
-
-
-class RedisServedLog(ServedLog):
-    """A Redis stream per view (featurestore:served:<view>), trimmed with XADD MAXLEN ~ max_length.
-
-    Its own client from `url` (a single server or a cluster), with short connect and socket timeouts and made on
-    first use, so an unreachable log costs the writer thread a fraction of a second per attempt and neither the
-    online store nor the caller anything.
-    """
-
-    def __init__(self, url: str, *, socket_timeout: float = 0.5, **options: Any):
-        redis_io.check_url(url, "the served-log Redis URL")
-        self._url = url
-        self._timeout = socket_timeout
-        self._client: redis_io.RedisClient | None = None
-        self._keys: dict[str, bytes] = {}
-        super().__init__(**options)
-
-    @property
-    def client(self) -> redis_io.RedisClient:
-        if self._client is None:
-            self._client = redis_io.connect(self._url, timeout=self._timeout, what="the served-log Redis URL")
-        return self._client
-
-    @staticmethod
-    def key(view: str) -> str:
-        return f"featurestore:served:{view}"
-
-    def describe(self) -> str:
-        return redis_io.describe_url(self._url) if self._client is None else redis_io.describe(self._client)
-
-    def _write(self, records: list[Record]) -> None:
-        # Pre-encoded commands, one pipelined round trip per stream: redis-py's pipeline spends ~20 us of Python
-        # (and the GIL the request threads need) per command.
-        maxlen = bulk(b"%d" % self.max_length)
-        commands: dict[bytes, list[bytes]] = {}
-        for record in records:
-            if len(commands) % _CHUNK == 0:
-                time.sleep(0)
-            key = self._keys.get(record.view)
-            if key is None:
-                key = self._keys[record.view] = bulk(self.key(record.view).encode())
-            fields = [record.entity_key.encode(), record.entity_id.encode(), b"features", record.features.encode()]
-            if record.model is not None:
-                fields += [b"model", record.model.encode(), b"version", (record.version or "").encode()]
-            fields += [b"served_at", record.served_at.encode()]
-            commands.setdefault(key, []).append(
-                b"*%d\r\n$4\r\nXADD\r\n%s$6\r\nMAXLEN\r\n$1\r\n~\r\n%s$1\r\n*\r\n%s"
-                % (6 + len(fields), key, maxlen, b"".join(map(bulk, fields)))
-            )
-        for key, stream in commands.items():
-            node = redis_io.node_for(self.client, key.split(b"\r\n")[1])
-            refused = redis_io.errors(redis_io.exchange(node, b"".join(stream), len(stream)))
-            if refused:
-                raise refused[0]
-
-    def read(self, view: str, limit: int | None = None) -> pd.DataFrame:
-        try:
-            if limit is None:
-                entries = self.client.xrange(self.key(view))
-            else:
-                entries = self.client.xrevrange(self.key(view), count=limit)[::-1]
-        except redis.RedisError as error:
-            raise ServedLogError(f"served log at {self.describe()}: {type(error).__name__}: {error}") from None
-        except FeatureStoreError as error:
-            raise ServedLogError(f"served log: {error}") from None
-        rows = []
-        for _, fields in entries:
-            fields = {name.decode(): value.decode() for name, value in fields.items()}
-            features, served_at = fields.pop("features"), fields.pop("served_at")
-            model, version = fields.pop("model", None), fields.pop("version", None)
-            (key, entity_id), = fields.items()  # fmt: skip
-            rows.append((key, entity_id, features, model, (version or None) if model else None, served_at))
-        return _records_frame(rows)
-
-    def _close_backend(self) -> None:
-        if self._client is not None:
-            redis_io.close(self._client)
-
-
-class SqliteServedLog(ServedLog):
-    """The table served_vectors in an SQLite file (may be the online store's), trimmed to max_length rows per view."""
-
-    def __init__(self, path: str | Path, *, busy_timeout: float = 1.0, **options: Any):
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
-        self._con: sqlite3.Connection | None = None  # the writer thread's
-        super().__init__(**options)
-
-    def describe(self) -> str:
-        return f"sqlite {self.path}"
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout, check_same_thread=False)
-        con.execute("pragma journal_mode = wal")
-        con.execute(
-            "create table if not exists served_vectors (id integer primary key autoincrement, view text not null, "
-            "entity_key text not null, entity_id text not null, features text not null, model text, version text, "
-            "served_at text not null)"
-        )
-        con.execute("create index if not exists served_vectors_view on served_vectors (view, id)")
-        return con
-
-    def _write(self, records: list[Record]) -> None:
-        if self._con is None:
-            self._con = self._connect()
-        con = self._con
-        con.execute("begin immediate")
-        try:
-            con.executemany(
-                "insert into served_vectors (view, entity_key, entity_id, features, model, version, served_at) "
-                "values (?, ?, ?, ?, ?, ?, ?)",
-                records,
-            )
-            for view in dict.fromkeys(record.view for record in records):
-                con.execute(
-                    "delete from served_vectors where view = ? and id <= "
-                    "(select id from served_vectors where view = ? order by id desc limit 1 offset ?)",
-                    (view, view, self.max_length),
-                )
-            con.execute("commit")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("rollback")
-            raise
-
-    def read(self, view: str, limit: int | None = None) -> pd.DataFrame:
-        if not self.path.exists():
-            return _records_frame([])
-        try:
-            con = sqlite3.connect(self.path, timeout=5)
-            try:
-                exists = con.execute("select 1 from sqlite_master where name = 'served_vectors'").fetchone()
-                rows = (
-                    []
-                    if not exists
-                    else con.execute(
-                        "select entity_key, entity_id, features, model, version, served_at from served_vectors "
-                        "where view = ? order by id desc limit ?",
-                        (view, -1 if limit is None else limit),
-                    ).fetchall()[::-1]
-                )
-            finally:
-                con.close()
-        except sqlite3.Error as error:
-            raise ServedLogError(f"served log at {self.describe()}: {error}") from None
-        return _records_frame(rows)
-
-    def _close_backend(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None

@@ -1,13 +1,6 @@
-"""The online store: each entity's latest snapshot, replaced atomically and expiring after the view's TTL.
+"""The Redis online store (a single server, a cluster, TLS): a hash per entity, readable with plain redis-cli.
 
-Two implementations honour one contract (feature_assets_tests/test_online_store.py runs against each): Redis
-in production (a single server, a cluster, TLS), and SQLite, the embedded default that needs no server. Values are stored in the
-text form of `codec`; stores hand raw values back and `reads.FeatureReader` decodes them.
-
-An entity's snapshot lives until its computed_at + the view's TTL (the staleness rule training applies), not for
-a TTL from the write: a resync never revives an old snapshot, and one already past its TTL is not written.
-
-Redis layout, readable with plain redis-cli (on a cluster, keys spread over the masters by hash slot):
+Layout (on a cluster, keys spread over the masters by hash slot):
     features:<namespace>:<id>       hash: the snapshot's computed_at and one field per feature of one view;
                                     null is a single NUL byte ("\\x00"); the key expires at computed_at + TTL,
                                     set in the same MULTI/EXEC as its fields. The
@@ -18,15 +11,7 @@ Redis layout, readable with plain redis-cli (on a cluster, keys spread over the 
                                     expiring a TTL after the sync (a store that went quiet for a TTL starts over)
 """
 
-import json
-import sqlite3
-import time
-from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import closing
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +21,7 @@ from redis.cluster import RedisCluster
 from feature_assets.errors import DataError, OnlineStoreError
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import NULL_MARKER, EncodedBatch, encode_entity_id, view_schema
+from feature_assets.serving.online_store.base import OnlineStore, OnlineWriter, SyncRecord
 from feature_assets.serving.redis_io import (
     RedisClient,
     bulk,
@@ -50,152 +36,7 @@ from feature_assets.serving.redis_io import (
     timeout_from_env,
 )
 
-__all__ = ["OnlineStore", "OnlineWriter", "RedisOnlineStore", "SqliteOnlineStore", "SyncRecord"]
-
-
-@dataclass(frozen=True)
-class SyncRecord:
-    """What the last completed sync of a view wrote: its schema (dtype and definition checksum per feature),
-    the newest snapshot time it covered, and the newest dbt build of the view it saw (a later build of an
-    as-of time it covered makes the next sync a full one)."""
-
-    version: str
-    schema: tuple[tuple[str, str], ...]
-    definitions: tuple[tuple[str, str], ...]
-    watermark: datetime | None
-    completed_at: datetime
-    rows_written: int
-    full: bool
-    built_through: datetime | None = None
-    full_sync_due: str = ""  # why the next sync must be a full one (set by a failed parity check)
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "version": self.version,
-            "schema": json.dumps(dict(self.schema)),
-            "definitions": json.dumps(dict(self.definitions)),
-            "last_sync_watermark": self.watermark.isoformat() if self.watermark else "",
-            "last_sync_completed_at": self.completed_at.isoformat(),
-            "last_sync_rows_written": str(self.rows_written),
-            "last_sync_mode": "full" if self.full else "incremental",
-            "built_through": self.built_through.isoformat() if self.built_through else "",
-        }
-
-    @classmethod
-    def from_json(cls, fields: dict[str, str]) -> "SyncRecord":
-        try:
-            watermark = fields["last_sync_watermark"]
-            return cls(
-                version=fields["version"],
-                schema=tuple(json.loads(fields["schema"]).items()),
-                definitions=tuple(json.loads(fields["definitions"]).items()),
-                watermark=datetime.fromisoformat(watermark) if watermark else None,
-                completed_at=datetime.fromisoformat(fields["last_sync_completed_at"]),
-                rows_written=int(fields["last_sync_rows_written"]),
-                full=fields["last_sync_mode"] == "full",
-                built_through=datetime.fromisoformat(built) if (built := fields.get("built_through")) else None,
-                full_sync_due=fields.get("full_sync_due", ""),
-            )
-        except (KeyError, ValueError) as error:
-            raise DataError(f"the online store's sync record is unreadable ({error!r}); run a full resync") from None
-
-
-class OnlineWriter(ABC):
-    """Writes batches of one sync. Each entity is replaced whole; a failure leaves earlier values readable."""
-
-    @abstractmethod
-    def write(self, batch: EncodedBatch) -> None:
-        """Queues or writes one batch; raises OnlineStoreError if an earlier batch failed."""
-
-    @abstractmethod
-    def finish(self) -> None:
-        """Returns once every batch is stored; raises OnlineStoreError if any failed."""
-
-    @abstractmethod
-    def abort(self) -> None:
-        """Stops writing; batches already stored stay."""
-
-    def __enter__(self) -> "OnlineWriter":
-        return self
-
-    def __exit__(self, kind, error, traceback) -> None:
-        if error is None:
-            self.finish()
-        else:
-            self.abort()
-
-
-class OnlineStore(ABC):
-    """Latest snapshot per entity of each feature view, as raw stored values (see codec for the form)."""
-
-    kind: str
-
-    @abstractmethod
-    def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
-        """A writer for one sync. replace=True also drops fields of an older schema."""
-
-    @abstractmethod
-    def read_row(
-        self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None
-    ) -> Sequence[Any] | None:
-        """Stored values of `fields` (bytes or str; None for null), or None if the entity is missing or expired.
-        timeout (seconds) bounds the wait for the answer, where the store can wait (default: the store's own)."""
-
-    @abstractmethod
-    def read_rows(
-        self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]], *, timeout: float | None = None
-    ) -> list[Sequence[Any] | None]:
-        """Several entities, possibly of several views, in one exchange: per (view, entity id, fields) request what
-        read_row returns for it."""
-
-    @abstractmethod
-    def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
-        """Many entities in few round trips, column by column: one sequence per field, entities in the order
-        given, None for null. An entity is missing or expired exactly where the first field (the timestamp) is None."""
-
-    @abstractmethod
-    def last_sync(self, view: FeatureView) -> SyncRecord | None:
-        """The record of the last completed sync, or None if there was none (or it expired)."""
-
-    @abstractmethod
-    def record_sync(self, view: FeatureView, record: SyncRecord) -> None:
-        """Marks a sync complete; called only after its last batch is stored."""
-
-    @abstractmethod
-    def request_full_sync(self, view: FeatureView, reason: str) -> None:
-        """Marks the sync record so the next sync rewrites every entity (the repair after a failed parity check);
-        serving goes on reading meanwhile."""
-
-    @abstractmethod
-    def count_entities(self, view: FeatureView) -> int:
-        """Entities of the view currently readable (not expired)."""
-
-    @abstractmethod
-    def entity_ids(self, view: FeatureView) -> set[bytes]:
-        """The encoded ids of every entity of the view in the store."""
-
-    @abstractmethod
-    def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
-        """Removes entities (encoded ids) of the view."""
-
-    @abstractmethod
-    def key_of(self, view: FeatureView, entity_id: Any) -> str:
-        """Where an entity lives, for error messages and for people with a store client."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """The store's location without secrets."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Releases connections; the store is unusable afterwards."""
-
-    def __enter__(self) -> "OnlineStore":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
+__all__ = ["RedisOnlineStore"]
 
 _NULL_BULK = bulk(NULL_MARKER)
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
@@ -335,7 +176,7 @@ class RedisOnlineStore(OnlineStore):
                 connection = node.connection_pool.get_connection()
                 taken.append((node, connection, indexes))
                 connection.send_packed_command([b"".join([commands[i] for i in indexes])])
-            for node, connection, indexes in taken:
+            for _, connection, indexes in taken:
                 for index, reply in zip(indexes, read(connection, len(indexes), timeout)):
                     replies[index] = reply
         except BaseException as error:
@@ -572,202 +413,3 @@ class _RedisWriter(OnlineWriter):
         # Unread replies of the batch in flight would confuse the connection's next user: it goes back closed.
         self._fail(self._failure or RuntimeError("aborted"))
         self._release()
-
-
-class SqliteOnlineStore(OnlineStore):
-    """SQLite: a table per view (online_<view>), values as TEXT, SQL NULL for null, an expires_at per row."""
-
-    kind = "sqlite"
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._con: sqlite3.Connection | None = None
-        self._sql: dict[tuple, str] = {}
-
-    def describe(self) -> str:
-        return f"sqlite {self.path}"
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._con is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit mode; transactions are explicit so a batch is stored whole or not at all.
-            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            con.execute("pragma journal_mode = wal")  # readers are not blocked by a sync
-            con.execute("pragma synchronous = normal")
-            con.execute(
-                "create table if not exists featurestore_views (name text primary key, record text not null, expires_at real not null)"
-            )
-            self._con = con
-        return self._con
-
-    @staticmethod
-    def table(view: FeatureView) -> str:
-        return f"online_{view.name}"
-
-    def key_of(self, view: FeatureView, entity_id: Any) -> str:
-        return f"{self.table(view)}[{view.entity_key}={encode_entity_id(entity_id).decode()}]"
-
-    def _columns(self, view: FeatureView) -> list[str]:
-        rows = self._connect().execute(f'pragma table_info("{self.table(view)}")').fetchall()
-        return [row[1] for row in rows]
-
-    def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
-        con = self._connect()
-        table = self.table(view)
-        expected = ["entity_id", "expires_at", *(name for name, _ in view_schema(view))]
-        con.execute("begin immediate")
-        try:
-            if replace or self._columns(view) != expected:
-                con.execute(f'drop table if exists "{table}"')
-                columns = ", ".join(f'"{name}" text' for name, _ in view_schema(view))
-                con.execute(
-                    f'create table "{table}" (entity_id text primary key, expires_at real not null, {columns}) without rowid'
-                )
-            con.execute(f'delete from "{table}" where expires_at <= ?', (time.time(),))
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
-        return _SqliteWriter(con, table, len(expected))
-
-    def _select(self, view: FeatureView, fields: Sequence[str], many: bool) -> str:
-        cache_key = (view.name, tuple(fields), many)
-        sql = self._sql.get(cache_key)
-        if sql is None:
-            columns = ", ".join(f'"{field}"' for field in fields)
-            table = self.table(view)
-            if many:
-                sql = f'select entity_id, {columns} from "{table}" where entity_id in (select value from json_each(?)) and expires_at > ?'
-            else:
-                sql = f'select {columns} from "{table}" where entity_id = ? and expires_at > ?'
-            sql = self._sql[cache_key] = sql
-        return sql
-
-    def read_row(
-        self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None
-    ) -> Sequence[Any] | None:
-        try:
-            return (
-                self._connect()
-                .execute(self._select(view, fields, False), (encode_entity_id(entity_id).decode(), time.time()))
-                .fetchone()
-            )
-        except sqlite3.OperationalError as error:
-            if "no such table" in str(error):
-                return None
-            raise OnlineStoreError(f"{self.describe()}: {error}") from None
-
-    def read_rows(
-        self, requests: Sequence[tuple[FeatureView, Any, Sequence[str]]], *, timeout: float | None = None
-    ) -> list[Sequence[Any] | None]:
-        return [self.read_row(view, entity_id, fields) for view, entity_id, fields in requests]
-
-    def read_columns(self, view: FeatureView, entity_ids: Sequence[Any], fields: Sequence[str]) -> list[Sequence[Any]]:
-        ids = [encode_entity_id(entity_id).decode() for entity_id in entity_ids]
-        try:
-            found = {
-                row[0]: row[1:]
-                for row in self._connect().execute(self._select(view, fields, True), (json.dumps(ids), time.time()))
-            }
-        except sqlite3.OperationalError as error:
-            if "no such table" not in str(error):
-                raise OnlineStoreError(f"{self.describe()}: {error}") from None
-            found = {}
-        blank = (None,) * len(fields)
-        return [list(column) for column in zip(*(found.get(entity_id, blank) for entity_id in ids))] or [
-            [] for _ in fields
-        ]
-
-    def last_sync(self, view: FeatureView) -> SyncRecord | None:
-        row = (
-            self._connect()
-            .execute(
-                "select record from featurestore_views where name = ? and expires_at > ?", (view.name, time.time())
-            )
-            .fetchone()
-        )
-        return None if row is None else SyncRecord.from_json(json.loads(row[0]))
-
-    def record_sync(self, view: FeatureView, record: SyncRecord) -> None:
-        self._connect().execute(
-            "insert or replace into featurestore_views values (?, ?, ?)",
-            (view.name, json.dumps(record.to_json()), time.time() + view.online_ttl.total_seconds()),
-        )
-
-    def request_full_sync(self, view: FeatureView, reason: str) -> None:
-        con = self._connect()
-        row = con.execute("select record from featurestore_views where name = ?", (view.name,)).fetchone()
-        if row is not None:
-            record = {**json.loads(row[0]), "full_sync_due": reason}
-            con.execute("update featurestore_views set record = ? where name = ?", (json.dumps(record), view.name))
-
-    def count_entities(self, view: FeatureView) -> int:
-        rows = self._unexpired(view, "count(*)")
-        return rows[0][0] if rows else 0
-
-    def entity_ids(self, view: FeatureView) -> set[bytes]:
-        return {row[0].encode() for row in self._unexpired(view, "entity_id")}
-
-    def _unexpired(self, view: FeatureView, columns: str) -> list[tuple]:
-        """`columns` over the view's unexpired entities ([] before its first sync), on a connection of its own: a
-        sync lists the entities in another thread while it writes."""
-        self._connect()  # creates the file and tables on first use
-        with closing(sqlite3.connect(self.path, timeout=30)) as con:
-            try:
-                return con.execute(
-                    f'select {columns} from "{self.table(view)}" where expires_at > ?', (time.time(),)
-                ).fetchall()
-            except sqlite3.OperationalError as error:
-                if "no such table" in str(error):
-                    return []
-                raise OnlineStoreError(f"{self.describe()}: {error}") from None
-
-    def delete(self, view: FeatureView, entity_ids: Collection[bytes]) -> None:
-        con = self._connect()
-        con.execute("begin immediate")
-        try:
-            con.executemany(
-                f'delete from "{self.table(view)}" where entity_id = ?', ((i.decode(),) for i in entity_ids)
-            )
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
-
-    def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
-
-class _SqliteWriter(OnlineWriter):
-    """One transaction per batch: INSERT OR REPLACE of whole rows, bound column by column."""
-
-    def __init__(self, con: sqlite3.Connection, table: str, width: int):
-        self._con = con
-        self._sql = f'insert or replace into "{table}" values ({", ".join("?" * width)})'
-
-    def write(self, batch: EncodedBatch) -> None:
-        keep = batch.unexpired()
-        if not keep.any():
-            return
-        columns = []
-        for column in batch.columns.values():
-            table = np.array([value.decode() for value in column.values] + [None], dtype=object)
-            columns.append(table[column.codes[keep]].tolist())
-        ids = [entity_id.decode() for entity_id, kept in zip(batch.entity_ids, keep) if kept]
-        expires_at = (batch.expires_at_ms[keep] / 1000).tolist()
-        con = self._con
-        con.execute("begin immediate")
-        try:
-            con.executemany(self._sql, zip(ids, expires_at, *columns))
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
-
-    def finish(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass

@@ -1,0 +1,95 @@
+"""The offline store's interface: raw tables and the feature history, in DuckDB, PostgreSQL or Spark (one module
+each). Plain Python, no Dagster: the pure jobs (training, leakage, online sync) and the CLI use it directly, and the
+Dagster resource (feature_assets/resources/warehouse.py) hands assets one of these."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pandas as pd
+
+from feature_assets.registry import FeatureSet
+from feature_assets.settings import validate_identifier
+
+__all__ = ["Warehouse"]
+
+
+class Warehouse(ABC):
+    """A connection factory, not a connection: each `connect()` opens one and closes it at the block's end.
+
+    SQL takes ? placeholders on every backend, values always bound, never spliced.
+    """
+
+    kind: str
+    schema_name: str
+
+    @abstractmethod
+    def connect(self) -> AbstractContextManager[Any]:
+        """A connection in UTC with the schema selected; commits on success, rolls back on error (where the backend
+        has transactions).
+
+        UTC, whatever the server's or machine's zone: naive times written or read here are UTC, as the dbt models
+        compute them; in another zone a timestamptz column would take or give wall times of that zone.
+        """
+
+    @abstractmethod
+    def fetch(self, con: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """The rows of one query as a frame."""
+
+    @abstractmethod
+    def execute(self, con: Any, sql: str, params: Sequence[Any] = ()) -> None:
+        """Runs one statement."""
+
+    @abstractmethod
+    def table_exists(self, con: Any, table: str) -> bool:
+        """Whether the schema holds `table`."""
+
+    @abstractmethod
+    def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
+        """Appends a frame in bulk, creating the table with the declared SQL types if needed."""
+
+    @abstractmethod
+    def dbt_env(self) -> dict[str, str]:
+        """Environment for the dbt profile (dbt_features/profiles.yml), so dbt writes where this reads."""
+
+    @abstractmethod
+    def point_in_time_join(
+        self, feature_set: FeatureSet, labels: str, label_columns: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """The training-set query in this dialect (the rule: feature_assets/training.py), given the `labels` CTE
+        (numbered label rows) and the label columns it selects."""
+
+    @abstractmethod
+    def read_batches(
+        self,
+        con: Any,
+        sql: str,
+        params: Sequence[Any],
+        *,
+        name: str,
+        columns: Sequence[str],
+        dtypes: Mapping[str, Any],
+        batch_rows: int,
+        count_rows: Callable[[], int] | None,
+    ) -> AbstractContextManager[Iterator[pd.DataFrame]]:
+        """The rows of `sql` (the `columns`, one row per value of the first) in frames of about batch_rows rows,
+        never all in memory at once. `dtypes` (pandas dtypes by column name) are the types the caller needs: a
+        backend whose driver loses them applies them. `name` names the server-side cursor or staging table;
+        count_rows, if given, counts the rows, for a backend that must split them in advance (None: the rows fit in
+        one batch). The iterator is read by one thread at a time; the context's exit releases what it holds."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Runs one query on a connection of its own."""
+        with self.connect() as con:
+            return self.fetch(con, sql, params)
+
+    def replace_table(self, con: Any, table: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """Replaces `table` with the query's rows, keeping the previous table when the query fails: here a drop and
+        a create in the connection's transaction (a backend without transactions overrides this)."""
+        validate_identifier(table, "table")
+        self.execute(con, f"drop table if exists {table}")
+        self.execute(con, f"create table {table} as {sql}", params)
+
+    def check_join_indexes(self, con: Any, feature_set: FeatureSet) -> None:  # noqa: B027 (a hook: most need none)
+        """Refuses a feature set whose views lack an index the point-in-time join needs (none by default)."""

@@ -1,0 +1,236 @@
+"""The Spark warehouse, through Spark Connect: the server at a remote URL (a secret: it may hold a token), or a
+local server serving a folder of tables. PySpark is imported only when a session is opened."""
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from feature_assets.errors import ConfigError, WarehouseError
+from feature_assets.local_spark import local_spark_url
+from feature_assets.postgres import first_line
+from feature_assets.registry import LABEL_ROW, FeatureSet, snapshot_column
+from feature_assets.settings import validate_identifier
+from feature_assets.warehouses.base import Warehouse
+
+__all__ = ["SPARK_APPEND_ROWS", "SPARK_DBT_METHODS", "SparkWarehouse"]
+
+# Spark SQL spells these two declared types its own way.
+_SPARK_TYPES = {"varchar": "string", "double precision": "double"}
+# Rows per Spark append (an insert of its own: Spark has no transactions, a failed append raises midway).
+SPARK_APPEND_ROWS = 250_000
+# dbt's targets (dbt_features/profiles.yml) for Spark: through Spark Connect, or a Thrift server or Databricks SQL.
+SPARK_DBT_METHODS = {"session": "spark", "thrift": "spark_thrift", "http": "spark_http"}
+
+# PySpark 4.3 warns on every conversion under pandas 3; the conversions this module uses (Arrow both ways, with
+# timestamps, nulls and the str dtype) are covered by the Spark tests.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas >= 3", category=FutureWarning)
+
+
+class _ClosedSessionReleases(logging.Filter):
+    """Spark Connect acknowledges each consumed result in the background; one still in flight when the session is
+    closed fails with SESSION_CLOSED, harmlessly (the server drops a closed session's results). Those warnings are
+    dropped, any other is kept. (A logging setup with disable_existing_loggers=False re-enables this logger.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("ReleaseExecute failed") and "SESSION_CLOSED" in message)
+
+
+logging.getLogger("pyspark.sql.connect.logging").addFilter(_ClosedSessionReleases())
+
+
+class SparkWarehouse(Warehouse):
+    """A connection is a Spark Connect session, to the server at `remote` or else to a local server serving
+    `folder`; each statement commits on its own (Spark has no transactions). dbt reaches Spark by `dbt_method`:
+    session (through the same Spark Connect server), thrift (a Spark Thrift server) or http (Databricks SQL)."""
+
+    kind = "spark"
+
+    def __init__(
+        self,
+        *,
+        remote: str = "",
+        folder: str | Path = "",
+        schema_name: str = "featurestore",
+        dbt_method: str = "session",
+    ):
+        if dbt_method not in SPARK_DBT_METHODS:
+            raise ConfigError(f"the Spark dbt method must be one of {', '.join(SPARK_DBT_METHODS)}")
+        self.remote = remote
+        self.folder = str(folder)
+        self.schema_name = schema_name
+        self.dbt_method = dbt_method
+
+    def __repr__(self) -> str:
+        # Never the remote URL: it may hold a token.
+        return f"SparkWarehouse(folder={self.folder!r}, schema_name={self.schema_name!r})"
+
+    def spark_url(self) -> str:
+        """The Spark Connect URL: the remote one, or the local server's (started if none runs)."""
+        return self.remote or local_spark_url(Path(self.folder))
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        schema = validate_identifier(self.schema_name, "warehouse schema")
+        from pyspark.errors import PySparkException
+        from pyspark.sql import SparkSession
+
+        try:
+            session = SparkSession.builder.remote(self.spark_url()).create()
+            session.conf.set("spark.sql.session.timeZone", "UTC")
+        except PySparkException as error:
+            # Never echo the URL: it may hold a token.
+            raise WarehouseError(f"cannot connect to the Spark warehouse: {first_line(error)}") from None
+        try:
+            session.sql(f"create database if not exists {schema}")
+            session.sql(f"use {schema}")
+            yield session
+        finally:
+            session.stop()
+
+    def fetch(self, con: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        return con.sql(sql, args=_spark_values(params)).toPandas()
+
+    def execute(self, con: Any, sql: str, params: Sequence[Any] = ()) -> None:
+        con.sql(sql, args=_spark_values(params)).collect()
+
+    def table_exists(self, con: Any, table: str) -> bool:
+        return con.catalog.tableExists(f"{self.schema_name}.{validate_identifier(table, 'table')}")
+
+    def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
+        validate_identifier(table, "table")
+        for column in column_types:
+            validate_identifier(column, "column")
+        frame = frame[list(column_types)]
+        ddl = ", ".join(f"{c} {_SPARK_TYPES.get(t, t)}" for c, t in column_types.items())
+        self.execute(con, f"create table if not exists {table} ({ddl}) using parquet")
+        # Arrow carries the frame; the table's own types, by position, decide how its values land. In slices: the
+        # server holds each one in memory whole (2.7M rows at once exhaust a 2 GB driver).
+        for start in range(0, len(frame), SPARK_APPEND_ROWS):
+            con.createDataFrame(frame.iloc[start : start + SPARK_APPEND_ROWS], schema=ddl).write.insertInto(table)
+
+    def dbt_env(self) -> dict[str, str]:
+        # The session method follows SPARK_REMOTE to the server this warehouse reads; thrift and http read their
+        # host and token from FEATURE_STORE_SPARK_* (profiles.yml).
+        remote = {}
+        if self.dbt_method == "session":
+            # dbt-spark asks for the Hive catalog on every connection; Spark Connect keeps the server's (the one
+            # wanted) and warns, twice per dbt node, as PySpark does under pandas 3.
+            remote = {
+                "SPARK_REMOTE": self.spark_url(),
+                "PYTHONWARNINGS": "ignore:Failed to set spark.sql.catalogImplementation:UserWarning,"
+                "ignore:PySpark does not yet fully support pandas:FutureWarning",
+            }
+        return {
+            "FEATURE_STORE_DBT_TARGET": SPARK_DBT_METHODS[self.dbt_method],
+            "FEATURE_STORE_SPARK_SCHEMA": self.schema_name,
+            **remote,
+        }
+
+    def replace_table(self, con: Any, table: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """Spark has no transactions (and its session catalog's Parquet tables no `create or replace`): the rows
+        are built under a name of their own first and swapped in only once they are whole."""
+        validate_identifier(table, "table")
+        building = f"{table}__building"
+        self.execute(con, f"drop table if exists {building}")
+        self.execute(con, f"create table {building} as {sql}", params)
+        self.execute(con, f"drop table if exists {table}")
+        self.execute(con, f"alter table {building} rename to {table}")
+
+    def point_in_time_join(
+        self, feature_set: FeatureSet, labels: str, label_columns: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """Per view, a running window over labels and snapshots on one timeline per entity."""
+        # Spark has no ASOF join, and a range join bounded by the TTL grows with the snapshots per TTL. Per view, the
+        # labels and the snapshots go on one timeline per entity (a shuffle by entity key, then a sort within each),
+        # ordered by time with a label before a snapshot of the same time (a snapshot stamped t is not available at
+        # t). A running last(..., ignore nulls) hands each label row the entity's newest snapshot so far, as one
+        # struct of its timestamp and features: the struct is never null, so a feature that is null in that snapshot
+        # stays null (last() over the features themselves would reach back to an older value). Older than the TTL,
+        # it is dropped.
+        time = feature_set.labels.label_time
+        steps, params, joins = [labels], [], []
+        selected = [f"labels.{column}" for column in [LABEL_ROW, *label_columns]]
+        for position, read in enumerate(feature_set.reads):
+            view, found = read.view, f"found_{position}"
+            fields = ", ".join(f"'{name}', {name}" for name in [view.timestamp, *(f.name for f in read.features)])
+            steps.append(f"""
+        timeline_{position} as (
+            select {read.key} as entity, {time} as at_time, 0 as side, {LABEL_ROW}, null as snapshot
+            from labels
+            where {read.key} is not null
+            union all
+            select {view.entity_key}, {view.timestamp}, 1, null, named_struct({fields})
+            from {view.name}
+        ),
+        {found} as (
+            select {LABEL_ROW}, case when snapshot.{view.timestamp} >= at_time - ? then snapshot end as snapshot
+            from (
+                select {LABEL_ROW}, at_time, side, last(snapshot, true) over (
+                    partition by entity order by at_time, side rows between unbounded preceding and current row
+                ) as snapshot
+                from timeline_{position}
+            )
+            where side = 0
+        )""")
+            params.append(view.online_ttl)
+            joins.append(f"\n left join {found} on {found}.{LABEL_ROW} = labels.{LABEL_ROW}")
+            selected += [
+                f"{found}.snapshot.{view.timestamp} as {snapshot_column(view)}",
+                *(f"{found}.snapshot.{f.name}" for f in read.features),
+            ]
+        return f"with {','.join(steps)}\n select {', '.join(selected)}\n from labels{''.join(joins)}", params
+
+    @contextmanager
+    def read_batches(
+        self,
+        con: Any,
+        sql: str,
+        params: Sequence[Any],
+        *,
+        name: str,
+        columns: Sequence[str],
+        dtypes: Mapping[str, Any],
+        batch_rows: int,
+        count_rows: Callable[[], int] | None,
+    ) -> Iterator[Iterator[pd.DataFrame]]:
+        """Spark has no cursor: when the rows outnumber a batch, they are staged in a table partitioned by a hash of
+        the first column, and each partition is one frame, read alone (partition pruning) through Arrow. The staged
+        table is dropped at exit."""
+        parts = -(-(count_rows() if count_rows is not None else 0) // batch_rows)
+        if parts <= 1:
+            yield iter([_typed(self.fetch(con, sql, params), dtypes)])
+            return
+        staged = validate_identifier(name, "staging table")
+        try:
+            self.execute(
+                con,
+                f"create table {staged} using parquet partitioned by (sync_part) as "
+                f"select *, pmod(xxhash64({columns[0]}), {parts}) as sync_part from ({sql}) as latest",
+                params,
+            )
+            selected = ", ".join(columns)
+            yield (
+                _typed(self.fetch(con, f"select {selected} from {staged} where sync_part = {part}"), dtypes)
+                for part in range(parts)
+            )
+        finally:
+            self.execute(con, f"drop table if exists {staged}")
+
+
+def _typed(frame: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.DataFrame:
+    """Arrow widens an int with nulls to float: the caller's dtypes put it back."""
+    return frame.astype(dict(dtypes))
+
+
+def _spark_values(params: Sequence[Any]) -> list[Any]:
+    """Bound values for Spark: a naive time is UTC here, and PySpark would read it in the process's own zone."""
+    return [
+        value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value for value in params
+    ]
