@@ -1,99 +1,22 @@
 """The `featurestore` command line."""
 
 import argparse
-import fcntl
 import json
 import os
 import re
 import signal
 import sys
-import tempfile
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from feature_assets import cli_runs
 from feature_assets.as_of import current_hour, format_hour, parse_day, parse_hour
 from feature_assets.errors import ConfigError, FeatureStoreError, shown
 from feature_assets.settings import Settings
 
 __all__ = ["main"]
-
-_DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-# Runs started here print nothing of their own: failures are reported by cause, the full logs are in the UI.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-# Our errors' messages say what went wrong by themselves; their class name says nothing to a user.
-_OUR_ERROR_CLASS = re.compile(r"^feature_assets\.[\w.]+: ")
-
-
-def dagster_home(settings: Settings) -> Path:
-    """The instance folder: $DAGSTER_HOME if set, else FEATURE_STORE_HOME/dagster seeded with deploy/<env>/dagster.yaml."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    home = settings.home / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    # Replaced, not rewritten in place: another command may be reading it.
-    with tempfile.NamedTemporaryFile("wb", dir=home, delete=False) as copy:
-        copy.write((_DEPLOY / settings.env / "dagster.yaml").read_bytes())
-    os.replace(copy.name, home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
-def dagster_instance(settings: Settings):
-    """The Dagster instance, opened under a lock on its folder: the first open creates its SQLite storage, and two
-    commands creating it at once corrupt its schema record and lose a run. Opening an existing one is safe."""
-    import dagster as dg
-
-    home = dagster_home(settings)
-    with open(home / ".open.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return dg.DagsterInstance.get()
-
-
-def _execute(
-    settings: Settings,
-    what: str,
-    run_config: dict,
-    *,
-    job_name: str,
-    assets: tuple[str, ...] = (),
-    tolerate_failed_checks: bool = False,
-    tags: dict[str, str] | None = None,
-):
-    """Runs a job (or a subset of its assets) in this process on the instance, raising on failure (a failed
-    blocking check included, unless tolerated: then the caller reports it)."""
-    import dagster as dg
-
-    from feature_assets.definitions import build_definitions
-
-    instance = dagster_instance(settings)
-    job = build_definitions(settings).resolve_job_def(job_name)
-    if assets:
-        job = job.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
-    # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).
-    tags = {"featurestore/command": what, **(tags or {})}
-    result = job.execute_in_process(
-        run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False, tags=tags
-    )
-    failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
-    if not result.success and not (tolerate_failed_checks and failed_checks):
-        # A failed check says what it found (the parity check names the entities); a step failure says why it stopped.
-        causes = [
-            f"{c.asset_key.to_user_string()} {c.check_name}: {c.description}" for c in failed_checks if c.description
-        ]
-        causes += [_root_cause(e) for e in result.all_events if e.is_step_failure and not causes]
-        raise FeatureStoreError(f"the {what} failed: " + "; ".join(causes or [result.failure_data.error.message]))
-    return result
-
-
-def _root_cause(event) -> str:
-    """The innermost error of a failed step (e.g. a ConfigError naming the bad value), not Dagster's wrappers; our
-    own errors without their class name, which says nothing to a user."""
-    error = event.step_failure_data.error
-    while error.cause is not None:
-        error = error.cause
-    return f"{event.step_key}: {_OUR_ERROR_CLASS.sub('', error.message.strip())}"
 
 
 def _registry():
@@ -108,32 +31,6 @@ def _warehouse(settings: Settings):
     from feature_assets.backends import open_warehouse
 
     return open_warehouse(settings)
-
-
-def _build_snapshots(
-    settings: Settings,
-    what: str,
-    job: str,
-    days: tuple[date, date],
-    hour: datetime | None = None,
-    raw: dict | None = None,
-):
-    """Runs the refresh or backfill job over as-of days (its partitions), or over one hour of one day; the run shows
-    in the UI with its partitions and is tagged featurestore/as_of (e.g. 2026-11-01 .. 2026-12-01)."""
-    from feature_assets.automation import AS_OF_DAYS, as_of_days_tags
-
-    first_day = date.fromisoformat(AS_OF_DAYS.get_first_partition_key())
-    if days[0] < first_day:
-        raise ConfigError(f"the as-of days (the feature views' partitions) begin {first_day}: {days[0]} is before them")
-    ops = (
-        {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}}
-        if hour
-        else {}
-    )
-    if raw and settings.demo_data:
-        ops["demo_raw_data"] = {"config": raw}
-    tags = {**as_of_days_tags(*days), "featurestore/as_of": format_hour(hour) if hour else f"{days[0]} .. {days[1]}"}
-    return _execute(settings, what, {"ops": ops}, job_name=job, tags=tags)
 
 
 def _print_summary(settings: Settings) -> None:
@@ -174,11 +71,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
         f"Generating {args.users} users over {args.days} days and backfilling snapshots up to {format_hour(anchor)} ..."
     )
     raw = {"users": args.users, "days": args.days, "seed": args.seed, "anchor": format_hour(anchor)}
-    _build_snapshots(settings, "refresh run", "refresh_features", (start.date(), anchor.date()), raw=raw)
+    cli_runs.build_snapshots(settings, "refresh run", "refresh_features", (start.date(), anchor.date()), raw=raw)
     _print_summary(settings)
-    _sync_online(settings)
+    cli_runs.sync_online(settings)
     entities = _print_online_next_to_offline(settings)
-    promoted = _train(settings)
+    promoted = cli_runs.train(settings)
     registry = _registry()
     for model in registry.feature_sets.values() if promoted else ():
         entity = entities.get(model.reads[0].view.name)
@@ -187,72 +84,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
             _print_prediction(settings, model.model, [entity], {}, as_json=False)
     print()
     _print_skew(settings, None, as_json=False)
-
-
-def _online_assets() -> list[str]:
-    from feature_assets.assets.online import online_asset_name
-
-    return [online_asset_name(view) for view in _registry().views.values()]
-
-
-def _sync_online(settings: Settings, full: bool = False) -> None:
-    """Runs every view's online sync and parity check (what the online_sync sensor triggers after a refresh)."""
-    names = _online_assets()
-    run_config = {"ops": {name: {"config": {"full_resync": full}} for name in names}}
-    result = _execute(settings, "online sync", run_config, job_name="sync_online_store")
-    print()
-    for event in result.get_asset_materialization_events():
-        meta = {k: v.value for k, v in event.materialization.metadata.items()}
-        print(
-            f"{event.asset_key.to_user_string()} ({meta['store']}, keys {meta['key_pattern']}): {meta['mode']} sync wrote "
-            f"{meta['rows_written']} rows in {meta['seconds']} s ({meta['rows_per_second']} rows/s); {meta['keys_in_store']} readable"
-        )
-    for check in result.get_asset_check_evaluations():
-        checked = check.metadata.get("entities_checked")
-        print(
-            f"{check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} "
-            f"({checked.value if checked else 0} entities compared)"
-        )
-
-
-def _train(settings: Settings) -> bool:
-    """Runs the train_models job (labels, point-in-time training sets with leakage checks, models, skew reports,
-    promotion); True when the new versions were promoted."""
-    result = _execute(settings, "training run", {}, job_name="train_models", tolerate_failed_checks=True)
-    print("\nTraining:")
-    for event in result.get_asset_materialization_events():
-        meta = {k: v.value for k, v in event.materialization.metadata.items()}
-        name = event.asset_key.to_user_string()
-        if "version" in meta:
-            metrics = ", ".join(
-                f"{k} {meta[k]}" for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline") if k in meta
-            )
-            print(
-                f"  {name}: version {meta['version']}, {metrics} ({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)"
-            )
-        elif name == "served_models":
-            print("  served_models: " + ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in meta.items()))
-        elif "drifted_features" in meta and "report" in meta:
-            print(f"  {name}: drifted features: {meta['drifted_features']}")
-        elif "rows_with_features" in meta:
-            print(
-                f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features of every view, built in {meta['seconds']} s"
-            )
-    for check in result.get_asset_check_evaluations():
-        rows = check.metadata.get("rows_checked")
-        drifted = check.metadata.get("drifted_features")
-        if rows is None and drifted is None:
-            continue  # the label tables' dbt tests
-        detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
-        print(
-            f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})"
-        )
-    promoted = any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events())
-    for event in result.get_asset_observation_events():
-        held_back = event.asset_observation_data.asset_observation.metadata.get("held_back")
-        if held_back:
-            print(f"  served_models: {held_back.value}")
-    return promoted
 
 
 def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
@@ -431,11 +262,11 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
-    _train(settings)
+    cli_runs.train(settings)
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> None:
-    _sync_online(settings, full=args.full)
+    cli_runs.sync_online(settings, full=args.full)
 
 
 def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
@@ -443,7 +274,7 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
 
     if args.refresh:
         reports = tuple(skew_report_name(view) for view in _monitored_views(args.view))
-        result = _execute(
+        result = cli_runs.execute_job(
             settings, "skew report", {}, job_name="report_skew", assets=reports, tolerate_failed_checks=True
         )
         failed = [
@@ -499,7 +330,7 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
     hour = parse_hour(args.as_of, "--as-of") if args.as_of else current_hour()
-    _build_snapshots(
+    cli_runs.build_snapshots(
         settings, "refresh run", "refresh_features", (hour.date(), hour.date()), hour, {"anchor": format_hour(hour)}
     )
     _print_summary(settings)
@@ -509,7 +340,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     first, last = parse_day(args.start, "--start"), parse_day(args.end, "--end")
     if first > last:
         raise ConfigError(f"--start {first} is after --end {last}")
-    _build_snapshots(settings, "backfill", "backfill_features", (first, last))
+    cli_runs.build_snapshots(settings, "backfill", "backfill_features", (first, last))
     _print_summary(settings)
 
 
@@ -536,7 +367,7 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
-    dagster_instance(settings).dispose()
+    cli_runs.dagster_instance(settings).dispose()
     bin_dir = Path(sys.executable).parent
     # Under `dagster dev`, DbtProject.prepare_if_dev() runs the dbt found on PATH; an unactivated venv has none there.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -680,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FeatureStoreError as error:
         _report(error)
+        return 1
+    except BrokenPipeError:
+        # The reader left (`featurestore features | head`): nothing more to say, and no traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
 

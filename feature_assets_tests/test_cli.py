@@ -2,6 +2,7 @@
 `featurestore: <what and why>` with a non-zero exit, never a traceback."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,7 +166,7 @@ RUN_ON_FIRST_OPEN = """
 import sys, time
 from pathlib import Path
 import dagster as dg
-from feature_assets.cli import dagster_instance
+from feature_assets.cli_runs import dagster_instance
 from feature_assets.settings import Settings
 
 @dg.op
@@ -286,3 +287,16 @@ def test_the_cli_runs_where_os_has_no_sched_getaffinity(monkeypatch, capsys):
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     assert main(["features"]) == 0
     assert "user_features:" in capsys.readouterr().out
+
+
+def test_a_reader_that_stops_reading_ends_the_command_without_a_traceback(tmp_path):
+    """`featurestore features | head -1`: the pipe closes while the command still writes."""
+    command = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m feature_assets.cli features | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FEATURE_STORE_HOME": str(tmp_path)},
+    )
+    assert len(command.stdout) == 10
+    assert command.stderr == ""
