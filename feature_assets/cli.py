@@ -11,57 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from feature_assets import cli_runs
+from feature_assets import cli_output, cli_runs
 from feature_assets.as_of import current_hour, format_hour, parse_day, parse_hour
 from feature_assets.errors import ConfigError, FeatureStoreError, shown
+from feature_assets.scripted_drift import shift_online_feature
 from feature_assets.settings import Settings
 
 __all__ = ["main"]
-
-
-def _registry():
-    from feature_assets.registry import load_registry
-    from feature_assets.settings import dbt_manifest_path
-
-    return load_registry(dbt_manifest_path())
-
-
-def _warehouse(settings: Settings):
-    """The warehouse outside a run, its URL read from the environment."""
-    from feature_assets.backends import open_warehouse
-
-    return open_warehouse(settings)
-
-
-def _print_summary(settings: Settings) -> None:
-    from feature_assets.demo_data import RAW_TABLES
-
-    registry = _registry()
-    warehouse = _warehouse(settings)
-    with warehouse.connect() as con:
-        tables = [table for table in (*RAW_TABLES, *registry.views) if warehouse.table_exists(con, table)]
-        counts = pd.concat(
-            warehouse.fetch(con, f"select '{table}' as table_name, count(*) as row_count from {table}")
-            for table in tables
-        )
-        print("\nRow counts:")
-        print(counts.to_string(index=False))
-        for view in registry.views.values():
-            if view.name not in tables:
-                continue
-            stamp = view.timestamp
-            row = warehouse.fetch(
-                con,
-                f"select count(distinct {stamp}) as n, min({stamp}) as first, max({stamp}) as last from {view.name}",
-            ).iloc[0]
-            latest = warehouse.fetch(
-                con,
-                f"select * from {view.name} where {stamp} = (select max({stamp}) from {view.name}) order by {view.entity_key} limit 5",
-            )
-            print(
-                f"\n{view.name} ({view.entity} features): {row['n']} snapshots from {row['first']} to {row['last']}; latest, first {view.entity_key}s:"
-            )
-            print(latest.to_string(index=False))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
@@ -72,152 +28,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     )
     raw = {"users": args.users, "days": args.days, "seed": args.seed, "anchor": format_hour(anchor)}
     cli_runs.build_snapshots(settings, "refresh run", "refresh_features", (start.date(), anchor.date()), raw=raw)
-    _print_summary(settings)
+    cli_output.print_summary(settings)
     cli_runs.sync_online(settings)
-    entities = _print_online_next_to_offline(settings)
+    entities = cli_output.print_online_next_to_offline(settings)
     promoted = cli_runs.train(settings)
-    registry = _registry()
+    registry = cli_output.read_registry()
     for model in registry.feature_sets.values() if promoted else ():
         entity = entities.get(model.reads[0].view.name)
         if entity is not None and len(model.caller_keys) == 1:
             print()
-            _print_prediction(settings, model.model, [entity], {}, as_json=False)
+            cli_output.print_prediction(settings, model.model, [entity], {}, as_json=False)
     print()
-    _print_skew(settings, None, as_json=False)
-
-
-def _print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
-    from feature_assets.backends import open_model_store, open_online_store, open_served_log
-    from feature_assets.serving.predictor import Predictor
-
-    with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:
-        predictor = Predictor(store, models, served_log=log)
-        caller = predictor.entity_keys(model)
-        positional = [key for key in caller if key not in keys]
-        if len(positional) != 1:
-            raise FeatureStoreError(
-                f"{model} needs the keys {', '.join(caller)}: pass ids for one of them and --key NAME=VALUE for the others"
-            )
-        if len(entities) > 1:
-            frame = pd.DataFrame({positional[0]: entities, **keys}, dtype=object)
-            scored = predictor.predict(model, frame)
-            if as_json:
-                print(scored.astype(object).where(scored.notna(), None).to_json(orient="records", indent=2))
-            else:
-                print(scored.to_string(index=False))
-            if scored["error"].notna().all():
-                raise FeatureStoreError("no prediction: every entity is missing from the online store")
-            return
-        prediction = predictor.predict_one(model, {positional[0]: entities[0], **keys})
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "entity": {k: _json_value(v) for k, v in prediction.entity.items()},
-                    "model": model,
-                    "version": prediction.version,
-                    "score": prediction.score,
-                    "features": {k: _json_value(v) for k, v in prediction.features.items()},
-                },
-                indent=2,
-            )
-        )
-        return
-    described = ", ".join(f"{key} {value}" for key, value in prediction.entity.items())
-    print(f"{model} version {prediction.version}, {described}: score {prediction.score:.4f}")
-    print("  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items()))
-
-
-def _monitored_views(view_name: str | None):
-    registry = _registry()
-    views = registry.read_views
-    if view_name is None:
-        return views
-    view = registry.view(view_name)
-    if view not in views:
-        raise FeatureStoreError(f"no model reads {view.name}, so it has no skew report")
-    return [view]
-
-
-def _print_skew(settings: Settings, view_name: str | None, as_json: bool) -> None:
-    from feature_assets.assets.monitoring import latest_report, report_table, training_sources
-
-    warehouse = _warehouse(settings)
-    reports = []
-    with warehouse.connect() as con:
-        for view in _monitored_views(view_name):
-            if not warehouse.table_exists(con, report_table(view)):
-                raise FeatureStoreError(
-                    f"no skew report of {view.name} yet; run `featurestore skew --refresh` (or `featurestore train`)"
-                )
-            reports.append((view, latest_report(warehouse, con, view)))
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    view.name: json.loads(
-                        report.astype(object).where(report.notna(), None).to_json(orient="records", date_format="iso")
-                    )
-                    for view, report in reports
-                },
-                indent=2,
-            )
-        )
-        return
-    columns = [
-        "feature",
-        "severity",
-        "mean_shift",
-        "psi",
-        "ks",
-        "null_rate_change",
-        "largest_change_category",
-        "reasons",
-        "notes",
-    ]
-    for view, report in reports:
-        first = report.iloc[0]
-        print(
-            f"Skew report of {view.name}, {first['report_at']}: training = {training_sources(report)}; serving = {first['serving_source']}"
-        )
-        print(report[columns].round(4).to_string(index=False))
-
-
-def _print_online_next_to_offline(settings: Settings) -> dict[str, object]:
-    """Per view, its first entity of the latest snapshot, offline and online side by side; returns those ids."""
-    from feature_assets.backends import open_online_store
-    from feature_assets.serving import FeatureReader
-
-    shown = {}
-    with open_online_store(settings) as store:
-        for view in _registry().views.values():
-            offline = _warehouse(settings).query(
-                f"select * from {view.name} where {view.timestamp} = (select max({view.timestamp}) from {view.name}) "
-                f"order by {view.entity_key} limit 1"
-            )
-            if offline.empty:
-                continue
-            entity_id = offline[view.entity_key].iloc[0]
-            entity_id = entity_id.item() if hasattr(entity_id, "item") else entity_id
-            online = FeatureReader(store, view).get_entity(entity_id)
-            fields = [view.timestamp, *view.feature_names]
-            table = pd.DataFrame(
-                {
-                    "offline (latest snapshot)": [offline[f].iloc[0] for f in fields],
-                    "online": [online[f] for f in fields],
-                },
-                index=fields,
-            )
-            print(
-                f"\n{view.name}, {view.entity_key} {entity_id} ({store.key_of(view, entity_id)}), offline and online:"
-            )
-            print(table.to_string())
-            shown[view.name] = entity_id
-    return shown
-
-
-def _json_value(value: object) -> object:
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    cli_output.print_skew(settings, None, as_json=False)
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
@@ -225,13 +47,13 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.serving import FeatureReader
     from feature_assets.serving.codec import parse_entity_id
 
-    view = _registry().view(args.view)
+    view = cli_output.read_registry().view(args.view)
     entity_id = parse_entity_id(args.entity_id, view.key_data_type, view.entity_key)
     with open_online_store(settings) as store:
         row = FeatureReader(store, view).get_entity(entity_id)
         where = store.describe()
     if args.json:
-        print(json.dumps({name: _json_value(value) for name, value in row.items()}, indent=2))
+        print(json.dumps({name: cli_output.json_value(value) for name, value in row.items()}, indent=2))
     elif not row["_missing"]:
         dtypes = {view.timestamp: "timestamp", **{f.name: f.dtype for f in view.features}}
         table = pd.DataFrame(
@@ -257,8 +79,8 @@ def _key_values(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
-    model = _registry().feature_set(args.model).model  # an unknown model is named with the known ones
-    _print_prediction(settings, model, args.entity_ids, _key_values(args.key), as_json=args.json)
+    model = cli_output.read_registry().feature_set(args.model).model  # an unknown model is named with the known ones
+    cli_output.print_prediction(settings, model, args.entity_ids, _key_values(args.key), as_json=args.json)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
@@ -273,7 +95,7 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.assets.monitoring import skew_report_name
 
     if args.refresh:
-        reports = tuple(skew_report_name(view) for view in _monitored_views(args.view))
+        reports = tuple(skew_report_name(view) for view in cli_output.monitored_views(args.view))
         result = cli_runs.execute_job(
             settings, "skew report", {}, job_name="report_skew", assets=reports, tolerate_failed_checks=True
         )
@@ -284,33 +106,13 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
         ]
         if failed and not args.json:
             print(f"drift checks failed: {', '.join(failed)}\n")
-    _print_skew(settings, args.view, as_json=args.json)
-
-
-def shift_online_feature(warehouse, store, view, feature: str, share: float) -> tuple[float, int]:
-    """A scripted drift: every entity's latest value of one numeric feature, shifted by `share` of the feature's
-    mean, written to the online store only. Returns the shift and the number of entities."""
-    from feature_assets.online_sync import iter_latest_snapshots
-    from feature_assets.serving import encode_batch
-
-    dtype = view.feature(feature).dtype
-    if dtype not in ("int64", "float64"):
-        raise FeatureStoreError(f"{feature} is {dtype}; only numeric features can be shifted")
-    with warehouse.connect() as con:
-        frames = list(iter_latest_snapshots(warehouse, con, view))
-    shift = share * pd.concat(frames)[feature].mean()
-    with store.writer(view) as writer:
-        for frame in frames:
-            shifted = frame[feature].astype("Float64") + shift
-            frame[feature] = shifted.round().astype("Int64") if dtype == "int64" else shifted
-            writer.write(encode_batch(view, frame))
-    return shift, sum(map(len, frames))
+    cli_output.print_skew(settings, args.view, as_json=args.json)
 
 
 def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.backends import open_online_store
 
-    registry = _registry()
+    registry = cli_output.read_registry()
     if args.view:
         view = registry.view(args.view)
     else:
@@ -320,7 +122,7 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
             raise FeatureStoreError(f"{shown(args.feature)} is a feature of {where}; name the view with --view")
         view = holders[0]
     with open_online_store(settings) as store:
-        shift, entities = shift_online_feature(_warehouse(settings), store, view, args.feature, args.by)
+        shift, entities = shift_online_feature(cli_output.warehouse_of(settings), store, view, args.feature, args.by)
         where = store.describe()
     print(
         f"{view.name}.{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} entities ({view.entity_key}) in {where}; "
@@ -333,7 +135,7 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> None:
     cli_runs.build_snapshots(
         settings, "refresh run", "refresh_features", (hour.date(), hour.date()), hour, {"anchor": format_hour(hour)}
     )
-    _print_summary(settings)
+    cli_output.print_summary(settings)
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
@@ -341,11 +143,11 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     if first > last:
         raise ConfigError(f"--start {first} is after --end {last}")
     cli_runs.build_snapshots(settings, "backfill", "backfill_features", (first, last))
-    _print_summary(settings)
+    cli_output.print_summary(settings)
 
 
 def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
-    registry = _registry()
+    registry = cli_output.read_registry()
     hours = timedelta(hours=1)
     for view in registry.views.values():
         print(

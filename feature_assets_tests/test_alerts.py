@@ -11,13 +11,13 @@ from dagster._core.definitions.freshness import FreshnessState, FreshnessStateCh
 
 from feature_assets.alerts import NOT_CONFIGURED, alert_sensor
 from feature_assets.assets.monitoring import skew_report_assets
-from feature_assets.cli import shift_online_feature
 from feature_assets.definitions import build_definitions
 from feature_assets.errors import ConfigError
 from feature_assets.registry import load_registry
 from feature_assets.resources.alert_channels import AlertChannels, alert_channels_from_env
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
+from feature_assets.scripted_drift import shift_online_feature
 from feature_assets.settings import Settings, dbt_manifest_path
 
 REGISTRY = load_registry(dbt_manifest_path())

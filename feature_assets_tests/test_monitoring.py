@@ -6,9 +6,9 @@ import dagster as dg
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import latest_report, report_table, served_models_asset, skew_report_assets
 from feature_assets.assets.training import training_set_assets
-from feature_assets.cli import shift_online_feature
 from feature_assets.online_sync import iter_latest_snapshots
 from feature_assets.registry import load_registry
+from feature_assets.scripted_drift import shift_online_feature
 from feature_assets.serving import FolderModelStore
 from feature_assets.settings import dbt_manifest_path
 

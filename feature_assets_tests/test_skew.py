@@ -16,13 +16,12 @@ from feature_assets.skew import (
     DriftThresholds,
     categorical_psi,
     drift_severity,
-    histogram_markdown,
-    histogram_sparkline,
     numeric_psi,
     relative_mean_shift,
     skew_report,
     worst_severity,
 )
+from feature_assets.skew_histograms import histogram_markdown, histogram_sparkline
 
 FEATURES = [
     ("events_30d", "int64"),  # a count, Poisson(30)

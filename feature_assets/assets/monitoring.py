@@ -20,7 +20,8 @@ from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
 from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.reads import MISSING, FeatureReader
-from feature_assets.skew import DriftThresholds, histogram_markdown, histogram_sparkline, skew_report
+from feature_assets.skew import DriftThresholds, skew_report
+from feature_assets.skew_histograms import histogram_markdown, histogram_sparkline
 from feature_assets.warehouses import Warehouse
 
 __all__ = [
