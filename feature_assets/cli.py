@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
         entity = entities.get(model.reads[0].view.name)
         if entity is not None and len(model.caller_keys) == 1:
             print()
-            cli_output.print_prediction(settings, model.model, [entity], {}, as_json=False)
+            cli_output.print_prediction(settings, model.model, [str(entity)], {}, as_json=False)
     print()
     cli_output.print_skew(settings, None, as_json=False)
 
@@ -64,7 +64,8 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
     if row["_missing"]:
         ttl_hours = view.online_ttl / timedelta(hours=1)
         raise FeatureStoreError(
-            f"{view.entity_key} {entity_id} is not in the online store of {view.name} (never synced, or expired after the {ttl_hours:g} h TTL)"
+            f"{view.entity_key} {entity_id} is not in the online store of {view.name} "
+            f"(never synced, or expired after the {ttl_hours:g} h TTL)"
         )
 
 
@@ -125,7 +126,8 @@ def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
         shift, entities = shift_online_feature(cli_output.warehouse_of(settings), store, view, args.feature, args.by)
         where = store.describe()
     print(
-        f"{view.name}.{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} entities ({view.entity_key}) in {where}; "
+        f"{view.name}.{args.feature} + {shift:.3g} ({args.by:.0%} of its mean) for {entities} entities "
+        f"({view.entity_key}) in {where}; "
         "`featurestore skew --refresh` reports it, `featurestore sync --full` restores the synced values"
     )
 
@@ -161,7 +163,8 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
         print(table.to_string(index=False) + "\n")
     for feature_set in registry.feature_sets.values():
         print(
-            f"{feature_set.model} ({feature_set.task} of {feature_set.labels.name}.{feature_set.target}), keys: {', '.join(feature_set.caller_keys)}"
+            f"{feature_set.model} ({feature_set.task} of {feature_set.labels.name}.{feature_set.target}), "
+            f"keys: {', '.join(feature_set.caller_keys)}"
         )
         for read in feature_set.reads:
             derived = f", {read.key} from {'.'.join(read.derived_from)}" if read.derived_from else ""

@@ -63,10 +63,12 @@ def print_summary(settings: Settings) -> None:
             ).iloc[0]
             latest = warehouse.fetch(
                 con,
-                f"select * from {view.name} where {stamp} = (select max({stamp}) from {view.name}) order by {view.entity_key} limit 5",
+                f"select * from {view.name} where {stamp} = (select max({stamp}) from {view.name})"
+                f" order by {view.entity_key} limit 5",
             )
             print(
-                f"\n{view.name} ({view.entity} features): {row['n']} snapshots from {row['first']} to {row['last']}; latest, first {view.entity_key}s:"
+                f"\n{view.name} ({view.entity} features): {row['n']} snapshots from {row['first']} to {row['last']};"
+                f" latest, first {view.entity_key}s:"
             )
             print(latest.to_string(index=False))
 
@@ -81,7 +83,8 @@ def print_prediction(settings: Settings, model: str, entities: list[str], keys: 
         positional = [key for key in caller if key not in keys]
         if len(positional) != 1:
             raise FeatureStoreError(
-                f"{model} needs the keys {', '.join(caller)}: pass ids for one of them and --key NAME=VALUE for the others"
+                f"{model} needs the keys {', '.join(caller)}: "
+                "pass ids for one of them and --key NAME=VALUE for the others"
             )
         if len(entities) > 1:
             frame = pd.DataFrame({positional[0]: entities, **keys}, dtype=object)
@@ -163,7 +166,8 @@ def print_skew(settings: Settings, view_name: str | None, as_json: bool) -> None
     for view, report in reports:
         first = report.iloc[0]
         print(
-            f"Skew report of {view.name}, {first['report_at']}: training = {training_sources(report)}; serving = {first['serving_source']}"
+            f"Skew report of {view.name}, {first['report_at']}: training = {training_sources(report)}; "
+            f"serving = {first['serving_source']}"
         )
         print(report[columns].round(4).to_string(index=False))
 

@@ -25,7 +25,8 @@ _OUR_ERROR_CLASS = re.compile(r"^feature_assets\.[\w.]+: ")
 
 
 def dagster_home(settings: Settings) -> Path:
-    """The instance folder: $DAGSTER_HOME if set, else FEATURE_STORE_HOME/dagster seeded with deploy/<env>/dagster.yaml."""
+    """The instance folder: $DAGSTER_HOME if set, else FEATURE_STORE_HOME/dagster seeded with
+    deploy/<env>/dagster.yaml."""
     if os.environ.get("DAGSTER_HOME"):
         return Path(os.environ["DAGSTER_HOME"])
     home = settings.home / "dagster"
@@ -81,7 +82,8 @@ def execute_job(
             f"{c.asset_key.to_user_string()} {c.check_name}: {c.description}" for c in failed_checks if c.description
         ]
         causes += [_root_cause(e) for e in result.all_events if e.is_step_failure and not causes]
-        raise FeatureStoreError(f"the {what} failed: " + "; ".join(causes or [result.failure_data.error.message]))
+        fallback = f"run {result.run_id} failed; its events are in the Dagster UI (featurestore dev)"
+        raise FeatureStoreError(f"the {what} failed: " + "; ".join(causes or [fallback]))
     return result
 
 
@@ -106,7 +108,7 @@ def build_snapshots(
     in the UI with its partitions and is tagged featurestore/as_of (e.g. 2026-11-01 .. 2026-12-01)."""
     from feature_assets.automation import AS_OF_DAYS, as_of_days_tags
 
-    first_day = date.fromisoformat(AS_OF_DAYS.get_first_partition_key())
+    first_day = date.fromisoformat(str(AS_OF_DAYS.get_first_partition_key()))
     if days[0] < first_day:
         raise ConfigError(f"the as-of days (the feature views' partitions) begin {first_day}: {days[0]} is before them")
     ops = (
@@ -137,8 +139,9 @@ def sync_online(settings: Settings, full: bool = False) -> None:
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.materialization.metadata.items()}
         print(
-            f"{event.asset_key.to_user_string()} ({meta['store']}, keys {meta['key_pattern']}): {meta['mode']} sync wrote "
-            f"{meta['rows_written']} rows in {meta['seconds']} s ({meta['rows_per_second']} rows/s); {meta['keys_in_store']} readable"
+            f"{event.asset_key.to_user_string()} ({meta['store']}, keys {meta['key_pattern']}): "
+            f"{meta['mode']} sync wrote {meta['rows_written']} rows in {meta['seconds']} s "
+            f"({meta['rows_per_second']} rows/s); {meta['keys_in_store']} readable"
         )
     for check in result.get_asset_check_evaluations():
         checked = check.metadata.get("entities_checked")
@@ -161,7 +164,8 @@ def train(settings: Settings) -> bool:
                 f"{k} {meta[k]}" for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline") if k in meta
             )
             print(
-                f"  {name}: version {meta['version']}, {metrics} ({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)"
+                f"  {name}: version {meta['version']}, {metrics} "
+                f"({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)"
             )
         elif name == "served_models":
             print("  served_models: " + ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in meta.items()))
@@ -169,7 +173,8 @@ def train(settings: Settings) -> bool:
             print(f"  {name}: drifted features: {meta['drifted_features']}")
         elif "rows_with_features" in meta:
             print(
-                f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features of every view, built in {meta['seconds']} s"
+                f"  {name}: {meta['rows']} rows, {meta['rows_with_features']} with features of every view, "
+                f"built in {meta['seconds']} s"
             )
     for check in result.get_asset_check_evaluations():
         rows = check.metadata.get("rows_checked")
@@ -178,7 +183,8 @@ def train(settings: Settings) -> bool:
             continue  # the label tables' dbt tests
         detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
         print(
-            f"  {check.asset_key.to_user_string()} {check.check_name}: {'passed' if check.passed else 'FAILED'} ({detail})"
+            f"  {check.asset_key.to_user_string()} {check.check_name}: "
+            f"{'passed' if check.passed else 'FAILED'} ({detail})"
         )
     promoted = any(e.asset_key.to_user_string() == "served_models" for e in result.get_asset_materialization_events())
     for event in result.get_asset_observation_events():

@@ -67,8 +67,8 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
     refresh_job = dg.define_asset_job(
         "refresh_features",
         selection=dg.AssetSelection.assets(*refresh_selection),
-        description="Loads new raw rows (demo data) and appends the feature snapshots of the run's as-of day, or of one "
-        "hour of it (config as_of_start = as_of_end; the hourly schedule's runs: the views due at that hour).",
+        description="Loads new raw rows (demo data) and appends the feature snapshots of the run's as-of day, or of "
+        "one hour of it (config as_of_start = as_of_end; the hourly schedule's runs: the views due at that hour).",
     )
     online = [online_assets(view) for view in views]
     training_sets, leakage_checks = training_set_assets(registry)
@@ -87,7 +87,8 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
     sync_job = dg.define_asset_job(
         "sync_online_store",
         selection=dg.AssetSelection.assets(*(asset for asset, _ in online)),
-        description="Syncs every view's online snapshot and checks its parity (the online_sync sensor does this after each refresh).",
+        description="Syncs every view's online snapshot and checks its parity (the online_sync sensor does this "
+        "after each refresh).",
     )
     skew_job = dg.define_asset_job(
         "report_skew",
@@ -99,7 +100,8 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
     backfill_job = dg.define_asset_job(
         "backfill_features",
         selection=dg.AssetSelection.assets(*view_and_staging_keys),
-        description="(Re)computes the feature snapshots of a range of as-of days (partitions) from the raw rows loaded.",
+        description="(Re)computes the feature snapshots of a range of as-of days (partitions) from the raw rows "
+        "loaded.",
     )
     return dg.Definitions(
         assets=[

@@ -192,7 +192,8 @@ class AsOfConfig(dg.Config):
     )
     as_of_end: str | None = Field(
         default=None,
-        description="Last as-of hour (UTC, ISO) within the run's days; default: the last day's last hour, or the current hour if today.",
+        description="Last as-of hour (UTC, ISO) within the run's days; default: the last day's last hour, or the "
+        "current hour if today.",
     )
 
     def hours(self, days: dg.TimeWindow) -> tuple[datetime, datetime]:
@@ -202,7 +203,8 @@ class AsOfConfig(dg.Config):
         for name, hour in (("as_of_start", first), ("as_of_end", last)):
             if not first_day <= hour < after:
                 raise ConfigError(
-                    f"{name} {format_hour(hour)} is not within the run's as-of days {first_day.date()} .. {(after - TICK).date()}"
+                    f"{name} {format_hour(hour)} is not within the run's as-of days "
+                    f"{first_day.date()} .. {(after - TICK).date()}"
                 )
         if first > last:
             raise ConfigError(f"as_of_start {format_hour(first)} is after as_of_end {format_hour(last)}")
@@ -304,7 +306,8 @@ def _snapshot_metadata(warehouse: Warehouse, con: Any, view: FeatureView, as_of:
     row = warehouse.fetch(
         con,
         f"select count(distinct {view.timestamp}) as snapshots, max({view.timestamp}) as newest,"
-        f" count(distinct case when {view.timestamp} between ? and ? then {view.timestamp} end) as kept from {view.name}",
+        f" count(distinct case when {view.timestamp} between ? and ? then {view.timestamp} end) as kept"
+        f" from {view.name}",
         [first, last],
     ).iloc[0]
     kept = int(row["kept"])
