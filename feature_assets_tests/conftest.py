@@ -319,15 +319,15 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
 
 
 @pytest.fixture(scope="session")
-def trained_once(tmp_path_factory, worker_id) -> Path:
+def trained_once(tmp_path_factory) -> Path:
     """The trained folder, built once per test run (the first worker to need it builds it, under a lock, for all
     pytest-xdist workers): a DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets,
     and both models served. Never used directly: `trained` hands each module a copy to change."""
     from datetime import timedelta
 
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        shared = shared.parent
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
     folder = shared / "trained"
     with FileLock(str(shared / "trained.lock")):
         if not (folder / "built").exists():

@@ -289,8 +289,13 @@ def test_leakage_check_fails_on_a_training_set_that_sees_the_snapshot_at_label_t
 
 
 def test_leakage_check_names_a_feature_whose_value_does_not_come_from_its_snapshot(demo_warehouse):
+    # Every row of the table is checked, each recomputed from the feature history: the training set's first 400
+    # rows (label_row stays 1..400), two of them tampered.
     with demo_warehouse.connect() as con:
-        demo_warehouse.execute(con, "create or replace table tampered_training_set as select * from churn_training_set")
+        demo_warehouse.execute(
+            con,
+            "create or replace table tampered_training_set as select * from churn_training_set where label_row <= 400",
+        )
         demo_warehouse.execute(
             con,
             "update tampered_training_set set events_30d = events_30d + 1 where label_row = (select min(label_row) "
