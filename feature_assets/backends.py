@@ -11,7 +11,7 @@ modules are imported only when one is opened, so serving stays light.
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from feature_assets.errors import ConfigError
 from feature_assets.settings import Settings
@@ -41,12 +41,18 @@ __all__ = [
 REDIS_URL_VARIABLE = "FEATURE_STORE_REDIS_URL"
 
 
+_Kind = TypeVar("_Kind", bound=str)
+_WarehouseKind = Literal["duckdb", "postgres", "spark"]
+_OnlineKind = Literal["redis", "sqlite"]  # the online store's, and the served log's next to it
+_ModelStoreKind = Literal["folder", "postgres"]
+
+
 @dataclass(frozen=True)
-class BackendChoice:
+class BackendChoice(Generic[_Kind]):
     """A backend the settings choose: its kind, the environment variable holding its URL ("" for none: the URL is
     a secret, so a choice names where it is), and the rest of its make_* arguments."""
 
-    kind: str
+    kind: _Kind
     url_variable: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -57,7 +63,7 @@ class BackendChoice:
 # --- the warehouse ---------------------------------------------------------------------------------------------
 
 
-def warehouse_choice(settings: Settings) -> BackendChoice:
+def warehouse_choice(settings: Settings) -> BackendChoice[_WarehouseKind]:
     if settings.warehouse == "duckdb":
         return BackendChoice("duckdb", options={"path": str(settings.duckdb_path), "schema_name": "main"})
     if settings.warehouse == "spark":
@@ -101,7 +107,7 @@ def open_warehouse(settings: Settings, environ: Mapping[str, str] = os.environ) 
 # --- the online store and the served-vector log next to it ------------------------------------------------------
 
 
-def online_store_choice(settings: Settings) -> BackendChoice:
+def online_store_choice(settings: Settings) -> BackendChoice[_OnlineKind]:
     if settings.online == "redis":
         return BackendChoice("redis", REDIS_URL_VARIABLE)
     return BackendChoice("sqlite", options={"path": str(settings.online_sqlite_path)})
@@ -129,7 +135,7 @@ def open_online_store(settings: Settings, environ: Mapping[str, str] = os.enviro
     return make_online_store(choice.kind, choice.url(environ), **choice.options)
 
 
-def served_log_choice(settings: Settings) -> BackendChoice:
+def served_log_choice(settings: Settings) -> BackendChoice[_OnlineKind]:
     """Next to the online store, sampling FEATURE_STORE_SERVED_LOG_RATE of the vectors."""
     if settings.online == "redis":
         return BackendChoice("redis", REDIS_URL_VARIABLE, {"sample_rate": settings.served_log_rate})
@@ -160,7 +166,7 @@ def open_served_log(settings: Settings, environ: Mapping[str, str] = os.environ)
 # --- the model store -----------------------------------------------------------------------------------------
 
 
-def model_store_choice(settings: Settings) -> BackendChoice:
+def model_store_choice(settings: Settings) -> BackendChoice[_ModelStoreKind]:
     """PostgreSQL at the URL in the variable settings.model_store_url_variable names (FEATURE_STORE_MODEL_STORE_URL,
     or in prod by default the warehouse's FEATURE_STORE_POSTGRES_URL), in the schema FEATURE_STORE_POSTGRES_SCHEMA;
     else the folders under FEATURE_STORE_HOME/models."""

@@ -197,7 +197,9 @@ def sync_online_store(
             mode, reason = "incremental", f"snapshots after {previous.watermark}"
         oldest_served = now - view.online_ttl
         after = (
-            max(previous.watermark, oldest_served) if mode == "incremental" and previous.watermark else oldest_served
+            max(previous.watermark, oldest_served)
+            if mode == "incremental" and previous is not None and previous.watermark
+            else oldest_served
         )
         written: set[bytes] = set()
         # A full sync deletes the entities the store held before it and did not write; listing them (a scan of

@@ -38,13 +38,13 @@ class AlertChannels(dg.ConfigurableResource):
         """Delivers one Slack-compatible message ({"text", "blocks"}) to every configured channel; raises
         AlertDeliveryError if any refuses it."""
         if self.webhook_url:
-            self._post_to_webhook(message)
+            self._post_to_webhook(self.webhook_url, message)
         if self.slack_token and self.slack_channel:
-            self._post_to_slack(message)
+            self._post_to_slack(self.slack_token, self.slack_channel, message)
 
-    def _post_to_webhook(self, message: Mapping[str, Any]) -> None:
+    def _post_to_webhook(self, url: str, message: Mapping[str, Any]) -> None:
         request = urllib.request.Request(
-            self.webhook_url,
+            url,
             data=json.dumps(message).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
@@ -60,19 +60,17 @@ class AlertChannels(dg.ConfigurableResource):
                 f"the alert webhook could not be reached ({type(reason).__name__}: {reason})"
             ) from None
 
-    def _post_to_slack(self, message: Mapping[str, Any]) -> None:
+    def _post_to_slack(self, token: str, channel: str, message: Mapping[str, Any]) -> None:
         # Not exercised against real Slack by the tests: a thin call through dagster-slack's client.
         from dagster_slack import SlackResource
         from slack_sdk.errors import SlackClientError
 
-        client = SlackResource(token=self.slack_token).get_client()
+        client = SlackResource(token=token).get_client()
         client.timeout = int(self.timeout_seconds)
         try:
-            client.chat_postMessage(channel=self.slack_channel, text=message["text"], blocks=message.get("blocks"))
+            client.chat_postMessage(channel=channel, text=message["text"], blocks=message.get("blocks"))
         except (SlackClientError, OSError) as error:
-            raise AlertDeliveryError(
-                f"the alert could not be posted to Slack channel {self.slack_channel}: {error}"
-            ) from None
+            raise AlertDeliveryError(f"the alert could not be posted to Slack channel {channel}: {error}") from None
 
 
 def _secret(name: str, environ: Mapping[str, str]) -> dg.EnvVar | None:

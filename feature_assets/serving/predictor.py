@@ -30,7 +30,7 @@ from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.model_card import ModelCard
 from feature_assets.serving.model_store import ModelStore
-from feature_assets.serving.online_store import OnlineStore
+from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.reads import MISSING, RECHECK_SECONDS, FeatureReader
 from feature_assets.serving.served_log import ServedLog
 from feature_assets.settings import seconds_from_milliseconds
@@ -52,6 +52,9 @@ def deadline_from_env() -> float:
 
 
 _NUMERIC = ("int64", "float64", "bool")
+_Rows = Callable[[np.ndarray], np.ndarray]  # rows in, rows (encoded) or scores out
+# What a loaded model was checked against, per view: the sync record's version, schema and definitions.
+_Checked = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 
 
 class SchemaMismatch(FeatureStoreError):
@@ -122,10 +125,13 @@ class _Served:
 
     def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Scores of the rows (see _fitted_steps: the pipeline's fitted parameters in numpy where it can)."""
+        scores: np.ndarray  # the pipeline is untyped (scikit-learn)
         if self._steps is None:
             if self.classifier:
-                return self.pipeline.predict_proba(matrix)[:, 1]
-            return self.pipeline.predict(matrix)
+                scores = self.pipeline.predict_proba(matrix)[:, 1]
+            else:
+                scores = self.pipeline.predict(matrix)
+            return scores
         encoders, score = self._steps
         return score(np.concatenate([encode(matrix) for encode in encoders], axis=1))
 
@@ -133,7 +139,7 @@ class _Served:
         return float(self.score_matrix(matrix)[0])
 
 
-def _fitted_steps(pipeline: Any, classifier: bool) -> tuple[list[Callable[[np.ndarray], np.ndarray]], Callable] | None:
+def _fitted_steps(pipeline: Any, classifier: bool) -> tuple[list[_Rows], _Rows] | None:
     """For a Pipeline(ColumnTransformer, estimator) that drops unlisted columns: per transformer, a function
     encoding rows (a 2-D object matrix in, a 2-D float matrix out), and one scoring the encoded rows; None for any
     other shape (scored through the pipeline itself). For one row, or a hundred, scikit-learn's input validation
@@ -160,7 +166,7 @@ def _fitted_steps(pipeline: Any, classifier: bool) -> tuple[list[Callable[[np.nd
     return encoders, estimator.predict
 
 
-def _transform_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+def _transform_encoder(transformer: Any, columns: list[int]) -> _Rows:
     def encode(rows: np.ndarray) -> np.ndarray:
         part = transformer.transform(rows[:, columns])
         return (part.toarray() if sparse.issparse(part) else np.asarray(part)).astype(float)
@@ -168,7 +174,7 @@ def _transform_encoder(transformer: Any, columns: list[int]) -> Callable[[np.nda
     return encode
 
 
-def _numpy_encoder(transformer: Any, columns: list[int]) -> Callable[[np.ndarray], np.ndarray] | None:
+def _numpy_encoder(transformer: Any, columns: list[int]) -> _Rows | None:
     """The fitted parameters of SimpleImputer(+ indicator) -> StandardScaler, or of OneHotEncoder(handle_unknown=
     "ignore"), as arithmetic on rows; None for other transformers or settings."""
     if isinstance(transformer, Pipeline) and [type(step) for _, step in transformer.steps] == [
@@ -223,7 +229,7 @@ def _category(value: Any) -> Any:
     return _NAN if isinstance(value, float) and value != value else value
 
 
-def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> tuple:
+def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> _Checked | None:
     """The store's sync record of the view (what was checked), or SchemaMismatch naming what differs."""
     record = store.last_sync(view)
     if record is None:
@@ -250,7 +256,7 @@ def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard)
     return _what_was_checked(record)
 
 
-def _what_was_checked(record: Any) -> tuple:
+def _what_was_checked(record: SyncRecord | None) -> _Checked | None:
     return None if record is None else (record.version, record.schema, record.definitions)
 
 
@@ -324,6 +330,7 @@ class Predictor:
         for level in (passed, [part for part in served.parts if part.key not in keys]):
             for part in level:
                 if part.key not in keys:
+                    assert part.derived_from is not None  # the caller keys are in keys (_keys)
                     source_view, source_feature = part.derived_from
                     value = rows[source_view][source_feature]
                     if value is None:
@@ -369,6 +376,7 @@ class Predictor:
         frames: dict[str, pd.DataFrame] = {}
         for part in _in_dependency_order(served.parts):
             if part.key not in keys.columns:
+                assert part.derived_from is not None  # the caller keys are in the frame (_key_frame)
                 source_view, source_feature = part.derived_from
                 keys[part.key] = (
                     frames[source_view][source_feature]
@@ -383,11 +391,12 @@ class Predictor:
             frames[part.view.name] = frame
             for row in np.flatnonzero(frame[MISSING].to_numpy(dtype=bool)):
                 if pd.isna(errors[row]):
-                    errors[row] = (
-                        _missing_message(card, part.view, ids[row])
-                        if known[row]
-                        else f"{part.key} is derived from {'.'.join(part.derived_from)}, which is null; no prediction"
-                    )
+                    if known[row]:
+                        errors[row] = _missing_message(card, part.view, ids[row])
+                    else:
+                        assert part.derived_from is not None  # only derived keys are null: _key_frame parses the rest
+                        derived_from = ".".join(part.derived_from)
+                        errors[row] = f"{part.key} is derived from {derived_from}, which is null; no prediction"
         for view, name in served.floats:
             column = frames[view][name].to_numpy(dtype=np.float64, na_value=0.0)
             for row in np.flatnonzero(~np.isfinite(column)):

@@ -27,7 +27,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -353,7 +353,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             await blocking(service.refresh)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         lanes.append(Lane(service.threads))
         for failure in await blocking(service.refresh):
             log.warning("not serving yet: %s", failure)
@@ -376,7 +376,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         Route("/v1/predict/{model}", _counted("/v1/predict/{model}", predict), methods=["POST"]),
         Route("/metrics", _counted("/metrics", metrics), methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    # Starlette types every handler as taking any Exception, though one registered for a status code is given an
+    # HTTPException.
+    handlers = {404: not_found, 405: not_found}
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)  # type: ignore[arg-type]
 
 
 # --- running it --------------------------------------------------------------------------------------------------
@@ -413,7 +416,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     # Every worker writes its metrics to files here; /metrics adds them up. Stale files would add up too.
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     temporary = folder is None
-    if temporary:
+    if folder is None:
         folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="featurestore-metrics-")
     else:  # created by the CLI before this module's metrics were
         for name in os.listdir(folder):

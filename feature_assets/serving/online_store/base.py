@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Any
 
 from feature_assets.errors import DataError
@@ -87,7 +88,9 @@ class OnlineWriter(ABC):
     def __enter__(self) -> "OnlineWriter":
         return self
 
-    def __exit__(self, kind, error, traceback) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if error is None:
             self.finish()
         else:
@@ -162,5 +165,5 @@ class OnlineStore(ABC):
     def __enter__(self) -> "OnlineStore":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

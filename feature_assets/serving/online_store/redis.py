@@ -12,11 +12,12 @@ Layout (on a cluster, keys spread over the masters by hash slot):
 """
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import Connection
 
 from feature_assets.errors import DataError, OnlineStoreError
 from feature_assets.registry import FeatureView
@@ -45,6 +46,8 @@ _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 _TRANSACTION_ROWS = 1000
 # The sync waits longer than a request: a batch of megabytes is in flight while Redis works on the one before.
 _SYNC_TIMEOUT = 30.0
+# The clients never decode replies (no decode_responses), so every string Redis answers is bytes; redis-py's
+# annotations allow str too, for clients that do: the casts below say which.
 
 
 class RedisOnlineStore(OnlineStore):
@@ -94,7 +97,9 @@ class RedisOnlineStore(OnlineStore):
     def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
         return _RedisWriter(self, view, replace)
 
-    def _checked(self, key: bytes, fields: Sequence[str], values: Any) -> list | None:
+    def _checked(
+        self, key: bytes, fields: Sequence[str], values: list[bytes | None] | redis.ResponseError
+    ) -> list[bytes | None] | None:
         if isinstance(values, redis.ResponseError):
             raise self._refused(key, values)
         if values[0] is None:
@@ -127,7 +132,7 @@ class RedisOnlineStore(OnlineStore):
         replies = self._per_node(keys, commands, timeout)
         return [self._checked(key, fields, values) for key, (_, _, fields), values in zip(keys, requests, replies)]
 
-    def _per_node(self, keys: Sequence[bytes], commands: Sequence[bytes], timeout: float | None) -> list:
+    def _per_node(self, keys: Sequence[bytes], commands: Sequence[bytes], timeout: float | None) -> list[Any]:
         """One reply per command (command i touches keys[i]); each node's commands go out in one round, all
         nodes' rounds are sent before any reply is read."""
         if not isinstance(self.client, RedisCluster):
@@ -157,7 +162,9 @@ class RedisOnlineStore(OnlineStore):
             node = self._slot_nodes[slot] = node_for(self.client, slot=slot)
         return node
 
-    def _round(self, by_node: dict, commands: Sequence[bytes], timeout: float | None) -> list:
+    def _round(
+        self, by_node: dict[redis.Redis, list[int]], commands: Sequence[bytes], timeout: float | None
+    ) -> list[Any]:
         try:
             return self._round_once(by_node, commands, timeout)
         except OnlineStoreError as error:
@@ -167,21 +174,24 @@ class RedisOnlineStore(OnlineStore):
             # A pooled connection the server closed (a restart, an idle timeout): reads may run twice.
             return self._round_once(by_node, commands, timeout)
 
-    def _round_once(self, by_node: dict, commands: Sequence[bytes], timeout: float | None) -> list:
-        replies: list = [None] * len(commands)
-        taken = []
-        node = None
+    def _round_once(
+        self, by_node: dict[redis.Redis, list[int]], commands: Sequence[bytes], timeout: float | None
+    ) -> list[Any]:
+        replies: list[Any] = [None] * len(commands)
+        taken: list[tuple[redis.Redis, Connection, list[int]]] = []
+        node: redis.Redis | None = None
         try:
             for node, indexes in by_node.items():
                 connection = node.connection_pool.get_connection()
                 taken.append((node, connection, indexes))
-                connection.send_packed_command([b"".join([commands[i] for i in indexes])])
+                payload = b"".join([commands[i] for i in indexes])
+                connection.send_packed_command([payload])  # type: ignore[no-untyped-call]  # unannotated in redis-py
             for _, connection, indexes in taken:
                 for index, reply in zip(indexes, read(connection, len(indexes), timeout)):
                     replies[index] = reply
         except BaseException as error:
             for _, connection, _ in taken:
-                connection.disconnect()
+                connection.disconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if isinstance(error, (redis.RedisError, OSError)):
                 raise self.unreachable(error, node) from error
             raise
@@ -209,9 +219,11 @@ class RedisOnlineStore(OnlineStore):
         missing = None
         for column, field in enumerate(fields[1:], start=1):
             if None in columns[column]:
+                # numpy's stubs refuse None as an operand, which np.equal compares element-wise in an object array.
                 if missing is None:
-                    missing = np.equal(np.array(columns[0], dtype=object), None)
-                holes = np.flatnonzero(np.equal(np.array(columns[column], dtype=object), None) & ~missing)
+                    missing = np.equal(np.array(columns[0], dtype=object), None)  # type: ignore[call-overload]
+                nulls = np.equal(np.array(columns[column], dtype=object), None)  # type: ignore[call-overload]
+                holes = np.flatnonzero(nulls & ~missing)
                 if len(holes):
                     key = (prefix + ids[holes[0]]).decode()
                     raise DataError(f"online value at {key} has no field {field!r}; run a full resync")
@@ -222,7 +234,7 @@ class RedisOnlineStore(OnlineStore):
 
     def last_sync(self, view: FeatureView) -> SyncRecord | None:
         try:
-            fields = self.client.hgetall(self.meta_key(view))
+            fields = cast(dict[bytes, bytes], self.client.hgetall(self.meta_key(view)))
         except redis.RedisError as error:
             raise self.unreachable(error) from None
         if not fields:
@@ -243,7 +255,8 @@ class RedisOnlineStore(OnlineStore):
         try:
             with node_for(self.sync_client, key.encode()).pipeline(transaction=True) as pipe:
                 pipe.delete(key)
-                pipe.hset(key, mapping=mapping)
+                # redis-py's Mapping[FieldT, EncodableT] is invariant in its key type, so refuses a dict[str, str]
+                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
                 pipe.pexpire(key, int(view.online_ttl.total_seconds() * 1000))
                 pipe.execute()
         except redis.RedisError as error:
@@ -264,7 +277,7 @@ class RedisOnlineStore(OnlineStore):
             try:
                 while cursor != 0:
                     cursor, keys = node.scan(cursor or 0, match=pattern, count=50_000)
-                    yield keys
+                    yield cast(list[bytes], keys)
             except redis.RedisError as error:
                 raise self.unreachable(error, node) from None
 
@@ -312,8 +325,9 @@ class _RedisWriter(OnlineWriter):
         pexpireat = b"*3\r\n$9\r\nPEXPIREAT\r\n" + key + b"%s"
         self._row = (b"*2\r\n$3\r\nDEL\r\n" + key if replace else b"") + hset + pexpireat
         self._commands_per_row = 3 if replace else 2
-        self._connections: dict[redis.Redis, Any] = {}  # one per node, taken from its pool for the whole sync
-        self._in_flight: list[tuple[Any, redis.Redis, list[int]]] = []  # (connection, node, rows per transaction)
+        self._connections: dict[redis.Redis, Connection] = {}  # one per node, taken from its pool for the whole sync
+        # (connection, node, rows per transaction)
+        self._in_flight: list[tuple[Connection, redis.Redis, list[int]]] = []
         self._rows_stored = 0
         self._failure: BaseException | None = None
 
@@ -346,7 +360,7 @@ class _RedisWriter(OnlineWriter):
             by_node.setdefault(node_for(self._client, slot=slot), []).append(slot_rows)
         return by_node
 
-    def _connection(self, node: redis.Redis):
+    def _connection(self, node: redis.Redis) -> Connection:
         if node not in self._connections:
             self._connections[node] = node.connection_pool.get_connection()
         return self._connections[node]
@@ -360,7 +374,8 @@ class _RedisWriter(OnlineWriter):
             sent = []
             for node, transactions in self._transactions(batch, keep).items():
                 connection = self._connection(node)
-                connection.send_packed_command([b"".join(_MULTI + b"".join(rows) + _EXEC for rows in transactions)])
+                payload = b"".join(_MULTI + b"".join(rows) + _EXEC for rows in transactions)
+                connection.send_packed_command([payload])  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 sent.append((connection, node, [len(rows) for rows in transactions]))
             self._collect()
             self._in_flight = sent
@@ -384,7 +399,7 @@ class _RedisWriter(OnlineWriter):
         if self._failure is None:
             self._failure = error
         for connection in self._connections.values():
-            connection.disconnect()
+            connection.disconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
     def _raise_failure(self) -> None:
         failure = self._failure

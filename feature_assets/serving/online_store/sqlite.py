@@ -26,7 +26,7 @@ class SqliteOnlineStore(OnlineStore):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._con: sqlite3.Connection | None = None
-        self._sql: dict[tuple, str] = {}
+        self._sql: dict[tuple[str, tuple[str, ...], bool], str] = {}  # (view, fields, many) -> select
 
     def describe(self) -> str:
         return f"sqlite {self.path}"
@@ -96,11 +96,12 @@ class SqliteOnlineStore(OnlineStore):
         self, view: FeatureView, entity_id: Any, fields: Sequence[str], *, timeout: float | None = None
     ) -> Sequence[Any] | None:
         try:
-            return (
+            row: tuple[Any, ...] | None = (
                 self._connect()
                 .execute(self._select(view, fields, False), (encode_entity_id(entity_id).decode(), time.time()))
                 .fetchone()
             )
+            return row
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return None
@@ -157,7 +158,7 @@ class SqliteOnlineStore(OnlineStore):
     def entity_ids(self, view: FeatureView) -> set[bytes]:
         return {row[0].encode() for row in self._unexpired(view, "entity_id")}
 
-    def _unexpired(self, view: FeatureView, columns: str) -> list[tuple]:
+    def _unexpired(self, view: FeatureView, columns: str) -> list[tuple[Any, ...]]:
         """`columns` over the view's unexpired entities ([] before its first sync), on a connection of its own: a
         sync lists the entities in another thread while it writes."""
         self._connect()  # creates the file and tables on first use

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, final
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,7 @@ class ServedLogStats:
     last_error: str | None
 
 
+@final  # so `type(item) is _Vector` tells mypy the other items are _Batch
 class _Vector(NamedTuple):
     """One served vector as a caller enqueued it: nothing is encoded on the caller's thread."""
 
@@ -121,7 +122,7 @@ def _decoded_column(values: list[Any]) -> Any:
     return pd.array(values, dtype=object)
 
 
-def records_frame(records: Sequence[tuple[str, str, str | None, str | None, str]]) -> pd.DataFrame:
+def records_frame(records: Sequence[tuple[str, str, str, str | None, str | None, str]]) -> pd.DataFrame:
     """(entity key, entity id JSON, features JSON, model, version, served_at ISO) rows -> the frame `read` returns."""
     if not records:
         return pd.DataFrame({"model": pd.array([], dtype="string"), "version": pd.array([], dtype="string"),
@@ -173,7 +174,7 @@ class ServedLog(ABC):
         self._random = random.Random(seed).random if seed is not None else random.random
         self._rows_rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        self._items: deque = deque()
+        self._items: deque[_Vector | _Batch] = deque()
         self._queued = 0  # vectors in _items
         self._writing = 0  # vectors taken by the writer and not yet written or failed
         self._logged = self._dropped = self._failed = 0
@@ -279,7 +280,7 @@ class ServedLog(ABC):
     def __enter__(self) -> "ServedLog":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # --- the writer thread -------------------------------------------------------------------------------------
@@ -299,7 +300,7 @@ class ServedLog(ABC):
 
     def _drain_once(self) -> bool:
         """Writes up to batch_size vectors; False when the queue is empty."""
-        taken: list = []
+        taken: list[_Vector | _Batch] = []
         with self._lock:
             while self._items and self._writing < self.batch_size:
                 item = self._items.popleft()
@@ -350,14 +351,18 @@ def _batch_size(batch: _Batch) -> int:
 
 def _values(column: Sequence[Any], index: np.ndarray | None) -> list[Any]:
     if index is None:
-        return column if type(column) is list else np.asarray(column, dtype=object).tolist()
-    return np.asarray(column, dtype=object)[index].tolist()
+        if type(column) is list:
+            return column
+        values: list[Any] = np.asarray(column, dtype=object).tolist()
+        return values
+    values = np.asarray(column, dtype=object)[index].tolist()
+    return values
 
 
 GIL_CHUNK = 16  # vectors encoded between two releases of the GIL
 
 
-def _encode(items: list) -> list[Record]:
+def _encode(items: list[_Vector | _Batch]) -> list[Record]:
     """Encodes on the writer thread, yielding the GIL every GIL_CHUNK vectors: a request thread waiting for it
     would otherwise wait for the whole batch (Python only forces a switch after 5 ms)."""
     records: list[Record] = []

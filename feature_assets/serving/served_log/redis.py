@@ -1,7 +1,7 @@
 """The served-vector log in Redis: a stream per view, next to the online store."""
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import redis
@@ -12,6 +12,8 @@ from feature_assets.serving.redis_io import bulk
 from feature_assets.serving.served_log.base import GIL_CHUNK, Record, ServedLog, ServedLogError, records_frame
 
 __all__ = ["RedisServedLog"]
+
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]  # (entry id, fields) per entry, as XRANGE answers
 
 
 class RedisServedLog(ServedLog):
@@ -70,17 +72,19 @@ class RedisServedLog(ServedLog):
 
     def read(self, view: str, limit: int | None = None) -> pd.DataFrame:
         try:
+            # redis-py types stream entries for any client (str with decode_responses, None after XDEL for XCLAIM);
+            # this client decodes nothing and XRANGE lists only entries that exist: ids, names and values are bytes.
             if limit is None:
-                entries = self.client.xrange(self.key(view))
+                entries = cast(_Entries, self.client.xrange(self.key(view)))
             else:
-                entries = self.client.xrevrange(self.key(view), count=limit)[::-1]
+                entries = cast(_Entries, self.client.xrevrange(self.key(view), count=limit))[::-1]
         except redis.RedisError as error:
             raise ServedLogError(f"served log at {self.describe()}: {type(error).__name__}: {error}") from None
         except FeatureStoreError as error:
             raise ServedLogError(f"served log: {error}") from None
-        rows = []
-        for _, fields in entries:
-            fields = {name.decode(): value.decode() for name, value in fields.items()}
+        rows: list[tuple[str, str, str, str | None, str | None, str]] = []
+        for _, encoded in entries:
+            fields = {name.decode(): value.decode() for name, value in encoded.items()}
             features, served_at = fields.pop("features"), fields.pop("served_at")
             model, version = fields.pop("model", None), fields.pop("version", None)
             (key, entity_id), = fields.items()  # fmt: skip
