@@ -14,7 +14,6 @@ import pandas as pd
 from feature_assets import cli_output, cli_runs
 from feature_assets.as_of import current_hour, format_hour, parse_day, parse_hour
 from feature_assets.errors import ConfigError, FeatureStoreError, shown
-from feature_assets.scripted_drift import shift_online_feature
 from feature_assets.settings import Settings
 
 __all__ = ["main"]
@@ -112,6 +111,7 @@ def cmd_skew(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_inject_drift(args: argparse.Namespace, settings: Settings) -> None:
     from feature_assets.backends import open_online_store
+    from feature_assets.scripted_drift import shift_online_feature
 
     registry = cli_output.read_registry()
     if args.view:

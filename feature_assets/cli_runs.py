@@ -9,11 +9,14 @@ import re
 import tempfile
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feature_assets.as_of import format_hour
 from feature_assets.errors import ConfigError, FeatureStoreError
-from feature_assets.registry import Registry
 from feature_assets.settings import Settings
+
+if TYPE_CHECKING:
+    from feature_assets.registry import Registry
 
 __all__ = ["build_snapshots", "dagster_home", "dagster_instance", "execute_job", "sync_online", "train"]
 
@@ -122,7 +125,7 @@ def build_snapshots(
     return execute_job(settings, what, {"ops": ops}, job_name=job, tags=tags)
 
 
-def _online_assets(registry: Registry) -> list[str]:
+def _online_assets(registry: "Registry") -> list[str]:
     from feature_assets.assets.online import online_asset_name
 
     return [online_asset_name(view) for view in registry.views.values()]
