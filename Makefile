@@ -39,7 +39,7 @@ check: prepare lint
 		$(BIN)/python -m pytest -q -n 2 -m "$(QUICK)" --durations=10
 
 # Everything CI runs: lint, types and the whole suite, the browser test of the Dagster UI and Spark included, on two
-# processes (Spark's tests on one of them). ensure-services starts PostgreSQL and Redis if they are not running and
+# processes (each test module on one of them, and every Spark test on one). ensure-services starts PostgreSQL and Redis if they are not running and
 # prints the URL the tests log in with.
 test: prepare lint
 	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url \

@@ -74,6 +74,8 @@ def _calls_pipeline(function: Any, modules: list[Any], seen: set[str]) -> bool:
     return False
 
 
+# Before pytest-xdist's own hook, which reads the xdist_group marks to keep a group on one worker.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         modules = [item.module, sys.modules[__name__]]
@@ -90,9 +92,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             needs.add("e2e")
         for need in sorted(needs) or ["unit"]:
             item.add_marker(need)
-        if "spark" in needs:
-            # Under `pytest -n N --dist loadgroup`, one worker runs every Spark test: one local Spark server.
-            item.add_marker(pytest.mark.xdist_group("spark"))
+        # Under `pytest -n N --dist loadgroup`, a module's tests run on one worker (its module fixtures, dbt builds
+        # among them, are built once), and every Spark test on one worker (one local Spark server).
+        item.add_marker(pytest.mark.xdist_group("spark" if "spark" in needs else item.module.__name__))
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
