@@ -74,8 +74,6 @@ def _calls_pipeline(function: Any, modules: list[Any], seen: set[str]) -> bool:
     return False
 
 
-# Before pytest-xdist's own hook, which reads the xdist_group marks to keep a group on one worker.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         modules = [item.module, sys.modules[__name__]]
@@ -92,9 +90,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             needs.add("e2e")
         for need in sorted(needs) or ["unit"]:
             item.add_marker(need)
-        # Under `pytest -n N --dist loadgroup`, a module's tests run on one worker (its module fixtures, dbt builds
-        # among them, are built once), and every Spark test on one worker (one local Spark server).
-        item.add_marker(pytest.mark.xdist_group("spark" if "spark" in needs else item.module.__name__))
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
