@@ -39,11 +39,11 @@ check: prepare lint
 		$(BIN)/python -m pytest -q -n 2 -m "$(QUICK)" --durations=10
 
 # Everything CI runs: lint, types and the whole suite, the browser test of the Dagster UI and Spark included, on two
-# processes, each test module on one of them (its module fixtures, dbt builds among them, are built once). ensure-services starts PostgreSQL and Redis if they are not running and
+# processes. ensure-services starts PostgreSQL and Redis if they are not running and
 # prints the URL the tests log in with.
 test: prepare lint
 	url=$$(scripts/ensure-services) && FEATURE_STORE_TEST_POSTGRES_URL=$$url \
-		$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+		$(BIN)/python -m pytest -q -n 2 --durations=25
 
 dev: prepare
 	$(BIN)/featurestore dev
