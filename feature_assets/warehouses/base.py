@@ -41,9 +41,14 @@ class Warehouse(ABC):
     def execute(self, con: Any, sql: str, params: Sequence[Any] = ()) -> None:
         """Runs one statement."""
 
-    @abstractmethod
     def table_exists(self, con: Any, table: str) -> bool:
-        """Whether the schema holds `table`."""
+        """Whether the schema holds `table`, by the SQL standard's information_schema (Spark asks its catalog)."""
+        found = self.fetch(
+            con,
+            "select count(*) as n from information_schema.tables where table_schema = ? and table_name = ?",
+            (self.schema_name, validate_identifier(table, "table")),
+        )
+        return int(found["n"].iloc[0]) > 0
 
     @abstractmethod
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:

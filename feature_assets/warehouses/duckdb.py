@@ -54,14 +54,6 @@ class DuckDBWarehouse(Warehouse):
     def execute(self, con: Any, sql: str, params: Sequence[Any] = ()) -> None:
         con.execute(sql, list(params))
 
-    def table_exists(self, con: Any, table: str) -> bool:
-        found = self.fetch(
-            con,
-            "select count(*) as n from information_schema.tables where table_schema = ? and table_name = ?",
-            (self.schema_name, validate_identifier(table, "table")),
-        )
-        return int(found["n"].iloc[0]) > 0
-
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         validate_identifier(table, "table")
         columns = ", ".join(validate_identifier(c, "column") for c in column_types)

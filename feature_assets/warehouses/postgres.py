@@ -61,14 +61,6 @@ class PostgresWarehouse(Warehouse):
     def execute(self, con: Any, sql: str, params: Sequence[Any] = ()) -> None:
         con.execute(postgres_sql(sql), list(params))
 
-    def table_exists(self, con: Any, table: str) -> bool:
-        found = self.fetch(
-            con,
-            "select count(*) as n from information_schema.tables where table_schema = ? and table_name = ?",
-            (self.schema_name, validate_identifier(table, "table")),
-        )
-        return int(found["n"].iloc[0]) > 0
-
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """COPY of the frame as CSV."""
         validate_identifier(table, "table")
