@@ -128,7 +128,7 @@ def monitored_views(view_name: str | None):
 
 
 def print_skew(settings: Settings, view_name: str | None, as_json: bool) -> None:
-    from feature_assets.assets.monitoring import latest_report, report_table, training_sources
+    from feature_assets.skew_reports import latest_report, report_table, training_sources
 
     warehouse = warehouse_of(settings)
     reports = []

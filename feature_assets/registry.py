@@ -31,6 +31,7 @@ __all__ = [
     "Registry",
     "ViewRead",
     "load_registry",
+    "snake_case",
     "snapshot_column",
 ]
 
@@ -62,7 +63,8 @@ _KEY_TYPES = ("smallint", "integer", "int", "bigint", "varchar", "text")
 _Json = dict[str, Any]
 
 
-def _snake_case(name: str, what: str) -> str:
+def snake_case(name: str, what: str) -> str:
+    """The name, or the error saying it is not snake_case (with the snake_case spelling to use)."""
     if not isinstance(name, str) or not _SNAKE_CASE.fullmatch(name):
         suggestion = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name)).lower().replace("-", "_").replace(" ", "_")
         raise RegistryError(f"{what} {name!r} is not snake_case (lowercase words joined by _, e.g. {suggestion!r})")
@@ -221,7 +223,7 @@ class Registry:
 def _columns(node: _Json, what: str) -> dict[str, _Json]:
     columns = {}
     for column in node.get("columns", {}).values():
-        columns[_snake_case(column["name"], f"column of {what}:")] = column
+        columns[snake_case(column["name"], f"column of {what}:")] = column
     return columns
 
 
@@ -230,7 +232,7 @@ def _data_type(column: _Json) -> str:
 
 
 def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
-    name = _snake_case(node["name"], "feature view")
+    name = snake_case(node["name"], "feature view")
     block = node["config"]["meta"]["feature_view"]
     try:
         entity, entity_key, timestamp = block["entity"], block["entity_key"], block["timestamp"]
@@ -261,7 +263,7 @@ def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
     checksums = feature_checksums(manifest, node, {feature: data_type for feature, (data_type, _) in declared.items()})
     return FeatureView(
         name=name,
-        entity=_snake_case(entity, f"entity of {name}:"),
+        entity=snake_case(entity, f"entity of {name}:"),
         entity_key=entity_key,
         key_data_type=key_type,
         timestamp=timestamp,
@@ -276,7 +278,7 @@ def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
 
 
 def _label_table(node: _Json) -> LabelTable:
-    name = _snake_case(node["name"], "label table")
+    name = snake_case(node["name"], "label table")
     block = node["config"]["meta"]["labels"]
     try:
         keys, label_time, target, outcome_hours = (
@@ -300,7 +302,7 @@ def _label_table(node: _Json) -> LabelTable:
 
 
 def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
-    model = _snake_case(exposure["name"], "model")
+    model = snake_case(exposure["name"], "model")
     block = exposure["config"]["meta"]["feature_set"]
     try:
         label_name, task, features = block["labels"], block["task"], block["features"]
@@ -335,7 +337,7 @@ def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[st
                 "only "
                 f"{', '.join(label_table.entity_keys)}"
             )
-        chosen = tuple(view.feature(_snake_case(name, f"feature of model {model}:")) for name in names)
+        chosen = tuple(view.feature(snake_case(name, f"feature of model {model}:")) for name in names)
         for feature in chosen:
             if feature.name in seen:
                 raise RegistryError(

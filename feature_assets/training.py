@@ -43,13 +43,13 @@ def point_in_time_sql(warehouse: Warehouse, feature_set: FeatureSet) -> tuple[st
                 row_number() over (order by {", ".join(f"{column} nulls last" for column in order)}) as {LABEL_ROW}
             from {validate_identifier(labels.name, "label table")}
         )"""
-    return warehouse.point_in_time_join(feature_set, ordered, label_columns)
+    return warehouse.point_in_time_join(feature_set.reads, labels.label_time, ordered, label_columns)
 
 
 def require_view_indexes(warehouse: Warehouse, con: Any, feature_set: FeatureSet) -> None:
     """Refuses a feature set whose views lack an index the join probes (PostgreSQL: each view's (entity key,
     timestamp) index, which the dbt build creates)."""
-    warehouse.check_join_indexes(con, feature_set)
+    warehouse.check_join_indexes(con, feature_set.views)
 
 
 def build_table(warehouse: Warehouse, con: Any, table: str, sql: str, params: list[Any]) -> int:

@@ -4,13 +4,14 @@ the previous model serving."""
 import dagster as dg
 
 from feature_assets.assets.models import model_assets
-from feature_assets.assets.monitoring import latest_report, report_table, served_models_asset, skew_report_assets
+from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
 from feature_assets.assets.training import training_set_assets
 from feature_assets.online_sync import iter_latest_snapshots
 from feature_assets.registry import load_registry
 from feature_assets.scripted_drift import shift_online_feature
 from feature_assets.serving import FolderModelStore
 from feature_assets.settings import dbt_manifest_path
+from feature_assets.skew_reports import latest_report, report_table
 
 REGISTRY = load_registry(dbt_manifest_path())
 VIEW, COUNTRIES = REGISTRY.view("user_features"), REGISTRY.view("country_features")

@@ -22,17 +22,14 @@ from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, skew_report
 from feature_assets.skew_histograms import histogram_markdown, histogram_sparkline
+from feature_assets.skew_reports import drift_errors, features_at, latest_report, report_table, training_sources
 from feature_assets.warehouses import Warehouse
 
 __all__ = [
     "SkewReportConfig",
-    "drift_errors",
-    "latest_report",
-    "report_table",
     "served_models_asset",
     "skew_report_assets",
     "skew_report_name",
-    "training_sources",
 ]
 _REPORT_COLUMNS = {
     "report_at": "timestamp",
@@ -72,11 +69,6 @@ class SkewReportConfig(dg.Config):
         "error_psi, error_null_rate_change. Defaults: warn at 10% mean shift or PSI 0.1, error at PSI 0.25 or 5 points "
         "of null rate.",
     )
-
-
-def report_table(view: FeatureView) -> str:
-    """The warehouse table of a view's skew reports: one row per feature per report."""
-    return f"{view.name}_skew"
 
 
 def skew_report_name(view: FeatureView) -> str:
@@ -149,29 +141,14 @@ def _serving_rows(
     return online[~online[MISSING]], source
 
 
-def training_sources(report: pd.DataFrame) -> str:
-    """Every training set a report compared with (each feature row names those that read the feature)."""
-    return " + ".join(dict.fromkeys(table for sources in report["training_source"] for table in sources.split(" + ")))
-
-
-def latest_report(warehouse: Warehouse, con: Any, view: FeatureView) -> pd.DataFrame:
-    """The rows of the view's newest report (one per feature)."""
-    table = report_table(view)
-    return warehouse.fetch(con, f"select * from {table} where report_at = (select max(report_at) from {table})")
-
-
 def _thresholds(config: SkewReportConfig) -> DriftThresholds:
     return DriftThresholds.from_config({"features": config.thresholds})
-
-
-def _drifted(report: pd.DataFrame, severities: tuple[str, ...]) -> pd.DataFrame:
-    return report[report["severity"].isin(severities)]
 
 
 def _check_result(
     report: pd.DataFrame, severities: tuple[str, ...], severity: dg.AssetCheckSeverity
 ) -> dg.AssetCheckResult:
-    drifted = _drifted(report, severities)
+    drifted = features_at(report, severities)
     metadata: dict[str, Any] = {
         "report_at": str(report["report_at"].iloc[0]) if len(report) else "no report",
         "drifted_features": ", ".join(drifted["feature"]) or "none",
@@ -239,7 +216,7 @@ def skew_report_assets(
         summary = report[
             ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]
         ].round(4)
-        drifted = _drifted(report, ("warn", "error"))["feature"]
+        drifted = features_at(report, ("warn", "error"))["feature"]
         metadata: dict[str, Any] = {
             # A statistic that does not apply (KS of a category, a mean of strings) is an empty cell, not "nan".
             "report": markdown_table(summary),
@@ -275,18 +252,6 @@ def skew_report_assets(
             return _check_result(latest_report(warehouse, con, view), ("warn", "error"), dg.AssetCheckSeverity.WARN)
 
     return report_asset, [no_drift_error, no_drift_warning]
-
-
-def drift_errors(warehouse: Warehouse, views: list[FeatureView]) -> list[str]:
-    """Each feature whose newest skew report grades a drift error, with its reasons, e.g.
-    "events_30d (user_features: psi 0.41 >= 0.25)"."""
-    errors = []
-    with warehouse.connect() as con:
-        for view in views:
-            if warehouse.table_exists(con, report_table(view)):
-                drifted = _drifted(latest_report(warehouse, con, view), ("error",))
-                errors += [f"{row['feature']} ({view.name}: {row['reasons']})" for row in drifted.to_dict("records")]
-    return errors
 
 
 def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from feature_assets.registry import FeatureSet
+from feature_assets.registry import FeatureView, ViewRead
 from feature_assets.settings import validate_identifier
 
 __all__ = ["Warehouse"]
@@ -60,10 +60,11 @@ class Warehouse(ABC):
 
     @abstractmethod
     def point_in_time_join(
-        self, feature_set: FeatureSet, labels: str, label_columns: Sequence[str]
+        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
     ) -> tuple[str, list[Any]]:
-        """The training-set query in this dialect (the rule: feature_assets/training.py), given the `labels` CTE
-        (numbered label rows) and the label columns it selects."""
+        """The point-in-time query in this dialect (the rule: feature_assets/training.py): each row of the `labels`
+        CTE (numbered rows holding the views' keys and `label_time`) with the features of each read, the label
+        columns first."""
 
     @abstractmethod
     def read_batches(
@@ -84,6 +85,16 @@ class Warehouse(ABC):
         count_rows, if given, counts the rows, for a backend that must split them in advance (None: the rows fit in
         one batch). The iterator is read by one thread at a time; the context's exit releases what it holds."""
 
+    @abstractmethod
+    def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
+        """Makes a frame readable as the relation `name` for the rest of the connection, in one transfer: a caller's
+        rows to join in the warehouse. column_types: the declared SQL type of each column, in order."""
+
+    def stage_query(self, con: Any, name: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """Makes a query's rows readable as the relation `name` for the rest of the connection (here a temporary
+        table, gone with the connection)."""
+        self.execute(con, f"create temporary table {validate_identifier(name, 'relation')} as {sql}", params)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Runs one query on a connection of its own."""
         with self.connect() as con:
@@ -96,5 +107,5 @@ class Warehouse(ABC):
         self.execute(con, f"drop table if exists {table}")
         self.execute(con, f"create table {table} as {sql}", params)
 
-    def check_join_indexes(self, con: Any, feature_set: FeatureSet) -> None:  # noqa: B027 (a hook: most need none)
-        """Refuses a feature set whose views lack an index the point-in-time join needs (none by default)."""
+    def check_join_indexes(self, con: Any, views: Sequence[FeatureView]) -> None:  # noqa: B027 (a hook: most need none)
+        """Refuses views that lack an index the point-in-time join needs (none by default)."""

@@ -10,7 +10,7 @@ import pandas as pd
 
 from feature_assets.errors import WarehouseError
 from feature_assets.postgres import first_line
-from feature_assets.registry import LABEL_ROW, FeatureSet, snapshot_column
+from feature_assets.registry import LABEL_ROW, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
 from feature_assets.warehouses.base import Warehouse
 
@@ -64,16 +64,20 @@ class DuckDBWarehouse(Warehouse):
         con.execute(f"insert into {table} ({columns}) select {columns} from incoming_frame")
         con.unregister("incoming_frame")
 
+    def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
+        """The frame itself, registered: DuckDB scans it in place, no copy."""
+        con.register(validate_identifier(name, "relation"), frame[list(column_types)])
+
     def dbt_env(self) -> dict[str, str]:
         return {"FEATURE_STORE_DBT_TARGET": "local", "FEATURE_STORE_DUCKDB_PATH": self.path}
 
     def point_in_time_join(
-        self, feature_set: FeatureSet, labels: str, label_columns: Sequence[str]
+        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
     ) -> tuple[str, list[Any]]:
         """One ASOF join per view."""
-        time = feature_set.labels.label_time
+        time = label_time
         steps, params, previous, selected = [labels], [], "labels", [LABEL_ROW, *label_columns]
-        for position, read in enumerate(feature_set.reads):
+        for position, read in enumerate(reads):
             view, step = read.view, f"matched_{position}"
             candidate = f"candidate_{position}"
             features = ", ".join(f"snapshot.{f.name}" for f in read.features)

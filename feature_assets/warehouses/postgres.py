@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from feature_assets.errors import WarehouseError
 from feature_assets.postgres import connect_postgres
-from feature_assets.registry import LABEL_ROW, FeatureSet, snapshot_column
+from feature_assets.registry import LABEL_ROW, FeatureView, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
 from feature_assets.warehouses.base import Warehouse
 
@@ -63,11 +63,21 @@ class PostgresWarehouse(Warehouse):
 
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """COPY of the frame as CSV."""
+        self._copy_into(con, "create table if not exists", table, frame, column_types)
+
+    def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
+        """COPY into a temporary table (gone with the connection), then ANALYZE: the planner sizes the join by it."""
+        self._copy_into(con, "create temporary table", name, frame, column_types)
+        self.execute(con, f"analyze {name}")
+
+    def _copy_into(
+        self, con: Any, create: str, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]
+    ) -> None:
         validate_identifier(table, "table")
         columns = ", ".join(validate_identifier(c, "column") for c in column_types)
         frame = frame[list(column_types)]
         ddl = ", ".join(f"{c} {t}" for c, t in column_types.items())
-        self.execute(con, f"create table if not exists {table} ({ddl})")
+        self.execute(con, f"{create} {table} ({ddl})")
         buffer = io.StringIO()
         frame.to_csv(buffer, index=False, header=False, date_format="%Y-%m-%d %H:%M:%S.%f")
         with con.cursor().copy(f"copy {table} ({columns}) from stdin with (format csv)") as copy:
@@ -87,7 +97,7 @@ class PostgresWarehouse(Warehouse):
         }
 
     def point_in_time_join(
-        self, feature_set: FeatureSet, labels: str, label_columns: Sequence[str]
+        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
     ) -> tuple[str, list[Any]]:
         """Per view, a LATERAL probe of the view's (entity key, timestamp) index for the newest snapshot strictly
         before the label time and within the TTL, features included."""
@@ -97,9 +107,9 @@ class PostgresWarehouse(Warehouse):
         # 2.7M snapshots this takes about 40% less CPU than merging labels and snapshots on one timeline per view (a
         # window over 3.7M rows, then a probe anyway for the features), and a view with another key needs no re-sort
         # of the labels.
-        time, first_key = feature_set.labels.label_time, feature_set.reads[0].key
+        time, first_key = label_time, reads[0].key
         selected, probes, params = [f"labels.{column}" for column in [LABEL_ROW, *label_columns]], [], []
-        for position, read in enumerate(feature_set.reads):
+        for position, read in enumerate(reads):
             view, found = read.view, f"found_{position}"
             # The planner caches probes in a Memoize node, keyed by (key, label time). Where the labels are sorted
             # by the view's key (the first view's), that pays little even when the pairs repeat (the probes walk the
@@ -125,11 +135,11 @@ class PostgresWarehouse(Warehouse):
             ]
         return f"with {labels}\n select {', '.join(selected)}\n from labels{''.join(probes)}", params
 
-    def check_join_indexes(self, con: Any, feature_set: FeatureSet) -> None:
-        """Refuses a feature set whose view has no index led by its (entity key, timestamp): the join probes it
+    def check_join_indexes(self, con: Any, views: Sequence[FeatureView]) -> None:
+        """Refuses a view with no index led by its (entity key, timestamp): the join probes it
         once per label row, and without it each probe scans the whole view (hours at a million labels). The dbt
         build creates it (feature_view_index); a view that does not exist is left to the build's own error."""
-        for view in feature_set.views:
+        for view in views:
             found = self.fetch(
                 con,
                 """

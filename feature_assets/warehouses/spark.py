@@ -14,7 +14,7 @@ import pandas as pd
 from feature_assets.errors import ConfigError, WarehouseError
 from feature_assets.local_spark import local_spark_url
 from feature_assets.postgres import first_line
-from feature_assets.registry import LABEL_ROW, FeatureSet, snapshot_column
+from feature_assets.registry import LABEL_ROW, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
 from feature_assets.warehouses.base import Warehouse
 
@@ -115,6 +115,17 @@ class SparkWarehouse(Warehouse):
         for start in range(0, len(frame), SPARK_APPEND_ROWS):
             con.createDataFrame(frame.iloc[start : start + SPARK_APPEND_ROWS], schema=ddl).write.insertInto(table)
 
+    def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
+        """The frame through Arrow, as a temporary view of the session."""
+        ddl = ", ".join(f"{validate_identifier(c, 'column')} {_SPARK_TYPES.get(t, t)}" for c, t in column_types.items())
+        con.createDataFrame(frame[list(column_types)], schema=ddl).createOrReplaceTempView(
+            validate_identifier(name, "relation")
+        )
+
+    def stage_query(self, con: Any, name: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """A temporary view of the query (Spark computes it where it is read)."""
+        con.sql(sql, args=_spark_values(params)).createOrReplaceTempView(validate_identifier(name, "relation"))
+
     def dbt_env(self) -> dict[str, str]:
         # The session method follows SPARK_REMOTE to the server this warehouse reads; thrift and http read their
         # host and token from FEATURE_STORE_SPARK_* (profiles.yml).
@@ -144,7 +155,7 @@ class SparkWarehouse(Warehouse):
         self.execute(con, f"alter table {building} rename to {table}")
 
     def point_in_time_join(
-        self, feature_set: FeatureSet, labels: str, label_columns: Sequence[str]
+        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
     ) -> tuple[str, list[Any]]:
         """Per view, a running window over labels and snapshots on one timeline per entity."""
         # Spark has no ASOF join, and a range join bounded by the TTL grows with the snapshots per TTL. Per view, the
@@ -154,10 +165,10 @@ class SparkWarehouse(Warehouse):
         # struct of its timestamp and features: the struct is never null, so a feature that is null in that snapshot
         # stays null (last() over the features themselves would reach back to an older value). Older than the TTL,
         # it is dropped.
-        time = feature_set.labels.label_time
+        time = label_time
         steps, params, joins = [labels], [], []
         selected = [f"labels.{column}" for column in [LABEL_ROW, *label_columns]]
-        for position, read in enumerate(feature_set.reads):
+        for position, read in enumerate(reads):
             view, found = read.view, f"found_{position}"
             fields = ", ".join(f"'{name}', {name}" for name in [view.timestamp, *(f.name for f in read.features)])
             steps.append(f"""
