@@ -51,6 +51,7 @@ class FeatureStore:
         self._online_store, self._owns_online_store = online_store, online_store is None
         self._model_store, self._owns_model_store = model_store, model_store is None
         self._readers: dict[str, FeatureReader] = {}
+        self._resolved: dict[tuple[Any, tuple[str, ...]], list[ViewRead]] = {}
 
     # --- the backends, opened on first use -----------------------------------------------------------------------
 
@@ -121,7 +122,7 @@ class FeatureStore:
         """
         from feature_assets.historical import historical_features
 
-        reads = self._reads(features, entities.columns if isinstance(entities, pd.DataFrame) else ())
+        reads = self._reads(features, list(entities.columns) if isinstance(entities, pd.DataFrame) else [])
         return historical_features(self.warehouse, self.registry, reads, entities, timestamp, full_feature_names)
 
     def online_features(
@@ -136,12 +137,36 @@ class FeatureStore:
         One round trip per view; a key derived from another view's feature is read after that view."""
         from feature_assets.online_features import online_features
 
-        frame = _entity_frame(entities)
-        reads = self._reads(features, frame.columns)
-        return online_features(self._reader, self.registry, reads, frame, output_names(reads, full_feature_names))
+        columns = _entity_columns(entities)
+        reads = self._reads(features, list(columns))
+        return online_features(self._reader, self.registry, reads, columns, output_names(reads, full_feature_names))
 
-    def _reads(self, features: str | Sequence[str], columns: Sequence[str]) -> list[ViewRead]:
-        return with_keys_from(self.registry, resolve_features(self.registry, features), list(columns))
+    def model_input(self, frame: pd.DataFrame, features: str | Sequence[str]) -> pd.DataFrame:
+        """The features of `frame` (as historical_features returns them) exactly as serving hands them to an estimator
+        saved with these features: a column per feature in order, numbers as float64 with NaN for nulls, strings as
+        objects. Fit on this, and the model sees the same encoding at training and at serving."""
+        from feature_assets.serving.predictor import feature_frame
+
+        declared = [
+            {"name": f.name, "dtype": f.dtype}
+            for read in resolve_features(self.registry, features)
+            for f in read.features
+        ]
+        absent = [f["name"] for f in declared if f["name"] not in frame.columns]
+        if absent:
+            raise FeatureStoreError(f"the frame has no columns {', '.join(absent)} (historical_features adds them)")
+        return feature_frame({f["name"]: frame[f["name"]].tolist() for f in declared}, declared)
+
+    def _reads(self, features: str | Sequence[str], columns: list[str]) -> list[ViewRead]:
+        """The reads of these references for a caller with these columns; remembered, as a server asks the same
+        question on every request."""
+        question = (features if isinstance(features, str) else tuple(features), tuple(columns))
+        reads = self._resolved.get(question)
+        if reads is None:
+            reads = with_keys_from(self.registry, resolve_features(self.registry, features), columns)
+            if len(self._resolved) < 1024:
+                self._resolved[question] = reads
+        return reads
 
     def _reader(self, view_name: str) -> "FeatureReader":
         """One reader per view (it checks the synced schema once, then every RECHECK_SECONDS)."""
@@ -219,12 +244,12 @@ def _served_keys(registry: Registry, reads: list[ViewRead]) -> list[ViewRead]:
     return served
 
 
-def _entity_frame(entities: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def _entity_columns(entities: pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The entities as columns: a frame's own, or each dict key's values as given (a None beside ints stays None;
+    in a frame it would make the ids floats, which strict ids refuse)."""
     if isinstance(entities, pd.DataFrame):
-        return entities.reset_index(drop=True)
+        return {str(name): entities[name].to_numpy(dtype=object) for name in entities.columns}
     rows = list(entities)
     if not all(isinstance(row, Mapping) for row in rows):
         raise InvalidEntity("entities must be a DataFrame of keys or a list of dicts like {'user_id': 7}")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    # Object columns: ids stay as given (a None beside ints would make them floats, which strict ids refuse).
-    return pd.DataFrame({key: pd.Series([row.get(key) for row in rows], dtype=object) for key in columns})
+    return {key: [row.get(key) for row in rows] for key in dict.fromkeys(key for row in rows for key in row)}

@@ -131,6 +131,11 @@ class FeatureReader:
 
     def get_online_features(self, entity_ids: Iterable[Any], features: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per requested id (in order): the entity key, computed_at, the features and `_missing`."""
+        return pd.DataFrame(self.online_columns(entity_ids, features), copy=False)
+
+    def online_columns(self, entity_ids: Iterable[Any], features: Iterable[str] | None = None) -> dict[str, Any]:
+        """get_online_features' columns, by name, before they become a frame (for a caller building a frame of
+        its own from several reads)."""
         self._recheck()
         ids = list(entity_ids)
         plan = self._plan_for(features)
@@ -148,7 +153,7 @@ class FeatureReader:
         if self.served_log is not None:
             logged = {field: data[field] for field in plan.fields[1:]}
             self.served_log.log_batch(self.view.name, self.view.entity_key, ids, logged, rows=~data[MISSING])
-        return pd.DataFrame(data, copy=False)
+        return data
 
     def _decode_column(
         self, field: str, dtype: str, decode: Callable[[Any], Any], column: Sequence[Any], ids: list[Any]
