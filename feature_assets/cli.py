@@ -79,7 +79,7 @@ def _key_values(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
-    model = cli_output.read_registry().feature_set(args.model).model  # an unknown model is named with the known ones
+    model = cli_output.served_model_name(settings, args.model)
     cli_output.print_prediction(settings, model, args.entity_ids, _key_values(args.key), as_json=args.json)
 
 

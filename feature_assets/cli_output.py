@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from feature_assets.errors import FeatureStoreError
+from feature_assets.errors import FeatureStoreError, RegistryError, shown
 from feature_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +31,25 @@ def read_registry() -> "Registry":
     from feature_assets.settings import dbt_manifest_path
 
     return load_registry(dbt_manifest_path())
+
+
+def served_model_name(settings: Settings, name: str) -> str:
+    """The model `name` names: a declared one (also without its _model suffix), or one saved from Python with a
+    served version; else the error listing both."""
+    from feature_assets.backends import open_model_store
+
+    registry = read_registry()
+    try:
+        return registry.feature_set(name).model
+    except RegistryError:
+        with open_model_store(settings) as models:
+            saved = [model for model in models.served_models() if model not in registry.feature_sets]
+        if name in saved:
+            return name
+        raise RegistryError(
+            f"no model {shown(name)}; declared: {', '.join(sorted(registry.feature_sets)) or 'none'}; "
+            f"saved from Python: {', '.join(saved) or 'none'}"
+        ) from None
 
 
 def warehouse_of(settings: Settings) -> "Warehouse":

@@ -120,6 +120,7 @@ class Service:
         self._opening = threading.Lock()
         self._versions: dict[str, tuple[str, str]] = {}
         self._cards: dict[tuple[str, str], ModelCard] = {}
+        self._saved: list[str] = []  # models saved from Python with a served version, listed by each refresh
         self.threads = 1 if settings.online == "sqlite" else _REDIS_THREADS
 
     @property
@@ -150,7 +151,7 @@ class Service:
         for view in self.registry.views.values():
             store.last_sync(view)  # a read: the store answers
         models = {}
-        for model in self.registry.feature_sets:
+        for model in self.model_names():
             card = self.predictor.served_card(model)  # loads the served version and checks its schema online
             models[model] = {"version": card.version, "schema_version": card.schema_version}
         return {"status": "ok", "online_store": {"kind": store.kind, "location": store.describe()}, "models": models}
@@ -231,11 +232,30 @@ class Service:
                     self._versions[model] = served
         return card
 
+    def model_names(self) -> list[str]:
+        """The models served: those the registry declares, then those saved from Python with a served version."""
+        return [*self.registry.feature_sets, *self._saved]
+
+    def model_name(self, name: str) -> str:
+        """The served model `name` names (a declared one also without its _model suffix), or a 404 listing them."""
+        if name in self._saved:
+            return name
+        try:
+            return self.registry.feature_set(name).model
+        except RegistryError:
+            known = ", ".join(self.model_names())
+            raise Refused(404, "unknown_model", f"no model {shown(name)} is served; known: {known}") from None
+
     def refresh(self) -> list[str]:
         """Loads the served version of every model (before the first request, and each second: a promotion is loaded
         and shows in the metrics before any request needs it). Returns what failed, which /healthz reports."""
         failures = []
-        for model in self.registry.feature_sets:
+        try:
+            saved = self.models.served_models()
+            self._saved = [model for model in saved if model not in self.registry.feature_sets]
+        except FeatureStoreError as error:
+            failures.append(f"model store: {error}")
+        for model in self.model_names():
             try:
                 self._card(model, self.predictor.served_card(model).version)
             except FeatureStoreError as error:
@@ -326,10 +346,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         return _json(200, await blocking(service.features, view, ids, names))
 
     async def predict(request: Request) -> Response:
-        try:
-            model = registry.feature_set(request.path_params["model"]).model
-        except RegistryError as error:
-            raise Refused(404, "unknown_model", str(error)) from None
+        model = service.model_name(request.path_params["model"])
         payload = await read_payload(request, settings.serve_max_body_bytes, ("entities",))
         entities = entities_of(payload, settings.serve_max_entities)
         return _json(200, await blocking(service.predict, model, entities))
