@@ -46,6 +46,9 @@ def historical_features(
     staged = pd.DataFrame({key: _key_values(entities, key, key_type) for key, key_type in keys.items()})
     staged[timestamp] = times
     staged[LABEL_ROW] = np.arange(len(entities), dtype=np.int64)
+    # In the first key's (key, time) order, as training sets number their labels: PostgreSQL's probes then walk
+    # that view's index in order. label_row keeps the caller's order.
+    staged = staged.sort_values([next(iter(keys)), timestamp], kind="stable", na_position="last")
     result = entities.copy()
     if entities.empty:
         joined = pd.DataFrame({LABEL_ROW: pd.Series([], dtype=np.int64)})
