@@ -99,18 +99,22 @@ def _labels(rng: np.random.Generator, users: pd.DataFrame, countries: pd.DataFra
 
 
 def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.DataFrame:
-    """Row by row, per view: the greatest timestamp < t with timestamp >= t - that view's TTL, else nothing."""
+    """Row by row, per view: the greatest timestamp < t with timestamp >= t - that view's TTL, else nothing (each
+    label looks through every snapshot of its entity)."""
+    snapshots: dict[str, dict[object, list[dict]]] = {}
+    for read in FEATURE_SET.reads:
+        by_entity = snapshots[read.view.name] = {}
+        for snapshot in histories[read.view.name].to_dict("records"):
+            by_entity.setdefault(snapshot[read.view.entity_key], []).append(snapshot)
     out = []
     for label in labels.to_dict("records"):
         row = dict(label)
         for read in FEATURE_SET.reads:
             view = read.view
             best = None
-            for snapshot in histories[view.name].to_dict("records"):
-                if (
-                    snapshot[view.entity_key] == label[read.key]
-                    and label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"]
-                    and (best is None or snapshot[view.timestamp] > best[view.timestamp])
+            for snapshot in snapshots[view.name].get(label[read.key], []):
+                if label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"] and (
+                    best is None or snapshot[view.timestamp] > best[view.timestamp]
                 ):
                     best = snapshot
             row[snapshot_column(view)] = None if best is None else best[view.timestamp]
