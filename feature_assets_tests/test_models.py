@@ -492,7 +492,7 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
     time and all at once, and score the same."""
     from scipy import sparse
 
-    from feature_assets.serving.predictor import _fitted_steps
+    from feature_assets.serving.fitted_steps import fitted_steps
 
     warehouse, root = trained
     models = FolderModelStore(root)
@@ -500,7 +500,7 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
         card, pipeline = models.load(name, models.current(name))
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(name).training_set}")
         matrix = feature_matrix({f["name"]: frame[f["name"]].tolist() for f in card.features}, card.features)
-        encoders, score = _fitted_steps(pipeline, card.task == "classification")
+        encoders, score = fitted_steps(pipeline, card.task == "classification")
 
         expected = pipeline.steps[0][1].transform(matrix)
         expected = expected.toarray() if sparse.issparse(expected) else expected
