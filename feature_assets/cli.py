@@ -87,6 +87,17 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     cli_runs.train(settings)
 
 
+def cmd_training_set(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.errors import RegistryError
+
+    registry = cli_output.read_registry()
+    try:
+        model = registry.feature_set(args.model).model
+    except RegistryError:
+        model = args.model  # a model saved from a notebook is in the model store, not in the registry
+    cli_output.print_training_set(settings, model, args.version, args.to)
+
+
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> None:
     cli_runs.sync_online(settings, full=args.full)
 
@@ -275,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
 
     train = commands.add_parser("train", help="rebuild labels and training sets, train and serve every model")
     train.set_defaults(run=cmd_train)
+
+    training_set = commands.add_parser(
+        "training-set", help="the rows a model version was fitted and validated on, kept with it"
+    )
+    training_set.add_argument("model", help="model name, e.g. churn (churn_model)")
+    training_set.add_argument("--version", help="a stored version (default: the served one)")
+    training_set.add_argument("--to", metavar="FILE.parquet", help="write the rows as Parquet instead of printing them")
+    training_set.set_defaults(run=cmd_training_set)
 
     sync = commands.add_parser("sync", help="sync the online store from the latest snapshots of every feature view")
     sync.add_argument("--full", action="store_true", help="rewrite every entity, not only changed ones")

@@ -2,6 +2,7 @@
 as tables for a person or JSON for a program."""
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -20,6 +21,7 @@ __all__ = [
     "print_prediction",
     "print_skew",
     "print_summary",
+    "print_training_set",
     "read_registry",
     "warehouse_of",
 ]
@@ -133,6 +135,33 @@ def print_prediction(settings: Settings, model: str, entities: list[str], keys: 
     described = ", ".join(f"{key} {value}" for key, value in prediction.entity.items())
     print(f"{model} version {prediction.version}, {described}: score {prediction.score:.4f}")
     print("  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items()))
+
+
+def print_training_set(settings: Settings, model: str, version: str | None, to: str | None) -> None:
+    """The training rows kept with a version (default: the served one): a summary and the first rows, or all of them
+    written to a Parquet file."""
+    from feature_assets.backends import open_model_store
+
+    with open_model_store(settings) as models:
+        card = models.card(model, version)
+        rows = models.training_set(model, card.version)
+    named = f"{model} version {card.version}" + (" (served)" if version is None else "")
+    if to is not None:
+        try:
+            rows.to_parquet(Path(to), index=False)
+        except OSError as error:
+            raise FeatureStoreError(f"cannot write {to}: {error.strerror or error}") from None
+        print(f"{named}: {len(rows):,} training rows written to {to}")
+        return
+    assert card.training is not None  # training_set refuses a version that kept none
+    splits = rows["split"].value_counts(sort=False).to_dict() if "split" in rows else {}
+    counted = ", ".join(f"{count:,} {split}" for split, count in splits.items())
+    print(
+        f"{named}: {len(rows):,} training rows ({counted or 'no split'}), {len(rows.columns)} columns, "
+        f"{card.training['bytes']:,} bytes of Parquet, sha256 {card.training['sha256']}"
+    )
+    print("columns: " + ", ".join(map(str, rows.columns)))
+    print(rows.head(5).to_string(index=False))
 
 
 def monitored_views(view_name: str | None):

@@ -8,6 +8,7 @@ __all__ = [
     "FeatureStoreError",
     "InvalidEntity",
     "MissingFeatures",
+    "ModelError",
     "ModelStoreError",
     "OnlineStoreError",
     "RegistryError",
@@ -50,6 +51,11 @@ class WarehouseError(FeatureStoreError):
 
 class ModelStoreError(FeatureStoreError):
     """A model or version the model store does not hold, a version saved twice, or its PostgreSQL unreachable."""
+
+
+class ModelError(FeatureStoreError):
+    """An estimator that cannot be served (no predict, not fitted, other input columns), or a declared trainer that
+    cannot be imported or fails."""
 
 
 class DbtBuildError(FeatureStoreError):

@@ -5,7 +5,9 @@ online_ttl_hours, refresh_hours); every other column is a feature whose dtype is
 A model is a label table when its meta has a `labels` block (the entity keys it carries, its label time
 column, its target, and outcome_hours: how long after the label time the outcome is measured). An ML model
 is a dbt exposure (type ml) whose meta has a `feature_set` block: its label table, its task, the features it
-reads from each view, and optionally keys that serving derives from another view's online feature.
+reads from each view, optionally keys that serving derives from another view's online feature, and optionally
+its trainer: "package.module:function", a team's own function that fits the model (the built-in estimator of its
+task otherwise).
 """
 
 import hashlib
@@ -24,6 +26,7 @@ __all__ = [
     "DEFAULT_REFRESH",
     "LABEL_ROW",
     "TASKS",
+    "TRAINER_FORM",
     "Feature",
     "FeatureSet",
     "FeatureView",
@@ -42,6 +45,8 @@ TASKS = ("classification", "regression")
 LABEL_ROW = "label_row"
 
 _SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+# A declared trainer: "dotted.module:function".
+TRAINER_FORM = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 # Contract data_type (as written in the YAML, lowercased) -> the dtype serving decodes to.
 _DTYPES = {
@@ -158,12 +163,14 @@ class ViewRead:
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """What one ML model reads (features of one or more views, in a fixed order) and what it predicts."""
+    """What one ML model reads (features of one or more views, in a fixed order), what it predicts, and the function
+    that fits it ("package.module:function"; None: the built-in estimator of its task)."""
 
     model: str
     reads: tuple[ViewRead, ...]
     labels: LabelTable
     task: str
+    trainer: str | None = None
 
     @property
     def target(self) -> str:
@@ -361,7 +368,13 @@ def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[st
                 raise RegistryError(
                     f"model {model}: {read.key} is derived from {source.view.name}, whose own key is derived"
                 )
-    return FeatureSet(model, tuple(reads), label_table, task)
+    trainer = block.get("trainer")
+    if trainer is not None and (not isinstance(trainer, str) or not TRAINER_FORM.fullmatch(trainer)):
+        raise RegistryError(
+            f"model {model}: trainer must name a function as 'package.module:function' (e.g. 'my_team.churn:fit'), "
+            f"got {shown(trainer)}"
+        )
+    return FeatureSet(model, tuple(reads), label_table, task, trainer)
 
 
 def _derivation(

@@ -133,6 +133,38 @@ def postgres_warehouse(postgres_url) -> Iterator[Warehouse]:
         con.execute(f"drop schema if exists {schema} cascade")
 
 
+@pytest.fixture(params=["folder", "postgres"])
+def environment(request, tmp_path) -> dict[str, str]:
+    """The environment of a deployment using one kind of model store: FEATURE_STORE_HOME's folder, or PostgreSQL in
+    a schema of its own (dropped afterwards)."""
+    environ = {"FEATURE_STORE_HOME": str(tmp_path / "home")}
+    if request.param == "folder":
+        yield environ
+        return
+    url, schema = request.getfixturevalue("postgres_url"), f"fs_test_{uuid.uuid4().hex[:10]}"
+    yield {**environ, "FEATURE_STORE_MODEL_STORE_URL": url, "FEATURE_STORE_POSTGRES_SCHEMA": schema}
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f"drop schema if exists {schema} cascade")
+
+
+@pytest.fixture
+def open_store(environment):
+    """Opens the store the environment chooses, as each host of a deployment would: every call a new object."""
+    from feature_assets.serving import open_model_store
+    from feature_assets.settings import Settings
+
+    opened = []
+
+    def open_one():
+        store = open_model_store(Settings.from_env(environment), environment)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture(scope="session")
 def spark_folder(tmp_path_factory) -> Iterator[str]:
     """The folder of a local Spark server shared by the session (it starts on first use, in about 20 s, and is

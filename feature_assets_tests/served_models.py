@@ -99,18 +99,16 @@ def train_and_save(
     # One OpenMP thread: gradient boosting's threads spin against whatever else runs on a small busy box (60 s
     # instead of 2 s for ltv_model on 2 loaded cores).
     with threadpool_limits(1):
-        pipeline, metrics, counts, window = train(
-            feature_set, training_rows(feature_set, rows, np.random.default_rng(seed))
-        )
+        trained = train(feature_set, training_rows(feature_set, rows, np.random.default_rng(seed)))
     card = ModelCard.for_feature_set(
         feature_set,
         version=version,
         trained_at=(datetime(2026, 1, 1) + timedelta(seconds=seed)).isoformat(),
-        training_window=window,
-        rows={**counts, "without_features": 0},
-        metrics=metrics,
+        training_window=trained.window,
+        rows={**trained.rows, "without_features": 0},
+        metrics=trained.metrics,
     )
-    models.save(card, pipeline)
+    models.save(card, trained.pipeline)
     return card
 
 

@@ -6,6 +6,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -124,6 +125,42 @@ def test_the_predictor_parses_ids_in_the_same_one_place(home, store):
             predictor.predict_one("churn_model", bad)
     with pytest.raises(DataError, match="user_id '１２３' is not a bigint"):
         predictor.predict("churn_model", [users[0], "１２３"])
+
+
+def test_training_set_shows_the_rows_a_version_was_fitted_on_or_writes_them_to_parquet(home, capsys, tmp_path):
+    import pandas as pd
+
+    models = FolderModelStore(home / "models")
+    served = models.current("churn_model")
+    kept = models.training_set("churn_model")
+    code, out, err = run(["training-set", "churn"], capsys)
+    assert code == 0 and not err
+    first, columns, *table = out.splitlines()
+    splits = kept["split"].value_counts()
+    assert first == (
+        f"churn_model version {served} (served): {len(kept):,} training rows ({splits['fit']:,} fit, "
+        f"{splits['validation']:,} validation), {len(kept.columns)} columns, "
+        f"{models.card('churn_model').training['bytes']:,} bytes of Parquet, "
+        f"sha256 {models.card('churn_model').training['sha256']}"
+    )
+    assert columns == "columns: " + ", ".join(kept.columns) and len(table) == 6  # a header and the first 5 rows
+
+    written = tmp_path / "churn.parquet"
+    code, out, _ = run(["training-set", "churn_model", "--version", served, "--to", str(written)], capsys)
+    assert code == 0 and out == f"churn_model version {served}: {len(kept):,} training rows written to {written}\n"
+    pd.testing.assert_frame_equal(pd.read_parquet(written), kept)
+
+    card, pipeline = models.load("churn_model")
+    models.save(
+        replace(card, version="20000101T000000000000Z", training=None), pipeline
+    )  # as saved before rows were kept
+    for argv, expected in [
+        (["training-set", "churn", "--version", "20000101T000000000000Z"], "'20000101T000000000000Z' kept no training"),
+        (["training-set", "churn", "--version", "20990101T000000000000Z"], "has no version '20990101T000000000000Z'"),
+        (["training-set", "fraud"], "model 'fraud' has no served version in "),
+        (["training-set", "churn", "--to", str(tmp_path / "absent" / "x.parquet")], "cannot write "),
+    ]:
+        assert_one_line(*run(argv, capsys)[::2], expected)
 
 
 def test_undecodable_bytes_on_the_command_line_are_one_line(home):
@@ -248,6 +285,7 @@ arguments = st.one_of(
     st.builds(lambda model, first, more: ["predict", model, first, *more], names, ids, st.lists(ids, max_size=3)),
     st.builds(lambda first, name, value: ["predict", "churn", first, "--key", f"{name}={value}"], ids, names, ids),
     st.builds(lambda view, flag: ["skew", "--view", view, *flag], names, st.sampled_from([[], ["--json"]])),
+    st.builds(lambda model, version: ["training-set", model, "--version", version], names, ids),
     st.lists(st.text(max_size=12), max_size=4).filter(
         lambda argv: (
             not argv

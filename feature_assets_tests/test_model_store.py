@@ -4,12 +4,12 @@ ones are refused by name, promotion is atomic and seen by every host, and a serv
 import json
 import threading
 import time
-import uuid
 from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import numpy as np
-import psycopg
 import pytest
 from conftest import wait_until
 
@@ -19,7 +19,14 @@ from feature_assets.errors import ConfigError, ModelStoreError
 from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import load_registry
 from feature_assets.resources.model_store import model_store_for
-from feature_assets.serving import FolderModelStore, PostgresModelStore, Predictor, SqliteOnlineStore, open_model_store
+from feature_assets.serving import (
+    FolderModelStore,
+    ModelCard,
+    PostgresModelStore,
+    Predictor,
+    SqliteOnlineStore,
+    open_model_store,
+)
 from feature_assets.serving.predictor import feature_matrix
 from feature_assets.serving.reads import RECHECK_SECONDS
 from feature_assets.settings import Settings, dbt_manifest_path
@@ -28,52 +35,32 @@ REGISTRY = load_registry(dbt_manifest_path())
 MODEL = "churn_model"
 
 
-@pytest.fixture(params=["folder", "postgres"])
-def environment(request, tmp_path) -> dict[str, str]:
-    """The environment of a deployment using one kind of model store: FEATURE_STORE_HOME's folder, or PostgreSQL in
-    a schema of its own (dropped afterwards)."""
-    environ = {"FEATURE_STORE_HOME": str(tmp_path / "home")}
-    if request.param == "folder":
-        yield environ
-        return
-    url, schema = request.getfixturevalue("postgres_url"), f"fs_test_{uuid.uuid4().hex[:10]}"
-    yield {**environ, "FEATURE_STORE_MODEL_STORE_URL": url, "FEATURE_STORE_POSTGRES_SCHEMA": schema}
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(f"drop schema if exists {schema} cascade")
-
-
-@pytest.fixture
-def open_store(environment):
-    """Opens the store the environment chooses, as each host of a deployment would: every call a new object."""
-    opened = []
-
-    def open_one():
-        store = open_model_store(Settings.from_env(environment), environment)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        store.close()
+def trained_version(root, model: str) -> tuple[ModelCard, Any, bytes]:
+    """The served version of `model` in the trained folder: its card (without history), pipeline and kept rows."""
+    card, pipeline = FolderModelStore(root).load(model)
+    return replace(card, history=[]), pipeline, (root / model / card.version / "training.parquet").read_bytes()
 
 
 @pytest.fixture
 def trained_versions(trained):
-    """The trained churn model (conftest) as two versions: its card and pipeline under two version names."""
+    """The trained churn model (conftest) as two versions: its card and pipeline under two version names (keeping
+    no training rows)."""
     warehouse, root = trained
-    card, pipeline = FolderModelStore(root).load(MODEL)
-    return warehouse, [(replace(card, version=f"20260101T00000{n}000000Z"), pipeline) for n in (1, 2)]
+    card, pipeline, _ = trained_version(root, MODEL)
+    return warehouse, [(replace(card, version=f"20260101T00000{n}000000Z", training=None), pipeline) for n in (1, 2)]
 
 
 def test_a_saved_version_loads_back_with_an_equal_card_and_the_same_predictions(trained, open_store):
     warehouse, root = trained
     writer, reader = open_store(), open_store()
     for model in ("churn_model", "ltv_model"):
-        card, pipeline = FolderModelStore(root).load(model)
-        writer.save(card, pipeline)
+        card, pipeline, training = trained_version(root, model)
+        writer.save(card, pipeline, training)
         loaded_card, loaded = reader.load(model, card.version)
         assert loaded_card == card == reader.card(model, card.version)
         assert reader.versions(model) == [card.version]
+        kept = reader.training_set(model, card.version)
+        assert kept.equals(FolderModelStore(root).training_set(model)) and len(kept) == card.training["rows"]
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(model).training_set} limit 500")
         matrix = feature_matrix({f["name"]: frame[f["name"]].tolist() for f in card.features}, card.features)
         score = (
@@ -119,9 +106,16 @@ def test_a_promotion_is_atomic_and_seen_by_another_host_at_once(trained_versions
     for card, _ in versions:
         here.save(card, pipeline)
     here.promote(MODEL, first.version)
-    assert there.current(MODEL) == first.version and there.card(MODEL) == first
-    here.promote(MODEL, second.version)
-    assert there.current(MODEL) == second.version and there.load(MODEL)[0] == second
+    assert there.current(MODEL) == first.version and replace(there.card(MODEL), history=[]) == first
+    here.promote(MODEL, second.version, note="after review")
+    assert there.current(MODEL) == second.version and replace(there.load(MODEL)[0], history=[]) == second
+    # Each version's card lists the events that promoted it, as every host reads them.
+    [event] = there.card(MODEL, second.version).history
+    assert (event["version"], event["note"]) == (second.version, "after review")
+    assert there.load(MODEL)[0].history == [event]
+    assert [e["note"] for e in there.card(MODEL, first.version).history] == [""]
+    assert datetime.fromisoformat(event["promoted_at"]).utcoffset() == timedelta(0)
+    assert event["promoted_at"] > there.card(MODEL, first.version).history[0]["promoted_at"]
 
     # Four hosts promote one version or the other while a fifth reads: every read is a whole version, never none.
     names, seen, failures = {first.version, second.version}, [], []
@@ -153,6 +147,10 @@ def test_a_promotion_is_atomic_and_seen_by_another_host_at_once(trained_versions
     reader.join()
     assert failures == [] and seen and set(seen) <= names
     assert here.current(MODEL) == there.current(MODEL) == open_store().current(MODEL) in names
+    # Every promotion is in the history, and the newest event names the version that is served.
+    events = [event for card, _ in versions for event in here.card(MODEL, card.version).history]
+    assert len(events) == 2 + 4 * 40
+    assert max(events, key=lambda event: event["promoted_at"])["version"] == here.current(MODEL)
 
 
 def test_a_serving_predictor_follows_a_promotion_within_a_second_without_a_failed_prediction(
@@ -225,9 +223,8 @@ def test_featurestore_predict_serves_from_either_store(trained, environment, ope
     warehouse, root = trained
     store = open_store()
     for model in ("churn_model", "ltv_model"):
-        card, pipeline = FolderModelStore(root).load(model)
-        store.save(card, pipeline)
-        store.promote(model, card.version)
+        store.save(*trained_version(root, model))
+        store.promote(model, store.versions(model)[-1])
     settings = Settings.from_env(environment)
     with SqliteOnlineStore(settings.online_sqlite_path) as online:
         for view in REGISTRY.views.values():

@@ -102,6 +102,23 @@ def test_the_model_asset_shows_its_card_features_dtypes_checksums_and_metrics(tr
     assert shown == [{k: f[k] for k in ("view", "name", "dtype", "definition_checksum")} for f in card.features]
     assert metadata["card"].value["schema_version"] == card.schema_version == metadata["schema_version"].value
     assert metadata["auc"].value == round(card.metrics["auc"], 4) and metadata["rows_fit"].value == card.rows["fit"]
+    assert metadata["trainer"].value == card.trainer["function"] == "builtin"
+    assert (
+        metadata["estimator"].value == card.trainer["estimator"] == "sklearn.linear_model._logistic.LogisticRegression"
+    )
+    assert metadata["estimator_params"].value == card.trainer["params"] and card.trainer["params"]["max_iter"] == 2000
+    assert metadata["training_rows"].value == card.training
+
+    # The version keeps the training set's rows it was fitted and validated on, as the table holds them.
+    kept = FolderModelStore(tmp_path).training_set("churn_model", card.version)
+    assert kept["split"].value_counts().to_dict() == {"fit": card.rows["fit"], "validation": card.rows["validation"]}
+    table = warehouse.query(f"select * from {CHURN.training_set}")
+    assert list(kept.columns) == [*table.columns, "split"] and card.training["rows"] == len(kept)
+    rows = kept.drop(columns="split").set_index(LABEL_ROW).sort_index()
+    pd.testing.assert_frame_equal(rows, table.set_index(LABEL_ROW).loc[rows.index])
+    # Left out: rows without a snapshot of every view, and those in the outcome-window gap before validation.
+    assert rows[["user_features_snapshot_at", "country_features_snapshot_at"]].notna().all().all()
+    assert len(rows) < len(table) - card.rows["without_features"]
 
 
 def _ltv_rows(days: int, per_day: int = 10) -> pd.DataFrame:
@@ -129,7 +146,8 @@ def test_no_fit_label_time_is_within_one_outcome_window_of_the_first_validation_
     ltv = REGISTRY.feature_set("ltv_model")
     assert ltv.labels.outcome_window == timedelta(days=90)
     frame = _ltv_rows(days=200)
-    _, metrics, rows, window = train(ltv, frame)
+    trained = train(ltv, frame)
+    metrics, rows, window = trained.metrics, trained.rows, trained.window
     times = {name: pd.Timestamp(time) for name, time in window.items()}
     # Validation: the latest 20% of the label times, whole days here.
     assert rows["validation"] == 400 and times["first_validation_label_time"] == pd.Timestamp(ANCHOR) - pd.Timedelta(
@@ -138,6 +156,19 @@ def test_no_fit_label_time_is_within_one_outcome_window_of_the_first_validation_
     assert times["last_fit_label_time"] == times["first_validation_label_time"] - pd.Timedelta(days=90)
     assert rows["fit"] == 10 * (200 - 40 - 89) and times["first_label_time"] == frame.label_time.min()
     assert metrics["mae"] < metrics["mae_of_mean_baseline"]
+    # The version keeps exactly the rows it was fitted and validated on, each with its split; not those of the gap.
+    kept = trained.kept
+    assert list(kept.columns) == [*frame.columns, "split"]
+    assert kept["split"].value_counts().to_dict() == {"fit": rows["fit"], "validation": rows["validation"]}
+    fit_times = kept.loc[kept["split"] == "fit", "label_time"]
+    assert fit_times.max() == times["last_fit_label_time"]
+    assert kept.loc[kept["split"] == "validation", "label_time"].min() == times["first_validation_label_time"]
+    gap = frame[
+        (frame.label_time > times["last_fit_label_time"]) & (frame.label_time < times["first_validation_label_time"])
+    ]
+    assert len(gap) and not kept[LABEL_ROW].isin(gap[LABEL_ROW]).any()
+    assert trained.trainer["function"] == "builtin" and trained.trainer["params"]["loss"] == "poisson"
+    assert trained.trainer["estimator"].endswith(".HistGradientBoostingRegressor")
 
 
 def test_a_history_too_short_for_the_gap_is_refused_asking_for_a_longer_one():
@@ -492,7 +523,7 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
     time and all at once, and score the same."""
     from scipy import sparse
 
-    from feature_assets.serving.predictor import _fitted_steps
+    from feature_assets.serving.fitted_steps import fitted_steps
 
     warehouse, root = trained
     models = FolderModelStore(root)
@@ -500,7 +531,7 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
         card, pipeline = models.load(name, models.current(name))
         frame = warehouse.query(f"select * from {REGISTRY.feature_set(name).training_set}")
         matrix = feature_matrix({f["name"]: frame[f["name"]].tolist() for f in card.features}, card.features)
-        encoders, score = _fitted_steps(pipeline, card.task == "classification")
+        encoders, score = fitted_steps(pipeline, card.task == "classification")
 
         expected = pipeline.steps[0][1].transform(matrix)
         expected = expected.toarray() if sparse.issparse(expected) else expected

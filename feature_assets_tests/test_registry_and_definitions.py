@@ -114,12 +114,29 @@ def _churn_set(exposures) -> dict:
             lambda nodes, exposures: nodes["churn_labels"]["config"]["meta"]["labels"].update(outcome_hours=0),
             "label table churn_labels: outcome_hours must be a positive number of hours, got 0",
         ),
+        (
+            lambda nodes, exposures: _churn_set(exposures).update(trainer="my_team/churn.py"),
+            "model churn_model: trainer must name a function as 'package.module:function' (e.g. 'my_team.churn:fit'), "
+            "got 'my_team/churn.py'",
+        ),
+        (
+            lambda nodes, exposures: _churn_set(exposures).update(trainer=["my_team.churn:fit"]),
+            "model churn_model: trainer must name a function as 'package.module:function'",
+        ),
     ],
 )
 def test_an_inconsistent_declaration_is_refused_naming_what_to_fix(tmp_path, edit, message):
     with pytest.raises(RegistryError) as refused:
         load_registry(_edited(tmp_path, edit))
     assert message in str(refused.value)
+
+
+def test_a_model_declares_its_own_trainer_or_gets_the_built_in_one_of_its_task(tmp_path):
+    registry = load_registry(_edited(tmp_path, lambda nodes, exposures: _churn_set(exposures).update(
+        trainer="my_team.models.churn:fit_forest"
+    )))  # fmt: skip
+    assert registry.feature_set("churn").trainer == "my_team.models.churn:fit_forest"
+    assert registry.feature_set("ltv").trainer is None
 
 
 def test_a_feature_name_that_is_not_snake_case_is_refused_naming_it(tmp_path):

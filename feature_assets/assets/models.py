@@ -1,7 +1,9 @@
-"""Model artifacts: one scikit-learn pipeline per model declared in the registry, stored with its card."""
+"""Model artifacts: one fitted estimator per model declared in the registry (the built-in pipeline of its task, or
+what its declared trainer returns), stored with its card and the rows it was fitted and validated on."""
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -14,13 +16,15 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from feature_assets.errors import DataError
+from feature_assets.errors import DataError, ModelError
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
-from feature_assets.serving.predictor import ModelCard, feature_matrix
+from feature_assets.serving.estimators import check_estimator, describe_estimator, import_trainer
+from feature_assets.serving.predictor import ModelCard, feature_frame, feature_matrix, model_scorer
+from feature_assets.serving.training_rows import encode_training_rows
 from feature_assets.warehouses import Warehouse
 
-__all__ = ["build_pipeline", "model_assets", "train"]
+__all__ = ["Trained", "build_pipeline", "model_assets", "train"]
 
 VALIDATION_SHARE = 0.2  # the latest label times, so validation is a look into the future, as serving is
 
@@ -46,12 +50,23 @@ def build_pipeline(feature_set: FeatureSet, non_negative_target: bool = False) -
     return make_pipeline(columns, HistGradientBoostingRegressor(loss=loss, max_iter=200, random_state=0))
 
 
-def train(
-    feature_set: FeatureSet, frame: pd.DataFrame
-) -> tuple[Pipeline, dict[str, float], dict[str, int], dict[str, str]]:
+@dataclass(frozen=True)
+class Trained:
+    """A fitted model, what its card records of the fit, and the rows it was fitted and validated on."""
+
+    pipeline: Any  # the built-in Pipeline, or the estimator a declared trainer returned
+    metrics: dict[str, float]
+    rows: dict[str, int]  # fit, validation
+    window: dict[str, str]  # first and last label times of fit and validation
+    kept: pd.DataFrame  # the fit and validation rows as the training set holds them, and their split
+    trainer: dict[str, Any]  # the card's trainer: function, estimator, params
+
+
+def train(feature_set: FeatureSet, frame: pd.DataFrame) -> Trained:
     """Validates on the latest VALIDATION_SHARE of the label times and fits on those at least one outcome window
     earlier: a fit label's outcome then ends before the first validation label time, so the fit targets have not
-    seen the period validation predicts. Returns the pipeline, validation metrics, row counts and label times."""
+    seen the period validation predicts. Fits the built-in pipeline of the task, or calls the declared trainer;
+    either is validated by scoring as serving scores (model_scorer)."""
     label_time = feature_set.labels.label_time
     frame = frame.sort_values([label_time, LABEL_ROW], kind="stable")
     if frame.empty:
@@ -70,22 +85,25 @@ def train(
     def matrix(part: pd.DataFrame) -> np.ndarray:
         return feature_matrix({f["name"]: part[f["name"]].tolist() for f in features}, features)
 
-    target = feature_set.target
-    if feature_set.task == "classification":
-        y_fit, y_validation = fit[target].astype(bool).to_numpy(), validation[target].astype(bool).to_numpy()
-        if y_fit.all() or not y_fit.any() or y_validation.all() or not y_validation.any():
-            raise DataError(f"{feature_set.model}: {target} has a single class in the fit or validation rows")
-        pipeline = build_pipeline(feature_set)
+    target, classifier = feature_set.target, feature_set.task == "classification"
+    y_fit = fit[target].astype(bool if classifier else float).to_numpy()
+    y_validation = validation[target].astype(bool if classifier else float).to_numpy()
+    if classifier and (y_fit.all() or not y_fit.any() or y_validation.all() or not y_validation.any()):
+        raise DataError(f"{feature_set.model}: {target} has a single class in the fit or validation rows")
+    if feature_set.trainer is None:
+        pipeline = build_pipeline(feature_set, non_negative_target=not classifier and bool((y_fit >= 0).all()))
         pipeline.fit(matrix(fit), y_fit)
-        scores = pipeline.predict_proba(matrix(validation))[:, 1]
+        trainer = {"function": "builtin", **describe_estimator(pipeline.steps[-1][1])}
+    else:
+        inputs = feature_frame({f["name"]: fit[f["name"]].tolist() for f in features}, features)
+        pipeline = _fit_declared(feature_set, inputs, pd.Series(y_fit, name=target))
+        trainer = {"function": feature_set.trainer, **describe_estimator(pipeline)}
+    scores = model_scorer(pipeline, features, classifier)(matrix(validation))
+    if classifier:
         metrics = {"auc": float(roc_auc_score(y_validation, scores)), "positive_rate": float(y_validation.mean())}
     else:
-        y_fit, y_validation = fit[target].astype(float).to_numpy(), validation[target].astype(float).to_numpy()
-        pipeline = build_pipeline(feature_set, non_negative_target=bool((y_fit >= 0).all()))
-        pipeline.fit(matrix(fit), y_fit)
-        predictions = pipeline.predict(matrix(validation))
         metrics = {
-            "mae": float(mean_absolute_error(y_validation, predictions)),
+            "mae": float(mean_absolute_error(y_validation, scores)),
             "mae_of_mean_baseline": float(np.abs(y_validation - y_fit.mean()).mean()),
         }
     window = {
@@ -94,7 +112,24 @@ def train(
         "first_validation_label_time": str(validation[label_time].min()),
         "last_label_time": str(validation[label_time].max()),
     }
-    return pipeline, metrics, {"fit": len(fit), "validation": len(validation)}, window
+    kept = pd.concat([fit.assign(split="fit"), validation.assign(split="validation")], ignore_index=True)
+    return Trained(pipeline, metrics, {"fit": len(fit), "validation": len(validation)}, window, kept, trainer)
+
+
+def _fit_declared(feature_set: FeatureSet, features: pd.DataFrame, target: pd.Series) -> Any:
+    """The fitted estimator the feature set's trainer returns for the fit rows, checked as serving needs it."""
+    spec = str(feature_set.trainer)
+    function = import_trainer(spec, feature_set.model)
+    try:
+        estimator = function(features, target)
+    except Exception as error:  # the team's own code: whatever it raises, named with the trainer and the model
+        raise ModelError(
+            f"trainer {spec} failed for model {feature_set.model}: {type(error).__name__}: {error}"
+        ) from error
+    check_estimator(
+        estimator, feature_set.task, feature_set.feature_names, f"model {feature_set.model}: trainer {spec} returned"
+    )
+    return estimator
 
 
 def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
@@ -108,7 +143,8 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         description=(
             f"The {feature_set.task} model of {feature_set.target}, trained on {table}; each materialization is a new "
             "version in the model store, bound to the feature schema it was trained on (served_models promotes it). "
-            "It learns from the rows that matched a snapshot of every view it reads, as serving scores only those."
+            "It learns from the rows that matched a snapshot of every view it reads, as serving scores only those; "
+            "the rows it was fitted and validated on are kept with the version."
         ),
     )
     def model(warehouse: dg.ResourceParam[Warehouse], model_store: ModelStoreResource) -> dg.MaterializeResult:
@@ -116,18 +152,21 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         complete = np.logical_and.reduce([rows[snapshot_column(view)].notna().to_numpy() for view in feature_set.views])
         frame = rows[complete]
         skipped = len(rows) - len(frame)
-        pipeline, metrics, rows, window = train(feature_set, frame)
+        trained = train(feature_set, frame)
+        kept = encode_training_rows(trained.kept)
         trained_at = datetime.now(UTC)
         card = ModelCard.for_feature_set(
             feature_set,
             version=trained_at.strftime("%Y%m%dT%H%M%S%fZ"),
             trained_at=trained_at.isoformat(),
-            training_window=window,
-            rows={**rows, "without_features": skipped},
-            metrics=metrics,
+            training_window=trained.window,
+            rows={**trained.rows, "without_features": skipped},
+            metrics=trained.metrics,
+            trainer=trained.trainer,
+            training=kept.summary,
         )
         with model_store.store() as store:
-            location = store.save(card, pipeline)
+            location = store.save(card, trained.pipeline, kept.data)
         return dg.MaterializeResult(
             metadata={
                 "version": card.version,
@@ -144,9 +183,13 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
                         ]
                     ),
                 ),
-                **{name: round(value, 4) for name, value in metrics.items()},
+                **{name: round(value, 4) for name, value in card.metrics.items()},
                 **{f"rows_{name}": count for name, count in card.rows.items()},
                 **card.training_window,
+                "trainer": trained.trainer["function"],
+                "estimator": trained.trainer["estimator"],
+                "estimator_params": dg.MetadataValue.json(trained.trainer["params"]),
+                "training_rows": dg.MetadataValue.json(kept.summary),
                 "stored_in": location,
                 "card": dg.MetadataValue.json(asdict(card)),
             }

@@ -1,15 +1,19 @@
 """The model store as folders on one host's disk (the local default).
 
-A model version is a folder <root>/<model>/<version>/ with the fitted scikit-learn pipeline (model.pkl) and its
-card (card.json); the file <root>/<model>/current names the version `predict` serves.
+A model version is a folder <root>/<model>/<version>/ with the fitted scikit-learn pipeline (model.pkl), the rows
+it was fitted and validated on (training.parquet, when kept) and its card (card.json, written last); the file
+<root>/<model>/current names the version `predict` serves, and <root>/<model>/history.jsonl holds one line per
+promotion.
 """
 
+import fcntl
 import json
 import os
 import pickle
 import re
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +36,18 @@ class FolderModelStore(ModelStore):
     def describe(self) -> str:
         return str(self.root)
 
-    def save(self, card: ModelCard, pipeline: Any) -> str:
+    def _save(self, card: ModelCard, pipeline: Any, training: bytes | None) -> str:
         folder = self._version_folder(card.model, card.version)
         try:
             folder.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
             raise self._version_exists(card.model, card.version) from None
         (folder / "model.pkl").write_bytes(pickle.dumps(pipeline))
-        (folder / "card.json").write_text(json.dumps(asdict(card), indent=2))
+        if training is not None:
+            (folder / "training.parquet").write_bytes(training)
+        card_json = asdict(card)
+        del card_json["history"]  # kept in history.jsonl, as promotions happen
+        (folder / "card.json").write_text(json.dumps(card_json, indent=2))
         return str(folder)
 
     def versions(self, model: str) -> list[str]:
@@ -54,22 +62,41 @@ class FolderModelStore(ModelStore):
             raise self._no_served_version(model)
         return pointer.read_text().strip()
 
-    def promote(self, model: str, version: str) -> None:
-        """A new pointer file renamed over the old one: a reader sees the old or the new pointer, never none."""
+    def promote(self, model: str, version: str, note: str = "") -> None:
+        """A new pointer file renamed over the old one: a reader sees the old or the new pointer, never none. The
+        event is appended to history.jsonl under an exclusive lock of it, held until the pointer is replaced, so
+        concurrent promotions are recorded in the order they took effect."""
         self._stored(model, version)
-        descriptor, temporary = tempfile.mkstemp(dir=self.root / model)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(version)
-        os.replace(temporary, self.root / model / "current")
+        with open(self.root / model / "history.jsonl", "a") as history:
+            fcntl.flock(history, fcntl.LOCK_EX)  # released when the file is closed
+            event = {"promoted_at": datetime.now(UTC).isoformat(), "version": version, "note": note}
+            history.write(json.dumps(event) + "\n")
+            history.flush()
+            descriptor, temporary = tempfile.mkstemp(dir=self.root / model)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(version)
+            os.replace(temporary, self.root / model / "current")
 
     def card(self, model: str, version: str | None = None) -> ModelCard:
         folder = self._stored(model, version or self.current(model))
-        return ModelCard.from_json(json.loads((folder / "card.json").read_text()))
+        card = ModelCard.from_json(json.loads((folder / "card.json").read_text()))
+        return replace(card, history=self._history(model, card.version))
 
     def load(self, model: str, version: str | None = None) -> tuple[ModelCard, Any]:
         card = self.card(model, version)
         pipeline = pickle.loads((self._version_folder(model, card.version) / "model.pkl").read_bytes())
         return card, pipeline
+
+    def _training_data(self, model: str, version: str) -> bytes | None:
+        path = self._stored(model, version) / "training.parquet"
+        return path.read_bytes() if path.exists() else None
+
+    def _history(self, model: str, version: str) -> list[dict[str, str]]:
+        path = self.root / model / "history.jsonl"
+        if not path.exists():
+            return []
+        events = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [event for event in events if event["version"] == version]
 
     def _version_folder(self, model: str, version: str) -> Path:
         if not (_NAME.fullmatch(model) and _NAME.fullmatch(version)):

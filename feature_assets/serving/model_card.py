@@ -3,11 +3,11 @@
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from feature_assets.registry import Feature, FeatureSet, FeatureView
+from feature_assets.registry import Feature, FeatureSet, FeatureView, ViewRead
 
 __all__ = ["ModelCard", "schema_version"]
 
@@ -26,6 +26,12 @@ class ModelCard:
     recorded), timestamp, online_ttl_hours, and derived_from ([view, feature] whose online value is the entity key,
     or null when the caller passes it).
     features: ordered, each with its view, name, dtype and definition_checksum.
+    trainer: what fitted it: {"function": "builtin", "pkg.mod:fn" (a declared trainer) or "notebook", "estimator":
+    module.QualName, "params": its own parameters}; None in cards written before it was recorded.
+    training: the summary of the training rows kept with the version (rows, columns, bytes, format, sha256; see
+    training_rows.py); None when none were kept.
+    history: the events that promoted this version ({"promoted_at", "version", "note"}), oldest first, as the store
+    reads them: a saved card holds none.
     """
 
     model: str
@@ -40,9 +46,28 @@ class ModelCard:
     training_window: dict[str, str]
     rows: dict[str, int]
     metrics: dict[str, float]
+    trainer: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def for_feature_set(cls, feature_set: FeatureSet, **fields: Any) -> "ModelCard":
+        """The card of a model the registry declares, bound to the views and features it reads."""
+        return cls.for_reads(
+            feature_set.model,
+            feature_set.task,
+            feature_set.target,
+            feature_set.labels.name,
+            feature_set.reads,
+            **fields,
+        )
+
+    @classmethod
+    def for_reads(
+        cls, model: str, task: str, target: str, labels: str, reads: Sequence[ViewRead], **fields: Any
+    ) -> "ModelCard":
+        """The card of a model reading `reads` (per view, its features, in order), bound to them as a declared
+        model is: a model fitted in a notebook passes labels="" (no label table), and target "" if it has no name."""
         views = [
             {
                 "name": read.view.name,
@@ -53,18 +78,18 @@ class ModelCard:
                 "online_ttl_hours": read.view.online_ttl / timedelta(hours=1),
                 "derived_from": list(read.derived_from) if read.derived_from else None,
             }
-            for read in feature_set.reads
+            for read in reads
         ]
         features = [
             {"view": read.view.name, "name": f.name, "dtype": f.dtype, "definition_checksum": f.definition_checksum}
-            for read in feature_set.reads
+            for read in reads
             for f in read.features
         ]
         return cls(
-            model=feature_set.model,
-            task=feature_set.task,
-            target=feature_set.target,
-            labels=feature_set.labels.name,
+            model=model,
+            task=task,
+            target=target,
+            labels=labels,
             views=views,
             features=features,
             schema_version=schema_version(features),
@@ -73,7 +98,8 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ModelCard":
-        """A stored card; cards written before models could read several views name their one view at the top."""
+        """A stored card; cards written before models could read several views name their one view at the top, and
+        those written before trainers, kept training rows and promotion history were recorded have none."""
         if "views" not in data:
             data = dict(data)
             view = {k: data.pop(k) for k in ("view", "entity", "entity_key", "timestamp", "online_ttl_hours")}

@@ -1,12 +1,17 @@
 """The model store in PostgreSQL (prod): every server host and every training run sees the same versions and the
 same served version, wherever it runs.
 
-Two tables in one schema, created if missing:
+Four tables in one schema, created if missing:
     model_versions          model, version, card (the card.json text), artifact (the pickled pipeline), created_at
+    model_training_sets     model, version, data: the Parquet training rows kept with a version (if it kept any)
     served_model_versions   per model, the version `predict` serves (a foreign key into model_versions), promoted_at
-Promoting is one upsert of the model's pointer row, a transaction of its own: PostgreSQL serializes concurrent
-promotions on that row (the last one wins, none is torn), the foreign key refuses a version never saved, and a
-reader sees the old or the new version, never none.
+    model_promotions        one row per promotion: model, version, promoted_at, note, in order (id)
+Promoting is one transaction: the upsert of the model's pointer row and the insert of its event. PostgreSQL
+serializes concurrent promotions on that row (the last one wins, none is torn, events in the order they took
+effect), the foreign key refuses a version never saved, and a reader sees the old or the new version, never none.
+
+A store created before training rows and promotions were kept gains their tables the first time a role that may
+create them opens it (a training run); its earlier versions keep no training rows and no history.
 
 Artifacts are unpickled as the folder store unpickles model.pkl: the bytes come from this store, written by our own
 training assets, and are trusted like the folder is. Whoever can write these tables can run code in every server.
@@ -16,7 +21,8 @@ import json
 import pickle
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from datetime import UTC
 from typing import Any, TypeVar
 
 import psycopg
@@ -48,15 +54,24 @@ class PostgresModelStore(ModelStore):
     def describe(self) -> str:
         return f"the PostgreSQL model store at {postgres_location(self._url)} (schema {self.schema})"
 
-    def save(self, card: ModelCard, pipeline: Any) -> str:
+    def _save(self, card: ModelCard, pipeline: Any, training: bytes | None) -> str:
         # The card as card.json holds it: JSON text, not jsonb, which cannot hold a NaN metric.
-        row = (card.model, card.version, json.dumps(asdict(card), indent=2), pickle.dumps(pipeline))
+        card_json = asdict(card)
+        del card_json["history"]  # kept in model_promotions, as promotions happen
+        row = (card.model, card.version, json.dumps(card_json, indent=2), pickle.dumps(pipeline))
 
         def insert(connection: psycopg.Connection) -> None:
-            connection.execute(
-                f"insert into {self.schema}.model_versions (model, version, card, artifact) values (%s, %s, %s, %s)",
-                row,
-            )
+            with connection.transaction():
+                connection.execute(
+                    f"insert into {self.schema}.model_versions (model, version, card, artifact) "
+                    "values (%s, %s, %s, %s)",
+                    row,
+                )
+                if training is not None:
+                    connection.execute(
+                        f"insert into {self.schema}.model_training_sets (model, version, data) values (%s, %s, %s)",
+                        (card.model, card.version, training),
+                    )
 
         try:
             self._run(insert)
@@ -85,13 +100,21 @@ class PostgresModelStore(ModelStore):
         version: str = row[0]
         return version
 
-    def promote(self, model: str, version: str) -> None:
+    def promote(self, model: str, version: str, note: str = "") -> None:
         def upsert(connection: psycopg.Connection) -> None:
-            connection.execute(
-                f"insert into {self.schema}.served_model_versions (model, version) values (%s, %s) "
-                "on conflict (model) do update set version = excluded.version, promoted_at = now()",
-                (model, version),
-            )
+            with connection.transaction():
+                connection.execute(
+                    f"insert into {self.schema}.served_model_versions (model, version) values (%s, %s) "
+                    "on conflict (model) do update set version = excluded.version, promoted_at = now()",
+                    (model, version),
+                )
+                connection.execute(
+                    # The time it took effect, once the pointer row's lock is held (now() is when the transaction
+                    # began, possibly before a concurrent promotion that took effect first).
+                    f"insert into {self.schema}.model_promotions (model, version, promoted_at, note) "
+                    "values (%s, %s, clock_timestamp(), %s)",
+                    (model, version, note),
+                )
 
         try:
             self._run(upsert)
@@ -99,12 +122,30 @@ class PostgresModelStore(ModelStore):
             raise self._no_version(model, version) from None
 
     def card(self, model: str, version: str | None = None) -> ModelCard:
-        (text,) = self._version_row(model, version, "card")
-        return ModelCard.from_json(json.loads(text))
+        text, times, notes = self._version_row(model, version, "v.card")
+        return self._card(text, times, notes)
 
     def load(self, model: str, version: str | None = None) -> tuple[ModelCard, Any]:
-        text, artifact = self._version_row(model, version, "card, artifact")
-        return ModelCard.from_json(json.loads(text)), pickle.loads(artifact)
+        text, artifact, times, notes = self._version_row(model, version, "v.card, v.artifact")
+        return self._card(text, times, notes), pickle.loads(artifact)
+
+    def _training_data(self, model: str, version: str) -> bytes | None:
+        row = self._run(
+            lambda connection: connection.execute(
+                f"select data from {self.schema}.model_training_sets where model = %s and version = %s",
+                (model, version),
+            ).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    @staticmethod
+    def _card(text: str, times: list[Any] | None, notes: list[str] | None) -> ModelCard:
+        card = ModelCard.from_json(json.loads(text))
+        history = [
+            {"promoted_at": at.astimezone(UTC).isoformat(), "version": card.version, "note": note}
+            for at, note in zip(times or [], notes or [])
+        ]
+        return replace(card, history=history)
 
     def close(self) -> None:
         with self._lock:
@@ -113,18 +154,26 @@ class PostgresModelStore(ModelStore):
                 self._connection = None
 
     def _version_row(self, model: str, version: str | None, columns: str) -> tuple[Any, ...]:
-        """The columns of `version`, or of the served version read in the same statement (never a torn pair)."""
+        """The columns of `version`, or of the served version read in the same statement (never a torn pair), then
+        the times and notes of the promotions of that version, oldest first (null when none)."""
         parameters: tuple[str, ...]
         if version is None:
             where, parameters = (
-                f"(model, version) = (select model, version from {self.schema}.served_model_versions where model = %s)",
+                f"(v.model, v.version) = (select model, version from {self.schema}.served_model_versions "
+                "where model = %s)",
                 (model,),
             )
         else:
-            where, parameters = "model = %s and version = %s", (model, version)
+            where, parameters = "v.model = %s and v.version = %s", (model, version)
+        history = (
+            "select array_agg(p.promoted_at order by p.id) as times, array_agg(p.note order by p.id) as notes "
+            f"from {self.schema}.model_promotions p where p.model = v.model and p.version = v.version"
+        )
         row = self._run(
             lambda connection: connection.execute(
-                f"select {columns} from {self.schema}.model_versions where {where}", parameters
+                f"select {columns}, h.times, h.notes from {self.schema}.model_versions v "
+                f"cross join lateral ({history}) h where {where}",
+                parameters,
             ).fetchone()
         )
         if row is None:
@@ -169,11 +218,14 @@ class PostgresModelStore(ModelStore):
         return connection
 
     def _create_tables(self, connection: psycopg.Connection) -> None:
-        """Creates the schema and tables if missing. Looked up first, so a role that may only read them (a server
-        host) never needs the right to create; a lock keeps two first users from creating at once."""
+        """Creates the schema and tables if missing (those of a store created by earlier code too). Looked up first,
+        so a role that may only read them (a server host) never needs the right to create; a lock keeps two first
+        users from creating at once."""
         versions, served = f"{self.schema}.model_versions", f"{self.schema}.served_model_versions"
-        exists = "select to_regclass(%s) is not null and to_regclass(%s) is not null"
-        row = connection.execute(exists, (versions, served)).fetchone()  # a select of one value: always one row
+        training, promotions = f"{self.schema}.model_training_sets", f"{self.schema}.model_promotions"
+        tables = (versions, served, training, promotions)
+        exists = " and ".join(["to_regclass(%s) is not null"] * len(tables))
+        row = connection.execute(f"select {exists}", tables).fetchone()  # a select of one value: always one row
         if row is not None and row[0]:
             return
         with connection.transaction():
@@ -189,4 +241,16 @@ class PostgresModelStore(ModelStore):
             connection.execute(
                 f"create table if not exists {served} (model text primary key, version text not null, "
                 f"promoted_at timestamptz not null default now(), foreign key (model, version) references {versions})"
+            )
+            # Kept as long as its version is.
+            connection.execute(
+                f"create table if not exists {training} (model text not null, version text not null, data bytea not "
+                f"null, primary key (model, version), foreign key (model, version) references {versions} "
+                "on delete cascade)"
+            )
+            connection.execute(
+                f"create table if not exists {promotions} (id bigint generated always as identity primary key, "
+                "model text not null, version text not null, promoted_at timestamptz not null default now(), "
+                f"note text not null default '', foreign key (model, version) references {versions} "
+                "on delete cascade)"
             )

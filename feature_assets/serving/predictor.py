@@ -1,8 +1,9 @@
 """Predictions from the online store with the served version of a model, bound to the feature schema it was trained on.
 
-A model version (in a `ModelStore`: folders locally, PostgreSQL in prod) is the fitted scikit-learn pipeline and
-its card: the ordered feature columns with their dtypes and definition checksums, the schema version, the
-training window, row counts and validation metrics. The store's pointer names the version `predict` serves.
+A model version (in a `ModelStore`: folders locally, PostgreSQL in prod) is the fitted estimator (the built-in
+pipeline, or any scikit-learn-compatible one: serving/estimators.py) and its card: the ordered feature columns with
+their dtypes and definition checksums, the schema version, the training window, row counts and validation metrics.
+The store's pointer names the version `predict` serves.
 
 Serving reads exactly the card's features, casts them by the card's dtypes and refuses when the online
 store holds another definition of any of them. Features the card does not list are ignored, so a feature
@@ -13,21 +14,16 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from scipy.special import expit
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import parse_entity_id
+from feature_assets.serving.fitted_steps import Rows, fitted_steps
 from feature_assets.serving.model_card import ModelCard
 from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
@@ -42,7 +38,9 @@ __all__ = [
     "Predictor",
     "SchemaMismatch",
     "deadline_from_env",
+    "feature_frame",
     "feature_matrix",
+    "model_scorer",
 ]
 
 
@@ -52,7 +50,6 @@ def deadline_from_env() -> float:
 
 
 _NUMERIC = ("int64", "float64", "bool")
-_Rows = Callable[[np.ndarray], np.ndarray]  # rows in, rows (encoded) or scores out
 # What a loaded model was checked against, per view: the sync record's version, schema and definitions.
 _Checked = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 
@@ -77,6 +74,50 @@ def feature_matrix(columns: Mapping[str, Sequence[Any]], features: Sequence[Mapp
         else:
             matrix[:, position] = np.where(null, np.nan, values)
     return matrix
+
+
+def feature_frame(columns: Mapping[str, Sequence[Any]], features: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    """The input of an estimator fitted on a DataFrame (a team's own trainer, a notebook's model): a column per
+    feature, named by it, in card order; numbers (int64, float64, bool) as float64 with NaN for nulls, strings as
+    object with NaN for nulls. Built from feature_matrix, so it encodes every value as the built-in input does."""
+    return _frame(feature_matrix(columns, features), features)
+
+
+def _frame(matrix: np.ndarray, features: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    # Strings as Series of dtype object: from a bare object array the DataFrame would infer pandas' str dtype. Numbers
+    # as bare float arrays: a one-row frame of 8 features is built in about half the time a Series each takes.
+    return pd.DataFrame(
+        {
+            f["name"]: matrix[:, position].astype(float)
+            if f["dtype"] in _NUMERIC
+            else pd.Series(matrix[:, position], dtype=object)
+            for position, f in enumerate(features)
+        }
+    )
+
+
+def model_scorer(estimator: Any, features: Sequence[Mapping[str, str]], classifier: bool) -> Rows:
+    """Scores (the positive class's probability, or the predicted value) of rows of feature_matrix.
+
+    The built-in pipeline's shape goes through its fitted parameters in numpy (fitted_steps). Any other estimator
+    through its own predict_proba or predict, given its input form: feature_frame's DataFrame when it was fitted on
+    one (it has feature_names_in_), the matrix otherwise (as floats when every feature is a number). Validation and
+    serving both score here, so a version's metrics measure what is served.
+    """
+    steps = fitted_steps(estimator, classifier)
+    if steps is not None:
+        encoders, score = steps
+        return lambda matrix: score(np.concatenate([encode(matrix) for encode in encoders], axis=1))
+    prepare: Callable[[np.ndarray], Any]
+    if getattr(estimator, "feature_names_in_", None) is not None:
+        prepare = partial(_frame, features=features)
+    elif all(f["dtype"] in _NUMERIC for f in features):
+        prepare = partial(np.asarray, dtype=float)
+    else:
+        prepare = np.asarray
+    if classifier:
+        return lambda matrix: np.asarray(estimator.predict_proba(prepare(matrix)))[:, 1]
+    return lambda matrix: np.asarray(estimator.predict(prepare(matrix)))
 
 
 @dataclass(frozen=True)
@@ -121,112 +162,10 @@ class _Served:
         self.names = card.feature_names
         self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
-        self._steps = _fitted_steps(pipeline, self.classifier)
-
-    def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Scores of the rows (see _fitted_steps: the pipeline's fitted parameters in numpy where it can)."""
-        scores: np.ndarray  # the pipeline is untyped (scikit-learn)
-        if self._steps is None:
-            if self.classifier:
-                scores = self.pipeline.predict_proba(matrix)[:, 1]
-            else:
-                scores = self.pipeline.predict(matrix)
-            return scores
-        encoders, score = self._steps
-        return score(np.concatenate([encode(matrix) for encode in encoders], axis=1))
+        self.score_matrix = model_scorer(pipeline, card.features, self.classifier)
 
     def score_row(self, matrix: np.ndarray) -> float:
         return float(self.score_matrix(matrix)[0])
-
-
-def _fitted_steps(pipeline: Any, classifier: bool) -> tuple[list[_Rows], _Rows] | None:
-    """For a Pipeline(ColumnTransformer, estimator) that drops unlisted columns: per transformer, a function
-    encoding rows (a 2-D object matrix in, a 2-D float matrix out), and one scoring the encoded rows; None for any
-    other shape (scored through the pipeline itself). For one row, or a hundred, scikit-learn's input validation
-    (six calls, ~0.7 ms; ~3 ms a batch) costs far more than the arithmetic, so the transformers build_pipeline uses
-    (imputer + scaler, one-hot) and a logistic regression are applied with their fitted parameters in numpy;
-    anything else through its own transform or predict. test_models checks the result equals the pipeline's on
-    every training row, one by one and all at once."""
-    steps = getattr(pipeline, "steps", None)
-    if not steps or len(steps) != 2 or not isinstance(steps[0][1], ColumnTransformer):
-        return None
-    columns, estimator = steps[0][1], steps[1][1]
-    if columns.remainder != "drop":
-        return None
-    encoders = [
-        _numpy_encoder(transformer, list(cols)) or _transform_encoder(transformer, list(cols))
-        for _, transformer, cols in columns.transformers_
-        if not isinstance(transformer, str) and len(cols)
-    ]
-    if isinstance(estimator, LogisticRegression) and classifier and len(estimator.classes_) == 2:
-        coef, intercept = estimator.coef_.T, estimator.intercept_
-        return encoders, lambda rows: expit(rows @ coef + intercept)[:, 0]
-    if classifier:
-        return encoders, lambda rows: estimator.predict_proba(rows)[:, 1]
-    return encoders, estimator.predict
-
-
-def _transform_encoder(transformer: Any, columns: list[int]) -> _Rows:
-    def encode(rows: np.ndarray) -> np.ndarray:
-        part = transformer.transform(rows[:, columns])
-        return (part.toarray() if sparse.issparse(part) else np.asarray(part)).astype(float)
-
-    return encode
-
-
-def _numpy_encoder(transformer: Any, columns: list[int]) -> _Rows | None:
-    """The fitted parameters of SimpleImputer(+ indicator) -> StandardScaler, or of OneHotEncoder(handle_unknown=
-    "ignore"), as arithmetic on rows; None for other transformers or settings."""
-    if isinstance(transformer, Pipeline) and [type(step) for _, step in transformer.steps] == [
-        SimpleImputer,
-        StandardScaler,
-    ]:
-        imputer, scaler = (step for _, step in transformer.steps)
-        fill = np.asarray(imputer.statistics_, dtype=float)
-        if np.isnan(fill).any():  # a column empty in training, which the imputer drops
-            return None
-        flagged = imputer.indicator_.features_ if imputer.add_indicator else np.array([], dtype=int)
-        mean = scaler.mean_ if scaler.mean_ is not None else 0.0
-        scale = scaler.scale_ if scaler.scale_ is not None else 1.0
-
-        def impute_and_scale(rows: np.ndarray) -> np.ndarray:
-            numbers = rows[:, columns].astype(float)
-            missing = np.isnan(numbers)
-            return (np.concatenate([np.where(missing, fill, numbers), missing[:, flagged]], axis=1) - mean) / scale
-
-        return impute_and_scale
-    if isinstance(transformer, OneHotEncoder):
-        if (
-            transformer.handle_unknown != "ignore"
-            or transformer.drop is not None
-            or getattr(transformer, "infrequent_categories_", None)
-        ):
-            return None
-        # Per column, each category's position in the output; a null (NaN) is a category of its own if seen in training.
-        positions, offset = [], 0
-        for categories in transformer.categories_:
-            positions.append({_category(value): offset + i for i, value in enumerate(categories.tolist())})
-            offset += len(categories)
-        width = offset
-
-        def one_hot(rows: np.ndarray) -> np.ndarray:
-            encoded = np.zeros((len(rows), width))
-            for row, values in enumerate(rows[:, columns].tolist()):
-                for position, value in zip(positions, values):
-                    hit = position.get(_category(value))
-                    if hit is not None:  # an unseen value encodes as all zeros, as handle_unknown="ignore" does
-                        encoded[row, hit] = 1.0
-            return encoded
-
-        return one_hot
-    return None
-
-
-_NAN = object()  # NaN never equals itself, so nulls are looked up under this key
-
-
-def _category(value: Any) -> Any:
-    return _NAN if isinstance(value, float) and value != value else value
 
 
 def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> _Checked | None:
