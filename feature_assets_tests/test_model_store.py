@@ -105,7 +105,9 @@ def test_a_promotion_is_atomic_and_seen_by_another_host_at_once(trained_versions
     here, there = open_store(), open_store()
     for card, _ in versions:
         here.save(card, pipeline)
+    assert there.served_models() == []  # saved, none served yet
     here.promote(MODEL, first.version)
+    assert there.served_models() == [MODEL]
     assert there.current(MODEL) == first.version and replace(there.card(MODEL), history=[]) == first
     here.promote(MODEL, second.version, note="after review")
     assert there.current(MODEL) == second.version and replace(there.load(MODEL)[0], history=[]) == second

@@ -62,6 +62,11 @@ class FolderModelStore(ModelStore):
             raise self._no_served_version(model)
         return pointer.read_text().strip()
 
+    def served_models(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if _NAME.fullmatch(p.name) and (p / "current").exists())
+
     def promote(self, model: str, version: str, note: str = "") -> None:
         """A new pointer file renamed over the old one: a reader sees the old or the new pointer, never none. The
         event is appended to history.jsonl under an exclusive lock of it, held until the pointer is replaced, so

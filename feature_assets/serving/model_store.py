@@ -50,6 +50,10 @@ class ModelStore(ABC):
         """The version `predict` serves."""
 
     @abstractmethod
+    def served_models(self) -> list[str]:
+        """Every model with a served version, by name (those saved from Python among them)."""
+
+    @abstractmethod
     def promote(self, model: str, version: str, note: str = "") -> None:
         """Makes a stored `version` the served one, atomically, and records the event {"promoted_at" (ISO, UTC),
         "version", "note"} in the model's history, in the order of the promotions."""

@@ -100,6 +100,14 @@ class PostgresModelStore(ModelStore):
         version: str = row[0]
         return version
 
+    def served_models(self) -> list[str]:
+        rows = self._run(
+            lambda connection: connection.execute(
+                f"select model from {self.schema}.served_model_versions order by model"
+            ).fetchall()
+        )
+        return [str(row[0]) for row in rows]
+
     def promote(self, model: str, version: str, note: str = "") -> None:
         def upsert(connection: psycopg.Connection) -> None:
             with connection.transaction():
