@@ -75,9 +75,7 @@ print(f"in Python: user {user} churns with probability {prediction.score:.3f} (v
 
 # %% 8. The same prediction over HTTP, from `featurestore serve`
 featurestore = Path(sys.executable).with_name("featurestore")
-server = subprocess.Popen(
-    [featurestore, "serve", "--port", "0", "--workers", "1"], stdout=subprocess.PIPE, text=True
-)
+server = subprocess.Popen([featurestore, "serve", "--port", "0", "--workers", "1"], stdout=subprocess.PIPE, text=True)
 try:
     assert server.stdout is not None
     url = server.stdout.readline().split()[2]  # "featurestore serve: http://127.0.0.1:PORT with ..."

@@ -25,9 +25,9 @@ def test_train_your_own_model_fits_saves_promotes_and_serves_in_python_and_over_
     with SqliteOnlineStore(home / "online.sqlite") as online:
         for view in load_registry(dbt_manifest_path()).views.values():
             sync_online_store(warehouse, online, view, full_resync=True)
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("FEATURE_STORE_", "DAGSTER_"))
-    } | {"FEATURE_STORE_HOME": str(home)}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("FEATURE_STORE_", "DAGSTER_"))} | {
+        "FEATURE_STORE_HOME": str(home)
+    }
 
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "train_your_own_model.py")],
