@@ -24,6 +24,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import ThreadpoolController
 
 from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import FeatureView
@@ -122,6 +123,8 @@ class _Served:
         self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
         self._steps = _fitted_steps(pipeline, self.classifier)
+        # Made after the pipeline was unpickled, so it sees every OpenMP runtime the pipeline's estimators loaded.
+        self._openmp = ThreadpoolController().select(user_api="openmp")
 
     def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Scores of the rows (see _fitted_steps: the pipeline's fitted parameters in numpy where it can)."""
@@ -136,7 +139,13 @@ class _Served:
         return score(np.concatenate([encode(matrix) for encode in encoders], axis=1))
 
     def score_row(self, matrix: np.ndarray) -> float:
-        return float(self.score_matrix(matrix)[0])
+        """The score of one row, with OpenMP held to one thread in this thread meanwhile. An OpenMP estimator
+        (HistGradientBoosting: a parallel loop over the rows per tree, 200 trees in ltv_model) wakes and joins every
+        thread of its pool for one row that only one of them scores; on a loaded 2-core host, where a woken thread
+        waits for a core, that took predict_one's p99 from a few ms to over a second. The limit's scope is the
+        calling thread (threadpoolctl), so the server's other threads and batch scoring keep their pool."""
+        with self._openmp.limit(limits=1):
+            return float(self.score_matrix(matrix)[0])
 
 
 def _fitted_steps(pipeline: Any, classifier: bool) -> tuple[list[_Rows], _Rows] | None:
