@@ -551,3 +551,50 @@ def test_scoring_by_fitted_parameters_equals_the_pipeline_on_every_training_row(
         np.testing.assert_allclose(score(encoded[rows]), reference, rtol=0, atol=1e-12, err_msg=name)
         singles = np.array([score(row.reshape(1, -1))[0] for row in encoded[rows]])
         np.testing.assert_allclose(singles, reference, rtol=0, atol=1e-12, err_msg=name)
+
+
+def _openmp_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp")
+
+
+def test_one_entity_is_scored_on_one_openmp_thread_exactly_as_the_pipeline_and_a_batch_keeps_the_pool(
+    trained, redis_client
+):
+    """predict_one holds OpenMP to one thread while it scores (gradient boosting woke its whole pool per tree for the
+    one row, the tail of ltv_model's latency), for any estimator; the score is the pipeline's own, to the bit, and
+    afterwards the process's thread pools are as they were."""
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_info
+
+    from feature_assets.serving.predictor import _Served
+
+    class OpenMPThreads(RegressorMixin, BaseEstimator):
+        """A team's own estimator: scores each row with the OpenMP threads it may use while it scores."""
+
+        def fit(self, X, y=None):
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), float(_openmp_threads()))
+
+    warehouse, root = trained
+    store = RedisOnlineStore(redis_client)
+    sync_views(warehouse, store)
+    models = FolderModelStore(root)
+    card, pipeline = models.load("ltv_model", models.current("ltv_model"))
+    pools, threads = threadpool_info(), _openmp_threads()
+
+    predictions = [Predictor(store, models).predict_one("ltv_model", user) for user in _latest_users(warehouse, 40)]
+    matrix = feature_matrix(
+        {f["name"]: [p.features[f["name"]] for p in predictions] for f in card.features}, card.features
+    )
+    assert [p.score for p in predictions] == pipeline.predict(matrix).tolist()
+    assert threadpool_info() == pools
+
+    served = _Served(store, card, Pipeline([pipeline.steps[0], ("own", OpenMPThreads())]))
+    assert served.score_row(matrix[:1]) == 1.0
+    assert served.score_matrix(matrix).tolist() == [float(threads)] * len(matrix)
+    assert threadpool_info() == pools

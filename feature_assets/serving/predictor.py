@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import ThreadpoolController
 
 from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import FeatureView
@@ -163,9 +164,17 @@ class _Served:
         self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
         self.score_matrix = model_scorer(pipeline, card.features, self.classifier)
+        # Made after the pipeline was unpickled, so it sees every OpenMP runtime the pipeline's estimators loaded.
+        self._openmp = ThreadpoolController().select(user_api="openmp")
 
     def score_row(self, matrix: np.ndarray) -> float:
-        return float(self.score_matrix(matrix)[0])
+        """The score of one row, with OpenMP held to one thread in this thread meanwhile. An OpenMP estimator
+        (HistGradientBoosting: a parallel loop over the rows per tree, 200 trees in ltv_model) wakes and joins every
+        thread of its pool for one row that only one of them scores; on a loaded 2-core host, where a woken thread
+        waits for a core, that took predict_one's p99 from a few ms to over a second. The limit's scope is the
+        calling thread (threadpoolctl), so the server's other threads and batch scoring keep their pool."""
+        with self._openmp.limit(limits=1):
+            return float(self.score_matrix(matrix)[0])
 
 
 def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> _Checked | None:
