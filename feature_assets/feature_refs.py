@@ -6,7 +6,14 @@ from collections.abc import Collection, Sequence
 from feature_assets.errors import FeatureStoreError, RegistryError, shown
 from feature_assets.registry import Feature, Registry, ViewRead
 
-__all__ = ["PANDAS_DTYPES", "output_names", "resolve_features", "snapshot_time_column", "with_keys_from"]
+__all__ = [
+    "PANDAS_DTYPES",
+    "declared_derivations",
+    "output_names",
+    "resolve_features",
+    "snapshot_time_column",
+    "with_keys_from",
+]
 
 # The registry's dtypes as pandas' nullable dtypes: ints stay ints beside nulls, as online reads return them.
 PANDAS_DTYPES = {"int64": "Int64", "float64": "Float64", "bool": "boolean", "string": "string"}
@@ -45,16 +52,21 @@ def resolve_features(registry: Registry, features: str | Sequence[str]) -> list[
     ]
 
 
-def with_keys_from(registry: Registry, reads: Sequence[ViewRead], columns: Collection[str]) -> list[ViewRead]:
-    """The reads with their keys settled for a caller holding `columns`: a key the caller has is used as given; a
-    missing one is derived from another view's feature (as serving derives it), as the model or any exposure of
-    the registry declares it, when the caller has that view's key; else the error names the column to add."""
-    declared = {
+def declared_derivations(registry: Registry) -> dict[str, tuple[str, str]]:
+    """Each entity key some exposure derives from another view's feature (its derived_keys): key -> (view, feature)."""
+    return {
         read.key: read.derived_from
         for feature_set in registry.feature_sets.values()
         for read in feature_set.reads
         if read.derived_from is not None
     }
+
+
+def with_keys_from(registry: Registry, reads: Sequence[ViewRead], columns: Collection[str]) -> list[ViewRead]:
+    """The reads with their keys settled for a caller holding `columns`: a key the caller has is used as given; a
+    missing one is derived from another view's feature (as serving derives it), as the model or any exposure of
+    the registry declares it, when the caller has that view's key; else the error names the column to add."""
+    declared = declared_derivations(registry)
     settled = []
     for read in reads:
         if read.key in columns:

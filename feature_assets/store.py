@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from feature_assets.errors import FeatureStoreError, InvalidEntity, ModelStoreError, shown
-from feature_assets.feature_refs import output_names, resolve_features, with_keys_from
+from feature_assets.feature_refs import declared_derivations, output_names, resolve_features, with_keys_from
 from feature_assets.registry import TASKS, Registry, ViewRead, load_registry, snake_case
 from feature_assets.settings import Settings
 
@@ -231,12 +231,7 @@ def _served_keys(registry: Registry, reads: list[ViewRead]) -> list[ViewRead]:
     """Reads as serving takes them: a key the registry derives from another view's feature is derived when that
     view is read too (the caller may still pass it)."""
     names = {read.view.name for read in reads}
-    declared = {
-        read.key: read.derived_from
-        for feature_set in registry.feature_sets.values()
-        for read in feature_set.reads
-        if read.derived_from is not None
-    }
+    declared = declared_derivations(registry)
     served = []
     for read in reads:
         source = read.derived_from or declared.get(read.key)

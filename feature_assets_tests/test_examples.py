@@ -45,6 +45,15 @@ def test_train_your_own_model_fits_saves_promotes_and_serves_in_python_and_over_
     over_http = json.loads(done.stdout.split("over HTTP: ", 1)[1].splitlines()[0])
     assert over_http["entity"]["user_id"] == int(in_python[1])
     assert f"{over_http['score']:.3f}" == in_python[2]
+    cli = subprocess.run(
+        [Path(sys.executable).with_name("featurestore"), "predict", "churn_forest", in_python[1], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert f"{json.loads(cli.stdout)['score']:.3f}" == in_python[2]
     served = FolderModelStore(home / "models")
     assert served.current("churn_forest") == in_python[3]
     assert len(served.training_set("churn_forest")) > 1000
