@@ -5,7 +5,10 @@ learnt from, to refit or compare in a notebook, or to audit a prediction. The ca
 checksum in it is verified on every read, so rows that were changed or cut short are refused, never served as
 the version's own.
 
-Size, measured on the demo: SIZE_MEASURED
+Where: training.parquet in the version's folder (folder store), a row of model_training_sets (PostgreSQL). Size,
+measured on the demo (`featurestore demo`: 2,000 users over 300 days): churn_model keeps 32,910 rows of 16 columns
+in 641 KB, ltv_model 11,893 rows of 11 columns in 223 KB (about 20 bytes a row; their pipelines take 3 KB and
+720 KB).
 """
 
 import hashlib
