@@ -171,8 +171,9 @@ class _Served:
         """The score of one row, with OpenMP held to one thread in this thread meanwhile. An OpenMP estimator
         (HistGradientBoosting: a parallel loop over the rows per tree, 200 trees in ltv_model) wakes and joins every
         thread of its pool for one row that only one of them scores; on a loaded 2-core host, where a woken thread
-        waits for a core, that took predict_one's p99 from a few ms to over a second. The limit's scope is the
-        calling thread (threadpoolctl), so the server's other threads and batch scoring keep their pool."""
+        waits for a core, ltv_model's predict_one p99 was 1.4 s with the pool and 18 ms without (benchmarks/predict.py).
+        The limit's scope is the calling thread (threadpoolctl), so the server's other threads and batch scoring keep
+        their pool."""
         with self._openmp.limit(limits=1):
             return float(self.score_matrix(matrix)[0])
 
