@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from feature_assets.errors import FeatureStoreError, RegistryError, shown
+from feature_assets.errors import FeatureStoreError, RegistryError
 from feature_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,15 +43,12 @@ def served_model_name(settings: Settings, name: str) -> str:
     registry = read_registry()
     try:
         return registry.feature_set(name).model
-    except RegistryError:
+    except RegistryError as error:
         with open_model_store(settings) as models:
             saved = [model for model in models.served_models() if model not in registry.feature_sets]
         if name in saved:
             return name
-        raise RegistryError(
-            f"no model {shown(name)}; declared: {', '.join(sorted(registry.feature_sets)) or 'none'}; "
-            f"saved from Python: {', '.join(saved) or 'none'}"
-        ) from None
+        raise RegistryError(f"{error}; served from Python: {', '.join(saved) or 'none'}") from None
 
 
 def warehouse_of(settings: Settings) -> "Warehouse":
