@@ -33,10 +33,7 @@ def online_features(
     for read in reads:
         view = registry.view(read.derived_from[0]) if read.derived_from else read.view
         if view.entity_key not in keys:
-            keys[view.entity_key] = [
-                None if _null(value) else parse_entity_id(value, view.key_data_type, view.entity_key)
-                for value in entities[view.entity_key]
-            ]
+            keys[view.entity_key] = _parsed_ids(entities[view.entity_key], view)
     # Per view read, the fields one read asks for: the requested features, and those other views' keys come from.
     fields: dict[str, list[str]] = {read.view.name: [f.name for f in read.features] for read in reads}
     derivations = {read.view.name: read.derived_from for read in reads if read.derived_from is not None}
@@ -75,6 +72,17 @@ def online_features(
         why[:] = ["; ".join(row) if row else pd.NA for row in reasons]
     result[MISSING_COLUMN] = pd.arrays.StringArray(why)
     return pd.DataFrame(result, copy=False)
+
+
+def _parsed_ids(values: Sequence[Any], view: FeatureView) -> list[Any]:
+    """The ids as the view's key takes them (strict: parse_entity_id), None for a null. Plain ints, the common
+    case, are checked by their extremes: an int key's only other rule is its range."""
+    ids = list(values)
+    if ids and view.key_data_type not in ("varchar", "text") and all(type(value) is int for value in ids):
+        parse_entity_id(min(ids), view.key_data_type, view.entity_key)
+        parse_entity_id(max(ids), view.key_data_type, view.entity_key)
+        return ids
+    return [None if _null(value) else parse_entity_id(value, view.key_data_type, view.entity_key) for value in ids]
 
 
 def _null(value: Any) -> bool:
