@@ -183,7 +183,9 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
-    cli_runs.dagster_instance(settings).dispose()
+    # Opens the instance (creating it the first time), and fails the runs of commands killed since: the UI shows them
+    # failed, not running for ever.
+    cli_runs.fail_runs_of_dead_commands(settings)
     bin_dir = Path(sys.executable).parent
     # Under `dagster dev`, DbtProject.prepare_if_dev() runs the dbt found on PATH; an unactivated venv has none there.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -336,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     except FeatureStoreError as error:
         _report(error)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: a run it stopped is marked failed and its slots are given back; nothing more to say.
+        print("featurestore: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader left (`featurestore features | head`): nothing more to say, and no traceback at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

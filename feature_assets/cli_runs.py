@@ -18,7 +18,15 @@ from feature_assets.settings import Settings
 if TYPE_CHECKING:
     from feature_assets.registry import Registry
 
-__all__ = ["build_snapshots", "dagster_home", "dagster_instance", "execute_job", "sync_online", "train"]
+__all__ = [
+    "build_snapshots",
+    "dagster_home",
+    "dagster_instance",
+    "execute_job",
+    "fail_runs_of_dead_commands",
+    "sync_online",
+    "train",
+]
 
 _DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 # Runs started here print nothing of their own: failures are reported by cause, the full logs are in the UI.
@@ -53,6 +61,20 @@ def dagster_instance(settings: Settings):
         return dg.DagsterInstance.get()
 
 
+def _running_folder(settings: Settings) -> Path:
+    """Where each run of a command holds its lock file while its process lives."""
+    return dagster_home(settings) / "running"
+
+
+def fail_runs_of_dead_commands(settings: Settings) -> None:
+    """Marks failed the runs whose command was killed (or the machine restarted) and gives back their pool slots, so
+    the UI does not show them running (each command that runs a job does this before it starts)."""
+    from feature_assets.job_runs import fail_runs_of_dead_processes
+
+    with dagster_instance(settings) as instance:
+        fail_runs_of_dead_processes(instance, _running_folder(settings))
+
+
 def execute_job(
     settings: Settings,
     what: str,
@@ -65,18 +87,20 @@ def execute_job(
 ):
     """Runs a job (or a subset of its assets) in this process on the instance, raising on failure (a failed
     blocking check included, unless tolerated: then the caller reports it)."""
-    import dagster as dg
-
     from feature_assets.definitions import build_definitions
+    from feature_assets.job_runs import run_in_this_process
 
     instance = dagster_instance(settings)
-    job = build_definitions(settings).resolve_job_def(job_name)
-    if assets:
-        job = job.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     # Tagged so a person finds the command's runs in the UI (Runs, filter by tag).
     tags = {"featurestore/command": what, **(tags or {})}
-    result = job.execute_in_process(
-        run_config={**run_config, **_QUIET}, instance=instance, raise_on_error=False, tags=tags
+    result = run_in_this_process(
+        instance,
+        build_definitions(settings),
+        job_name,
+        {**run_config, **_QUIET},
+        tags,
+        _running_folder(settings),
+        assets,
     )
     failed_checks = [check for check in result.get_asset_check_evaluations() if not check.passed]
     if not result.success and not (tolerate_failed_checks and failed_checks):
