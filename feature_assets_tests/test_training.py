@@ -100,13 +100,14 @@ def _labels(rng: np.random.Generator, users: pd.DataFrame, countries: pd.DataFra
 
 def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.DataFrame:
     """Row by row, per view: the greatest timestamp < t with timestamp >= t - that view's TTL, else nothing."""
+    snapshots = {name: history.to_dict("records") for name, history in histories.items()}
     out = []
     for label in labels.to_dict("records"):
         row = dict(label)
         for read in FEATURE_SET.reads:
             view = read.view
             best = None
-            for snapshot in histories[view.name].to_dict("records"):
+            for snapshot in snapshots[view.name]:
                 if (
                     snapshot[view.entity_key] == label[read.key]
                     and label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"]
