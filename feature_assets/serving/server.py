@@ -242,9 +242,9 @@ class Service:
             return name
         try:
             return self.registry.feature_set(name).model
-        except RegistryError:
-            known = ", ".join(self.model_names())
-            raise Refused(404, "unknown_model", f"no model {shown(name)} is served; known: {known}") from None
+        except RegistryError as error:
+            saved = f"; served from Python: {', '.join(self._saved)}" if self._saved else ""
+            raise Refused(404, "unknown_model", f"{error}{saved}") from None
 
     def refresh(self) -> list[str]:
         """Loads the served version of every model (before the first request, and each second: a promotion is loaded
