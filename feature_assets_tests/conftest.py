@@ -328,7 +328,9 @@ def online_store(request, tmp_path):
 # Training: 1,000 users over 300 days with daily snapshots (enough that PSI noise stays well under the 0.1
 # warning threshold, and that LTV's fit label times end 90 days before its validation ones); the dbt build
 # makes the label tables too; both models trained once per module.
-def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult:
+def train_models(
+    warehouse: Warehouse, models_root, instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
     from feature_assets.assets.models import model_assets
     from feature_assets.assets.training import training_set_assets
     from feature_assets.resources.model_store import ModelStoreResource
@@ -339,7 +341,7 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
     result = dg.materialize(
         [*training_sets, *model_assets(registry)],
         resources={"warehouse": warehouse, "model_store": ModelStoreResource(root=str(models_root))},
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
     )
     store = FolderModelStore(models_root)
     for model in registry.feature_sets:
@@ -351,7 +353,9 @@ def train_models(warehouse: Warehouse, models_root) -> dg.ExecuteInProcessResult
 def trained_once(tmp_path_factory) -> Path:
     """The trained folder, built once per test run (the first worker to need it builds it, under a lock, for all
     pytest-xdist workers): a DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets,
-    and both models served. Never used directly: `trained` hands each module a copy to change."""
+    and both models served; and the Dagster instance the training ran on (dagster/: its training sets and models
+    materialized), the local instance a FEATURE_STORE_HOME keeps. Never used directly: `trained` hands each module a
+    copy to change."""
     from datetime import timedelta
 
     shared = tmp_path_factory.getbasetemp()
@@ -370,18 +374,20 @@ def trained_once(tmp_path_factory) -> Path:
                 as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
             )
             assert result.success
-            assert train_models(warehouse, folder / "models").success
+            # Only the training on a persistent instance: the feature build's event per as-of day would cost minutes.
+            (folder / "dagster").mkdir()
+            with dg.DagsterInstance.local_temp(str(folder / "dagster")) as instance:
+                assert train_models(warehouse, folder / "models", instance).success
             (folder / "built").touch()
     return folder
 
 
 @pytest.fixture(scope="module")
 def trained(trained_once, tmp_path_factory):
-    """A module's own copy of the trained folder (warehouse.duckdb and models/), so that what one module promotes
-    or writes never reaches another."""
+    """A module's own copy of the trained folder (warehouse.duckdb, models/ and dagster/), so that what one module
+    promotes or writes never reaches another."""
     folder = tmp_path_factory.mktemp("trained")
-    shutil.copy(trained_once / "warehouse.duckdb", folder / "warehouse.duckdb")
-    shutil.copytree(trained_once / "models", folder / "models")
+    shutil.copytree(trained_once, folder, ignore=shutil.ignore_patterns("built"), dirs_exist_ok=True)
     return DuckDBWarehouse(str(folder / "warehouse.duckdb")), folder / "models"
 
 

@@ -221,6 +221,8 @@ def test_timestamptz_raw_columns_on_a_server_in_another_time_zone_give_the_same_
 
 
 def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frames, tmp_path):
+    """Each warehouse's first run builds every model; the later hourly runs and the rerun build user_features alone,
+    as the hourly schedule does for a due view: the staging views stay, and a dbt start costs more than these rows."""
     hours = [ANCHOR - timedelta(hours=h) for h in (2, 1, 0)]
     backfilled = DuckDBWarehouse(str(tmp_path / "backfill.duckdb"))
     hourly = DuckDBWarehouse(str(tmp_path / "hourly.duckdb"))
@@ -228,12 +230,13 @@ def test_a_backfill_equals_hour_by_hour_runs_and_reruns_change_nothing(raw_frame
         write_raw(warehouse, raw_frames)
     window = {"as_of_start": str(hours[0]), "as_of_end": str(hours[-1])}
     assert materialize(backfilled, as_of=window).success
-    for hour in hours:
-        assert materialize(hourly, as_of={"as_of_end": str(hour)}).success
+    assert materialize(hourly, as_of={"as_of_end": str(hours[0])}).success
+    for hour in hours[1:]:
+        assert materialize(hourly, as_of={"as_of_end": str(hour)}, models=["user_features"]).success
     once = read_features(hourly)
     pd.testing.assert_frame_equal(read_features(backfilled), once)
 
-    assert materialize(hourly, as_of={"as_of_end": str(hours[1])}).success
+    assert materialize(hourly, as_of={"as_of_end": str(hours[1])}, models=["user_features"]).success
     pd.testing.assert_frame_equal(read_features(hourly), once)
     assert once.groupby("computed_at").size().tolist() == [len(once) // 3] * 3
 
