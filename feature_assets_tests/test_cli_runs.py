@@ -60,8 +60,9 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def store(home, synced) -> Path:
-    """The home holding a copy of the synced warehouse, models and online store."""
-    shutil.copytree(synced, home, dirs_exist_ok=True)
+    """The home holding a copy of the synced warehouse, models and online store (not the instance the models were
+    trained on: the test's runs are the only ones)."""
+    shutil.copytree(synced, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("dagster"))
     return home
 
 
