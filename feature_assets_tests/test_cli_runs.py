@@ -19,11 +19,12 @@ from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.cli import main
+from feature_assets.cli_runs import fail_runs_of_dead_commands
 from feature_assets.job_runs import HOST_TAG, PID_TAG
 from feature_assets.online_sync import sync_online_store
 from feature_assets.registry import load_registry
 from feature_assets.serving import SqliteOnlineStore
-from feature_assets.settings import dbt_manifest_path
+from feature_assets.settings import Settings, dbt_manifest_path
 
 FEATURESTORE = Path(sys.executable).with_name("featurestore")
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,17 +45,24 @@ def synced(trained) -> Path:
 
 
 @pytest.fixture
-def home(synced, tmp_path, monkeypatch) -> Path:
-    """A FEATURE_STORE_HOME of the test's own, a copy of the synced one, with the local Dagster instance in it (as
-    the first command seeds it); the commands and the test share it through DAGSTER_HOME."""
+def home(tmp_path, monkeypatch) -> Path:
+    """A FEATURE_STORE_HOME of the test's own with the local Dagster instance in it, as the first command seeds it;
+    the commands and the test share it through DAGSTER_HOME."""
     home = tmp_path / "home"
-    shutil.copytree(synced, home)
-    (home / "dagster").mkdir()
+    (home / "dagster").mkdir(parents=True)
     shutil.copyfile(ROOT / "deploy" / "local" / "dagster.yaml", home / "dagster" / "dagster.yaml")
     monkeypatch.setenv("FEATURE_STORE_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     for name in ("FEATURE_STORE_ENV", "FEATURE_STORE_ONLINE", "FEATURE_STORE_DEMO_DATA"):
         monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def store(home, synced) -> Path:
+    """The home holding a copy of the synced warehouse, models and online store (not the instance the models were
+    trained on: the test's runs are the only ones)."""
+    shutil.copytree(synced, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("dagster"))
     return home
 
 
@@ -65,9 +73,9 @@ def instance(home) -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture
-def online_store_held(home) -> Iterator[sqlite3.Connection]:
+def online_store_held(store) -> Iterator[sqlite3.Connection]:
     """The SQLite online store locked by another writer: a sync's step waits on it, holding the warehouse pool."""
-    holder = sqlite3.connect(home / "online.sqlite", isolation_level=None)
+    holder = sqlite3.connect(store / "online.sqlite", isolation_level=None)
     holder.execute("begin exclusive")
     yield holder
     holder.close()
@@ -109,7 +117,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_a_commands_run_is_a_run_of_its_job_in_the_workspace_code_location(home, instance, capsys):
+def test_a_commands_run_is_a_run_of_its_job_in_the_workspace_code_location(store, instance, capsys):
     assert main(["sync"]) == 0, capsys.readouterr().err
     [run] = instance.get_runs()
     origin = run.remote_job_origin
@@ -123,11 +131,11 @@ def test_a_commands_run_is_a_run_of_its_job_in_the_workspace_code_location(home,
     in_job = instance.get_runs(filters=RunsFilter(job_name="sync_online_store", tags={".dagster/repository": label}))
     assert [r.run_id for r in in_job] == [run.run_id]
     assert run.tags[PID_TAG] == str(os.getpid()) and run.tags["featurestore/command"] == "online sync"
-    assert not (home / "dagster" / "running" / f"{run.run_id}.lock").exists(), "a finished run leaves no lock behind"
+    assert not (store / "dagster" / "running" / f"{run.run_id}.lock").exists(), "a finished run leaves no lock behind"
 
 
 def test_a_command_waits_asleep_for_the_run_holding_the_pool_and_runs_once_its_process_is_killed(
-    home, instance, online_store_held
+    instance, online_store_held
 ):
     first = start("sync")
     holder = holding_the_pool(instance, first)
@@ -154,7 +162,7 @@ def test_a_command_waits_asleep_for_the_run_holding_the_pool_and_runs_once_its_p
 
 
 @pytest.mark.parametrize("command", [["train"], ["refresh"]])
-def test_a_command_killed_mid_run_is_marked_failed_and_the_next_command_runs(home, instance, command):
+def test_a_command_killed_mid_run_is_marked_failed_and_the_next_command_runs(store, instance, command):
     killed = start(*command)
     run = holding_the_pool(instance, killed)
     os.killpg(killed.pid, signal.SIGKILL)
@@ -169,7 +177,7 @@ def test_a_command_killed_mid_run_is_marked_failed_and_the_next_command_runs(hom
     assert_failed_for_its_dead_process(instance, run)
 
 
-def test_ctrl_c_ends_the_command_in_one_line_and_gives_the_pool_back(home, instance, online_store_held):
+def test_ctrl_c_ends_the_command_in_one_line_and_gives_the_pool_back(instance, online_store_held):
     command = start("sync")
     run = holding_the_pool(instance, command)
     command.send_signal(signal.SIGINT)
@@ -178,3 +186,45 @@ def test_ctrl_c_ends_the_command_in_one_line_and_gives_the_pool_back(home, insta
     assert (command.returncode, err) == (130, "featurestore: interrupted\n")
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
     assert not instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+from feature_assets.job_runs import run_in_this_process
+
+@dg.op(pool=sys.argv[2] or None)
+def hold():
+    print("holding", flush=True)
+    time.sleep(600)
+
+@dg.job
+def hold_job():
+    hold()
+
+with dg.DagsterInstance.get() as instance:
+    defs = dg.Definitions(jobs=[hold_job])
+    run_in_this_process(instance, defs, "hold_job", {}, {"featurestore/command": "hold"}, Path(sys.argv[1]))
+"""
+
+
+def test_featurestore_dev_fails_the_run_of_a_killed_command_and_leaves_a_live_ones_alone(home, instance):
+    def hold(pool: str) -> subprocess.Popen:
+        command = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(home / "dagster" / "running"), pool], stdout=subprocess.PIPE, text=True
+        )
+        assert command.stdout.readline() == "holding\n"
+        return command
+
+    killed, live = hold(WAREHOUSE_POOL), hold("")
+    try:
+        killed.kill()
+        killed.wait()
+        fail_runs_of_dead_commands(Settings.from_env())  # what `featurestore dev` does before the UI starts
+        runs = {int(run.tags[PID_TAG]): run for run in instance.get_runs()}
+        assert_failed_for_its_dead_process(instance, runs[killed.pid])
+        assert instance.get_run_by_id(runs[live.pid].run_id).status == DagsterRunStatus.STARTED
+    finally:
+        live.kill()
+        live.wait()
