@@ -188,13 +188,21 @@ def _pending(
         yield _FRESHNESS.value, record.storage_id, freshness_alert(instance, record, channels)
 
 
-def alert_sensor() -> dg.SensorDefinition:
+def alert_sensor(channels: AlertChannels) -> dg.SensorDefinition:
+    """Runs by default when the deployment configures a channel; stopped otherwise, its description saying what to
+    set (the sensor's page shows it without hovering)."""
+    what = "Posts each failed ERROR check, failed run and failed freshness policy once to the alert channels."
+    description = (
+        f"{what} Delivering to: {channels.describe()}."
+        if channels.configured
+        else f"{what} Stopped: {NOT_CONFIGURED}, then reload the code location."
+    )
+
     @dg.sensor(
         name="alerts",
         minimum_interval_seconds=30,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Posts each failed ERROR check, failed run and failed freshness policy once to the alert channels "
-        "(FEATURE_STORE_ALERT_WEBHOOK_URL, or Slack through dagster-slack).",
+        default_status=dg.DefaultSensorStatus.RUNNING if channels.configured else dg.DefaultSensorStatus.STOPPED,
+        description=description,
     )
     def alerts(context: dg.SensorEvaluationContext, alert_channels: AlertChannels) -> dg.SensorResult | dg.SkipReason:
         if not alert_channels.configured:

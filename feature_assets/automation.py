@@ -73,6 +73,8 @@ def refresh_schedule(
     """Each tick loads raw data up to, and snapshots the due views at, the tick's own hour (not the wall clock).
     keys_for(due views) gives the assets the run materializes."""
 
+    cadences = ", ".join(f"{view.name} every {view.refresh_interval / TICK:g} h" for view in views)
+
     # Running by default: a store left open under `dagster dev` (or the daemon in production) stays fresh.
     @dg.schedule(
         name="hourly_refresh",
@@ -80,6 +82,12 @@ def refresh_schedule(
         job=job,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Every hour on the hour (UTC), one run of {job.name} for the feature views due at that hour, each "
+        f"on its own cadence ({cadences}): "
+        + ("loads the raw rows up to the hour, then " if raw_op else "")
+        + "appends the views' snapshots as of the hour, with the staging models and dbt tests they need, in the "
+        "partition of its day. Hours no view is due are skipped, saying so. The online_sync sensor then syncs what "
+        "passed its tests.",
     )
     def hourly_refresh(context: dg.ScheduleEvaluationContext):
         moment = context.scheduled_execution_time.replace(tzinfo=None, minute=0, second=0, microsecond=0)
@@ -125,11 +133,16 @@ ONLINE_SYNC_AUTOMATION = (SYNC_WHEN_FEATURES_PASS_CHECKS | REPAIR_AFTER_FAILED_P
 def online_sync_sensor(online_assets: list[dg.AssetsDefinition]) -> dg.AutomationConditionSensorDefinition:
     """Evaluates the syncs' automation condition; running by default so a materialization anywhere (schedule,
     UI, backfill) reaches the online store whenever the daemon runs."""
+    names = ", ".join(asset.key.to_user_string() for asset in online_assets)
     return dg.AutomationConditionSensorDefinition(
         "online_sync",
         target=dg.AssetSelection.assets(*online_assets),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
+        description="Watches the feature views. When a view has new snapshots that passed its blocking dbt tests, "
+        f"it runs that view's online sync ({names}): the newest snapshot of each entity to the online store, then "
+        "the parity check; after a failed parity check, one full sync repairs the store. Evaluated every 30 s while "
+        "the daemon runs (dagster dev starts one).",
     )
 
 
@@ -166,9 +179,13 @@ SKEW_REPORT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hou
 
 def monitoring_sensor(report_assets: list[dg.AssetsDefinition]) -> dg.AutomationConditionSensorDefinition:
     """Evaluates the skew reports' automation condition; running by default, like the online sync's."""
+    names = ", ".join(asset.key.to_user_string() for asset in report_assets)
     return dg.AutomationConditionSensorDefinition(
         "skew_monitoring",
         target=dg.AssetSelection.assets(*report_assets),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=60,
+        description=f"Runs the skew reports ({names}) after each online sync or training set rebuild, and daily at "
+        "06:00 UTC as served vectors keep arriving; their drift checks fail on a drift error (which holds back "
+        "promotion and alerts). Evaluated every 60 s while the daemon runs.",
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from feature_assets.as_of import format_hour
 from feature_assets.errors import ConfigError, FeatureStoreError
+from feature_assets.registry import VALIDATION_FLOOR_CHECK
 from feature_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -188,14 +189,19 @@ def train(settings: Settings) -> bool:
         name = event.asset_key.to_user_string()
         if "version" in meta:
             metrics = ", ".join(
-                f"{k} {meta[k]}" for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline") if k in meta
+                f"{k} {meta[k]}"
+                for k in ("auc", "positive_rate", "mae", "mae_of_mean_baseline", "mae_skill")
+                if k in meta
             )
             print(
                 f"  {name}: version {meta['version']}, {metrics} "
                 f"({meta['rows_fit']} fit / {meta['rows_validation']} validation rows)"
             )
         elif name == "served_models":
-            print("  served_models: " + ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in meta.items()))
+            versions = {k.removesuffix("_version"): v for k, v in meta.items() if k.endswith("_version")}
+            print("  served_models: " + ", ".join(f"{model} {version}" for model, version in versions.items()))
+            if "held_back" in meta:
+                print(f"  served_models held back {meta['held_back']}")
         elif "drifted_features" in meta and "report" in meta:
             print(f"  {name}: drifted features: {meta['drifted_features']}")
         elif "rows_with_features" in meta:
@@ -206,9 +212,14 @@ def train(settings: Settings) -> bool:
     for check in result.get_asset_check_evaluations():
         rows = check.metadata.get("rows_checked")
         drifted = check.metadata.get("drifted_features")
-        if rows is None and drifted is None:
+        if check.check_name == VALIDATION_FLOOR_CHECK:
+            detail = check.description or ""
+        elif rows is not None:
+            detail = f"{rows.value} rows recomputed from the feature history"
+        elif drifted is not None:
+            detail = f"drifted: {drifted.value}"
+        else:
             continue  # the label tables' dbt tests
-        detail = f"{rows.value} rows recomputed from the feature history" if rows else f"drifted: {drifted.value}"
         print(
             f"  {check.asset_key.to_user_string()} {check.check_name}: "
             f"{'passed' if check.passed else 'FAILED'} ({detail})"

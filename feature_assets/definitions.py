@@ -103,6 +103,7 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
         description="(Re)computes the feature snapshots of a range of as-of days (partitions) from the raw rows "
         "loaded.",
     )
+    alert_channels = alert_channels_from_env()
     return dg.Definitions(
         assets=[
             *raw,
@@ -118,7 +119,11 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
             *leakage_checks,
             *(check for _, checks in reports for check in checks),
         ],
-        sensors=[online_sync_sensor([asset for asset, _ in online]), monitoring_sensor(report_assets), alert_sensor()],
+        sensors=[
+            online_sync_sensor([asset for asset, _ in online]),
+            monitoring_sensor(report_assets),
+            alert_sensor(alert_channels),
+        ],
         jobs=[refresh_job, train_job, sync_job, skew_job, backfill_job],
         schedules=[
             refresh_schedule(
@@ -135,7 +140,7 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
             "online_store": online_store_for(settings),
             "model_store": model_store_for(settings),
             "served_log": served_log_for(settings),
-            "alert_channels": alert_channels_from_env(),
+            "alert_channels": alert_channels,
         },
         # One process runs every step of a local run: no start-up cost per step, and one DuckDB writer at a time.
         executor=dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor,

@@ -7,11 +7,13 @@ column, its target, and outcome_hours: how long after the label time the outcome
 is a dbt exposure (type ml) whose meta has a `feature_set` block: its label table, its task, the features it
 reads from each view, optionally keys that serving derives from another view's online feature, and optionally
 its trainer: "package.module:function", a team's own function that fits the model (the built-in estimator of its
-task otherwise).
+task otherwise), and optionally min_validation: floors of its validation metrics under which a new version is not
+promoted (FLOOR_METRICS).
 """
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,9 +26,11 @@ from feature_assets.errors import RegistryError, shown
 __all__ = [
     "DEFAULT_ONLINE_TTL",
     "DEFAULT_REFRESH",
+    "FLOOR_METRICS",
     "LABEL_ROW",
     "TASKS",
     "TRAINER_FORM",
+    "VALIDATION_FLOOR_CHECK",
     "Feature",
     "FeatureSet",
     "FeatureView",
@@ -41,6 +45,11 @@ __all__ = [
 DEFAULT_ONLINE_TTL = timedelta(hours=48)
 DEFAULT_REFRESH = timedelta(hours=1)
 TASKS = ("classification", "regression")
+# The validation metrics a model may declare a floor for (higher is better): AUC; for regression the skill over
+# predicting the fit rows' mean, 1 - MAE / MAE of that baseline (0: no better than the mean).
+FLOOR_METRICS = {"classification": ("auc",), "regression": ("mae_skill",)}
+# The model asset's check of those floors.
+VALIDATION_FLOOR_CHECK = "validation_above_floor"
 # The training set's row number; each view's matched snapshot time is snapshot_column(view).
 LABEL_ROW = "label_row"
 
@@ -171,6 +180,8 @@ class FeatureSet:
     labels: LabelTable
     task: str
     trainer: str | None = None
+    description: str = ""  # the exposure's
+    min_validation: tuple[tuple[str, float], ...] = ()  # (metric, floor)
 
     @property
     def target(self) -> str:
@@ -197,6 +208,17 @@ class FeatureSet:
     @property
     def training_set(self) -> str:
         return f"{self.model.removesuffix('_model')}_training_set"
+
+    def validation_shortfalls(self, metrics: dict[str, float]) -> list[str]:
+        """Why a version with these validation metrics must not be promoted: each declared floor it misses."""
+        shortfalls = []
+        for metric, floor in self.min_validation:
+            value = metrics.get(metric)
+            if value is None or not math.isfinite(value):
+                shortfalls.append(f"validation {metric} is not recorded (its floor is {floor:g})")
+            elif value < floor:
+                shortfalls.append(f"validation {metric} {value:.4f} is under its floor {floor:g}")
+        return shortfalls
 
 
 @dataclass(frozen=True)
@@ -374,7 +396,23 @@ def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[st
             f"model {model}: trainer must name a function as 'package.module:function' (e.g. 'my_team.churn:fit'), "
             f"got {shown(trainer)}"
         )
-    return FeatureSet(model, tuple(reads), label_table, task, trainer)
+    description = exposure.get("description") or ""
+    return FeatureSet(model, tuple(reads), label_table, task, trainer, description, _floors(model, task, block))
+
+
+def _floors(model: str, task: str, block: _Json) -> tuple[tuple[str, float], ...]:
+    floors = block.get("min_validation") or {}
+    if not isinstance(floors, dict):
+        raise RegistryError(f"model {model}: min_validation must map metrics to floors, got {shown(floors)}")
+    known = FLOOR_METRICS[task]
+    for metric, floor in floors.items():
+        if metric not in known:
+            raise RegistryError(
+                f"model {model}: min_validation names {metric!r}; a {task} model's floors: {', '.join(known)}"
+            )
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor):
+            raise RegistryError(f"model {model}: min_validation {metric} must be a number, got {shown(floor)}")
+    return tuple((metric, float(floor)) for metric, floor in floors.items())
 
 
 def _derivation(

@@ -203,23 +203,26 @@ class FeatureStore:
         return card.version
 
     def promote(self, name: str, version: str, force: bool = False) -> None:
-        """Makes `version` the one `predict` serves. Refused, naming each view and feature, while the newest skew
-        report of a view the model reads grades a drift error; force=True promotes anyway and records why in the
+        """Makes `version` the one `predict` serves. Refused, naming each reason, while the newest skew report of a
+        view the model reads grades a drift error (naming view and feature), or when a model declared in the
+        registry misses a floor of its validation metrics; force=True promotes anyway and records why in the
         version's history."""
         from feature_assets.skew_reports import drift_errors
 
         card = self.model_store.card(name, version)
-        errors = drift_errors(self.warehouse, card.feature_views())
-        if errors and not force:
+        reasons = [f"drift error on {error}" for error in drift_errors(self.warehouse, card.feature_views())]
+        feature_set = self.registry.feature_sets.get(name)
+        if feature_set is not None:
+            reasons += feature_set.validation_shortfalls(card.metrics)
+        if reasons and not force:
             try:
                 serving = f"; {name} {self.model_store.current(name)} keeps serving"
             except ModelStoreError:
                 serving = ""
             raise PromotionRefused(
-                f"{name} {version} not promoted: drift error on {'; '.join(errors)}{serving}; "
-                "promote(..., force=True) overrides"
+                f"{name} {version} not promoted: {'; '.join(reasons)}{serving}; promote(..., force=True) overrides"
             )
-        note = f"forced past drift error on {'; '.join(errors)}" if errors else ""
+        note = f"forced past {'; '.join(reasons)}" if reasons else ""
         self.model_store.promote(name, version, note=note)
 
     def training_set(self, model: str, version: str | None = None) -> pd.DataFrame:

@@ -76,7 +76,7 @@ class Sensor:
 
     def __init__(self, instance: dg.DagsterInstance, channels: AlertChannels):
         self.instance, self.channels, self.cursor = instance, channels, None
-        self.definition = alert_sensor()
+        self.definition = alert_sensor(channels)
 
     def tick(self):
         context = dg.build_sensor_context(
@@ -224,14 +224,27 @@ def test_a_failed_freshness_policy_is_sent_once_with_the_hours_since_the_last_ma
     assert len(receiver.messages) == 2
 
 
-def test_without_a_channel_the_sensor_is_defined_and_skips_saying_what_to_set(instance):
-    assert (
-        build_definitions(Settings.from_env()).resolve_sensor_def("alerts").default_status
-        == dg.DefaultSensorStatus.RUNNING
-    )
+def test_without_a_channel_the_sensor_is_stopped_and_its_description_says_what_to_set(instance):
+    sensor = build_definitions(Settings.from_env()).resolve_sensor_def("alerts")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert f"Stopped: {NOT_CONFIGURED}" in sensor.description
+    assert "FEATURE_STORE_ALERT_WEBHOOK_URL" in NOT_CONFIGURED
+    # Started by hand anyway, each tick says the same.
     skip = Sensor(instance, alert_channels_from_env({})).tick()
     assert skip.skip_message == NOT_CONFIGURED
-    assert "FEATURE_STORE_ALERT_WEBHOOK_URL" in NOT_CONFIGURED
+
+
+def test_with_a_channel_the_sensor_runs_and_names_where_alerts_go_without_the_secret(monkeypatch):
+    secret = "https://hooks.example.com/services/T000/B000/secret-part"
+    monkeypatch.setenv("FEATURE_STORE_ALERT_WEBHOOK_URL", secret)
+    monkeypatch.setenv("FEATURE_STORE_SLACK_TOKEN", "xoxb-secret-token")
+    monkeypatch.setenv("FEATURE_STORE_SLACK_CHANNEL", "#features")
+    sensor = build_definitions(Settings.from_env()).resolve_sensor_def("alerts")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.description.endswith(
+        "Delivering to: the webhook FEATURE_STORE_ALERT_WEBHOOK_URL names and Slack channel #features."
+    )
+    assert "secret" not in sensor.description
 
 
 def test_the_webhook_url_reaches_the_resource_from_the_environment_only(monkeypatch, receiver):

@@ -98,8 +98,14 @@ def test_the_model_asset_shows_its_card_features_dtypes_checksums_and_metrics(tr
     )
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     card = FolderModelStore(tmp_path).card("churn_model", metadata["version"].value)
-    shown = [dict(record.data) for record in metadata["feature_schema"].value.records]
-    assert shown == [{k: f[k] for k in ("view", "name", "dtype", "definition_checksum")} for f in card.features]
+    # One line per feature, wrapping in the UI's metadata column: view.name, dtype and the checksum's first 16 digits.
+    shown = [line for line in metadata["feature_schema"].value.splitlines() if line.startswith("- ")]
+    assert shown == [
+        f"- {f['view']}.{f['name']}: {f['dtype']}, definition {f['definition_checksum'][:16]}" for f in card.features
+    ]
+    floor = result.get_asset_check_evaluations()[0]
+    assert floor.check_name == "validation_above_floor" and floor.passed
+    assert floor.description == f"version {card.version} may be promoted: auc {card.metrics['auc']:.4f} >= 0.6"
     assert metadata["card"].value["schema_version"] == card.schema_version == metadata["schema_version"].value
     assert metadata["auc"].value == round(card.metrics["auc"], 4) and metadata["rows_fit"].value == card.rows["fit"]
     assert metadata["trainer"].value == card.trainer["function"] == "builtin"

@@ -1,6 +1,9 @@
 """The skew report and its drift checks through Dagster: alerts name the drifted feature; a drift error keeps
 the previous model serving."""
 
+import re
+from dataclasses import replace
+
 import dagster as dg
 
 from feature_assets.assets.models import model_assets
@@ -57,18 +60,31 @@ def test_a_30_percent_shift_in_the_online_store_fails_the_error_check_naming_onl
     severities = dict(zip(report["feature"], report["severity"]))
     assert severities.pop("events_30d") == "error"
     assert set(severities.values()) == {"ok"}
-    materialization = result.get_asset_materialization_events()[0].materialization
-    assert materialization.metadata["histogram_events_30d"].value.startswith("![events_30d](data:image/png;base64,")
-    assert materialization.metadata["shape_events_30d"].value.startswith("training ")  # shown without a click
-    # Each statistic is a number of its own, so the UI plots it over the reports; the table has no "nan" cells.
-    psi = materialization.metadata["psi_events_30d"]
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    # Every feature's distributions, drifted or not: one line shown without a click, a plot on one.
+    for name in VIEW.feature_names:
+        assert metadata[f"histogram_{name}"].value.startswith(f"![{name}](data:image/png;base64,")
+        assert metadata[f"shape_{name}"].value.startswith("training ")
+    # Each statistic is a number of its own, its series named with the serving side's kind, so the UI plots it
+    # over the reports and a change of source starts a new series.
+    psi = metadata["psi_events_30d (online snapshot)"]
     assert isinstance(psi, dg.FloatMetadataValue) and psi.value == round(
         report.set_index("feature").loc["events_30d", "psi"], 4
     )
     assert {
-        f"mean_shift_{name}" for name in VIEW.feature_names if VIEW.feature(name).dtype in ("int64", "float64")
-    } <= set(materialization.metadata)
-    assert "nan" not in materialization.metadata["report"].value
+        f"mean_shift_{name} (online snapshot)"
+        for name in VIEW.feature_names
+        if VIEW.feature(name).dtype in ("int64", "float64")
+    } <= set(metadata)
+    # The report reads in the UI's narrow column: per feature its grade and reasons, then each statistic beside
+    # the threshold it is graded against; no "nan".
+    lines = metadata["report"].value.splitlines()
+    [events] = [line for line in lines if line.startswith("- **events_30d**")]
+    reasons = report.set_index("feature").loc["events_30d", "reasons"]
+    assert events.startswith(f"- **events_30d**: error ({reasons}). PSI ")
+    assert "(warn at 0.1, error at 0.25)" in events and "mean shift " in events and "(warn at 0.1)" in events
+    assert "(error at a change of 0.05)" in events
+    assert len(lines) == len(VIEW.feature_names) and "nan" not in metadata["report"].value
 
 
 def test_a_drift_error_holds_promotion_back_in_plain_words_and_the_previous_model_keeps_serving(monitored):
@@ -107,8 +123,44 @@ def test_a_drift_error_holds_promotion_back_in_plain_words_and_the_previous_mode
     assert models.current("churn_model") == serving_before  # ... and is not served
 
 
+def test_a_model_under_the_floor_of_its_yaml_fails_its_check_and_only_it_is_held_back(monitored):
+    _, _, models_root, resources = monitored
+    models = FolderModelStore(models_root)
+    churn_before = models.current("churn_model")
+    # A floor no model reaches, as a YAML declaring min_validation: {auc: 0.999} gives.
+    strict = replace(REGISTRY.feature_set("churn_model"), min_validation=(("auc", 0.999),))
+    registry = replace(REGISTRY, feature_sets={**REGISTRY.feature_sets, "churn_model": strict})
+    reports = [skew_report_assets(registry, view) for view in (VIEW, COUNTRIES)]
+    result = dg.materialize(
+        [
+            *model_assets(registry),
+            *(report for report, _ in reports),
+            served_models_asset(registry, [report for report, _ in reports]),
+        ],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success
+    floors = {check.asset_key.to_user_string(): check for check in result.get_asset_check_evaluations()}
+    churn, ltv = models.versions("churn_model")[-1], models.versions("ltv_model")[-1]
+    assert not floors["churn_model"].passed and floors["churn_model"].severity == dg.AssetCheckSeverity.ERROR
+    assert re.fullmatch(
+        f"version {churn} not promoted: validation auc 0\\.\\d{{4}} is under its floor 0\\.999",
+        floors["churn_model"].description,
+    )
+    assert floors["ltv_model"].passed
+    served = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["served_models"])
+    metadata = served.materialization.metadata
+    assert metadata["ltv_model_version"].value == ltv == models.current("ltv_model")
+    assert "churn_model_version" not in metadata and models.current("churn_model") == churn_before
+    assert metadata["held_back"].value.startswith(f"churn_model {churn}: validation auc ")
+    assert metadata["held_back"].value.endswith(f"; serving {churn_before}")
+
+
 def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tmp_path):
     warehouse, _, _, resources = monitored
+    assert _report(resources).success  # an earlier report, on the online snapshot
     from feature_assets.serving.served_log import SqliteServedLog
 
     log = SqliteServedLog(tmp_path / "served_log.sqlite")
@@ -129,6 +181,12 @@ def test_served_vectors_are_the_serving_side_once_there_are_enough(monitored, tm
     assert result.success
     source = warehouse.query(f"select serving_source from {REPORT_TABLE} order by report_at desc limit 1")
     assert source["serving_source"].iloc[0] == f"served log ({len(latest)} vectors)"
+    # The earlier reports read the online snapshot: the change is said, and plotted as other series.
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["serving_source"].value == (
+        f"served log ({len(latest)} vectors); the previous report read the online snapshot: a new plotted series"
+    )
+    assert "psi_events_30d (served log)" in metadata and "psi_events_30d (online snapshot)" not in metadata
 
 
 def test_the_country_report_compares_training_with_what_serving_reads_through_each_users_country(monitored):

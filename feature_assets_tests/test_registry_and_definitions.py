@@ -123,6 +123,14 @@ def _churn_set(exposures) -> dict:
             lambda nodes, exposures: _churn_set(exposures).update(trainer=["my_team.churn:fit"]),
             "model churn_model: trainer must name a function as 'package.module:function'",
         ),
+        (
+            lambda nodes, exposures: _churn_set(exposures).update(min_validation={"mae_skill": 0.1}),
+            "model churn_model: min_validation names 'mae_skill'; a classification model's floors: auc",
+        ),
+        (
+            lambda nodes, exposures: _churn_set(exposures).update(min_validation={"auc": "high"}),
+            "model churn_model: min_validation auc must be a number, got 'high'",
+        ),
     ],
 )
 def test_an_inconsistent_declaration_is_refused_naming_what_to_fix(tmp_path, edit, message):
@@ -195,6 +203,23 @@ def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check
         graph.get_check_spec(check).description
         == "dbt test: one row per user_id, computed_at; a failure blocks what reads this model"
     )
+
+
+def test_automation_and_models_say_in_words_what_they_do(defs):
+    schedule = defs.resolve_schedule_def("hourly_refresh")
+    assert schedule.description.startswith("Every hour on the hour (UTC), one run of refresh_features")
+    assert "user_features every 1 h" in schedule.description
+    online_sync, monitoring = defs.resolve_sensor_def("online_sync"), defs.resolve_sensor_def("skew_monitoring")
+    assert "user_features_online" in online_sync.description and "every 30 s" in online_sync.description
+    assert "user_features_skew_report" in monitoring.description and "06:00 UTC" in monitoring.description
+    graph = defs.resolve_asset_graph()
+    # A model reads as its exposure describes it, and has a check of its own: the floors of its YAML.
+    churn = graph.get(dg.AssetKey("churn_model"))
+    assert churn.description.startswith("Probability that a user has no activity in the next 30 days. It predicts")
+    floor = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey("churn_model"), "validation_above_floor"))
+    assert floor.description.startswith("Holds back promotion: a new version is served only when its validation auc")
+    drift = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey("user_features_skew_report"), "no_drift_error"))
+    assert drift.description.startswith("Holds back promotion: fails (ERROR, and alerts) when a feature's PSI reaches")
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,22 @@ def test_promotion_is_refused_while_a_view_it_reads_has_a_drift_error_unless_for
     ]
 
 
+def test_a_registry_model_under_its_validation_floor_is_not_promoted_unless_forced(store):
+    model, rows = _forest(store)
+    weak = store.save_model("churn_model", model, "churn_model", "classification", rows, metrics={"auc": 0.55})
+    unmeasured = store.save_model("churn_model", model, "churn_model", "classification", rows)
+    with pytest.raises(PromotionRefused, match=f"churn_model {weak} not promoted: validation auc 0.5500 is under its "):
+        store.promote("churn_model", weak)
+    with pytest.raises(PromotionRefused, match=re.escape("validation auc is not recorded (its floor is 0.6)")):
+        store.promote("churn_model", unmeasured)
+    store.promote("churn_model", weak, force=True)
+    assert store.model_store.current("churn_model") == weak
+    [event] = store.model_store.card("churn_model", weak).history
+    assert event["note"] == "forced past validation auc 0.5500 is under its floor 0.6"
+    # A model the registry does not declare has no floor.
+    store.promote("churn_forest", store.save_model("churn_forest", model, "churn_model", "classification", rows))
+
+
 def test_a_saved_model_shows_in_the_dagster_ui_as_an_observation_of_its_asset(store):
     model, rows = _forest(store)
     version = store.save_model("churn_forest", model, "churn_model", "classification", rows)

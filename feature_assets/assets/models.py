@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from feature_assets.errors import DataError, ModelError
-from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
+from feature_assets.registry import LABEL_ROW, VALIDATION_FLOOR_CHECK, FeatureSet, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.serving.estimators import check_estimator, describe_estimator, import_trainer
 from feature_assets.serving.predictor import ModelCard, feature_frame, feature_matrix, model_scorer
@@ -102,10 +102,9 @@ def train(feature_set: FeatureSet, frame: pd.DataFrame) -> Trained:
     if classifier:
         metrics = {"auc": float(roc_auc_score(y_validation, scores)), "positive_rate": float(y_validation.mean())}
     else:
-        metrics = {
-            "mae": float(mean_absolute_error(y_validation, scores)),
-            "mae_of_mean_baseline": float(np.abs(y_validation - y_fit.mean()).mean()),
-        }
+        mae = float(mean_absolute_error(y_validation, scores))
+        baseline = float(np.abs(y_validation - y_fit.mean()).mean())
+        metrics = {"mae": mae, "mae_of_mean_baseline": baseline, "mae_skill": 1 - mae / baseline if baseline else 0.0}
     window = {
         "first_label_time": str(fit[label_time].min()),
         "last_fit_label_time": str(fit[label_time].max()),
@@ -132,20 +131,72 @@ def _fit_declared(feature_set: FeatureSet, features: pd.DataFrame, target: pd.Se
     return estimator
 
 
+def _model_description(feature_set: FeatureSet) -> str:
+    what = feature_set.description.strip() or f"The {feature_set.task} model of {feature_set.target}."
+    floors = ", ".join(f"{metric} >= {floor:g}" for metric, floor in feature_set.min_validation)
+    return (
+        f"{what} It predicts {feature_set.target} ({feature_set.task}) and is trained on {feature_set.training_set}: "
+        "each materialization is a new version in the model store, bound to the feature schema it was trained on, "
+        "with the rows it was fitted and validated on. served_models promotes it"
+        + (f" when its validation metrics reach their floors ({floors})" if floors else "")
+        + " and no drift error holds it back."
+    )
+
+
+def _floor_check(feature_set: FeatureSet, metrics: dict[str, float], version: str) -> dg.AssetCheckResult:
+    shortfalls = feature_set.validation_shortfalls(metrics)
+    floors = dict(feature_set.min_validation)
+    description = (
+        f"version {version} not promoted: {'; '.join(shortfalls)}"
+        if shortfalls
+        else f"version {version} may be promoted: "
+        + ", ".join(f"{metric} {metrics[metric]:.4f} >= {floor:g}" for metric, floor in floors.items())
+    )
+    return dg.AssetCheckResult(
+        check_name=VALIDATION_FLOOR_CHECK,
+        passed=not shortfalls,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={
+            "version": version,
+            **{f"{metric}_floor": floor for metric, floor in floors.items()},
+            **{metric: round(metrics[metric], 4) for metric in floors if metric in metrics},
+        },
+    )
+
+
+def _schema_markdown(card: ModelCard) -> dg.MetadataValue:
+    """The card's features, one wrapping line each (a table is cut off in the UI's metadata column)."""
+    lines = [
+        f"- {f['view']}.{f['name']}: {f['dtype']}, definition {f['definition_checksum'][:16]}" for f in card.features
+    ]
+    return dg.MetadataValue.md("\n".join([*lines, "", "Checksums: their first 16 hex digits (whole in `card`)."]))
+
+
 def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
     table = feature_set.training_set
+    floors = ", ".join(f"{metric} >= {floor:g}" for metric, floor in feature_set.min_validation)
+    checks = (
+        [
+            dg.AssetCheckSpec(
+                VALIDATION_FLOOR_CHECK,
+                asset=feature_set.model,
+                description=f"Holds back promotion: a new version is served only when its validation {floors} (the "
+                "floors declared in its YAML, meta.feature_set.min_validation); otherwise the previous version keeps "
+                "serving.",
+            )
+        ]
+        if feature_set.min_validation
+        else []
+    )
 
     @dg.asset(
         name=feature_set.model,
         deps=[table],
         group_name="models",
         kinds={"scikitlearn"},
-        description=(
-            f"The {feature_set.task} model of {feature_set.target}, trained on {table}; each materialization is a new "
-            "version in the model store, bound to the feature schema it was trained on (served_models promotes it). "
-            "It learns from the rows that matched a snapshot of every view it reads, as serving scores only those; "
-            "the rows it was fitted and validated on are kept with the version."
-        ),
+        description=_model_description(feature_set),
+        check_specs=checks,
     )
     def model(warehouse: dg.ResourceParam[Warehouse], model_store: ModelStoreResource) -> dg.MaterializeResult:
         rows = warehouse.query(f"select * from {table} order by {LABEL_ROW}")
@@ -168,21 +219,12 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
         with model_store.store() as store:
             location = store.save(card, trained.pipeline, kept.data)
         return dg.MaterializeResult(
+            check_results=[_floor_check(feature_set, card.metrics, card.version)] if checks else None,
             metadata={
                 "version": card.version,
                 "schema_version": card.schema_version,
                 "features": ", ".join(card.feature_names),
-                "feature_schema": dg.MetadataValue.table(
-                    records=[
-                        dg.TableRecord({k: f[k] for k in ("view", "name", "dtype", "definition_checksum")})
-                        for f in card.features
-                    ],
-                    schema=dg.TableSchema(
-                        columns=[
-                            dg.TableColumn(name, "string") for name in ("view", "name", "dtype", "definition_checksum")
-                        ]
-                    ),
-                ),
+                "feature_schema": _schema_markdown(card),
                 **{name: round(value, 4) for name, value in card.metrics.items()},
                 **{f"rows_{name}": count for name, count in card.rows.items()},
                 **card.training_window,
@@ -192,7 +234,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
                 "training_rows": dg.MetadataValue.json(kept.summary),
                 "stored_in": location,
                 "card": dg.MetadataValue.json(asdict(card)),
-            }
+            },
         )
 
     return model

@@ -8,7 +8,6 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.online import online_asset_name
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import SKEW_REPORT_AUTOMATION, SKEW_REPORT_FRESHNESS
@@ -145,6 +144,43 @@ def _thresholds(config: SkewReportConfig) -> DriftThresholds:
     return DriftThresholds.from_config({"features": config.thresholds})
 
 
+def _serving_kind(serving_source: str) -> str:
+    """The kind of serving sample, part of each plotted series' name: a change of kind starts a new series instead
+    of looking like drift (the served log and an online-snapshot sample differ in who is in them)."""
+    return "served log" if serving_source.startswith("served log") else "online snapshot"
+
+
+def _number(value: Any) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.4f}"
+
+
+def _report_markdown(report: pd.DataFrame, thresholds: DriftThresholds) -> dg.MetadataValue:
+    """One item per feature, wrapping to the width of the UI's metadata column: its grade and reasons first, then
+    each statistic next to the threshold it is graded against (a Markdown table of every column is cut off)."""
+    lines = []
+    for row in report.to_dict("records"):
+        limits = thresholds.for_feature(row["feature"])
+        grade = f"**{row['feature']}**: {row['severity']}" + (f" ({row['reasons']})" if row["reasons"] else "")
+        statistics = [
+            f"PSI {_number(row['psi'])} (warn at {limits.warn_psi:g}, error at {limits.error_psi:g})",
+            f"null rate {_number(row['training_null_rate'])} -> {_number(row['serving_null_rate'])} "
+            f"(error at a change of {limits.error_null_rate_change:g})",
+        ]
+        if row["kind"] == "numeric":
+            statistics += [
+                f"mean shift {_number(row['mean_shift'])} (warn at {limits.warn_mean_shift:g})",
+                f"KS {_number(row['ks'])} (not graded)",
+            ]
+        elif pd.notna(row["largest_frequency_change"]):
+            statistics.append(
+                f"largest share change {_number(row['largest_frequency_change'])} for "
+                f"{row['largest_change_category']} (not graded)"
+            )
+        note = f"; note: {row['notes']}" if row["notes"] else ""
+        lines.append(f"- {grade}. " + " · ".join(statistics) + note)
+    return dg.MetadataValue.md("\n".join(lines))
+
+
 def _check_result(
     report: pd.DataFrame, severities: tuple[str, ...], severity: dg.AssetCheckSeverity
 ) -> dg.AssetCheckResult:
@@ -211,26 +247,33 @@ def skew_report_assets(
         report = pd.concat(reports, ignore_index=True)
         report.insert(0, "report_at", datetime.now(UTC).replace(tzinfo=None))
         report["serving_source"] = serving_source
+        kind = _serving_kind(serving_source)
         with warehouse.connect() as con:
+            previous = (
+                latest_report(warehouse, con, view)["serving_source"]
+                if warehouse.table_exists(con, report_table(view))
+                else pd.Series(dtype=object)
+            )
             warehouse.append(con, report_table(view), report, _REPORT_COLUMNS)
-        summary = report[
-            ["feature", "severity", "mean_shift", "psi", "ks", "null_rate_change", "largest_change_category", "reasons"]
-        ].round(4)
         drifted = features_at(report, ("warn", "error"))["feature"]
+        source_note = serving_source
+        if len(previous) and _serving_kind(previous.iloc[0]) != kind:
+            source_note += f"; the previous report read the {_serving_kind(previous.iloc[0])}: a new plotted series"
         metadata: dict[str, Any] = {
-            # A statistic that does not apply (KS of a category, a mean of strings) is an empty cell, not "nan".
-            "report": markdown_table(summary),
-            "training_source": training_sources(report),
-            "serving_source": serving_source,
+            "report": _report_markdown(report, _thresholds(config)),
             "drifted_features": ", ".join(drifted) or "none",
+            "training_source": training_sources(report),
+            "serving_source": source_note,
             "unused_features": ", ".join(name for name in view.feature_names if name not in training) or "none",
         }
-        # One number per feature and statistic: the asset's plots show each one's drift over time.
+        # One number per feature and statistic, its series named with the serving side's kind: the asset's plots
+        # show each one's drift over time, and a change of serving source starts a new series, not a jump.
         for row in report.to_dict("records"):
             for statistic in ("psi", "mean_shift", "null_rate_change"):
                 if pd.notna(row[statistic]):
-                    metadata[f"{statistic}_{row['feature']}"] = round(float(row[statistic]), 4)
-        for name in drifted:
+                    metadata[f"{statistic}_{row['feature']} ({kind})"] = round(float(row[statistic]), 4)
+        # Every feature's distributions, training against serving: one line shown at once, a plot on a click.
+        for name in training:
             dtype = view.feature(name).dtype
             metadata[f"shape_{name}"] = histogram_sparkline(training[name][0], serving[name], name, dtype)
             metadata[f"histogram_{name}"] = dg.MetadataValue.md(
@@ -238,16 +281,28 @@ def skew_report_assets(
             )
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset_check(asset=report_asset, name="no_drift_error")
+    limits = DriftThresholds()
+
+    @dg.asset_check(
+        asset=report_asset,
+        name="no_drift_error",
+        description="Holds back promotion: fails (ERROR, and alerts) when a feature's PSI reaches "
+        f"{limits.error_psi:g} or its null rate changes by {limits.error_null_rate_change:g} or more (defaults; the "
+        "report's config may set them per feature). While it fails, served_models promotes no newly trained model "
+        "and the previous versions keep serving.",
+    )
     def no_drift_error(warehouse: dg.ResourceParam[Warehouse]) -> dg.AssetCheckResult:
-        """ERROR when a feature's PSI or null-rate change crosses its error threshold; served_models then holds the
-        newly trained models back (it reads the same report), so the previous versions keep serving."""
         with warehouse.connect() as con:
             return _check_result(latest_report(warehouse, con, view), ("error",), dg.AssetCheckSeverity.ERROR)
 
-    @dg.asset_check(asset=report_asset, name="no_drift_warning")
+    @dg.asset_check(
+        asset=report_asset,
+        name="no_drift_warning",
+        description=f"Warns when a feature's PSI reaches {limits.warn_psi:g} or its mean moves by "
+        f"{limits.warn_mean_shift:g} of the training scale (max of |mean| and standard deviation) (defaults). A "
+        "warning is shown here only: it neither alerts nor holds back promotion.",
+    )
     def no_drift_warning(warehouse: dg.ResourceParam[Warehouse]) -> dg.AssetCheckResult:
-        """WARN when a feature's mean shift or PSI crosses its warning threshold."""
         with warehouse.connect() as con:
             return _check_result(latest_report(warehouse, con, view), ("warn", "error"), dg.AssetCheckSeverity.WARN)
 
@@ -263,8 +318,9 @@ def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinit
         context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Warehouse], model_store: ModelStoreResource
     ):
         """Each model's newest trained version becomes the one predict serves, unless a skew report grades a drift
-        error: then nothing is promoted (the asset is skipped, not failed) and an observation says why and which
-        versions keep serving."""
+        error (then nothing is promoted: the asset is skipped, not failed) or its validation metrics miss the floors
+        its YAML declares (then that model's previous version keeps serving); what was held back, and why, is said
+        in an observation and the run's log."""
         errors = drift_errors(warehouse, views)
         with model_store.store() as store:
             if errors:
@@ -273,13 +329,28 @@ def served_models_asset(registry: Registry, report_assets: list[dg.AssetsDefinit
                 context.log.warning(reason)
                 yield dg.AssetObservation(asset_key=context.asset_key, metadata={"held_back": reason})
                 return
-            promoted = {}
+            promoted, held_back = {}, []
             for model in models:
                 versions = store.versions(model)
-                if versions:
-                    store.promote(model, versions[-1])
-                    promoted[model] = versions[-1]
-        yield dg.MaterializeResult(metadata={f"{model}_version": version for model, version in promoted.items()})
+                if not versions:
+                    continue
+                shortfalls = registry.feature_sets[model].validation_shortfalls(store.card(model, versions[-1]).metrics)
+                if shortfalls:
+                    held_back.append(
+                        f"{model} {versions[-1]}: {'; '.join(shortfalls)}; serving {_served_version(store, model)}"
+                    )
+                    continue
+                store.promote(model, versions[-1])
+                promoted[model] = versions[-1]
+        for reason in held_back:
+            context.log.warning(f"held back: {reason}")
+        if not promoted:
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"held_back": "; ".join(held_back)})
+            return
+        metadata: dict[str, Any] = {f"{model}_version": version for model, version in promoted.items()}
+        if held_back:
+            metadata["held_back"] = "; ".join(held_back)
+        yield dg.MaterializeResult(metadata=metadata)
 
     return served_models
 

@@ -31,6 +31,15 @@ class AlertChannels(dg.ConfigurableResource):
     def configured(self) -> bool:
         return bool(self.webhook_url or (self.slack_token and self.slack_channel))
 
+    def describe(self) -> str:
+        """Where alerts go, without a secret: e.g. "the webhook FEATURE_STORE_ALERT_WEBHOOK_URL names"."""
+        channels = []
+        if self.webhook_url:
+            channels.append("the webhook FEATURE_STORE_ALERT_WEBHOOK_URL names")
+        if self.slack_token and self.slack_channel:
+            channels.append(f"Slack channel {self.slack_channel}")
+        return " and ".join(channels) or "no channel"
+
     def link(self, path: str) -> str:
         return f"{self.ui_url.rstrip('/')}/{path}"
 
