@@ -1,13 +1,16 @@
-"""The Dagster UI in a browser, as a person uses it: on a trained store, a refresh launched from the UI succeeds, the
-lineage graph shows the dbt and feature assets, the automation carries the refresh to the online store and the skew
-report, and after a scripted drift the skew report materialized from the UI fails its drift check, naming the feature.
+"""The Dagster UI in a browser, as a person uses it: on a trained store, a command's run shows under its job, each
+schedule, sensor and model says what it does, a refresh launched from the UI succeeds, the lineage graph shows the
+dbt and feature assets, the automation carries the refresh to the online store and the skew report, and after a
+scripted drift the skew report materialized from the UI fails its drift check, naming the feature and its reasons.
 
 `pytest -m ui` runs it alone; `pytest -m "not ui"` leaves its minutes out. Chromium is Debian's (scripts/ensure-services
-installs it); Playwright drives it headless. Each step leaves a screenshot under the test's tmp_path, and a failed
-step one of the page as it failed; the failure names that folder and dagster dev's log."""
+installs it); Playwright drives it headless. Each step leaves a screenshot under
+feature_assets_tests/screenshots/test_ui/ (kept after the run), and a failed step one of the page as it failed; the
+failure names that folder and dagster dev's log."""
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 SERVER_START_SECONDS = 300
 RUN_SECONDS = 600
 DRIFTED_FEATURE = "events_30d"
+# Each step's screenshot, kept after the run (git ignores the folder); a failed step adds one of the page as it failed.
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots" / "test_ui"
 
 pytestmark = pytest.mark.ui
 
@@ -122,7 +127,8 @@ class Steps:
 
     def __init__(self, page: Page, folder: Path, server_log: Path):
         self.page, self.folder, self.server_log, self.count = page, folder, server_log, 0
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # the previous run's
+        folder.mkdir(parents=True)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -196,10 +202,30 @@ def wait_for_automation(page: Page, *sensors: str) -> None:
     expect(page.get_by_text(RUN_NOT_SUCCEEDED)).to_have_count(0, timeout=RUN_SECONDS * 1000)
 
 
-def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_naming_the_feature(
-    dagster_ui, home, page, tmp_path
-):
-    steps = Steps(page, tmp_path / "screenshots", dagster_ui.log)
+def test_what_a_person_reads_from_runs_to_a_drift_that_fails_the_skew_check_naming_the_feature(dagster_ui, home, page):
+    steps = Steps(page, SCREENSHOTS / "drift", dagster_ui.log)
+    # A command run from a shell while the UI is open: its run is the job's, as one launched from the UI.
+    assert "sync wrote" in featurestore(home, "sync")
+    with steps.step("alerts-sensor-says-what-to-set"):
+        page.goto("/locations/featurestore/sensors/alerts")
+        expect(
+            page.get_by_text(re.compile("Stopped: no alert channel is configured: set FEATURE_STORE_ALERT_WEBHOOK_URL"))
+        ).to_be_visible()
+    with steps.step("schedule-says-what-it-runs"):
+        page.goto("/locations/featurestore/schedules/hourly_refresh")
+        expect(
+            page.get_by_text(re.compile(r"^Every hour on the hour \(UTC\), one run of refresh_features"))
+        ).to_be_visible()
+    with steps.step("model-described-with-its-floor-check"):
+        page.goto("/assets/churn_model")
+        expect(
+            page.get_by_text(re.compile("^Probability that a user has no activity in the next 30 days"))
+        ).to_be_visible()
+        page.goto("/assets/churn_model?view=checks")
+        page.get_by_text("validation_above_floor", exact=True).first.click()
+        expect(page.get_by_text("Passed", exact=True).first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"may be promoted: auc 0\.\d{4} >= 0\.6")).first).to_be_visible()
+
     # The automation must have started watching before the refresh lands, or it never sees the refresh.
     wait_until(
         lambda: "Finished auto-materialization tick for online_sync" in dagster_ui.log.read_text(),
@@ -213,6 +239,14 @@ def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_namin
         open_launched_run(page)
     with steps.step("refresh-succeeded"):
         assert run_status(page) == "Success"
+
+    with steps.step("cli-and-ui-runs-under-their-jobs"):
+        page.goto("/locations/featurestore/jobs/sync_online_store/runs")
+        expect(page.get_by_text("featurestore/command: online sync").first).to_be_visible()
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+        page.goto("/overview/activity/timeline")
+        for job in ("sync_online_store", "refresh_features"):
+            expect(page.get_by_text(job, exact=True).first).to_be_visible()
 
     with steps.step("lineage"):
         page.goto("/")
@@ -244,3 +278,10 @@ def test_a_drift_injected_after_a_refresh_from_the_ui_fails_the_skew_check_namin
         page.get_by_text("no_drift_error", exact=True).first.click()
         expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
         expect(page.get_by_role("row").filter(has_text="drifted_features")).to_contain_text(DRIFTED_FEATURE)
+        expect(page.get_by_text("Holds back promotion").first).to_be_visible()
+
+    with steps.step("skew-report-reads-its-reasons-and-thresholds"):
+        page.goto("/assets/user_features_skew_report")
+        # The drifted feature's line: its grade and reasons, then each statistic beside its threshold.
+        reasons = page.get_by_text(re.compile(rf"^{DRIFTED_FEATURE}: error \(psi \d\.\d+ >= 0\.25"))
+        expect(reasons.first).to_be_visible()

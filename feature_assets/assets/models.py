@@ -181,7 +181,8 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 VALIDATION_FLOOR_CHECK,
                 asset=feature_set.model,
-                description=f"Holds back promotion: a new version is served only when its validation {floors} (the "
+                description="Holds back promotion (the run goes on: Dagster calls such a check non-blocking): a new "
+                f"version is served only when its validation {floors} (the "
                 "floors declared in its YAML, meta.feature_set.min_validation); otherwise the previous version keeps "
                 "serving.",
             )

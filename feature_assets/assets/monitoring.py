@@ -155,10 +155,12 @@ def _number(value: Any) -> str:
 
 
 def _report_markdown(report: pd.DataFrame, thresholds: DriftThresholds) -> dg.MetadataValue:
-    """One item per feature, wrapping to the width of the UI's metadata column: its grade and reasons first, then
-    each statistic next to the threshold it is graded against (a Markdown table of every column is cut off)."""
+    """One item per feature, errors then warnings first, wrapping to the width of the UI's metadata column: its grade
+    and reasons, then each statistic next to the threshold it is graded against (a table of every column is cut
+    off)."""
     lines = []
-    for row in report.to_dict("records"):
+    rank = {"error": 0, "warn": 1}
+    for row in sorted(report.to_dict("records"), key=lambda row: rank.get(row["severity"], 2)):
         limits = thresholds.for_feature(row["feature"])
         grade = f"**{row['feature']}**: {row['severity']}" + (f" ({row['reasons']})" if row["reasons"] else "")
         statistics = [
@@ -286,7 +288,8 @@ def skew_report_assets(
     @dg.asset_check(
         asset=report_asset,
         name="no_drift_error",
-        description="Holds back promotion: fails (ERROR, and alerts) when a feature's PSI reaches "
+        description="Holds back promotion (the run goes on: Dagster calls such a check non-blocking): fails (ERROR, "
+        "and alerts) when a feature's PSI reaches "
         f"{limits.error_psi:g} or its null rate changes by {limits.error_null_rate_change:g} or more (defaults; the "
         "report's config may set them per feature). While it fails, served_models promotes no newly trained model "
         "and the previous versions keep serving.",
