@@ -107,6 +107,13 @@ class Server:
                 self.process.wait()
 
 
+def readme_curls(keyed: bool) -> list[str]:
+    """The curl commands of the README's serving section, without keys or with one (Authorization: Bearer)."""
+    readme = (ROOT / "README.md").read_text().split("## Serving over HTTP", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^curl .*?[^\\]$", readme.replace("\\\n", "\\ "), flags=re.M)
+    return [command for command in commands if ("Authorization: Bearer" in command) == keyed]
+
+
 def requests_counted(metrics: dict[str, float], route: str, status: int) -> float:
     return metrics.get(f'featurestore_http_requests_total{{route="{route}",status="{status}"}}', 0.0)
 
@@ -582,11 +589,9 @@ def test_the_sqlite_online_store_serves_too(home, tmp_path, start_server):
     assert features["entities"][0]["features"]["plan"] == frames["user_features"]["plan"].iloc[3]
     assert features["entities"][1]["features"] is None
 
-    # The README's curl examples, as written, against this server.
-    readme = (ROOT / "README.md").read_text().split("## Serving over HTTP", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"^curl .*?[^\\]$", readme.replace("\\\n", "\\ "), flags=re.M)
-    assert len(commands) == 6, commands
-    for command in commands:
+    # The README's curl examples, as written, against this server (the one with a key over TLS: test_server_keys).
+    assert len(readme_curls(keyed=False)) == 6
+    for command in readme_curls(keyed=False):
         command = command.replace("localhost:8000", server.url.removeprefix("http://")).replace("\\ ", " ")
         done = subprocess.run(f"{command} --fail-with-body", shell=True, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, (command, done.stdout, done.stderr)

@@ -5,6 +5,7 @@ certificate made by openssl, against a real Redis."""
 import contextlib
 import hashlib
 import io
+import json
 import os
 import ssl
 import subprocess
@@ -15,12 +16,14 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from conftest import REDIS_URL
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from conftest import REDIS_URL
-from test_server import ROOT, Server, home, online  # noqa: F401  (module fixtures: the models, the online store)
+
+# home and online: test_server's module fixtures (the models, the online store), made again for this module.
+from test_server import ROOT, Server, home, online, readme_curls  # noqa: F401
 
 from feature_assets.cli import main
 from feature_assets.errors import ConfigError
@@ -123,13 +126,13 @@ def test_each_scope_allows_exactly_its_routes_and_the_refusals_are_counted(serve
                 forbidden[scope] += 1
                 assert answer.status_code == 403, (name, scope, answer.text)
                 assert answer.json() == {
-                    "error": f"the key {name} has no scope {scope}; its scopes: {SCOPES[name]}", "cause": "forbidden"
+                    "error": f"the key {name} has no scope {scope}; its scopes: {SCOPES[name]}",
+                    "cause": "forbidden",
                 }
     for scope in ROUTES:
         assert refusals(server, ROUTE_PATHS[scope], "forbidden") - before[scope] == forbidden[scope]
     # /healthz stays open: load balancers probe it without a key.
     assert httpx.get(f"{server.url}/healthz", verify=trusting(server_cert(server))).status_code == 200
-
 
 
 @pytest.mark.parametrize(
@@ -157,7 +160,7 @@ def test_no_key_an_unknown_one_or_one_in_the_url_is_a_401_on_every_guarded_route
 
 
 def test_the_scheme_is_case_insensitive_and_the_key_is_never_logged_only_its_name(server, keys):
-    secrets, path = keys
+    secrets, _ = keys
     assert call(server, "predict", {"Authorization": f"bearer {secrets['predictor']}"}).status_code == 200
     assert call(server, "predict", {"Authorization": f"Bearer {secrets['scraper']}"}).status_code == 403
     said = server.line + server.log.read_text()
@@ -175,6 +178,20 @@ def test_tls_with_a_self_signed_certificate_is_served_and_verified(server, keys,
         untrusting.get(f"{server.url}/healthz")  # the system's CAs do not vouch for it
     with pytest.raises(httpx.TransportError):  # no plain HTTP on the TLS port
         httpx.get(server.url.replace("https://", "http://") + "/healthz", timeout=10)
+
+
+def test_the_readme_call_with_a_key_over_tls_answers_as_written(server, keys, certificate):
+    secrets, _ = keys
+    cert, _ = certificate
+    (command,) = readme_curls(keyed=True)
+    command = command.replace("https://features.internal:8000", server.url).replace("\\ ", " ")
+    command = command.replace("/etc/featurestore/tls/cert.pem", str(cert))
+    environment = {**os.environ, "FEATURE_STORE_API_KEY": secrets["predictor"]}
+    done = subprocess.run(
+        f"{command} --fail-with-body", shell=True, capture_output=True, text=True, timeout=30, env=environment
+    )
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert json.loads(done.stdout)["predictions"][0]["entity"]["user_id"] == 42
 
 
 # --- at start: one line, exit 1 ------------------------------------------------------------------------------------
@@ -304,5 +321,6 @@ def test_a_push_route_guarded_by_its_view_scope_answers_only_keys_with_push_of_t
     assert [answer.status_code for answer in answered] == [200, 403, 200, 200, 403, 401]
     assert answered[0].json() == {"pushed": "user_features"}
     assert answered[1].json() == {
-        "error": "the key one has no scope push:country_features; its scopes: push:user_features", "cause": "forbidden"
+        "error": "the key one has no scope push:country_features; its scopes: push:user_features",
+        "cause": "forbidden",
     }

@@ -110,7 +110,9 @@ class ApiKeys:
                 problem = "is not UTF-8" if isinstance(error, UnicodeDecodeError) else str(error)
                 raise ConfigError(f"{where} line {number}: {problem}") from None
             if key.name in name_lines:
-                raise ConfigError(f"{where} line {number}: the name {key.name} is already on line {name_lines[key.name]}")
+                raise ConfigError(
+                    f"{where} line {number}: the name {key.name} is already on line {name_lines[key.name]}"
+                )
             if key.digest in digest_lines:
                 raise ConfigError(f"{where} line {number}: the same key as line {digest_lines[key.digest]}")
             name_lines[key.name], digest_lines[key.digest] = number, number
@@ -136,7 +138,9 @@ class ApiKeys:
             raise Refused(401, "unknown_key", "the API key is not one of this server's keys")
         if not key.allows(scope):
             raise Refused(
-                403, "forbidden", f"the key {key.name} has no scope {scope}; its scopes: {', '.join(sorted(key.scopes))}"
+                403,
+                "forbidden",
+                f"the key {key.name} has no scope {scope}; its scopes: {', '.join(sorted(key.scopes))}",
             )
         return key
 

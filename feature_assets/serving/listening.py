@@ -50,6 +50,8 @@ def check_tls(certfile: str | None, keyfile: str | None) -> None:
         # A password callback, so that an encrypted key is refused instead of prompting for its password.
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile, password=lambda: b"")
     except ssl.SSLError as error:
-        raise ConfigError(f"cannot serve TLS with {files}: {error.reason or error} (a PEM certificate and its unencrypted key)") from None
+        raise ConfigError(
+            f"cannot serve TLS with {files}: {error.reason or error} (a PEM certificate and its unencrypted key)"
+        ) from None
     except OSError as error:
         raise ConfigError(f"cannot serve TLS with {files}: {error.strerror or error}") from None

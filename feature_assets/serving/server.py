@@ -330,7 +330,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     the environment and the dbt manifest unless given."""
     settings = settings or Settings.from_env()
     registry = registry or load_registry(dbt_manifest_path())
-    keys = None if settings.serve_api_keys_file is None else ApiKeys.from_file(settings.serve_api_keys_file, registry.views)
+    keys_file = settings.serve_api_keys_file
+    keys = None if keys_file is None else ApiKeys.from_file(keys_file, registry.views)
     service = Service(settings, registry)
     lanes: list[Lane] = []  # made in the lifespan: its limiter belongs to the worker's event loop
 
@@ -402,7 +403,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     def route(path: str, method: str, handler: Handler, scope: str | None) -> Route:
         """A route counted in the metrics, answering only the keys with `scope` (a template of its path
         parameters, e.g. "push:{view}") when the server has keys; None: open to all."""
-        return Route(path, _counted(path, handler if scope is None else guarded(keys, scope, handler)), methods=[method])
+        guarded_handler = handler if scope is None else guarded(keys, scope, handler)
+        return Route(path, _counted(path, guarded_handler), methods=[method])
 
     routes = [
         route("/healthz", "GET", healthz, scope=None),
