@@ -252,6 +252,21 @@ def test_a_certificate_that_cannot_be_served_is_refused_in_one_line(certificate,
     assert message.format(**files) in said
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["bad name", "read"], "a key's name takes 1 to 64 letters, digits and . _ @ -"),
+        (["loader", "push:orders"], "scopes: push:orders names no feature view; the views: country_features"),
+        (["reader", "read,write"], "scopes: scope 2 of 2 is not one of read, predict, push, push:<view>, metrics"),
+    ],
+)
+def test_api_key_refuses_a_bad_name_or_scope_in_one_line(capsys, arguments, message):
+    assert main(["api-key", *arguments]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("featurestore: ") and err.count("\n") == 1
+    assert message in err
+
+
 # --- the parts, in process -----------------------------------------------------------------------------------------
 
 DIGEST = "ab" * 32
