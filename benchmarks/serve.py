@@ -112,8 +112,8 @@ class Run:
 class Connection:
     """One keep-alive HTTP/1.1 connection: a request written by hand, the answer's status and body read back."""
 
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, headers: bytes = b""):
+        self.host, self.port, self.headers = host, port, headers  # more header lines, each ending in \r\n
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -121,8 +121,8 @@ class Connection:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(
-            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (path.encode(), self.host.encode(), len(body), body)
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (path.encode(), self.host.encode(), len(body), self.headers, body)
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -160,12 +160,12 @@ async def _one(connection: Connection, path: str, body: bytes, due: float, run: 
 
 
 async def load(host: str, port: int, path: str, bodies: list[bytes], *, name: str, rate: float | None, seconds: float,
-               connections: int) -> Run:  # fmt: skip
+               connections: int, headers: bytes = b"") -> Run:  # fmt: skip
     """Open-loop at `rate` requests/s (None: closed-loop saturation) for `seconds`, over `connections` connections."""
     run = Run(name, rate, seconds, 0, 0, 0, [], [])
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
-        idle.put_nowait(Connection(host, port))
+        idle.put_nowait(Connection(host, port, headers))
     start = time.perf_counter()
     end = start + seconds
 
@@ -250,18 +250,19 @@ def _build(directory: Path, url: str, users: int) -> None:
     serve_models(FolderModelStore(directory / "models"), registry)
 
 
-def _start_server(directory: Path, url: str, workers: int) -> tuple[subprocess.Popen, int]:
+def _start_server(directory: Path, url: str, workers: int, log_name: str = "server.log", **more: str
+                  ) -> tuple[subprocess.Popen, int]:  # fmt: skip
     env = {**os.environ, "FEATURE_STORE_HOME": str(directory), "FEATURE_STORE_ONLINE": "redis",
-           "FEATURE_STORE_REDIS_URL": url, "FEATURE_STORE_SERVED_LOG_RATE": "0.1"}  # fmt: skip
+           "FEATURE_STORE_REDIS_URL": url, "FEATURE_STORE_SERVED_LOG_RATE": "0.1", **more}  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(directory / "server.log", "wb") as log:  # the server writes to its own copy of the file descriptor
+    with open(directory / log_name, "wb") as log:  # the server writes to its own copy of the file descriptor
         server = subprocess.Popen(
             [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
             env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
         )  # fmt: skip
     line = server.stdout.readline()
     if "http://" not in line:
-        raise SystemExit(f"the server did not start: {line}{(directory / 'server.log').read_text()[-2000:]}")
+        raise SystemExit(f"the server did not start: {line}{(directory / log_name).read_text()[-2000:]}")
     port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
     deadline = time.monotonic() + 120
     import http.client
@@ -276,9 +277,7 @@ def _start_server(directory: Path, url: str, workers: int) -> tuple[subprocess.P
         except OSError:
             pass
         if time.monotonic() > deadline or server.poll() is not None:
-            raise SystemExit(
-                f"the server did not become healthy; log:\n{(directory / 'server.log').read_text()[-2000:]}"
-            )
+            raise SystemExit(f"the server did not become healthy; log:\n{(directory / log_name).read_text()[-2000:]}")
         time.sleep(0.5)
     return server, port
 

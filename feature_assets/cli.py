@@ -219,7 +219,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             ) from None
     from feature_assets.serving.server import serve
 
-    serve(settings, args.host, args.port, args.workers)
+    serve(
+        settings, args.host, args.port, args.workers, insecure=args.insecure, ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )  # fmt: skip
+
+
+def cmd_api_key(args: argparse.Namespace, settings: Settings) -> None:
+    from feature_assets.serving.api_keys import new_key_line
+
+    views = cli_output.read_registry().views
+    key, line = new_key_line(args.name, args.scopes, views)
+    print(f"API key {args.name} (shown this once: give it to the caller; the server keeps only its SHA-256):\n{key}")
+    print(f"its line for the FEATURE_STORE_API_KEYS_FILE of `featurestore serve`:\n{line}")
 
 
 def _cores() -> int:
@@ -324,7 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     server.add_argument("--workers", type=int, default=_cores(), help="processes (default: the cores)")
+    server.add_argument(
+        "--insecure", action="store_true", help="listen on a non-loopback address without API keys (anyone may call)"
+    )
+    server.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    server.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key, if not in its file")
     server.set_defaults(run=cmd_serve)
+
+    api_key = commands.add_parser(
+        "api-key", help="make an API key for `featurestore serve`: the key, once, and its line for the keys file"
+    )
+    api_key.add_argument("name", help="who holds it, e.g. churn-service (the server logs and counts this name)")
+    api_key.add_argument("scopes", help="comma-separated: read, predict, push, push:<view>, metrics")
+    api_key.set_defaults(run=cmd_api_key)
 
     stop_spark = commands.add_parser("stop-spark", help="stop the local Spark server the Spark warehouse left running")
     stop_spark.set_defaults(run=cmd_stop_spark)

@@ -18,7 +18,8 @@ so every server host and training run sees the same models; in both cases in the
 FEATURE_STORE_POSTGRES_SCHEMA. Locally, without the URL, they are folders under FEATURE_STORE_HOME/models.
 
 `featurestore serve` takes at most FEATURE_STORE_SERVE_MAX_ENTITIES entities (default 1000) in a request body of at
-most FEATURE_STORE_SERVE_MAX_BODY_BYTES (default 1 MiB).
+most FEATURE_STORE_SERVE_MAX_BODY_BYTES (default 1 MiB), and answers only the callers whose API keys are in
+FEATURE_STORE_API_KEYS_FILE when it is set (the file holds their SHA-256 digests, not the keys).
 """
 
 import os
@@ -85,6 +86,15 @@ def _home(value: str) -> Path:
     return Path(value).resolve()
 
 
+def _api_keys_file(value: str | None) -> Path | None:
+    # Set but empty (`FEATURE_STORE_API_KEYS_FILE=$UNSET_VARIABLE`) means keys were meant: never serve without them.
+    if value is not None and not value.strip():
+        raise ConfigError(
+            "FEATURE_STORE_API_KEYS_FILE is set but empty: name the keys file, or unset it to serve without keys"
+        )
+    return None if value is None else Path(value).resolve()
+
+
 def _count(value: str, name: str) -> int:
     if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 1_000_000_000:
         raise ConfigError(f"{name} must be a whole positive number, got {value[:20]!r}")
@@ -118,6 +128,7 @@ class Settings:
     model_store_url_variable: str = ""
     serve_max_entities: int = 1000
     serve_max_body_bytes: int = 1_048_576
+    serve_api_keys_file: Path | None = None
     dbt_project_dir: Path = field(default_factory=lambda: dbt_project_dir({}))
 
     @classmethod
@@ -195,6 +206,7 @@ class Settings:
             serve_max_body_bytes=_count(
                 environ.get("FEATURE_STORE_SERVE_MAX_BODY_BYTES", "1048576"), "FEATURE_STORE_SERVE_MAX_BODY_BYTES"
             ),
+            serve_api_keys_file=_api_keys_file(environ.get("FEATURE_STORE_API_KEYS_FILE")),
         )
 
     @property

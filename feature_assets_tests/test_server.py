@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -36,9 +36,13 @@ LIMITS = {"FEATURE_STORE_SERVE_MAX_ENTITIES": "50", "FEATURE_STORE_SERVE_MAX_BOD
 
 
 class Server:
-    """`featurestore serve` in a process (group) of its own, on a port it picked itself (--port 0)."""
+    """`featurestore serve` in a process (group) of its own, on a port it picked itself (--port 0); `arguments` are
+    more of serve's, `client` the options of the test's httpx client (its headers, the certificates it trusts)."""
 
-    def __init__(self, home: Path, redis_url: str, workers: int = 2, **env: str):
+    def __init__(
+        self, home: Path, redis_url: str, workers: int = 2, arguments: Sequence[str] = (), client: dict | None = None,
+        **env: str,
+    ):  # fmt: skip
         self.home = home
         self.log = home / f"server-{time.monotonic_ns()}.log"
         environment = {
@@ -48,16 +52,17 @@ class Server:
         }  # fmt: skip
         with open(self.log, "wb") as log:  # the server writes to its own copy of the file descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
+                [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers),
+                 *arguments],
                 env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
             )  # fmt: skip
-        line = self.process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        self.line = self.process.stdout.readline()
+        match = re.search(r"(https?)://[^:/]+:(\d+)", self.line)
         if not match:
             self.stop()
-            pytest.fail(f"the server did not start: {line!r}; log:\n{self.log.read_text()[-3000:]}")
-        self.url = f"http://127.0.0.1:{match[1]}"
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+            pytest.fail(f"the server did not start: {self.line!r}; log:\n{self.log.read_text()[-3000:]}")
+        self.url = f"{match[1]}://127.0.0.1:{match[2]}"
+        self.client = httpx.Client(base_url=self.url, timeout=10, **(client or {}))
 
     def health(self) -> int | None:
         """The status /healthz answers, None while the workers are not listening yet."""
@@ -91,6 +96,8 @@ class Server:
         }
 
     def stop(self) -> None:
+        if hasattr(self, "client"):  # its idle connection closed first: a TLS server would wait for its close_notify
+            self.client.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -98,6 +105,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def readme_curls(keyed: bool) -> list[str]:
+    """The curl commands of the README's serving section, without keys or with one (Authorization: Bearer)."""
+    readme = (ROOT / "README.md").read_text().split("## Serving over HTTP", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^curl .*?[^\\]$", readme.replace("\\\n", "\\ "), flags=re.M)
+    return [command for command in commands if ("Authorization: Bearer" in command) == keyed]
 
 
 def requests_counted(metrics: dict[str, float], route: str, status: int) -> float:
@@ -575,11 +589,9 @@ def test_the_sqlite_online_store_serves_too(home, tmp_path, start_server):
     assert features["entities"][0]["features"]["plan"] == frames["user_features"]["plan"].iloc[3]
     assert features["entities"][1]["features"] is None
 
-    # The README's curl examples, as written, against this server.
-    readme = (ROOT / "README.md").read_text().split("## Serving over HTTP", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"^curl .*?[^\\]$", readme.replace("\\\n", "\\ "), flags=re.M)
-    assert len(commands) == 6, commands
-    for command in commands:
+    # The README's curl examples, as written, against this server (the one with a key over TLS: test_server_keys).
+    assert len(readme_curls(keyed=False)) == 6
+    for command in readme_curls(keyed=False):
         command = command.replace("localhost:8000", server.url.removeprefix("http://")).replace("\\ ", " ")
         done = subprocess.run(f"{command} --fail-with-body", shell=True, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, (command, done.stdout, done.stderr)

@@ -25,6 +25,7 @@ __all__ = [
     "LATENCY",
     "MODEL_VERSION",
     "ONLINE_STORE_ERRORS",
+    "REFUSALS",
     "REQUESTS",
     "ServedLogCounts",
     "exposition",
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 REQUESTS = Counter("featurestore_http_requests", "HTTP requests answered, by route and status.", ["route", "status"])
+REFUSALS = Counter(
+    "featurestore_http_refusals",
+    "Requests refused (answered with a JSON error), by route and cause: e.g. no_key, unknown_key, forbidden.",
+    ["route", "cause"],
+)
 LATENCY = Histogram(
     "featurestore_http_request_duration_seconds",
     "Time from a request's arrival in the app to its answer, by route.",

@@ -9,6 +9,7 @@ served-vector log from the environment (the settings the CLI uses), and reads th
     POST /v1/predict/{model}    {"entities": [{"user_id": 1}, ...]} -> scores, model version, schema version
     GET  /metrics               Prometheus text, summed over the workers (see http_metrics)
 
+With FEATURE_STORE_API_KEYS_FILE set, every route but /healthz answers only a key with its scope (see api_keys).
 Every answer is JSON; a refusal is {"error": <what and why>, "cause": <one word>} with a 4xx or 503 status.
 Reads of the online store block: they run on the event loop while it answers, in threads after it failed (Lane),
 so a hung Redis answers each request 503 within the store's timeout. The served model version is re-read about once a
@@ -23,7 +24,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -52,7 +52,9 @@ from feature_assets.errors import (
 )
 from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.serving import http_metrics
+from feature_assets.serving.api_keys import ApiKeys, guarded
 from feature_assets.serving.http_requests import Refused, entities_of, feature_names, read_payload, view_ids
+from feature_assets.serving.listening import check_tls, listen
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.predictor import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.reads import MISSING, FeatureReader
@@ -66,11 +68,14 @@ log = logging.getLogger("featurestore.serve")
 _REDIS_THREADS = 32
 # How long after the online store failed the blocking parts keep running in threads.
 _THREADED_SECONDS = 5.0
+# How long the requests in flight at SIGTERM may take to finish (each is bounded by the store's timeout and the
+# prediction deadline, about a second by default).
+_GRACEFUL_SHUTDOWN_SECONDS = 5
 # How often a worker loads newly promoted versions and carries its served log's counters into the metrics.
 _REFRESH_INTERVAL = 1.0
 
 
-def _refusal(error: Exception) -> Refused:
+def _refusal(error: FeatureStoreError | Refused) -> Refused:
     """The HTTP answer to an error the feature store raised on purpose: the same refusals as `featurestore predict`."""
     if isinstance(error, Refused):
         return error
@@ -95,7 +100,10 @@ def _json(status: int, payload: Any) -> Response:
 
 
 def _error(refused: Refused) -> Response:
-    return _json(refused.status, {"error": " ".join(str(refused).split()), "cause": refused.cause})
+    response = _json(refused.status, {"error": " ".join(str(refused).split()), "cause": refused.cause})
+    if refused.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 def _timestamp(moment: Any) -> str | None:
@@ -294,19 +302,21 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _counted(route: str, handler: Handler) -> Handler:
-    """Answers refusals as JSON errors and counts every answer by route and status, with its latency."""
+    """Answers refusals as JSON errors and counts every answer by route and status, with its latency, and every
+    refusal by route and cause."""
     latency = http_metrics.LATENCY.labels(route)
 
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         try:
             response = await handler(request)
-        except FeatureStoreError as error:
-            response = _error(_refusal(error))
-        except Refused as refused:
+        except (FeatureStoreError, Refused) as error:
+            refused = _refusal(error)
+            http_metrics.REFUSALS.labels(route, refused.cause).inc()
             response = _error(refused)
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
+            http_metrics.REFUSALS.labels(route, "internal").inc()
             response = _error(Refused(500, "internal", "the server failed to answer; its log has the details"))
         http_metrics.REQUESTS.labels(route, str(response.status_code)).inc()
         latency.observe(time.perf_counter() - started)
@@ -320,6 +330,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     the environment and the dbt manifest unless given."""
     settings = settings or Settings.from_env()
     registry = registry or load_registry(dbt_manifest_path())
+    keys_file = settings.serve_api_keys_file
+    keys = None if keys_file is None else ApiKeys.from_file(keys_file, registry.views)
     service = Service(settings, registry)
     lanes: list[Lane] = []  # made in the lifespan: its limiter belongs to the worker's event loop
 
@@ -359,6 +371,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         routes = "GET /healthz, POST /v1/features/{view}, POST /v1/predict/{model}, GET /metrics"
         message = f"no route {request.method} {shown(request.url.path)}; the routes: {routes}"
         http_metrics.REQUESTS.labels("unmatched", str(error.status_code)).inc()
+        http_metrics.REFUSALS.labels("unmatched", "no_route").inc()
         return _error(Refused(error.status_code, "no_route", message))
 
     counts = http_metrics.ServedLogCounts(service.served_log)
@@ -387,11 +400,17 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             counts.update()
             http_metrics.forget_this_process()
 
+    def route(path: str, method: str, handler: Handler, scope: str | None) -> Route:
+        """A route counted in the metrics, answering only the keys with `scope` (a template of its path
+        parameters, e.g. "push:{view}") when the server has keys; None: open to all."""
+        guarded_handler = handler if scope is None else guarded(keys, scope, handler)
+        return Route(path, _counted(path, guarded_handler), methods=[method])
+
     routes = [
-        Route("/healthz", _counted("/healthz", healthz), methods=["GET"]),
-        Route("/v1/features/{view}", _counted("/v1/features/{view}", features), methods=["POST"]),
-        Route("/v1/predict/{model}", _counted("/v1/predict/{model}", predict), methods=["POST"]),
-        Route("/metrics", _counted("/metrics", metrics), methods=["GET"]),
+        route("/healthz", "GET", healthz, scope=None),
+        route("/v1/features/{view}", "POST", features, scope="read"),
+        route("/v1/predict/{model}", "POST", predict, scope="predict"),
+        route("/metrics", "GET", metrics, scope="metrics"),
     ]
     # Starlette types every handler as taking any Exception, though one registered for a status code is given an
     # HTTPException.
@@ -402,24 +421,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 # --- running it --------------------------------------------------------------------------------------------------
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so that a port in use or an unknown host ends in one line."""
-    where = f"{host}:{port}"
-    if not 0 <= port <= 65535:  # getaddrinfo would take 70000 as 4464
-        raise ConfigError(f"cannot listen on {where}: a port is a number from 0 to 65535")
-    try:
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except (OSError, OverflowError) as error:
-        raise ConfigError(f"cannot listen on {where}: {getattr(error, 'strerror', None) or error}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    """Runs the server until SIGINT or SIGTERM: `workers` processes answering on one socket."""
+def serve(settings: Settings, host: str, port: int, workers: int, *, insecure: bool = False,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
+    """Runs the server until SIGINT or SIGTERM: `workers` processes answering on one socket, over TLS with a
+    certificate. Without API keys it listens on a loopback address only, unless `insecure`."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -429,7 +434,11 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     registry = load_registry(dbt_manifest_path())  # refuse a missing or invalid manifest here, in one line
     if not registry.feature_sets:
         raise ConfigError("the registry declares no model to serve")
-    sock = _listen(host, port)
+    keys = None
+    if settings.serve_api_keys_file is not None:  # refuse an unreadable or malformed file here, in one line
+        keys = ApiKeys.from_file(settings.serve_api_keys_file, registry.views)
+    check_tls(ssl_certfile, ssl_keyfile)
+    sock = listen(host, port, loopback_only=keys is None and not insecure)
     # Every worker writes its metrics to files here; /metrics adds them up. Stale files would add up too.
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     temporary = folder is None
@@ -447,10 +456,17 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         access_log=False,  # /metrics counts every request; a log line each costs more than the answer
         log_level="warning",
         server_header=False,
+        # Requests in flight get this long to finish at SIGTERM; then the served log is written and the worker ends.
+        # Without a bound, a TLS client that never answers the server's close_notify (an idle keep-alive connection)
+        # would hold the shutdown for asyncio's 30 s SSL shutdown timeout, past systemd's TimeoutStopSec.
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
+    callers = f"API keys {', '.join(keys.names)}" if keys else "no API keys" + (" (--insecure)" if insecure else "")
     print(
-        f"featurestore serve: http://{host}:{sock.getsockname()[1]} with {workers} worker(s), "
-        f"online store {settings.online}",
+        f"featurestore serve: {'https' if ssl_certfile else 'http'}://{host}:{sock.getsockname()[1]} with {workers} "
+        f"worker(s), online store {settings.online}, {callers}",
         flush=True,
     )
     try:
