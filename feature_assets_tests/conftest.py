@@ -208,7 +208,11 @@ def write_raw(warehouse: Warehouse, frames: dict[str, pd.DataFrame]) -> None:
 
 
 def materialize(
-    warehouse: Warehouse, raw: dict | None = None, as_of: dict | None = None, models: Sequence[str] = ()
+    warehouse: Warehouse,
+    raw: dict | None = None,
+    as_of: dict | None = None,
+    models: Sequence[str] = (),
+    instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Runs the real assets in process: the demo generator (if raw config is given) and/or the dbt build of every
     model (or of the named ones and their tests), the feature views over the as-of days from as_of_start (default:
@@ -226,7 +230,7 @@ def materialize(
         assets,
         resources={"warehouse": warehouse, "dbt": dbt_resource()},
         run_config={"ops": ops},
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
         tags=tags,
         selection=[dbt_model_key(name) for name in models] or None,
