@@ -23,7 +23,7 @@ from dagster_dbt import DbtCliResource
 from filelock import FileLock
 
 from feature_assets.assets.features import DbtAssets, dbt_assets_for, dbt_model_key
-from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
+from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data, record_demo_first_day
 from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
@@ -378,6 +378,8 @@ def trained_once(tmp_path_factory) -> Path:
                 as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
             )
             assert result.success
+            # As `featurestore demo` does: the store's as-of days (partitions) begin at its demo data's first day.
+            record_demo_first_day(folder, warehouse)
             # Only the training on a persistent instance: the feature build's event per as-of day would cost minutes.
             (folder / "dagster").mkdir()
             with dg.DagsterInstance.local_temp(str(folder / "dagster")) as instance:
