@@ -70,6 +70,28 @@ def _churn_set(exposures) -> dict:
     "edit, message",
     [
         (
+            lambda nodes, exposures: _view(nodes, "country_features").pop("history_starts"),
+            "feature view country_features: meta.feature_view needs 'history_starts', the first as-of day (UTC) of "
+            "its raw history, e.g. history_starts: '2025-01-01'",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2025-02-30"),
+            "feature view user_features: history_starts '2025-02-30' is not a day like '2025-01-01'",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts=20250101),
+            "feature view user_features: history_starts 20250101 is not a day like '2025-01-01'",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2999-01-01"),
+            "feature view user_features: history_starts 2999-01-01 is after today",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2026-06-01"),
+            "feature views country_features (history_starts 2025-01-01) and user_features (history_starts "
+            "2026-06-01) must declare the same first as-of day: one dbt run builds every view of an as-of day",
+        ),
+        (
             # A view named like another view's entity: its own name is its key namespace, which the user view has.
             lambda nodes, exposures: nodes["country_features"].update(name="user"),
             "feature views user and user_features would share the online keys features:user:<id>; rename one",
@@ -126,28 +148,6 @@ def _churn_set(exposures) -> dict:
         (
             lambda nodes, exposures: _churn_set(exposures).update(trainer=["my_team.churn:fit"]),
             "model churn_model: trainer must name a function as 'package.module:function'",
-        ),
-        (
-            lambda nodes, exposures: _view(nodes, "country_features").pop("history_starts"),
-            "feature view country_features: meta.feature_view needs 'history_starts', the first as-of day (UTC) of "
-            "its raw history, e.g. history_starts: '2025-01-01'",
-        ),
-        (
-            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2025-02-30"),
-            "feature view user_features: history_starts '2025-02-30' is not a day like '2025-01-01'",
-        ),
-        (
-            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts=20250101),
-            "feature view user_features: history_starts 20250101 is not a day like '2025-01-01'",
-        ),
-        (
-            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2999-01-01"),
-            "feature view user_features: history_starts 2999-01-01 is after today",
-        ),
-        (
-            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2026-06-01"),
-            "feature views country_features (history_starts 2025-01-01) and user_features (history_starts "
-            "2026-06-01) must declare the same first as-of day: one dbt run builds every view of an as-of day",
         ),
     ],
 )
