@@ -263,8 +263,8 @@ def test_a_backfill_shows_each_as_of_day_with_its_own_figures_and_the_run_its_to
         total = rows[days[0]] + rows[days[1]]
         assert summary == (
             f"user_features: built 2 days ({days[0]} .. {days[1]}): {total:,} rows, 2 snapshots; "
-            f"48 as-of times on the view's cadence from {days[0]} 00:00:00 to {days[1]} 23:00:00, of which 46 were "
-            "thinned again (days past the hourly retention keep their first hour)."
+            f"48 as-of times on the view's cadence from {days[0]} 00:00:00 to {days[1]} 23:00:00, of which 46 are "
+            "not kept (days past the hourly retention keep only their first hour)."
         )
 
 

@@ -352,7 +352,7 @@ def _run_summary(view: FeatureView, as_of: Mapping[str, Any], days: Mapping[str,
         f"{format_hour(last)}"
     )
     if thinned:
-        summary += f", of which {thinned:,} were thinned again (days past the hourly retention keep their first hour)"
+        summary += f", of which {thinned:,} are not kept (days past the hourly retention keep only their first hour)"
     return summary + "."
 
 
