@@ -11,13 +11,13 @@ from feature_assets.errors import ConfigError
 from feature_assets.registry import FeatureView
 
 __all__ = [
-    "AS_OF_DAYS",
     "ONLINE_SYNC_AUTOMATION",
     "REPAIR_AFTER_FAILED_PARITY",
     "SKEW_REPORT_AUTOMATION",
     "SKEW_REPORT_FRESHNESS",
     "SYNC_WHEN_FEATURES_PASS_CHECKS",
     "TICK",
+    "as_of_days",
     "as_of_days_tags",
     "check_refresh_fits_ttl",
     "day_key",
@@ -32,12 +32,16 @@ __all__ = [
 TICK = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1)
 
-# The feature views are partitioned by as-of day (UTC): a partition holds the day's snapshots, every hour of the
-# view's cadence for the newest days, and only the first of the day once the retention thins them (dbt_project.yml),
-# so no partition shown as materialized is empty. Hourly partitions would leave most of them empty after the
-# thinning, and cost Dagster an event per hour per view on each backfill. end_offset=1: today exists, from its
-# first hour; later days do not. History before the start is older than any retention here.
-AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC", end_offset=1)
+
+def as_of_days(first: date) -> dg.DailyPartitionsDefinition:
+    """The feature views' partitions: as-of days (UTC) from the first day of their history.
+
+    A partition holds the day's snapshots, every hour of the view's cadence for the newest days, and only the first of
+    the day once the retention thins them (dbt_project.yml), so no partition shown as materialized is empty. Hourly
+    partitions would leave most of them empty after the thinning, and cost Dagster an event per hour per view on each
+    backfill. end_offset=1: today exists, from its first hour; later days do not. A day before the history's first
+    one is no partition at all: it has no raw data, and the Materialize dialog does not offer it."""
+    return dg.DailyPartitionsDefinition(start_date=day_key(first), timezone="UTC", end_offset=1)
 
 
 def day_key(hour: date) -> str:

@@ -6,7 +6,7 @@ import os
 import re
 import signal
 import sys
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,8 @@ __all__ = ["main"]
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     anchor = current_hour()
-    start = anchor - timedelta(days=args.days - 1)
+    # Not before the as-of days: a store that has demo data keeps its first day (new --days apply to a new store).
+    start = max(anchor - timedelta(days=args.days - 1), datetime.combine(cli_runs.first_as_of_day(settings), time()))
     print(
         f"Generating {args.users} users over {args.days} days and backfilling snapshots up to {format_hour(anchor)} ..."
     )

@@ -25,6 +25,7 @@ __all__ = [
     "dagster_instance",
     "execute_job",
     "fail_runs_of_dead_commands",
+    "first_as_of_day",
     "sync_online",
     "train",
 ]
@@ -134,11 +135,14 @@ def build_snapshots(
 ):
     """Runs the refresh or backfill job over as-of days (its partitions), or over one hour of one day; the run shows
     in the UI with its partitions and is tagged featurestore/as_of (e.g. 2026-11-01 .. 2026-12-01)."""
-    from feature_assets.automation import AS_OF_DAYS, as_of_days_tags
+    from feature_assets.automation import as_of_days_tags
 
-    first_day = date.fromisoformat(str(AS_OF_DAYS.get_first_partition_key()))
+    first_day = first_as_of_day(settings)
     if days[0] < first_day:
-        raise ConfigError(f"the as-of days (the feature views' partitions) begin {first_day}: {days[0]} is before them")
+        raise ConfigError(
+            f"the as-of days (the feature views' partitions) begin {first_day}, where their history does: {days[0]} is "
+            "before them"
+        )
     ops = (
         {"dbt_feature_views": {"config": {"as_of_start": format_hour(hour), "as_of_end": format_hour(hour)}}}
         if hour
@@ -147,7 +151,22 @@ def build_snapshots(
     if raw and settings.demo_data:
         ops["demo_raw_data"] = {"config": raw}
     tags = {**as_of_days_tags(*days), "featurestore/as_of": format_hour(hour) if hour else f"{days[0]} .. {days[1]}"}
-    return execute_job(settings, what, {"ops": ops}, job_name=job, tags=tags)
+    result = execute_job(settings, what, {"ops": ops}, job_name=job, tags=tags)
+    if raw and settings.demo_data:
+        # The definitions built from now on (the UI's among them) begin the as-of days where the demo data does.
+        from feature_assets.assets.raw import record_demo_first_day
+        from feature_assets.backends import open_warehouse
+
+        record_demo_first_day(settings.home, open_warehouse(settings))
+    return result
+
+
+def first_as_of_day(settings: Settings) -> date:
+    """The first as-of day (partition) of the feature views in this store."""
+    from feature_assets.assets.raw import first_as_of_day as first_of
+    from feature_assets.registry import load_registry
+
+    return first_of(load_registry(settings.dbt_manifest_path), settings)
 
 
 def _online_assets(registry: "Registry") -> list[str]:

@@ -12,7 +12,7 @@ from feature_assets.assets.features import FEATURE_VIEWS_OP, DbtAssets, dbt_asse
 from feature_assets.assets.models import model_assets
 from feature_assets.assets.monitoring import served_models_asset, skew_report_assets
 from feature_assets.assets.online import online_assets
-from feature_assets.assets.raw import demo_raw_data, external_raw_tables
+from feature_assets.assets.raw import demo_raw_data, external_raw_tables, first_as_of_day
 from feature_assets.assets.training import training_set_assets
 from feature_assets.automation import check_refresh_fits_ttl, monitoring_sensor, online_sync_sensor, refresh_schedule
 from feature_assets.project import dbt_project
@@ -58,7 +58,8 @@ def build_definitions(settings: Settings, manifest_path: Path | None = None) -> 
     manifest_path = manifest_path or settings.dbt_manifest_path
     # Refuses to load on an invalid registry (e.g. a feature name that is not snake_case).
     registry = load_registry(manifest_path)
-    dbt = dbt_assets_for(registry, manifest_path)
+    # The as-of days begin where the history does: the declared day, or the later first day of the demo data.
+    dbt = dbt_assets_for(registry, manifest_path, first_as_of_day(registry, settings))
     # Refuses to load if online keys would expire between two refreshes of a view.
     check_refresh_fits_ttl(registry.views.values())
     raw = [demo_raw_data] if settings.demo_data else external_raw_tables

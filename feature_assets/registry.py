@@ -1,7 +1,8 @@
 """The feature registry, read from the dbt manifest: the models' YAML is the only place features are declared.
 
 A model is a feature view when its meta has a `feature_view` block (entity, entity_key, timestamp,
-online_ttl_hours, refresh_hours); every other column is a feature whose dtype is the contract's data_type.
+history_starts, online_ttl_hours, refresh_hours); every other column is a feature whose dtype is the contract's
+data_type.
 A model is a label table when its meta has a `labels` block (the entity keys it carries, its label time
 column, its target, and outcome_hours: how long after the label time the outcome is measured). An ML model
 is a dbt exposure (type ml) whose meta has a `feature_set` block: its label table, its task, the features it
@@ -16,7 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,24 @@ def _hours(block: _Json, name: str, default: timedelta, what: str) -> timedelta:
     return timedelta(hours=hours)
 
 
+def _history_starts(block: _Json, what: str) -> date:
+    """The declared first as-of day: an ISO day (YAML may hand it over as a date), not after today (UTC)."""
+    if "history_starts" not in block:
+        raise RegistryError(
+            f"{what}: meta.feature_view needs 'history_starts', the first as-of day (UTC) of its raw history, "
+            "e.g. history_starts: '2025-01-01'"
+        )
+    value = block["history_starts"]
+    try:
+        day = value if isinstance(value, date) and not isinstance(value, datetime) else date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{what}: history_starts {shown(value)} is not a day like '2025-01-01'") from None
+    today = datetime.now(UTC).date()
+    if day > today:
+        raise RegistryError(f"{what}: history_starts {day} is after today {today} (UTC): no history starts there yet")
+    return day
+
+
 def snapshot_column(view: "FeatureView") -> str:
     """The training-set column holding the time of the snapshot of `view` that a row matched (null: none)."""
     return f"{view.name}_snapshot_at"
@@ -119,6 +138,8 @@ class FeatureView:
     definition_checksum: str
     refresh_interval: timedelta = DEFAULT_REFRESH
     key_data_type: str = "bigint"
+    # The first as-of day of its history (UTC): its partitions start there, so no day without raw data is offered.
+    history_starts: date = date(2025, 1, 1)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -242,6 +263,11 @@ class Registry:
         """The views some model reads: those that have training sets, and so skew reports."""
         return [view for view in self.views.values() if any(view in fs.views for fs in self.feature_sets.values())]
 
+    @property
+    def history_starts(self) -> date:
+        """The views' first as-of day: one dbt run builds them all, so they share their partitions."""
+        return next(iter(self.views.values())).history_starts
+
     def view(self, name: str) -> FeatureView:
         try:
             return self.views[name]
@@ -298,6 +324,7 @@ def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
         timestamp=timestamp,
         online_ttl=_hours(block, "online_ttl_hours", DEFAULT_ONLINE_TTL, f"feature view {name}"),
         refresh_interval=_hours(block, "refresh_hours", DEFAULT_REFRESH, f"feature view {name}"),
+        history_starts=_history_starts(block, f"feature view {name}"),
         features=tuple(
             Feature(feature, _DTYPES[data_type], data_type, description, checksums[feature])
             for feature, (data_type, description) in declared.items()
@@ -443,6 +470,17 @@ def _check_namespaces(views: dict[str, FeatureView]) -> None:
             )
 
 
+def _check_history_starts(views: dict[str, FeatureView]) -> None:
+    first, *others = views.values()
+    for view in others:
+        if view.history_starts != first.history_starts:
+            raise RegistryError(
+                f"feature views {first.name} (history_starts {first.history_starts}) and {view.name} (history_starts "
+                f"{view.history_starts}) must declare the same first as-of day: one dbt run builds every view of an "
+                "as-of day, so they share their partitions"
+            )
+
+
 def load_registry(manifest_path: Path) -> Registry:
     """Reads every feature view, label table and feature set from a dbt manifest; raises RegistryError on anything
     invalid."""
@@ -462,6 +500,7 @@ def load_registry(manifest_path: Path) -> Registry:
     if not views:
         raise RegistryError(f"the dbt manifest at {manifest_path} declares no feature view (meta.feature_view)")
     _check_namespaces(views)
+    _check_history_starts(views)
     feature_sets = {}
     for exposure in sorted(manifest.get("exposures", {}).values(), key=lambda exposure: exposure["unique_id"]):
         if "feature_set" in exposure["config"].get("meta", {}):

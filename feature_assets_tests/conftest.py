@@ -23,7 +23,7 @@ from dagster_dbt import DbtCliResource
 from filelock import FileLock
 
 from feature_assets.assets.features import DbtAssets, dbt_assets_for, dbt_model_key
-from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data
+from feature_assets.assets.raw import RAW_COLUMNS, demo_raw_data, record_demo_first_day
 from feature_assets.automation import as_of_days_tags
 from feature_assets.definitions import _dbt_executable
 from feature_assets.project import dbt_project
@@ -208,7 +208,11 @@ def write_raw(warehouse: Warehouse, frames: dict[str, pd.DataFrame]) -> None:
 
 
 def materialize(
-    warehouse: Warehouse, raw: dict | None = None, as_of: dict | None = None, models: Sequence[str] = ()
+    warehouse: Warehouse,
+    raw: dict | None = None,
+    as_of: dict | None = None,
+    models: Sequence[str] = (),
+    instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Runs the real assets in process: the demo generator (if raw config is given) and/or the dbt build of every
     model (or of the named ones and their tests), the feature views over the as-of days from as_of_start (default:
@@ -226,7 +230,7 @@ def materialize(
         assets,
         resources={"warehouse": warehouse, "dbt": dbt_resource()},
         run_config={"ops": ops},
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
         tags=tags,
         selection=[dbt_model_key(name) for name in models] or None,
@@ -374,6 +378,8 @@ def trained_once(tmp_path_factory) -> Path:
                 as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
             )
             assert result.success
+            # As `featurestore demo` does: the store's as-of days (partitions) begin at its demo data's first day.
+            record_demo_first_day(folder, warehouse)
             # Only the training on a persistent instance: the feature build's event per as-of day would cost minutes.
             (folder / "dagster").mkdir()
             with dg.DagsterInstance.local_temp(str(folder / "dagster")) as instance:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -83,6 +84,7 @@ models:
           entity: user
           entity_key: user_id
           timestamp: computed_at
+          history_starts: 2025-01-01
           online_ttl_hours: 24
           refresh_hours: 2
     columns:
@@ -182,6 +184,15 @@ def test_the_pipeline_materializes_the_new_view_and_model_on_duckdb_and_predicts
     assert "served_models: churn_model" in demo.stdout and "spend_model 2" in demo.stdout, demo.stdout[
         demo.stdout.find("Training:") :
     ]
+
+    # Every view's as-of days (partitions) begin at the demo's first day: none shows as missing.
+    defs = build_definitions(Settings.from_env(extended))
+    first = (datetime.now(UTC) - timedelta(days=249)).date().isoformat()
+    with dg.DagsterInstance.from_config(str(Path(extended["FEATURE_STORE_HOME"]) / "dagster")) as instance:
+        for view in ("user_features", "country_features", "user_order_features"):
+            days = defs.resolve_assets_def(view).partitions_def.get_partition_keys()
+            assert days[0] == first and len(days) == 250
+            assert instance.get_materialized_partitions(dg.AssetKey(view)) == set(days), view
 
     user = int(redis_client.scan_iter("features:user:*").__next__().split(b":")[-1])
     # Two views of one entity, two hashes: the entity's own view and the view-qualified one.

@@ -7,13 +7,16 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import ANCHOR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feature_assets.automation import day_key
 from feature_assets.cli import main
 from feature_assets.errors import DataError
 from feature_assets.online_sync import sync_online_store
@@ -21,6 +24,7 @@ from feature_assets.registry import load_registry
 from feature_assets.serving import FolderModelStore, SqliteOnlineStore
 from feature_assets.serving.predictor import Predictor
 from feature_assets.settings import dbt_manifest_path
+from feature_assets.warehouses import DuckDBWarehouse
 
 REGISTRY = load_registry(dbt_manifest_path())
 FEATURESTORE = Path(sys.executable).with_name("featurestore")
@@ -188,7 +192,8 @@ def test_skew_during_a_refresh_says_the_warehouse_is_held(home, warehouse_held_b
 def test_a_failed_dbt_build_says_why_and_points_to_a_log_that_exists(home, warehouse_held_by_another_process):
     # A process of its own: the definitions resolve FEATURE_STORE_HOME when imported, and this one imported them
     # already.
-    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30", "--end", "2026-03-31"]
+    day = day_key(ANCHOR - timedelta(days=1))
+    argv = [FEATURESTORE, "backfill", "--start", day, "--end", day]
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     line = assert_one_line(
         backfill.returncode, backfill.stderr, "the backfill failed: dbt_models: dbt build exited with code"
@@ -220,23 +225,58 @@ print(job.execute_in_process(instance=dagster_instance(Settings.from_env())).suc
 """
 
 
-def test_a_backfill_shows_in_the_ui_as_a_run_over_its_as_of_days_with_what_it_kept(store, tmp_path, monkeypatch):
+def test_a_backfill_shows_each_as_of_day_with_its_own_figures_and_the_run_its_totals_once(store, tmp_path, monkeypatch):
     home, _ = store
     shutil.copyfile(home / "warehouse.duckdb", tmp_path / "warehouse.duckdb")
+    shutil.copyfile(home / "demo_first_day", tmp_path / "demo_first_day")
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"FEATURE_STORE_HOME": str(tmp_path)}
-    argv = [FEATURESTORE, "backfill", "--start", "2026-03-30", "--end", "2026-03-31"]
+    # Three weeks back: past the hourly retention, so the thinning keeps each day's first hour only.
+    days = [day_key(ANCHOR - timedelta(days=21)), day_key(ANCHOR - timedelta(days=20))]
+    argv = [FEATURESTORE, "backfill", "--start", days[0], "--end", days[1]]
     backfill = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert backfill.returncode == 0, backfill.stderr
+    warehouse = DuckDBWarehouse(str(tmp_path / "warehouse.duckdb"))
+    rows = warehouse.query(
+        "select strftime(computed_at, '%Y-%m-%d') as day, count(*) as n from user_features group by 1"
+    ).set_index("day")["n"]
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     with dg.DagsterInstance.get() as instance:
         [backfill] = instance.get_runs()
         assert backfill.job_name == "backfill_features" and backfill.tags["featurestore/command"] == "backfill"
-        assert backfill.tags["featurestore/as_of"] == "2026-03-30 .. 2026-03-31"
+        assert backfill.tags["featurestore/as_of"] == f"{days[0]} .. {days[1]}"
         # The as-of days are the views' partitions: the asset's Partitions tab shows both materialized.
-        assert instance.get_materialized_partitions(dg.AssetKey("user_features")) == {"2026-03-30", "2026-03-31"}
-        built = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
-        assert built["run_as_of_times"].value == "2026-03-30 00:00:00 .. 2026-03-31 23:00:00: 48 of the view's cadence"
-        assert built["run_as_of_times_kept"].value + built["run_as_of_times_thinned"].value == 48
+        assert instance.get_materialized_partitions(dg.AssetKey("user_features")) == set(days)
+        for day in days:
+            [record] = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("user_features"), asset_partitions=[day]), limit=2
+            ).records
+            built = {key: value.value for key, value in record.asset_materialization.metadata.items()}
+            assert built["dagster/row_count"] == rows[day] > 0  # that day's rows, not the table's
+            assert built["snapshots"] == 1
+            assert built["newest_snapshot"] == f"{day} 00:00:00"
+            assert built["as_of_times"] == f"{day} 00:00:00 .. {day} 23:00:00: 24 of the view's cadence"
+            assert (built["as_of_times_kept"], built["as_of_times_thinned"]) == (1, 23)
+            assert not any(key.startswith("run_") for key in built)
+        [summary] = [
+            e.user_message for e in instance.all_logs(backfill.run_id) if "user_features: built" in e.user_message
+        ]
+        total = rows[days[0]] + rows[days[1]]
+        assert summary == (
+            f"user_features: built 2 days ({days[0]} .. {days[1]}): {total:,} rows, 2 snapshots; "
+            f"48 as-of times on the view's cadence from {days[0]} 00:00:00 to {days[1]} 23:00:00, of which 46 are "
+            "not kept (days past the hourly retention keep only their first hour)."
+        )
+
+
+def test_a_day_before_the_demo_data_is_no_as_of_day_and_cannot_be_backfilled(home, capsys):
+    first = (ANCHOR - timedelta(days=299)).date()
+    assert (home / "demo_first_day").read_text() == f"{first}\n"
+    before = str(first - timedelta(days=1))
+    assert_one_line(
+        *run(["backfill", "--start", before, "--end", str(first)], capsys)[::2],
+        f"the as-of days (the feature views' partitions) begin {first}, where their history does: {before} is before "
+        "them",
+    )
 
 
 def test_first_commands_started_together_on_a_fresh_home_all_keep_their_runs(tmp_path):

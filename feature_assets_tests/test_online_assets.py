@@ -2,7 +2,7 @@
 
 import json
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import dagster as dg
@@ -47,7 +47,7 @@ def built(tmp_path_factory):
     home = tmp_path_factory.mktemp("online_assets")
     # Today, when the fixture runs (not ANCHOR, from when the suite started: it may have started before midnight):
     # the sync waits for the newest as-of day.
-    today = datetime.fromisoformat(automation.AS_OF_DAYS.get_last_partition_key())
+    today = datetime.fromisoformat(automation.day_key(datetime.now(UTC)))
     warehouse = DuckDBWarehouse(str(home / "warehouse.duckdb"))
     sqlite = OnlineStoreResource(kind="sqlite", sqlite_path=str(home / "online.sqlite"))
     defs = definitions(warehouse, sqlite)
@@ -93,7 +93,7 @@ def test_the_sync_waits_while_a_blocking_check_of_user_features_has_failed(built
 
     # Today's as-of day: the partition the sync reads its latest snapshots from.
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(FEATURES, partition=automation.AS_OF_DAYS.get_last_partition_key())
+        dg.AssetMaterialization(FEATURES, partition=automation.day_key(datetime.now(UTC)))
     )
     for spec in blocking:
         instance.report_runless_asset_event(

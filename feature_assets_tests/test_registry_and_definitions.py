@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from feature_assets.definitions import build_definitions
-from feature_assets.errors import RegistryError
+from feature_assets.errors import ConfigError, RegistryError
 from feature_assets.registry import load_registry
 from feature_assets.settings import Settings, dbt_manifest_path, dbt_project_dir
 
@@ -58,6 +58,10 @@ def _edited(tmp_path: Path, edit) -> Path:
     return path
 
 
+def _view(nodes, name: str) -> dict:
+    return nodes[name]["config"]["meta"]["feature_view"]
+
+
 def _churn_set(exposures) -> dict:
     return exposures["churn_model"]["config"]["meta"]["feature_set"]
 
@@ -65,6 +69,28 @@ def _churn_set(exposures) -> dict:
 @pytest.mark.parametrize(
     "edit, message",
     [
+        (
+            lambda nodes, exposures: _view(nodes, "country_features").pop("history_starts"),
+            "feature view country_features: meta.feature_view needs 'history_starts', the first as-of day (UTC) of "
+            "its raw history, e.g. history_starts: '2025-01-01'",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2025-02-30"),
+            "feature view user_features: history_starts '2025-02-30' is not a day like '2025-01-01'",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts=20250101),
+            "feature view user_features: history_starts 20250101 is not a day like '2025-01-01'",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2999-01-01"),
+            "feature view user_features: history_starts 2999-01-01 is after today",
+        ),
+        (
+            lambda nodes, exposures: _view(nodes, "user_features").update(history_starts="2026-06-01"),
+            "feature views country_features (history_starts 2025-01-01) and user_features (history_starts "
+            "2026-06-01) must declare the same first as-of day: one dbt run builds every view of an as-of day",
+        ),
         (
             # A view named like another view's entity: its own name is its key namespace, which the user view has.
             lambda nodes, exposures: nodes["country_features"].update(name="user"),
@@ -177,7 +203,7 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     # One partition per as-of day (UTC); today's exists from its first hour, tomorrow's does not yet.
     days = defs.resolve_assets_def("user_features").partitions_def
     assert days.get_last_partition_key() == datetime.now(UTC).date().isoformat()
-    assert days.get_first_partition_key() == "2025-01-01"
+    assert days.get_first_partition_key() == "2025-01-01"  # the views' history_starts: this home has no demo data
 
     schedule = defs.resolve_schedule_def("hourly_refresh")
     assert schedule.cron_schedule == "0 * * * *"
@@ -188,6 +214,25 @@ def test_the_definitions_hold_raw_staging_and_feature_assets_with_schedule_and_f
     request = schedule.evaluate_tick(context).run_requests[0]
     assert request.run_config["ops"]["dbt_feature_views"]["config"]["as_of_end"] == "2026-03-31 05:00:00"
     assert request.partition_key == "2026-03-31"
+
+
+def test_a_store_with_demo_data_offers_its_days_only_and_one_without_the_declared_ones(tmp_path):
+    """The Materialize dialog offers the partitions: a day without raw data is none of them."""
+    declared = load_registry(dbt_manifest_path()).history_starts
+    (tmp_path / "demo_first_day").write_text("2026-02-10\n")
+    for environment, first in [
+        ({"FEATURE_STORE_HOME": str(tmp_path)}, "2026-02-10"),
+        ({"FEATURE_STORE_HOME": str(tmp_path), "FEATURE_STORE_DEMO_DATA": "0"}, str(declared)),
+        ({"FEATURE_STORE_HOME": str(tmp_path / "fresh")}, str(declared)),
+    ]:
+        defs = build_definitions(Settings.from_env(environment))
+        days = defs.resolve_assets_def("country_features").partitions_def
+        assert days.get_first_partition_key() == first
+        assert days.get_last_partition_key() == datetime.now(UTC).date().isoformat()
+        assert ("2026-02-09" in days.get_partition_keys()) == (first == str(declared))  # the day before the demo's
+    (tmp_path / "demo_first_day").write_text("last tuesday\n")
+    with pytest.raises(ConfigError, match="demo_first_day does not hold a day like 2026-01-31"):
+        build_definitions(Settings.from_env({"FEATURE_STORE_HOME": str(tmp_path)}))
 
 
 def test_dbt_assets_read_well_in_the_ui_descriptions_without_sql_and_every_check_in_words(defs):
@@ -232,7 +277,8 @@ def test_automation_and_models_say_in_words_what_they_do(defs):
         (
             "2024-06-01",
             "2024-06-02",
-            "the as-of days (the feature views' partitions) begin 2025-01-01: 2024-06-01 is before them",
+            "the as-of days (the feature views' partitions) begin 2025-01-01, where their history does: 2024-06-01 is "
+            "before them",
         ),
     ],
 )

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+import dagster as dg
 import pandas as pd
 import psycopg
 import pytest
@@ -91,9 +92,10 @@ def raw_frames() -> dict[str, pd.DataFrame]:
 def duckdb_build(raw_frames, tmp_path_factory):
     warehouse = DuckDBWarehouse(str(tmp_path_factory.mktemp("pit") / "w.duckdb"))
     write_raw(warehouse, raw_frames)
-    result = materialize(warehouse, as_of=AS_OF)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(warehouse, as_of=AS_OF, instance=instance)
     assert result.success
-    return warehouse, result
+    return warehouse, result, instance
 
 
 @pytest.fixture(scope="module")
@@ -101,26 +103,34 @@ def duckdb_features(duckdb_build):
     return read_features(duckdb_build[0])
 
 
-def test_each_built_table_shows_its_row_count_and_each_view_its_snapshots(duckdb_build):
-    warehouse, result = duckdb_build
-    shown = {
-        e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
-    }
+def test_each_as_of_day_shows_its_own_rows_and_snapshots_and_the_run_its_totals_once(duckdb_build):
+    warehouse, result, instance = duckdb_build
+    events = result.get_asset_materialization_events()
+    shown = {(e.asset_key.to_user_string(), e.materialization.partition): e.materialization.metadata for e in events}
     counts = warehouse.query(
-        "select count(*) as n, count(distinct computed_at) as s, max(computed_at) as newest from user_features"
+        "select cast(computed_at as date) as day, count(*) as n, count(distinct computed_at) as s,"
+        " max(computed_at) as newest from user_features group by 1 order by 1"
     )
-    assert shown["user_features"]["dagster/row_count"].value == counts["n"][0] > 0
-    assert shown["user_features"]["snapshots"].value == counts["s"][0] == 4 * 24 + 1  # every hour of the range
-    assert shown["user_features"]["newest_snapshot"].value == str(counts["newest"][0])
-    assert (
-        shown["user_features"]["run_as_of_times"].value
-        == "2026-03-27 00:00:00 .. 2026-03-31 00:00:00: 97 of the view's cadence"
-    )
-    assert (
-        shown["user_features"]["run_as_of_times_kept"].value,
-        shown["user_features"]["run_as_of_times_thinned"].value,
-    ) == (97, 0)
-    assert "dagster/row_count" not in shown["stg_app__events"]  # a view: counting would run its query
+    assert len(counts) == 5  # 2026-03-27 .. 2026-03-31: a partition each
+    for day, n, snapshots, newest in counts.itertuples(index=False):
+        day_shown = shown["user_features", day.strftime("%Y-%m-%d")]
+        assert day_shown["dagster/row_count"].value == n > 0
+        assert day_shown["snapshots"].value == snapshots
+        assert day_shown["newest_snapshot"].value == str(newest)
+    # The last day holds its midnight only (as_of_end): each day says its own as-of times.
+    days = sorted(day for asset, day in shown if asset == "user_features")
+    assert [shown["user_features", day]["snapshots"].value for day in days] == [24, 24, 24, 24, 1]
+    last = shown["user_features", "2026-03-31"]
+    assert last["as_of_times"].value == "2026-03-31 00:00:00 .. 2026-03-31 00:00:00: 1 of the view's cadence"
+    assert (last["as_of_times_kept"].value, last["as_of_times_thinned"].value) == (1, 0)
+    assert "run_as_of_times" not in last
+    # The run's totals, once, in words.
+    logged = [e.user_message for e in instance.all_logs(result.run_id) if "user_features: built" in e.user_message]
+    assert logged == [
+        f"user_features: built 5 days (2026-03-27 .. 2026-03-31): {counts['n'].sum():,} rows, 97 snapshots; 97 as-of "
+        "times on the view's cadence from 2026-03-27 00:00:00 to 2026-03-31 00:00:00."
+    ]
+    assert "dagster/row_count" not in shown["stg_app__events", None]  # a view: counting would run its query
 
 
 def _expected(raw_frames) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.assets.raw import WAREHOUSE_POOL
-from feature_assets.automation import AS_OF_DAYS, TICK, due_views, view_freshness
+from feature_assets.automation import TICK, as_of_days, day_key, due_views, view_freshness
 from feature_assets.errors import ConfigError, DbtBuildError
 from feature_assets.registry import FeatureView, Registry
 from feature_assets.settings import validate_identifier
@@ -176,7 +176,7 @@ def _build(
         events = list(invocation.stream())
     finally:
         (target_path / "dbt_env.json").unlink(missing_ok=True)  # the launcher deletes it, unless dbt never started
-    yield from _with_row_counts(events, invocation.manifest, warehouse, registry, as_of)
+    yield from _with_row_counts(context, events, invocation.manifest, warehouse, registry, as_of)
     if not invocation.is_successful():
         raise DbtBuildError(_failure(invocation, target_path))
     # A failed build keeps its folder: the error names the dbt.log in it.
@@ -219,8 +219,9 @@ class DbtAssets(NamedTuple):
     feature_views: dg.AssetsDefinition
 
 
-def dbt_assets_for(registry: Registry, manifest_path: Path) -> DbtAssets:
-    """The dbt assets of the manifest the registry was read from."""
+def dbt_assets_for(registry: Registry, manifest_path: Path, first_day: date | None = None) -> DbtAssets:
+    """The dbt assets of the manifest the registry was read from; the feature views' as-of days begin on first_day
+    (default: the views' declared history_starts)."""
     translator = FeatureTranslator(registry)
 
     # No project= here: it only adds code references, and its metadata shows as "[DbtProject] (unserializable)".
@@ -239,7 +240,7 @@ def dbt_assets_for(registry: Registry, manifest_path: Path) -> DbtAssets:
         manifest=manifest_path,
         select=" ".join(registry.views),
         name=FEATURE_VIEWS_OP,
-        partitions_def=AS_OF_DAYS,
+        partitions_def=as_of_days(first_day or registry.history_starts),
         # A backfill over many days is one dbt run: one incremental insert of all their as-of times.
         backfill_policy=dg.BackfillPolicy.single_run(),
         dagster_dbt_translator=translator,
@@ -261,15 +262,15 @@ def dbt_assets_for(registry: Registry, manifest_path: Path) -> DbtAssets:
 
 
 def _with_row_counts(
+    context: dg.AssetExecutionContext,
     events: list,
     manifest: Mapping[str, Any],
     warehouse: Warehouse,
     registry: Registry,
     as_of: Mapping[str, Any] | None,
 ) -> Iterator:
-    """Each built table's row count (dbt views are not counted: that would run their query). A feature view also
-    gets how many snapshots it keeps and the newest one, and what became of the run's as-of times: built, or
-    thinned by the retention rule."""
+    """Each built table's row count (dbt views are not counted: that would run their query). A feature view's
+    materialization of each as-of day (partition) gets that day's figures instead; the run's totals are logged once."""
     tables = {
         id(event): node
         for event in events
@@ -286,38 +287,73 @@ def _with_row_counts(
             if node is None:
                 yield event
                 continue
+            view = registry.views.get(node["name"])
+            if view is not None and as_of is not None:
+                days = _days_of_view(warehouse, con, view, as_of)
+                for day, figures in days.items():
+                    context.add_asset_metadata(figures, asset_key=dbt_model_key(view.name), partition_key=day)
+                context.log.info(_run_summary(view, as_of, days))
+                yield event
+                continue
             counts = warehouse.fetch(
                 con, f"select count(*) as row_count from {validate_identifier(node['name'], 'dbt model')}"
             )
             # dagster/row_count is the key the UI shows as the row count and plots over materializations.
-            metadata: dict[str, Any] = {"dagster/row_count": int(counts["row_count"].iloc[0])}
-            view = registry.views.get(node["name"])
-            if view is not None and as_of is not None:
-                metadata.update(_snapshot_metadata(warehouse, con, view, as_of))
-            yield event.with_metadata({**event.metadata, **metadata})
+            yield event.with_metadata({**event.metadata, "dagster/row_count": int(counts["row_count"].iloc[0])})
 
 
-def _snapshot_metadata(warehouse: Warehouse, con: Any, view: FeatureView, as_of: Mapping[str, Any]) -> dict[str, Any]:
-    """How many of the run's as-of times of this view's cadence the view keeps: older days are thinned to their
-    first snapshot (dbt_project.yml's retention vars), which the counts say. Run-wide: a run over a range of days
-    records them on each of its partitions."""
+def _days_of_view(
+    warehouse: Warehouse, con: Any, view: FeatureView, as_of: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each as-of day's figures after the run: its rows and snapshots (what the partition holds), and what became of
+    the run's as-of times of that day on the view's cadence: kept, or thinned by the retention (dbt_project.yml keeps
+    only the first snapshot of older days)."""
     first, last = (datetime.fromisoformat(as_of[name]) for name in ("as_of_start", "as_of_end"))
-    due = sum(1 for n in range((last - first) // TICK + 1) if due_views([view], first + TICK * n))
-    row = warehouse.fetch(
+    after = datetime.combine(last.date(), datetime.min.time()) + timedelta(days=1)
+    ts = view.timestamp
+    rows = warehouse.fetch(
         con,
-        f"select count(distinct {view.timestamp}) as snapshots, max({view.timestamp}) as newest,"
-        f" count(distinct case when {view.timestamp} between ? and ? then {view.timestamp} end) as kept"
-        f" from {view.name}",
-        [first, last],
-    ).iloc[0]
-    kept = int(row["kept"])
-    return {
-        "run_as_of_times": f"{format_hour(first)} .. {format_hour(last)}: {due} of the view's cadence",
-        "run_as_of_times_kept": kept,
-        "run_as_of_times_thinned": due - kept,
-        "snapshots": int(row["snapshots"]),
-        "newest_snapshot": str(row["newest"]),
-    }
+        f"select cast({ts} as date) as as_of_day, count(*) as row_count, count(distinct {ts}) as snapshots,"
+        f" count(distinct case when {ts} between ? and ? then {ts} end) as kept, max({ts}) as newest"
+        f" from {view.name} where {ts} >= ? and {ts} < ? group by cast({ts} as date)",
+        [first, last, datetime.combine(first.date(), datetime.min.time()), after],
+    )
+    found = {day_key(day): row for day, row in zip(rows["as_of_day"], rows.itertuples(), strict=True)}
+    days: dict[str, dict[str, Any]] = {}
+    day = first.date()
+    while day <= last.date():
+        hours = [h for n in range(24) if first <= (h := datetime.combine(day, datetime.min.time()) + TICK * n) <= last]
+        due = [hour for hour in hours if due_views([view], hour)]
+        row = found.get(day_key(day))
+        kept = int(row.kept) if row is not None else 0
+        days[day_key(day)] = {
+            # dagster/row_count is the key the UI shows as the row count and plots over the partitions' events.
+            "dagster/row_count": int(row.row_count) if row is not None else 0,
+            "snapshots": int(row.snapshots) if row is not None else 0,
+            "newest_snapshot": str(row.newest) if row is not None else "none",
+            "as_of_times": f"{format_hour(hours[0])} .. {format_hour(hours[-1])}: {len(due)} of the view's cadence",
+            "as_of_times_kept": kept,
+            "as_of_times_thinned": len(due) - kept,
+        }
+        day += timedelta(days=1)
+    return days
+
+
+def _run_summary(view: FeatureView, as_of: Mapping[str, Any], days: Mapping[str, Mapping[str, Any]]) -> str:
+    """The run's totals in words, said once (each day's own figures are on its partition's materialization)."""
+    first, last = (datetime.fromisoformat(as_of[name]) for name in ("as_of_start", "as_of_end"))
+    total = {key: sum(figures[key] for figures in days.values()) for key in ("dagster/row_count", "snapshots")}
+    due = sum(figures["as_of_times_kept"] + figures["as_of_times_thinned"] for figures in days.values())
+    thinned = sum(figures["as_of_times_thinned"] for figures in days.values())
+    span = f"{len(days)} day" + ("s" if len(days) != 1 else "")
+    summary = (
+        f"{view.name}: built {span} ({day_key(first)} .. {day_key(last)}): {total['dagster/row_count']:,} rows, "
+        f"{total['snapshots']:,} snapshots; {due:,} as-of times on the view's cadence from {format_hour(first)} to "
+        f"{format_hour(last)}"
+    )
+    if thinned:
+        summary += f", of which {thinned:,} are not kept (days past the hourly retention keep only their first hour)"
+    return summary + "."
 
 
 def _failure(invocation: DbtCliInvocation, target_path: Path) -> str:

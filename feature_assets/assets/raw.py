@@ -1,15 +1,28 @@
 """Raw tables of the subscription product: generated demo data (local), or the user's own tables (prod)."""
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from feature_assets.as_of import current_hour, format_hour, parse_hour
 from feature_assets.demo_data import RAW_TABLES, DemoDataSpec, generate
+from feature_assets.errors import ConfigError
+from feature_assets.registry import Registry
+from feature_assets.settings import Settings
 from feature_assets.warehouses import Warehouse
 
-__all__ = ["RAW_COLUMNS", "WAREHOUSE_POOL", "DemoDataConfig", "demo_raw_data", "external_raw_tables"]
+__all__ = [
+    "RAW_COLUMNS",
+    "WAREHOUSE_POOL",
+    "DemoDataConfig",
+    "demo_first_day",
+    "demo_raw_data",
+    "external_raw_tables",
+    "first_as_of_day",
+    "record_demo_first_day",
+]
 
 # Steps that write the warehouse share this pool; the instance's dagster.yaml sets its limit
 # (1 for the DuckDB file, which admits one writer at a time).
@@ -55,6 +68,44 @@ _STATE_COLUMNS = {
     "origin": "timestamp",
     "loaded_until": "timestamp",
 }
+
+
+# In FEATURE_STORE_HOME: the first as-of day of the store's demo data, read where the definitions are built (which
+# must not open the warehouse: another process may be writing it).
+_DEMO_FIRST_DAY_FILE = "demo_first_day"
+
+
+def demo_first_day(origin: datetime) -> date:
+    """The first as-of day of demo data whose history begins at origin: the day after, whose every hour sees it
+    (`featurestore demo --days N` builds the N days ending today)."""
+    return (origin + timedelta(days=1)).date()
+
+
+def record_demo_first_day(home: Path, warehouse: Warehouse) -> None:
+    """Keeps the first day of the warehouse's demo data in the home, if it has any."""
+    with warehouse.connect() as con:
+        if not warehouse.table_exists(con, _STATE_TABLE):
+            return
+        state = warehouse.fetch(con, f"select origin from {_STATE_TABLE}")
+    if not state.empty:
+        first = demo_first_day(state["origin"].iloc[0].to_pydatetime())
+        (home / _DEMO_FIRST_DAY_FILE).write_text(f"{first}\n")
+
+
+def first_as_of_day(registry: Registry, settings: Settings) -> date:
+    """Where the feature views' as-of days (partitions) begin: the day their YAML declares (history_starts) or, in a
+    store with demo data, the demo's first day when it is later: the days before have no raw data."""
+    declared = registry.history_starts
+    recorded = settings.home / _DEMO_FIRST_DAY_FILE
+    if not settings.demo_data or not recorded.exists():
+        return declared
+    try:
+        demo = date.fromisoformat(recorded.read_text().strip())
+    except ValueError:
+        raise ConfigError(
+            f"{recorded} does not hold a day like 2026-01-31; delete it, the next demo run rewrites it"
+        ) from None
+    return max(declared, demo)
 
 
 class DemoDataConfig(dg.Config):
