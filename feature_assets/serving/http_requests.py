@@ -10,7 +10,7 @@ from feature_assets.errors import InvalidEntity, shown
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import parse_entity_id
 
-__all__ = ["Refused", "entities_of", "feature_names", "read_payload", "view_ids"]
+__all__ = ["Refused", "entities_of", "feature_names", "read_payload", "rows_of", "view_ids"]
 
 
 class Refused(Exception):
@@ -79,6 +79,19 @@ def entities_of(payload: dict[str, Any], limit: int) -> list[dict[str, Any]]:
                 "of one request passes the same keys",
             )  # fmt: skip
     return entities
+
+
+def rows_of(payload: dict[str, Any], limit: int) -> list[Any]:
+    """The rows of a push: a non-empty list, at most `limit` long (each row is checked by push.typed_rows)."""
+    rows = payload.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise Refused(400, "bad_request", 'the body needs "rows": a non-empty list of objects, e.g. '
+                      '[{"user_id": 42, "computed_at": "2026-12-07T06:30:00Z", ...every feature}]')  # fmt: skip
+    if len(rows) > limit:
+        raise Refused(
+            413, "too_many_rows", f"{len(rows)} rows; at most {limit} per request (FEATURE_STORE_SERVE_MAX_ENTITIES)"
+        )
+    return rows
 
 
 def view_ids(view: FeatureView, entities: list[dict[str, Any]]) -> list[Any]:

@@ -39,24 +39,35 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from feature_assets.backends import open_model_store, open_online_store, open_served_log
+from feature_assets.backends import open_model_store, open_online_store, open_served_log, open_warehouse
 from feature_assets.errors import (
     ConfigError,
     DataError,
     FeatureStoreError,
     InvalidEntity,
+    InvalidRow,
     MissingFeatures,
     OnlineStoreError,
     RegistryError,
+    WarehouseError,
     shown,
 )
+from feature_assets.push import push_rows, row_columns, typed_rows
 from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.serving import http_metrics
-from feature_assets.serving.http_requests import Refused, entities_of, feature_names, read_payload, view_ids
+from feature_assets.serving.http_requests import (
+    Refused,
+    entities_of,
+    feature_names,
+    read_payload,
+    rows_of,
+    view_ids,
+)
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.serving.predictor import ModelCard, Predictor, SchemaMismatch
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.settings import Settings, dbt_manifest_path
+from feature_assets.warehouses.base import Warehouse
 
 __all__ = ["create_app", "serve"]
 
@@ -76,6 +87,10 @@ def _refusal(error: Exception) -> Refused:
         return error
     if isinstance(error, InvalidEntity):
         return Refused(400, "invalid_entity", str(error))
+    if isinstance(error, InvalidRow):
+        return Refused(400, "invalid_row", str(error))
+    if isinstance(error, WarehouseError):
+        return Refused(503, "warehouse", str(error))
     if isinstance(error, MissingFeatures):
         return Refused(404, "missing_features", str(error))
     if isinstance(error, SchemaMismatch):
@@ -115,6 +130,7 @@ class Service:
         self.models = open_model_store(settings)
         self.served_log = open_served_log(settings)
         self._store: OnlineStore | None = None
+        self._warehouse: Warehouse | None = None  # opened by the first push
         self._predictor: Predictor | None = None
         self._readers: dict[str, FeatureReader] = {}
         self._opening = threading.Lock()
@@ -189,6 +205,12 @@ class Service:
             })  # fmt: skip
         dtypes = {name: view.feature(name).dtype for name in selected}
         return {"view": view.name, "dtypes": dtypes, "entities": entities}
+
+    def push(self, view: FeatureView, rows: list[Any]) -> dict[str, Any]:
+        if self._warehouse is None:
+            self._warehouse = open_warehouse(self.settings)
+        typed = typed_rows(view, row_columns(view, rows), len(rows))
+        return push_rows(self._warehouse, self.predictor.store, view, typed).to_json(view)
 
     def predict(self, model: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
         predictor = self.predictor
@@ -351,12 +373,21 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         entities = entities_of(payload, settings.serve_max_entities)
         return _json(200, await blocking(service.predict, model, entities))
 
+    async def push(request: Request) -> Response:
+        try:
+            view = registry.view(request.path_params["view"])
+        except RegistryError as error:
+            raise Refused(404, "unknown_view", str(error)) from None
+        payload = await read_payload(request, settings.serve_max_body_bytes, ("rows",))
+        rows = rows_of(payload, settings.serve_max_entities)
+        return _json(200, await blocking(service.push, view, rows))
+
     async def metrics(request: Request) -> Response:
         body, content_type = await blocking(http_metrics.exposition)
         return Response(body, 200, headers={"Content-Type": content_type})
 
     async def not_found(request: Request, error: HTTPException) -> Response:
-        routes = "GET /healthz, POST /v1/features/{view}, POST /v1/predict/{model}, GET /metrics"
+        routes = "GET /healthz, POST /v1/features/{view}, POST /v1/predict/{model}, POST /v1/push/{view}, GET /metrics"
         message = f"no route {request.method} {shown(request.url.path)}; the routes: {routes}"
         http_metrics.REQUESTS.labels("unmatched", str(error.status_code)).inc()
         return _error(Refused(error.status_code, "no_route", message))
@@ -391,6 +422,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         Route("/healthz", _counted("/healthz", healthz), methods=["GET"]),
         Route("/v1/features/{view}", _counted("/v1/features/{view}", features), methods=["POST"]),
         Route("/v1/predict/{model}", _counted("/v1/predict/{model}", predict), methods=["POST"]),
+        Route("/v1/push/{view}", _counted("/v1/push/{view}", push), methods=["POST"]),
         Route("/metrics", _counted("/metrics", metrics), methods=["GET"]),
     ]
     # Starlette types every handler as taking any Exception, though one registered for a status code is given an

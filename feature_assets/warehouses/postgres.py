@@ -1,7 +1,7 @@
 """The PostgreSQL warehouse, the default in prod, at the libpq URL FEATURE_STORE_POSTGRES_URL (a secret)."""
 
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -97,7 +97,12 @@ class PostgresWarehouse(Warehouse):
         }
 
     def point_in_time_join(
-        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
+        self,
+        reads: Sequence[ViewRead],
+        label_time: str,
+        labels: str,
+        label_columns: Sequence[str],
+        pushed: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
         """Per view, a LATERAL probe of the view's (entity key, timestamp) index for the newest snapshot strictly
         before the label time and within the TTL, features included."""
@@ -119,16 +124,34 @@ class PostgresWarehouse(Warehouse):
             # cache spares their probes.
             uncached = f"labels.{LABEL_ROW} as uncached_{LABEL_ROW}, " if read.key == first_key else ""
             features = ", ".join(f"snapshot.{f.name}" for f in read.features)
-            probes.append(f"""
-        left join lateral (
+            probe = f"""
             select {uncached}snapshot.{view.timestamp}, {features}
             from {view.name} as snapshot
             where snapshot.{view.entity_key} = labels.{read.key}
                 and snapshot.{view.timestamp} < labels.{time} and snapshot.{view.timestamp} >= labels.{time} - ?
             order by snapshot.{view.timestamp} desc
-            limit 1
-        ) as {found} on true""")
+            limit 1"""
             params.append(view.online_ttl)
+            if view.name in pushed:
+                # The pushed rows' own probe of their (key, computed_at) primary key; a snapshot wins a tie.
+                probe = f"""
+            select * from (
+                (select 0 as pushed, * from ({probe}) as from_snapshots)
+                union all
+                (select 1, {uncached}snapshot.{view.timestamp}, {features}
+                from {view.name}_pushed as snapshot
+                where snapshot.{view.entity_key} = labels.{read.key}
+                    and snapshot.{view.timestamp} < labels.{time} and snapshot.{view.timestamp} >= labels.{time} - ?
+                    and snapshot.loaded_at < labels.{time}
+                order by snapshot.{view.timestamp} desc
+                limit 1)
+            ) as candidates
+            order by {view.timestamp} desc, pushed
+            limit 1"""
+                params.append(view.online_ttl)
+            probes.append(f"""
+        left join lateral ({probe}
+        ) as {found} on true""")
             selected += [
                 f"{found}.{view.timestamp} as {snapshot_column(view)}",
                 *(f"{found}.{f.name}" for f in read.features),
