@@ -278,3 +278,48 @@ def test_a_push_retried_after_part_of_it_reached_redis_writes_the_rest_once(duck
     assert len(pushed_rows(duckdb_warehouse)) == 1000
     assert events(online, range(1, 1001)) == [3] * 1000
     online.close()
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+def test_training_sets_read_pushed_rows_and_the_leakage_check_holds_them_to_the_same_rule(engine, request, tmp_path):
+    from feature_assets.leakage import check_leakage
+    from feature_assets.push import pushed_views
+    from feature_assets.registry import FeatureSet, LabelTable, ViewRead
+    from feature_assets.serving import SqliteOnlineStore
+    from feature_assets.training import build_table, point_in_time_sql
+
+    warehouse: Warehouse = request.getfixturevalue(f"{engine}_warehouse")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    append(warehouse, snapshot(range(1, 21), hour() - timedelta(hours=3), events=1))
+    online = SqliteOnlineStore(tmp_path / "online.sqlite")
+    store = FeatureStore(registry=REGISTRY, warehouse=warehouse, online_store=online)
+    computed = now - timedelta(hours=2)  # loaded now: a label between the two must not see it
+    store.push("user_features", [row(user, computed, 100 + user) for user in range(1, 11)])
+    label_times = [computed - timedelta(minutes=1), computed + timedelta(minutes=30), now + timedelta(seconds=5)]
+    labels = pd.DataFrame(
+        [(user, t, user % 2 == 0) for user in range(1, 21) for t in label_times],
+        columns=["user_id", "label_time", "churned"],
+    )
+    feature_set = FeatureSet(
+        "push_model",
+        (ViewRead(VIEW, VIEW.features),),
+        LabelTable("push_labels", ("user_id",), "label_time", "churned", "boolean", timedelta(days=30)),
+        "classification",
+    )
+    with warehouse.connect() as con:
+        warehouse.append(con, "push_labels", labels, {"user_id": "bigint", "label_time": "timestamp",
+                                                      "churned": "boolean"})  # fmt: skip
+        pushed = pushed_views(warehouse, con, [VIEW])
+        assert pushed == {"user_features"}
+        build_table(warehouse, con, "push_training_set", *point_in_time_sql(warehouse, feature_set, pushed))
+        build_table(warehouse, con, "stale_training_set", *point_in_time_sql(warehouse, feature_set))
+        built = warehouse.fetch(con, "select user_id, label_time, events_30d from push_training_set")
+    seen = built.set_index(["user_id", "label_time"])["events_30d"]
+    assert [int(seen[(3, t)]) for t in label_times] == [1, 1, 103]  # seen once computed and loaded
+    assert [int(seen[(13, t)]) for t in label_times] == [1, 1, 1]  # a user with no push keeps its snapshot
+    assert check_leakage(warehouse, feature_set, "push_training_set", sample=60).passed
+    # A training set blind to the pushed rows took older values than serving held: the check names them.
+    stale = check_leakage(warehouse, feature_set, "stale_training_set", sample=60)
+    assert len({problem["entity"] for problem in stale.problems}) == 10
+    assert all("not the latest one before the label time" in problem["problem"] for problem in stale.problems)
+    online.close()

@@ -3,7 +3,7 @@
 Layout (on a cluster, keys spread over the masters by hash slot):
     features:<namespace>:<id>       hash: the snapshot's computed_at and one field per feature of one view;
                                     null is a single NUL byte ("\\x00"); the key expires at computed_at + TTL,
-                                    set in the same MULTI/EXEC as its fields. The
+                                    set with its fields by one Lua script (WRITE_NEWER). The
                                     namespace is the entity (features:user:42) for the view named
                                     <entity>_features, and the view's name for any other view of that entity
                                     (features:user_order_features:42), so two views never share a hash
