@@ -86,14 +86,14 @@ def _start_server(directory: Path, redis_url: str, postgres_url: str, schema: st
     while True:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/healthz")
+            connection.request("GET", "/metrics")  # healthz wants served models; pushes need none
             if connection.getresponse().status == 200:
                 connection.close()
                 return server, port
         except OSError:
             pass
         if time.monotonic() > deadline or server.poll() is not None:
-            raise SystemExit(f"the server did not become healthy:\n{(directory / 'server.log').read_text()[-2000:]}")
+            raise SystemExit(f"the server did not answer:\n{(directory / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         later = start + timedelta(seconds=1)  # new computed_at for every HTTP row: nothing is a replay
         bodies = _bodies(int(args.seconds * 120), BATCH, later)
         singles = [
-            json.dumps({"rows": _rows(2_000_000 + index, 1, later)}).encode() for index in range(int(args.seconds * 200))
+            json.dumps({"rows": _rows(2_000_000 + i, 1, later)}).encode() for i in range(int(args.seconds * 200))
         ]
         with tempfile.TemporaryDirectory(prefix="featurestore-push-bench-") as directory:
             server, port = _start_server(Path(directory), args.redis_url, args.postgres_url, schema, args.workers)

@@ -19,17 +19,25 @@ parity and leakage checks read the pushed rows with the snapshots.
 """
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from feature_assets.as_of import utc_now
 from feature_assets.errors import InvalidEntity, InvalidRow, shown
 from feature_assets.registry import FeatureView
-from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, parse_entity_id
+from feature_assets.serving.codec import (
+    TIMESTAMP,
+    EncodedBatch,
+    EncodedColumn,
+    encode_entity_id,
+    parse_entity_id,
+    view_schema,
+)
 from feature_assets.serving.online_store import OnlineStore
 from feature_assets.warehouses.base import Warehouse
 
@@ -57,15 +65,6 @@ def pushed_table(view: FeatureView) -> str:
 def pushed_views(warehouse: Warehouse, con: Any, views: Collection[FeatureView]) -> frozenset[str]:
     """The names of the views that have pushed rows (a pushed table) in the warehouse."""
     return frozenset(view.name for view in views if warehouse.table_exists(con, pushed_table(view)))
-
-
-@dataclass(frozen=True)
-class TypedRows:
-    """Checked rows: Python values per column (None for null, computed_at a naive UTC datetime) and the same as a
-    frame in the registry's pandas dtypes."""
-
-    columns: dict[str, list[Any]]
-    frame: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -148,10 +147,11 @@ def _check_names(view: FeatureView, names: Collection[str]) -> None:
                          f"{', '.join(view.feature_names)}")  # fmt: skip
 
 
-def typed_rows(view: FeatureView, columns: Mapping[str, Sequence[Any]], rows: int) -> TypedRows:
+def typed_rows(view: FeatureView, columns: Mapping[str, Sequence[Any]], rows: int) -> dict[str, list[Any]]:
     """Checks columns of Python values (as JSON gives them, or a frame's .tolist()) against the view's contract: the
     entity key of its declared type, computed_at, and every feature of its dtype or null. The first problem is
-    refused by row and name (InvalidRow, InvalidEntity), before anything is written."""
+    refused by row and name (InvalidRow, InvalidEntity), before anything is written. Returns the columns as Python
+    values: None for null, floats as float, computed_at a naive UTC datetime."""
     _check_names(view, columns)
     expected = [view.entity_key, view.timestamp, *view.feature_names]
     absent = [name for name in expected if name not in columns]
@@ -189,15 +189,41 @@ def typed_rows(view: FeatureView, columns: Mapping[str, Sequence[Any]], rows: in
         if feature.dtype == "float64":
             values = [None if value is None else float(value) for value in values]
         typed[feature.name] = values
-    frame = pd.DataFrame({
-        view.entity_key: pd.array(keys, dtype="Int64" if isinstance(keys[0], int) else "string"),
-        view.timestamp: pd.array(moments, dtype=PANDAS_DTYPES[TIMESTAMP]),
-        **{f.name: pd.array(typed[f.name], dtype=PANDAS_DTYPES[f.dtype]) for f in view.features},
-    })  # fmt: skip
-    return TypedRows(typed, frame)
+    return typed
 
 
-def push_rows(warehouse: Warehouse, store: OnlineStore, view: FeatureView, rows: TypedRows) -> PushResult:
+# Each dtype's stored text, exactly as codec.encode_batch writes it (repr for floats, ISO 8601 for times).
+_TEXT: dict[str, Callable[[Any], bytes]] = {
+    "int64": b"%d".__mod__,
+    "float64": b"%r".__mod__,
+    "bool": lambda value: b"true" if value else b"false",
+    "string": str.encode,
+    TIMESTAMP: lambda value: value.isoformat().encode(),
+}
+_EPOCH = datetime(1970, 1, 1)
+_MS = timedelta(milliseconds=1)
+
+
+def encoded(view: FeatureView, rows: dict[str, list[Any]]) -> EncodedBatch:
+    """Checked rows in the stores' form, as encode_batch would give them from a frame: without pandas, which costs
+    more than the rest of a one-row push."""
+    count = len(rows[view.entity_key])
+    columns = {}
+    for field, dtype in view_schema(view):
+        encode, values = _TEXT[dtype], rows[field]
+        present = [value for value in values if value is not None]
+        if len(present) == count:
+            codes = np.arange(count)
+        else:
+            codes = np.cumsum([value is not None for value in values]) - 1
+            codes[[value is None for value in values]] = -1
+        columns[field] = EncodedColumn(codes, list(map(encode, present)))
+    ttl = view.online_ttl // _MS
+    expires = np.array([(moment - _EPOCH) // _MS + ttl for moment in rows[view.timestamp]], dtype=np.int64)
+    return EncodedBatch(list(map(encode_entity_id, rows[view.entity_key])), columns, expires)
+
+
+def push_rows(warehouse: Warehouse, store: OnlineStore, view: FeatureView, rows: dict[str, list[Any]]) -> PushResult:
     """Appends the rows to the view's pushed history (a key and computed_at already there is skipped), then writes
     each entity online where the store holds nothing newer, and not past the view's TTL."""
     key_type = "bigint" if view.key_data_type in ("smallint", "integer", "int", "bigint") else "text"
@@ -207,9 +233,10 @@ def push_rows(warehouse: Warehouse, store: OnlineStore, view: FeatureView, rows:
         **{f.name: f.data_type for f in view.features},
         LOADED_AT: "timestamp",
     }
-    values = {**rows.columns, LOADED_AT: [utc_now()] * len(rows.frame)}
-    with warehouse.connect() as con:
+    count = len(rows[view.entity_key])
+    values = {**rows, LOADED_AT: [utc_now()] * count}
+    with warehouse.pooled() as con:
         warehouse.insert_new_rows(con, pushed_table(view), values, column_types, (view.entity_key, view.timestamp))
     with store.writer(view, push=True) as writer:
-        writer.write(encode_batch(view, rows.frame))
-    return PushResult(len(rows.frame), writer.rows_written)
+        writer.write(encoded(view, rows))
+    return PushResult(count, writer.rows_written)

@@ -54,6 +54,11 @@ class Warehouse(ABC):
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """Appends a frame in bulk, creating the table with the declared SQL types if needed."""
 
+    def pooled(self) -> AbstractContextManager[Any]:
+        """A connection as connect() gives it, for many short transactions (a push each): a backend whose
+        connections are costly to open keeps them open between uses (here each use opens one)."""
+        return self.connect()
+
     def insert_new_rows(
         self,
         con: Any,

@@ -1,8 +1,10 @@
 """The PostgreSQL warehouse, the default in prod, at the libpq URL FEATURE_STORE_POSTGRES_URL (a secret)."""
 
 import io
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -36,23 +38,72 @@ class PostgresWarehouse(Warehouse):
     def __init__(self, url: str, schema_name: str = "public"):
         self.url = url
         self.schema_name = schema_name
+        self._idle: list[psycopg.Connection] = []  # pooled() connections between uses
+        self._idle_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # Never the URL: it holds the password.
         return f"PostgresWarehouse(schema_name={self.schema_name!r})"
 
-    @contextmanager
-    def connect(self) -> Iterator[psycopg.Connection]:
+    def _open(self) -> psycopg.Connection:
         schema = validate_identifier(self.schema_name, "warehouse schema")
-        with connect_postgres(
+        con = connect_postgres(
             self.url,
             "PostgreSQL warehouse",
             WarehouseError,
             options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
-        ) as con:
+        )
+        try:
             con.execute(f"create schema if not exists {schema}")
             con.execute(f"set search_path to {schema}")
+            con.commit()
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        with self._open() as con:  # commits at the end, rolls back on error, closes
             yield con
+
+    @contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection]:
+        """An open connection of the pool (a new one when none is idle): a transaction, committed at the block's end
+        and rolled back on error; a connection that failed is closed, not kept."""
+        with self._idle_lock:
+            con = self._idle.pop() if self._idle else None
+        if con is None:
+            con = self._open()
+        try:
+            yield con
+            con.commit()
+        except BaseException:
+            con.close()
+            raise
+        with self._idle_lock:
+            self._idle.append(con)
+
+    def insert_new_rows(
+        self,
+        con: Any,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        column_types: Mapping[str, str],
+        unique: Sequence[str],
+    ) -> None:
+        """One array per column, unnested in the server: a statement of thousands of placeholders takes psycopg
+        longer to prepare than PostgreSQL to run."""
+        validate_identifier(table, "table")
+        names = [validate_identifier(name, "column") for name in column_types]
+        ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
+        self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
+        arrays = ", ".join(f"?::{kind}[]" for kind in column_types.values())
+        self.execute(
+            con,
+            f"insert into {table} ({', '.join(names)}) select * from unnest({arrays}) on conflict do nothing",
+            [_array_literal(columns[name]) for name in names],
+        )
 
     def fetch(self, con: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         cur = con.execute(postgres_sql(sql), list(params))
@@ -207,6 +258,25 @@ class PostgresWarehouse(Warehouse):
                     yield _typed(columns, dtypes, rows)
 
             yield batches()
+
+
+def _element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f'"{value.isoformat(sep=" ")}"'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _array_literal(values: Sequence[Any]) -> str:
+    """An array in PostgreSQL's text form, cast by the statement: psycopg adapts a list element by element in Python,
+    several times slower. Values are quoted and escaped, never spliced into SQL."""
+    return "{" + ",".join(map(_element, values)) + "}"
 
 
 def _typed(columns: Sequence[str], dtypes: Mapping[str, Any], rows: list[tuple]) -> pd.DataFrame:
