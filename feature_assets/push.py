@@ -44,7 +44,6 @@ from feature_assets.warehouses.base import Warehouse
 __all__ = [
     "LOADED_AT",
     "PushResult",
-    "TypedRows",
     "push_rows",
     "pushed_table",
     "pushed_views",
