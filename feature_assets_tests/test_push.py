@@ -104,7 +104,8 @@ def test_a_training_row_sees_a_pushed_value_only_once_it_was_computed_and_loaded
     online = SqliteOnlineStore(tmp_path / "online.sqlite")
     store = FeatureStore(registry=REGISTRY, warehouse=warehouse_under_test, online_store=online)
     computed = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)  # computed an hour ago, loaded now
-    store.push("user_features", [row(1, computed, 50)])
+    odd = 'a "quoted" \\ back, {braced} NULL é'  # text the warehouse must keep exactly
+    store.push("user_features", [row(1, computed, 50, country=odd, avg_order_30d=None)])
     loaded = pushed_rows(warehouse_under_test)["loaded_at"].iat[0]
     later = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=1)
     labels = pd.DataFrame({
@@ -114,6 +115,7 @@ def test_a_training_row_sees_a_pushed_value_only_once_it_was_computed_and_loaded
     frame = store.historical_features(labels, "user_features:*")
     # Before computed_at and before it was loaded: the snapshot; after both: the pushed row; another user: its own.
     assert frame["events_30d"].tolist() == [1, 1, 50, 1]
+    assert frame["country"].iat[2] == odd and frame["avg_order_30d"].isna().tolist() == [False, False, True, False]
     assert frame["user_features__computed_at"].tolist()[2] == pd.Timestamp(computed)
     assert loaded > computed
     online.close()

@@ -69,7 +69,8 @@ class SqliteOnlineStore(OnlineStore):
                     f'create table "{table}" '
                     f"(entity_id text primary key, expires_at real not null, {columns}) without rowid"
                 )
-            con.execute(f'delete from "{table}" where expires_at <= ?', (time.time(),))
+            if not push:  # a sync clears expired rows; a push (one request) leaves that to it
+                con.execute(f'delete from "{table}" where expires_at <= ?', (time.time(),))
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
