@@ -12,7 +12,8 @@ Measured, in one run:
 - over HTTP, batches of 500 rows, closed loop on --connections connections (each sends its next batch once the last
   is answered): rows/s, p50/p99 per batch;
 - over HTTP, one row per request, open loop at 200 requests/s (latency counted from when a request was due, see
-  benchmarks/serve.py): p50/p99.
+  benchmarks/serve.py): p50/p99, next to one-entity reads (POST /v1/features) at the same rate, the same server's
+  floor.
 The server and the load generator share this machine's cores; compare ratios within one run.
 """
 
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                 batch_cpu = _workers_cpu_seconds(server.pid) - cpu
                 single = asyncio.run(load("127.0.0.1", port, "/v1/push/user_features", singles, name="one row",
                                           rate=200.0, seconds=args.seconds, connections=32))  # fmt: skip
+                reads = [json.dumps({"entities": [{"user_id": 2_000_000 + i}]}).encode() for i in range(len(singles))]
+                read = asyncio.run(load("127.0.0.1", port, "/v1/features/user_features", reads, name="one read",
+                                        rate=200.0, seconds=args.seconds, connections=32))  # fmt: skip
             finally:
                 _stop(server)
         if batches.sent > len(bodies):
@@ -162,11 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  HTTP, one row a request at 200/s: {single.rate:,.0f}/s answered, {single.errors} errors, p50 "
           f"{single.p50:.2f} ms p99 {single.percentile(0.99):.2f} ms; p99 < {TARGETS['single_p99_ms_at_200']:g} ms: "
           f"{'yes' if single.percentile(0.99) < TARGETS['single_p99_ms_at_200'] else 'NO'}")  # fmt: skip
+    print(
+        f"  HTTP, one-row read (POST /v1/features) at 200/s, the same server's floor: p50 {read.p50:.2f} ms p99 "
+        f"{read.percentile(0.99):.2f} ms; the push's p99 is {single.percentile(0.99) / read.percentile(0.99):.1f}x"
+    )
     print(f"  written: {pushed:,} rows in the warehouse (expected {expected:,}), {keys:,} users in Redis")
-    for run in (batches, single):
+    for run in (batches, single, read):
         for sample in run.error_samples:
             print(f"  {run.name}: {sample}")
-    return 0 if pushed == expected and not batches.errors and not single.errors else 1
+    return 0 if pushed == expected and not (batches.errors or single.errors or read.errors) else 1
 
 
 if __name__ == "__main__":
