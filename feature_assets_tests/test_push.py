@@ -279,6 +279,10 @@ def test_a_push_retried_after_part_of_it_reached_redis_writes_the_rest_once(duck
     assert (first.written, retried.written, retried.rows) == (400, 600, 1000)
     assert len(pushed_rows(duckdb_warehouse)) == 1000
     assert events(online, range(1, 1001)) == [3] * 1000
+    # Each key expires at its computed_at + the view's TTL, as a synced snapshot does.
+    expected_ms = int((fresh.replace(tzinfo=UTC) + VIEW.online_ttl).timestamp() * 1000)
+    for user in (1, 500, 1000):
+        assert abs(online.client.pexpiretime(online.key_of(VIEW, user)) - expected_ms) <= 1
     online.close()
 
 
