@@ -21,6 +21,9 @@ __all__ = ["POSTGRES_STATEMENT_TIMEOUT_S", "PostgresWarehouse", "postgres_sql"]
 
 # The server cancels any statement running longer than this (training builds included).
 POSTGRES_STATEMENT_TIMEOUT_S = 3600
+# Open connections pooled() keeps between uses; more at once are opened and closed again (a server's worker has up
+# to 32 request threads, and PostgreSQL's default max_connections is 100).
+_POOLED_IDLE = 8
 # Connection parameters of FEATURE_STORE_POSTGRES_URL that dbt's profile takes as well.
 _DBT_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
 
@@ -82,7 +85,10 @@ class PostgresWarehouse(Warehouse):
             con.close()
             raise
         with self._idle_lock:
-            self._idle.append(con)
+            if len(self._idle) < _POOLED_IDLE:
+                self._idle.append(con)
+                return
+        con.close()
 
     def insert_new_rows(
         self,
