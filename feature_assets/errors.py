@@ -37,6 +37,11 @@ class InvalidEntity(DataError):
     """An entity a caller passed is malformed: an id not of its key's type, or keys the model or view does not take."""
 
 
+class InvalidRow(DataError):
+    """A pushed row that does not fit its view's contract (an unknown or missing feature, a wrong type, a non-finite
+    number, no computed_at or one in the future)."""
+
+
 class MissingFeatures(DataError):
     """An entity has no features to serve: never synced, expired after its TTL, or its derived key is null."""
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from feature_assets.errors import DataError, FeatureStoreError, shown
 from feature_assets.feature_refs import PANDAS_DTYPES, output_names, snapshot_time_column
+from feature_assets.push import pushed_views
 from feature_assets.registry import LABEL_ROW, Registry, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
 from feature_assets.warehouses.base import Warehouse
@@ -78,6 +79,8 @@ def _join(
     types = {**{key: _sql_key_type(key_type) for key, key_type in keys.items()}, timestamp: "timestamp"}
     derived = {read.key: read.derived_from for read in reads if read.derived_from is not None}
     with warehouse.connect() as con:
+        views = [read.view for read in reads] + [registry.view(view) for view, _ in derived.values()]
+        pushed = pushed_views(warehouse, con, views)
         warehouse.stage_frame(con, _STAGED, staged, {**types, LABEL_ROW: "bigint"})
         source, columns = _STAGED, [*given, timestamp]
         if derived:
@@ -85,12 +88,14 @@ def _join(
             source_reads = [
                 ViewRead(registry.view(view), (registry.view(view).feature(name),)) for view, name in sources
             ]
-            sql, params = warehouse.point_in_time_join(source_reads, timestamp, _labels(source, columns), columns)
+            sql, params = warehouse.point_in_time_join(
+                source_reads, timestamp, _labels(source, columns), columns, pushed
+            )
             warehouse.stage_query(con, _KEYED, sql, params)
             source = _KEYED
             columns = [*columns, *(f"{name} as {key}" for key, (_, name) in derived.items())]
         sql, params = warehouse.point_in_time_join(
-            reads, timestamp, _labels(source, columns), [*given, timestamp, *derived]
+            reads, timestamp, _labels(source, columns), [*given, timestamp, *derived], pushed
         )
         return warehouse.fetch(con, sql, params)
 

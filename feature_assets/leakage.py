@@ -6,7 +6,8 @@ strictly before the label time, and not older than the view's TTL), and every fe
 the value stored in that snapshot; with no such snapshot, every feature of the view must be null. Together:
 no feature of any view saw a snapshot computed at or after the label time, or one staler than serving allows.
 The snapshots themselves only see facts created before and loaded by their as-of time; the feature views'
-own tests pin that against raw data.
+own tests pin that against raw data. Pushed rows (push.py) count as snapshots from when they were both computed and
+loaded, a snapshot winning a tie.
 """
 
 import math
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feature_assets.push import LOADED_AT, pushed_table
 from feature_assets.registry import LABEL_ROW, FeatureSet, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
 from feature_assets.warehouses.base import Warehouse
@@ -51,15 +53,29 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _snapshots(warehouse: Warehouse, con: Any, read: ViewRead, entities: list) -> dict[Any, list[dict]]:
-    """Every stored snapshot of the given entities, per entity."""
+    """Every stored snapshot and pushed row of the given entities, per entity; a pushed row has its loaded_at, a
+    snapshot None there."""
     view = read.view
     columns = ", ".join([view.entity_key, view.timestamp, *(f.name for f in read.features)])
     marks = ", ".join("?" * len(entities))
-    rows = warehouse.fetch(con, f"select {columns} from {view.name} where {view.entity_key} in ({marks})", entities)
+    sql = f"select {columns}, null as {LOADED_AT} from {view.name} where {view.entity_key} in ({marks})"
+    params = list(entities)
+    if warehouse.table_exists(con, pushed_table(view)):
+        sql += (
+            f" union all select {columns}, {LOADED_AT} from {pushed_table(view)} where {view.entity_key} in ({marks})"
+        )
+        params += entities
     by_entity: dict[Any, list[dict]] = {}
-    for row in rows.to_dict("records"):
+    for row in warehouse.fetch(con, sql, params).to_dict("records"):
         by_entity.setdefault(_python(row[view.entity_key]), []).append(row)
     return by_entity
+
+
+def _newer(row: dict, than: dict | None, timestamp: str) -> bool:
+    """Whether `row` is the newer of the two; a snapshot wins over a pushed row of the same time."""
+    if than is None or row[timestamp] > than[timestamp]:
+        return True
+    return row[timestamp] == than[timestamp] and _python(row[LOADED_AT]) is None
 
 
 def check_leakage(
@@ -91,8 +107,11 @@ def check_leakage(
             view, entity = read.view, _python(row[read.key])
             expected = None
             for snapshot in history[view.name].get(entity, []):
-                if t - view.online_ttl <= snapshot[view.timestamp] < t and (
-                    expected is None or snapshot[view.timestamp] > expected[view.timestamp]
+                loaded = _python(snapshot[LOADED_AT])
+                if (
+                    t - view.online_ttl <= snapshot[view.timestamp] < t
+                    and (loaded is None or loaded < t)
+                    and _newer(snapshot, expected, view.timestamp)
                 ):
                     expected = snapshot
             matched = _python(row[snapshot_column(view)])

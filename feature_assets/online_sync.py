@@ -28,6 +28,7 @@ import pandas as pd
 
 from feature_assets.as_of import utc_now
 from feature_assets.errors import DataError
+from feature_assets.push import pushed_table
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, encode_entity_id, view_schema
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
@@ -69,14 +70,24 @@ def _within(view: FeatureView, after: bool, until: bool) -> str:
     return f"{view.name} where {' and '.join(bounds)}" if bounds else view.name
 
 
-def _latest_sql(view: FeatureView, after: bool, until: bool, sample: bool) -> str:
+def _latest_sql(view: FeatureView, after: bool, until: bool, sample: bool, pushed: bool) -> str:
     columns = ", ".join([view.entity_key, view.timestamp, *view.feature_names])
+    history = _within(view, after, until)
+    if pushed:
+        # Pushed rows (push.py) are served from when they are loaded, so `until` (the newest snapshot synced) does not
+        # bound them; a snapshot wins a tie.
+        later = f" where {view.timestamp} > ?" if after else ""
+        history = (
+            f"(select {columns}, 0 as pushed from {history} "
+            f"union all select {columns}, 1 as pushed from {pushed_table(view)}{later}) as history"
+        )
     # Portable SQL (DuckDB and PostgreSQL): no QUALIFY, no DISTINCT ON.
     sql = (
         f"select {columns} from ("
         f"select {columns}, "
-        f"row_number() over (partition by {view.entity_key} order by {view.timestamp} desc) as recency "
-        f"from {_within(view, after, until)}"
+        f"row_number() over (partition by {view.entity_key} order by {view.timestamp} desc"
+        f"{', pushed' if pushed else ''}) as recency "
+        f"from {history}"
         f") as ranked where recency = 1"
     )
     return sql + " order by random() limit ?" if sample else sql
@@ -92,10 +103,11 @@ def iter_latest_snapshots(
     sample: int | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> Iterator[pd.DataFrame]:
-    """Each entity's latest snapshot in (after, until], for the entities that have one there, in frames of about
-    batch_rows rows, typed as the registry declares."""
-    sql = _latest_sql(view, after is not None, until is not None, sample is not None)
-    params = [value for value in (after, until, sample) if value is not None]
+    """Each entity's latest snapshot in (after, until], or pushed row after `after`, for the entities that have one
+    there, in frames of about batch_rows rows, typed as the registry declares."""
+    pushed = warehouse.table_exists(con, pushed_table(view))
+    sql = _latest_sql(view, after is not None, until is not None, sample is not None, pushed)
+    params = [value for value in (after, until, after if pushed else None, sample) if value is not None]
     dtypes = {view.timestamp: PANDAS_DTYPES[TIMESTAMP], **{f.name: PANDAS_DTYPES[f.dtype] for f in view.features}}
 
     def count_entities() -> int:

@@ -19,6 +19,7 @@ from feature_assets.registry import TASKS, Registry, ViewRead, load_registry, sn
 from feature_assets.settings import Settings
 
 if TYPE_CHECKING:
+    from feature_assets.push import PushResult
     from feature_assets.serving.model_store import ModelStore
     from feature_assets.serving.online_store import OnlineStore
     from feature_assets.serving.reads import FeatureReader
@@ -140,6 +141,24 @@ class FeatureStore:
         columns = _entity_columns(entities)
         reads = self._reads(features, list(columns))
         return online_features(self._reader, self.registry, reads, columns, output_names(reads, full_feature_names))
+
+    def push(self, view: str, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> "PushResult":
+        """Fresh values of a view between syncs: rows (a frame, or a list of dicts) of the entity key, computed_at
+        (naive UTC, or zoned) and every feature of the view, checked against its contract; nothing is written when a
+        row is refused. Appended to the view's pushed history in the warehouse, then written online per entity where
+        the store holds nothing newer (push.py). Returns how many rows the online store took."""
+        from feature_assets.push import push_rows, row_columns, typed_rows
+
+        feature_view = self.registry.view(view)
+        if isinstance(rows, pd.DataFrame):
+            columns = {str(name): rows[name].tolist() for name in rows.columns}
+            count = len(rows)
+        else:
+            rows = list(rows)
+            columns = row_columns(feature_view, rows)
+            count = len(rows)
+        typed = typed_rows(feature_view, columns, count)
+        return push_rows(self.warehouse, self.online_store, feature_view, typed)
 
     def model_input(self, frame: pd.DataFrame, features: str | Sequence[str]) -> pd.DataFrame:
         """The features of `frame` (as historical_features returns them) exactly as serving hands them to an estimator

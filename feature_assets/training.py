@@ -2,13 +2,15 @@
 
 Point-in-time rule, per view: a label at time t gets the view's snapshot with the greatest timestamp < t (the
 snapshot stamped t is not available yet at t) that is not older than that view's online TTL (timestamp >= t - TTL,
-the staleness rule that expires online keys). With none, that view's features are null and its snapshot column
+the staleness rule that expires online keys). Pushed rows (push.py) count from when they were both computed and
+loaded, a snapshot winning a tie. With none, that view's features are null and its snapshot column
 is null. The label table carries each view's entity key. One output row per label row, duplicates included,
 numbered by label_row in a deterministic order.
 
 The join itself is each warehouse's own SQL (Warehouse.point_in_time_join in feature_assets/warehouses).
 """
 
+from collections.abc import Collection
 from typing import Any
 
 from feature_assets.registry import LABEL_ROW, FeatureSet
@@ -18,8 +20,11 @@ from feature_assets.warehouses.base import Warehouse
 __all__ = ["LABEL_ROW", "build_table", "point_in_time_sql", "require_view_indexes"]
 
 
-def point_in_time_sql(warehouse: Warehouse, feature_set: FeatureSet) -> tuple[str, list[Any]]:
-    """The training set of a feature set over its label table, in the warehouse's dialect.
+def point_in_time_sql(
+    warehouse: Warehouse, feature_set: FeatureSet, pushed: Collection[str] = ()
+) -> tuple[str, list[Any]]:
+    """The training set of a feature set over its label table, in the warehouse's dialect; the views named in
+    `pushed` (push.pushed_views) have pushed rows, read with their snapshots.
 
     DuckDB: one ASOF join per view. PostgreSQL: per view, a LATERAL probe of the view's (entity key, timestamp)
     index for the newest snapshot strictly before the label time and within the TTL, features included. Spark:
@@ -43,7 +48,7 @@ def point_in_time_sql(warehouse: Warehouse, feature_set: FeatureSet) -> tuple[st
                 row_number() over (order by {", ".join(f"{column} nulls last" for column in order)}) as {LABEL_ROW}
             from {validate_identifier(labels.name, "label table")}
         )"""
-    return warehouse.point_in_time_join(feature_set.reads, labels.label_time, ordered, label_columns)
+    return warehouse.point_in_time_join(feature_set.reads, labels.label_time, ordered, label_columns, pushed)
 
 
 def require_view_indexes(warehouse: Warehouse, con: Any, feature_set: FeatureSet) -> None:

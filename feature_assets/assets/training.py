@@ -10,6 +10,7 @@ from feature_assets.assets.features import dbt_model_key
 from feature_assets.assets.metadata import markdown_table
 from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.leakage import check_leakage
+from feature_assets.push import pushed_views
 from feature_assets.registry import LABEL_ROW, FeatureSet, Registry, snapshot_column
 from feature_assets.training import build_table, point_in_time_sql, require_view_indexes
 from feature_assets.warehouses import Warehouse
@@ -41,12 +42,12 @@ def _training_set(feature_set: FeatureSet) -> tuple[dg.AssetsDefinition, dg.Asse
         ),
     )
     def training_set(warehouse: dg.ResourceParam[Warehouse]) -> dg.MaterializeResult:
-        sql, params = point_in_time_sql(warehouse, feature_set)
         started = time.perf_counter()
         matched = ", ".join(f"count({snapshot_column(view)}) as {view.name}" for view in feature_set.views)
         complete = " and ".join(f"{snapshot_column(view)} is not null" for view in feature_set.views)
         with warehouse.connect() as con:
             require_view_indexes(warehouse, con, feature_set)
+            sql, params = point_in_time_sql(warehouse, feature_set, pushed_views(warehouse, con, feature_set.views))
             rows = build_table(warehouse, con, table, sql, params)
             counts = warehouse.fetch(
                 con, f"select {matched}, count(case when {complete} then 1 end) as complete from {table}"

@@ -6,11 +6,22 @@ from typing import Any
 
 from starlette.requests import Request
 
-from feature_assets.errors import InvalidEntity, shown
+from feature_assets.errors import (
+    DataError,
+    FeatureStoreError,
+    InvalidEntity,
+    InvalidRow,
+    MissingFeatures,
+    OnlineStoreError,
+    WarehouseError,
+    shown,
+)
 from feature_assets.registry import FeatureView
+from feature_assets.serving import http_metrics
 from feature_assets.serving.codec import parse_entity_id
+from feature_assets.serving.predictor import SchemaMismatch
 
-__all__ = ["Refused", "entities_of", "feature_names", "read_payload", "view_ids"]
+__all__ = ["Refused", "entities_of", "feature_names", "read_payload", "refusal_of", "rows_of", "view_ids"]
 
 
 class Refused(Exception):
@@ -19,6 +30,28 @@ class Refused(Exception):
     def __init__(self, status: int, cause: str, message: str):
         super().__init__(message)
         self.status, self.cause = status, cause
+
+
+def refusal_of(error: FeatureStoreError | Refused) -> Refused:
+    """The HTTP answer to an error the feature store raised on purpose: the same refusals as `featurestore predict`."""
+    if isinstance(error, Refused):
+        return error
+    if isinstance(error, InvalidEntity):
+        return Refused(400, "invalid_entity", str(error))
+    if isinstance(error, InvalidRow):
+        return Refused(400, "invalid_row", str(error))
+    if isinstance(error, WarehouseError):
+        return Refused(503, "warehouse", str(error))
+    if isinstance(error, MissingFeatures):
+        return Refused(404, "missing_features", str(error))
+    if isinstance(error, SchemaMismatch):
+        return Refused(409, "schema_mismatch", str(error))
+    if isinstance(error, DataError):  # stored values the model or reader cannot take (non-finite, unreadable)
+        return Refused(409, "online_data", str(error))
+    if isinstance(error, OnlineStoreError):
+        http_metrics.ONLINE_STORE_ERRORS.inc()
+        return Refused(503, "online_store", str(error))
+    return Refused(503, "unavailable", str(error))  # e.g. a model with no served version yet
 
 
 async def read_payload(request: Request, limit: int, fields: Sequence[str]) -> dict[str, Any]:
@@ -79,6 +112,19 @@ def entities_of(payload: dict[str, Any], limit: int) -> list[dict[str, Any]]:
                 "of one request passes the same keys",
             )  # fmt: skip
     return entities
+
+
+def rows_of(payload: dict[str, Any], limit: int) -> list[Any]:
+    """The rows of a push: a non-empty list, at most `limit` long (each row is checked by push.typed_rows)."""
+    rows = payload.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise Refused(400, "bad_request", 'the body needs "rows": a non-empty list of objects, e.g. '
+                      '[{"user_id": 42, "computed_at": "2026-12-07T06:30:00Z", ...every feature}]')  # fmt: skip
+    if len(rows) > limit:
+        raise Refused(
+            413, "too_many_rows", f"{len(rows)} rows; at most {limit} per request (FEATURE_STORE_SERVE_MAX_ENTITIES)"
+        )
+    return rows
 
 
 def view_ids(view: FeatureView, entities: list[dict[str, Any]]) -> list[Any]:

@@ -39,26 +39,34 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from feature_assets.backends import open_model_store, open_online_store, open_served_log
+from feature_assets.backends import open_model_store, open_online_store, open_served_log, open_warehouse
 from feature_assets.errors import (
     ConfigError,
     DataError,
     FeatureStoreError,
-    InvalidEntity,
-    MissingFeatures,
     OnlineStoreError,
     RegistryError,
     shown,
 )
+from feature_assets.push import push_rows, row_columns, typed_rows
 from feature_assets.registry import FeatureView, Registry, load_registry
 from feature_assets.serving import http_metrics
 from feature_assets.serving.api_keys import ApiKeys, guarded
-from feature_assets.serving.http_requests import Refused, entities_of, feature_names, read_payload, view_ids
+from feature_assets.serving.http_requests import (
+    Refused,
+    entities_of,
+    feature_names,
+    read_payload,
+    refusal_of,
+    rows_of,
+    view_ids,
+)
 from feature_assets.serving.listening import check_tls, listen
 from feature_assets.serving.online_store import OnlineStore
-from feature_assets.serving.predictor import ModelCard, Predictor, SchemaMismatch
+from feature_assets.serving.predictor import ModelCard, Predictor
 from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.settings import Settings, dbt_manifest_path
+from feature_assets.warehouses.base import Warehouse
 
 __all__ = ["create_app", "serve"]
 
@@ -73,24 +81,6 @@ _THREADED_SECONDS = 5.0
 _GRACEFUL_SHUTDOWN_SECONDS = 5
 # How often a worker loads newly promoted versions and carries its served log's counters into the metrics.
 _REFRESH_INTERVAL = 1.0
-
-
-def _refusal(error: FeatureStoreError | Refused) -> Refused:
-    """The HTTP answer to an error the feature store raised on purpose: the same refusals as `featurestore predict`."""
-    if isinstance(error, Refused):
-        return error
-    if isinstance(error, InvalidEntity):
-        return Refused(400, "invalid_entity", str(error))
-    if isinstance(error, MissingFeatures):
-        return Refused(404, "missing_features", str(error))
-    if isinstance(error, SchemaMismatch):
-        return Refused(409, "schema_mismatch", str(error))
-    if isinstance(error, DataError):  # stored values the model or reader cannot take (non-finite, unreadable)
-        return Refused(409, "online_data", str(error))
-    if isinstance(error, OnlineStoreError):
-        http_metrics.ONLINE_STORE_ERRORS.inc()
-        return Refused(503, "online_store", str(error))
-    return Refused(503, "unavailable", str(error))  # e.g. a model with no served version yet
 
 
 def _json(status: int, payload: Any) -> Response:
@@ -123,6 +113,7 @@ class Service:
         self.models = open_model_store(settings)
         self.served_log = open_served_log(settings)
         self._store: OnlineStore | None = None
+        self._warehouse: Warehouse | None = None  # opened by the first push
         self._predictor: Predictor | None = None
         self._readers: dict[str, FeatureReader] = {}
         self._opening = threading.Lock()
@@ -197,6 +188,12 @@ class Service:
             })  # fmt: skip
         dtypes = {name: view.feature(name).dtype for name in selected}
         return {"view": view.name, "dtypes": dtypes, "entities": entities}
+
+    def push(self, view: FeatureView, rows: list[Any]) -> dict[str, Any]:
+        if self._warehouse is None:
+            self._warehouse = open_warehouse(self.settings)
+        typed = typed_rows(view, row_columns(view, rows), len(rows))
+        return push_rows(self._warehouse, self.predictor.store, view, typed).to_json(view)
 
     def predict(self, model: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
         predictor = self.predictor
@@ -311,7 +308,7 @@ def _counted(route: str, handler: Handler) -> Handler:
         try:
             response = await handler(request)
         except (FeatureStoreError, Refused) as error:
-            refused = _refusal(error)
+            refused = refusal_of(error)
             http_metrics.REFUSALS.labels(route, refused.cause).inc()
             response = _error(refused)
         except Exception:
@@ -342,7 +339,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         try:
             return _json(200, await blocking(service.health))
         except FeatureStoreError as error:
-            refused = _refusal(error)
+            refused = refusal_of(error)
             return _json(
                 503, {"status": "unavailable", "reason": " ".join(str(refused).split()), "cause": refused.cause}
             )
@@ -363,12 +360,21 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         entities = entities_of(payload, settings.serve_max_entities)
         return _json(200, await blocking(service.predict, model, entities))
 
+    async def push(request: Request) -> Response:
+        try:
+            view = registry.view(request.path_params["view"])
+        except RegistryError as error:
+            raise Refused(404, "unknown_view", str(error)) from None
+        payload = await read_payload(request, settings.serve_max_body_bytes, ("rows",))
+        rows = rows_of(payload, settings.serve_max_entities)
+        return _json(200, await blocking(service.push, view, rows))
+
     async def metrics(request: Request) -> Response:
         body, content_type = await blocking(http_metrics.exposition)
         return Response(body, 200, headers={"Content-Type": content_type})
 
     async def not_found(request: Request, error: HTTPException) -> Response:
-        routes = "GET /healthz, POST /v1/features/{view}, POST /v1/predict/{model}, GET /metrics"
+        routes = "GET /healthz, POST /v1/features/{view}, POST /v1/predict/{model}, POST /v1/push/{view}, GET /metrics"
         message = f"no route {request.method} {shown(request.url.path)}; the routes: {routes}"
         http_metrics.REQUESTS.labels("unmatched", str(error.status_code)).inc()
         http_metrics.REFUSALS.labels("unmatched", "no_route").inc()
@@ -410,6 +416,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         route("/healthz", "GET", healthz, scope=None),
         route("/v1/features/{view}", "POST", features, scope="read"),
         route("/v1/predict/{model}", "POST", predict, scope="predict"),
+        route("/v1/push/{view}", "POST", push, scope="push:{view}"),
         route("/metrics", "GET", metrics, scope="metrics"),
     ]
     # Starlette types every handler as taking any Exception, though one registered for a status code is given an

@@ -3,7 +3,7 @@ each). Plain Python, no Dagster: the pure jobs (training, leakage, online sync) 
 Dagster resource (feature_assets/resources/warehouse.py) hands assets one of these."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -54,17 +54,47 @@ class Warehouse(ABC):
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """Appends a frame in bulk, creating the table with the declared SQL types if needed."""
 
+    def pooled(self) -> AbstractContextManager[Any]:
+        """A connection as connect() gives it, for many short transactions (a push each): a backend whose
+        connections are costly to open keeps them open between uses (here each use opens one)."""
+        return self.connect()
+
+    def insert_new_rows(
+        self,
+        con: Any,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        column_types: Mapping[str, str],
+        unique: Sequence[str],
+    ) -> None:
+        """Appends rows (Python values per column, None for null) whose `unique` columns are not in the table yet,
+        creating it with that primary key if needed: a retried append writes nothing twice."""
+        validate_identifier(table, "table")
+        names = [validate_identifier(name, "column") for name in column_types]
+        ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
+        self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
+        rows = len(columns[names[0]])
+        marks = ", ".join(["(" + ", ".join("?" * len(names)) + ")"] * rows)
+        values = [value for row in zip(*(columns[name] for name in names)) for value in row]
+        self.execute(con, f"insert into {table} ({', '.join(names)}) values {marks} on conflict do nothing", values)
+
     @abstractmethod
     def dbt_env(self) -> dict[str, str]:
         """Environment for the dbt profile (dbt_features/profiles.yml), so dbt writes where this reads."""
 
     @abstractmethod
     def point_in_time_join(
-        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
+        self,
+        reads: Sequence[ViewRead],
+        label_time: str,
+        labels: str,
+        label_columns: Sequence[str],
+        pushed: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
         """The point-in-time query in this dialect (the rule: feature_assets/training.py): each row of the `labels`
         CTE (numbered rows holding the views' keys and `label_time`) with the features of each read, the label
-        columns first."""
+        columns first. The views named in `pushed` have pushed rows (push.py) that the join reads with their
+        snapshots: a pushed row counts from when it was both computed and loaded."""
 
     @abstractmethod
     def read_batches(

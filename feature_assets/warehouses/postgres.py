@@ -1,8 +1,10 @@
 """The PostgreSQL warehouse, the default in prod, at the libpq URL FEATURE_STORE_POSTGRES_URL (a secret)."""
 
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -19,6 +21,9 @@ __all__ = ["POSTGRES_STATEMENT_TIMEOUT_S", "PostgresWarehouse", "postgres_sql"]
 
 # The server cancels any statement running longer than this (training builds included).
 POSTGRES_STATEMENT_TIMEOUT_S = 3600
+# Open connections pooled() keeps between uses; more at once are opened and closed again (a server's worker has up
+# to 32 request threads, and PostgreSQL's default max_connections is 100).
+_POOLED_IDLE = 8
 # Connection parameters of FEATURE_STORE_POSTGRES_URL that dbt's profile takes as well.
 _DBT_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
 
@@ -36,23 +41,75 @@ class PostgresWarehouse(Warehouse):
     def __init__(self, url: str, schema_name: str = "public"):
         self.url = url
         self.schema_name = schema_name
+        self._idle: list[psycopg.Connection] = []  # pooled() connections between uses
+        self._idle_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # Never the URL: it holds the password.
         return f"PostgresWarehouse(schema_name={self.schema_name!r})"
 
-    @contextmanager
-    def connect(self) -> Iterator[psycopg.Connection]:
+    def _open(self) -> psycopg.Connection:
         schema = validate_identifier(self.schema_name, "warehouse schema")
-        with connect_postgres(
+        con = connect_postgres(
             self.url,
             "PostgreSQL warehouse",
             WarehouseError,
             options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
-        ) as con:
+        )
+        try:
             con.execute(f"create schema if not exists {schema}")
             con.execute(f"set search_path to {schema}")
+            con.commit()
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        with self._open() as con:  # commits at the end, rolls back on error, closes
             yield con
+
+    @contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection]:
+        """An open connection of the pool (a new one when none is idle): a transaction, committed at the block's end
+        and rolled back on error; a connection that failed is closed, not kept."""
+        with self._idle_lock:
+            con = self._idle.pop() if self._idle else None
+        if con is None:
+            con = self._open()
+        try:
+            yield con
+            con.commit()
+        except BaseException:
+            con.close()
+            raise
+        with self._idle_lock:
+            if len(self._idle) < _POOLED_IDLE:
+                self._idle.append(con)
+                return
+        con.close()
+
+    def insert_new_rows(
+        self,
+        con: Any,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        column_types: Mapping[str, str],
+        unique: Sequence[str],
+    ) -> None:
+        """One array per column, unnested in the server: a statement of thousands of placeholders takes psycopg
+        longer to prepare than PostgreSQL to run."""
+        validate_identifier(table, "table")
+        names = [validate_identifier(name, "column") for name in column_types]
+        ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
+        self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
+        arrays = ", ".join(f"?::{kind}[]" for kind in column_types.values())
+        self.execute(
+            con,
+            f"insert into {table} ({', '.join(names)}) select * from unnest({arrays}) on conflict do nothing",
+            [_array_literal(columns[name]) for name in names],
+        )
 
     def fetch(self, con: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         cur = con.execute(postgres_sql(sql), list(params))
@@ -97,7 +154,12 @@ class PostgresWarehouse(Warehouse):
         }
 
     def point_in_time_join(
-        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
+        self,
+        reads: Sequence[ViewRead],
+        label_time: str,
+        labels: str,
+        label_columns: Sequence[str],
+        pushed: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
         """Per view, a LATERAL probe of the view's (entity key, timestamp) index for the newest snapshot strictly
         before the label time and within the TTL, features included."""
@@ -119,16 +181,34 @@ class PostgresWarehouse(Warehouse):
             # cache spares their probes.
             uncached = f"labels.{LABEL_ROW} as uncached_{LABEL_ROW}, " if read.key == first_key else ""
             features = ", ".join(f"snapshot.{f.name}" for f in read.features)
-            probes.append(f"""
-        left join lateral (
+            probe = f"""
             select {uncached}snapshot.{view.timestamp}, {features}
             from {view.name} as snapshot
             where snapshot.{view.entity_key} = labels.{read.key}
                 and snapshot.{view.timestamp} < labels.{time} and snapshot.{view.timestamp} >= labels.{time} - ?
             order by snapshot.{view.timestamp} desc
-            limit 1
-        ) as {found} on true""")
+            limit 1"""
             params.append(view.online_ttl)
+            if view.name in pushed:
+                # The pushed rows' own probe of their (key, computed_at) primary key; a snapshot wins a tie.
+                probe = f"""
+            select * from (
+                (select 0 as pushed, * from ({probe}) as from_snapshots)
+                union all
+                (select 1, {uncached}snapshot.{view.timestamp}, {features}
+                from {view.name}_pushed as snapshot
+                where snapshot.{view.entity_key} = labels.{read.key}
+                    and snapshot.{view.timestamp} < labels.{time} and snapshot.{view.timestamp} >= labels.{time} - ?
+                    and snapshot.loaded_at < labels.{time}
+                order by snapshot.{view.timestamp} desc
+                limit 1)
+            ) as candidates
+            order by {view.timestamp} desc, pushed
+            limit 1"""
+                params.append(view.online_ttl)
+            probes.append(f"""
+        left join lateral ({probe}
+        ) as {found} on true""")
             selected += [
                 f"{found}.{view.timestamp} as {snapshot_column(view)}",
                 *(f"{found}.{f.name}" for f in read.features),
@@ -184,6 +264,25 @@ class PostgresWarehouse(Warehouse):
                     yield _typed(columns, dtypes, rows)
 
             yield batches()
+
+
+def _element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f'"{value.isoformat(sep=" ")}"'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _array_literal(values: Sequence[Any]) -> str:
+    """An array in PostgreSQL's text form, cast by the statement: psycopg adapts a list element by element in Python,
+    several times slower. Values are quoted and escaped, never spliced into SQL."""
+    return "{" + ",".join(map(_element, values)) + "}"
 
 
 def _typed(columns: Sequence[str], dtypes: Mapping[str, Any], rows: list[tuple]) -> pd.DataFrame:

@@ -3,7 +3,7 @@ local server serving a folder of tables. PySpark is imported only when a session
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +115,19 @@ class SparkWarehouse(Warehouse):
         for start in range(0, len(frame), SPARK_APPEND_ROWS):
             con.createDataFrame(frame.iloc[start : start + SPARK_APPEND_ROWS], schema=ddl).write.insertInto(table)
 
+    def insert_new_rows(
+        self,
+        con: Any,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        column_types: Mapping[str, str],
+        unique: Sequence[str],
+    ) -> None:
+        raise WarehouseError(
+            "pushing features needs a DuckDB or PostgreSQL warehouse: Spark tables have no unique keys to make a "
+            "retried push write nothing twice"
+        )
+
     def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """The frame through Arrow, as a temporary view of the session."""
         ddl = ", ".join(f"{validate_identifier(c, 'column')} {_SPARK_TYPES.get(t, t)}" for c, t in column_types.items())
@@ -155,9 +168,16 @@ class SparkWarehouse(Warehouse):
         self.execute(con, f"alter table {building} rename to {table}")
 
     def point_in_time_join(
-        self, reads: Sequence[ViewRead], label_time: str, labels: str, label_columns: Sequence[str]
+        self,
+        reads: Sequence[ViewRead],
+        label_time: str,
+        labels: str,
+        label_columns: Sequence[str],
+        pushed: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
         """Per view, a running window over labels and snapshots on one timeline per entity."""
+        if pushed:  # never: a push to Spark is refused (insert_new_rows)
+            raise WarehouseError(f"{', '.join(sorted(pushed))} hold pushed rows, which Spark does not read")
         # Spark has no ASOF join, and a range join bounded by the TTL grows with the snapshots per TTL. Per view, the
         # labels and the snapshots go on one timeline per entity (a shuffle by entity key, then a sort within each),
         # ordered by time with a label before a snapshot of the same time (a snapshot stamped t is not available at

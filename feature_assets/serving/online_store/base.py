@@ -4,6 +4,9 @@ Two implementations honour it (feature_assets_tests/test_online_store.py runs ag
 (redis.py: a single server, a cluster, TLS), and SQLite, the embedded default that needs no server (sqlite.py).
 Values are stored in the text form of `codec`; stores hand raw values back and `reads.FeatureReader` decodes them.
 
+Writes are conditional: an entity's snapshot is replaced only by one computed at the same time or later, so a
+late push or a sync of an older snapshot never replaces a newer pushed value (push.py).
+
 An entity's snapshot lives until its computed_at + the view's TTL (the staleness rule training applies), not for
 a TTL from the write: a resync never revives an old snapshot, and one already past its TTL is not written.
 """
@@ -71,7 +74,11 @@ class SyncRecord:
 
 
 class OnlineWriter(ABC):
-    """Writes batches of one sync. Each entity is replaced whole; a failure leaves earlier values readable."""
+    """Writes batches of one sync or push. Each entity is replaced whole and atomically, and only when the store holds
+    no newer snapshot of it (a sync also rewrites one of the same computed_at, a push does not); a failure leaves
+    earlier values readable. rows_written counts the rows stored so far (the others found a newer snapshot)."""
+
+    rows_written: int = 0
 
     @abstractmethod
     def write(self, batch: EncodedBatch) -> None:
@@ -103,8 +110,9 @@ class OnlineStore(ABC):
     kind: str
 
     @abstractmethod
-    def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
-        """A writer for one sync. replace=True also drops fields of an older schema."""
+    def writer(self, view: FeatureView, *, replace: bool = False, push: bool = False) -> OnlineWriter:
+        """A writer for one sync (replace=True: after a schema change, every entity is replaced whatever the store
+        holds), or for one push (push=True: within a request's timeout)."""
 
     @abstractmethod
     def read_row(

@@ -3,7 +3,7 @@
 Layout (on a cluster, keys spread over the masters by hash slot):
     features:<namespace>:<id>       hash: the snapshot's computed_at and one field per feature of one view;
                                     null is a single NUL byte ("\\x00"); the key expires at computed_at + TTL,
-                                    set in the same MULTI/EXEC as its fields. The
+                                    set with its fields by one Lua script (WRITE_NEWER). The
                                     namespace is the entity (features:user:42) for the view named
                                     <entity>_features, and the view's name for any other view of that entity
                                     (features:user_order_features:42), so two views never share a hash
@@ -11,6 +11,7 @@ Layout (on a cluster, keys spread over the masters by hash slot):
                                     expiring a TTL after the sync (a store that went quiet for a TTL starts over)
 """
 
+import hashlib
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, cast
 
@@ -94,8 +95,8 @@ class RedisOnlineStore(OnlineStore):
     def meta_key(view: FeatureView) -> str:
         return f"featurestore:view:{view.name}"
 
-    def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
-        return _RedisWriter(self, view, replace)
+    def writer(self, view: FeatureView, *, replace: bool = False, push: bool = False) -> OnlineWriter:
+        return _RedisWriter(self, view, "push" if push else "replace" if replace else "sync")
 
     def _checked(
         self, key: bytes, fields: Sequence[str], values: list[bytes | None] | redis.ResponseError
@@ -303,36 +304,55 @@ class RedisOnlineStore(OnlineStore):
             close(client)
 
 
+# Writes one entity's hash whole, with its expiry, unless the store holds a newer snapshot of it: cluster-safe (one
+# key per call) and atomic per entity. KEYS[1] the hash; ARGV[1] the mode, ARGV[2] the expiry (ms since the
+# epoch), then field, value pairs, the timestamp first. ISO 8601 times of one form compare as strings. A sync
+# rewrites a snapshot of the same time (its repair of a drifted value), a push does not (a retry, or a dbt snapshot
+# of that time, keeps what is there); "replace" (after a schema change) drops the old hash whatever it holds.
+WRITE_NEWER = b"""
+local held = redis.call('HGET', KEYS[1], ARGV[3])
+if held and ARGV[1] ~= 'replace' and (held > ARGV[4] or (held == ARGV[4] and ARGV[1] == 'push')) then
+  return 0
+end
+if ARGV[1] == 'replace' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+"""
+_WRITE_NEWER_SHA = hashlib.sha1(WRITE_NEWER).hexdigest().encode()
+# Sent ahead of each node's batch: a node that restarted or took over a slot has no scripts.
+_LOAD_SCRIPT = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + bulk(WRITE_NEWER)
+
+
 class _RedisWriter(OnlineWriter):
-    """Writes each entity's hash and its expiry (PEXPIREAT: computed_at + TTL) in one MULTI/EXEC with the rest of
-    its transaction (up to _TRANSACTION_ROWS rows; on a cluster, the rows of one hash slot), so no key ever exists
-    without an expiry, whatever happens to the connection. Per entity one HSET of every field (null included), so
-    the whole hash changes at once; replace=True puts a DEL first (only after a schema change).
+    """Writes each entity through WRITE_NEWER (its fields and its expiry, PEXPIREAT computed_at + TTL, at once, and
+    only over an older snapshot), in MULTI/EXEC transactions of up to _TRANSACTION_ROWS rows (on a cluster, the
+    rows of one hash slot). Every field is written (null included), so the whole hash changes at once.
 
     One thread, one connection per node: a batch is sent, then the replies of the batch before it are read, so
     Redis works on one batch while this process reads the last and encodes the next.
     """
 
-    def __init__(self, store: RedisOnlineStore, view: FeatureView, replace: bool):
-        self._client = store.sync_client
+    def __init__(self, store: RedisOnlineStore, view: FeatureView, mode: str):
+        self._client = store.client if mode == "push" else store.sync_client
+        self._timeout = None if mode == "push" else _SYNC_TIMEOUT  # a push waits as long as a read
+        self._what = "push" if mode == "push" else "sync"
         self._prefix = store.prefix(view)
-        self._replace = replace
         self._fields = {name: bulk(name.encode()) for name, _ in view_schema(view)}
-        # One bytes template per row: [DEL key], HSET key <every field>, PEXPIREAT key <ms>. Filled with the key's
-        # length and id, each column's ready-made field+value, and the expiry.
+        # One bytes template per row, EVALSHA WRITE_NEWER 1 key mode expiry <every field and value>: filled with the
+        # key's length and id, the expiry, and each column's ready-made field+value.
         key = b"$%d\r\n" + self._prefix.replace(b"%", b"%%") + b"%s\r\n"
-        hset = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(self._fields)) + key + b"%s" * len(self._fields)
-        pexpireat = b"*3\r\n$9\r\nPEXPIREAT\r\n" + key + b"%s"
-        self._row = (b"*2\r\n$3\r\nDEL\r\n" + key if replace else b"") + hset + pexpireat
-        self._commands_per_row = 3 if replace else 2
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (6 + 2 * len(self._fields)) + bulk(_WRITE_NEWER_SHA) + b"$1\r\n1\r\n"
+        self._row = head + key + bulk(mode.encode()) + b"%s" * (1 + len(self._fields))
         self._connections: dict[redis.Redis, Connection] = {}  # one per node, taken from its pool for the whole sync
         # (connection, node, rows per transaction)
         self._in_flight: list[tuple[Connection, redis.Redis, list[int]]] = []
         self._rows_stored = 0
+        self.rows_written = 0  # rows stored over an older snapshot (or none); the others found a newer one
         self._failure: BaseException | None = None
 
     def _rows(self, batch: EncodedBatch, keep: np.ndarray, ids: list[bytes]) -> list[bytes]:
-        """Each kept row's commands; ids are the kept rows' ids."""
+        """Each kept row's command; ids are the kept rows' ids."""
         lengths = (np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + len(self._prefix)).tolist()
         columns = []
         for name, column in batch.columns.items():
@@ -343,8 +363,7 @@ class _RedisWriter(OnlineWriter):
             columns.append(table[column.codes[keep]].tolist())
         moments, codes = np.unique(batch.expires_at_ms[keep], return_inverse=True)
         expiries = np.array([bulk(b"%d" % moment) for moment in moments.tolist()], dtype=object)[codes].tolist()
-        heads = (lengths, ids, lengths, ids) if self._replace else (lengths, ids)
-        return list(map(self._row.__mod__, zip(*heads, *columns, lengths, ids, expiries)))
+        return list(map(self._row.__mod__, zip(lengths, ids, expiries, *columns)))
 
     def _transactions(self, batch: EncodedBatch, keep: np.ndarray) -> dict[redis.Redis, list[list[bytes]]]:
         """Each node's transactions, each a list of row commands."""
@@ -374,7 +393,7 @@ class _RedisWriter(OnlineWriter):
             sent = []
             for node, transactions in self._transactions(batch, keep).items():
                 connection = self._connection(node)
-                payload = b"".join(_MULTI + b"".join(rows) + _EXEC for rows in transactions)
+                payload = _LOAD_SCRIPT + b"".join(_MULTI + b"".join(rows) + _EXEC for rows in transactions)
                 connection.send_packed_command([payload])  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 sent.append((connection, node, [len(rows) for rows in transactions]))
             self._collect()
@@ -384,15 +403,20 @@ class _RedisWriter(OnlineWriter):
             self._raise_failure()
 
     def _collect(self) -> None:
-        """Reads the replies of the batch in flight: per transaction OK, one QUEUED per command, then EXEC's array."""
+        """Reads the replies of the batch in flight: the script's SHA, then per transaction OK, one QUEUED per row,
+        and EXEC's array (per row 1 if written, 0 if the store held a newer snapshot)."""
         for connection, node, transactions in self._in_flight:
+            loaded = read(connection, 1, self._timeout)
             for rows in transactions:
-                queued = read(connection, 1 + rows * self._commands_per_row, _SYNC_TIMEOUT)
-                (result,) = read(connection, 1, _SYNC_TIMEOUT)
-                refused = errors(queued) or (errors(result) if isinstance(result, list) else [result])
+                queued = read(connection, 1 + rows, self._timeout)
+                (result,) = read(connection, 1, self._timeout)
+                refused = errors(loaded) or errors(queued) or (errors(result) if isinstance(result, list) else [result])
                 if refused:
-                    raise redis.ResponseError(f"Redis refused a write of the sync at {describe(node)}: {refused[0]}")
+                    raise redis.ResponseError(
+                        f"Redis refused a write of the {self._what} at {describe(node)}: {refused[0]}"
+                    )
                 self._rows_stored += rows
+                self.rows_written += sum(result)
         self._in_flight = []
 
     def _fail(self, error: BaseException) -> None:
@@ -406,8 +430,9 @@ class _RedisWriter(OnlineWriter):
         if failure is None:
             return
         raise OnlineStoreError(
-            f"{describe(self._client)}: the sync failed after {self._rows_stored} stored rows "
-            f"({type(failure).__name__}: {failure}); earlier values stay readable and the next sync resumes"
+            f"{describe(self._client)}: the {self._what} failed after {self._rows_stored} stored rows "
+            f"({type(failure).__name__}: {failure}); earlier values stay readable and "
+            + ("the next sync resumes" if self._what == "sync" else "a retry of the push completes it")
         ) from failure
 
     def finish(self) -> None:

@@ -56,7 +56,7 @@ class SqliteOnlineStore(OnlineStore):
         rows = self._connect().execute(f'pragma table_info("{self.table(view)}")').fetchall()
         return [row[1] for row in rows]
 
-    def writer(self, view: FeatureView, *, replace: bool = False) -> OnlineWriter:
+    def writer(self, view: FeatureView, *, replace: bool = False, push: bool = False) -> OnlineWriter:
         con = self._connect()
         table = self.table(view)
         expected = ["entity_id", "expires_at", *(name for name, _ in view_schema(view))]
@@ -69,12 +69,13 @@ class SqliteOnlineStore(OnlineStore):
                     f'create table "{table}" '
                     f"(entity_id text primary key, expires_at real not null, {columns}) without rowid"
                 )
-            con.execute(f'delete from "{table}" where expires_at <= ?', (time.time(),))
+            if not push:  # a sync clears expired rows; a push (one request) leaves that to it
+                con.execute(f'delete from "{table}" where expires_at <= ?', (time.time(),))
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
             raise
-        return _SqliteWriter(con, table, len(expected))
+        return _SqliteWriter(con, table, expected, push)
 
     def _select(self, view: FeatureView, fields: Sequence[str], many: bool) -> str:
         cache_key = (view.name, tuple(fields), many)
@@ -191,11 +192,22 @@ class SqliteOnlineStore(OnlineStore):
 
 
 class _SqliteWriter(OnlineWriter):
-    """One transaction per batch: INSERT OR REPLACE of whole rows, bound column by column."""
+    """One transaction per batch: an upsert of whole rows, bound column by column, that keeps a newer snapshot (ISO
+    8601 times of one form compare as text; an expired row is replaced whatever its time)."""
 
-    def __init__(self, con: sqlite3.Connection, table: str, width: int):
+    def __init__(self, con: sqlite3.Connection, table: str, columns: list[str], push: bool):
         self._con = con
-        self._sql = f'insert or replace into "{table}" values ({", ".join("?" * width)})'
+        timestamp = columns[2]
+        kept = f'excluded."{timestamp}" > "{table}"."{timestamp}"'
+        same = f'excluded."{timestamp}" = "{table}"."{timestamp}"'
+        older = kept if push else f"({kept} or {same})"
+        now = "(julianday('now') - 2440587.5) * 86400.0"
+        self._sql = (
+            f'insert into "{table}" values ({", ".join("?" * len(columns))}) on conflict (entity_id) do update set '
+            + ", ".join(f'"{column}" = excluded."{column}"' for column in columns[1:])
+            + f' where {older} or "{table}".expires_at <= {now}'
+        )
+        self.rows_written = 0
 
     def write(self, batch: EncodedBatch) -> None:
         keep = batch.unexpired()
@@ -210,8 +222,10 @@ class _SqliteWriter(OnlineWriter):
         con = self._con
         con.execute("begin immediate")
         try:
+            before = con.total_changes
             con.executemany(self._sql, zip(ids, expires_at, *columns))
             con.execute("commit")
+            self.rows_written += con.total_changes - before
         except BaseException:
             con.execute("rollback")
             raise
