@@ -357,9 +357,9 @@ def train_models(
 def trained_once(tmp_path_factory) -> Path:
     """The trained folder, built once per test run (the first worker to need it builds it, under a lock, for all
     pytest-xdist workers): a DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets,
-    and both models served; and the Dagster instance the training ran on (dagster/: its training sets and models
-    materialized), the local instance a FEATURE_STORE_HOME keeps. Never used directly: `trained` hands each module a
-    copy to change."""
+    and both models served; and the Dagster instance it was built on (dagster/: every as-of day, training set and
+    model materialized), the local instance a FEATURE_STORE_HOME keeps. Never used directly: `trained` hands each
+    module a copy to change."""
     from datetime import timedelta
 
     shared = tmp_path_factory.getbasetemp()
@@ -372,17 +372,19 @@ def trained_once(tmp_path_factory) -> Path:
             folder.mkdir()
             warehouse = DuckDBWarehouse(str(folder / "warehouse.duckdb"))
             start = ANCHOR - timedelta(days=299)
-            result = materialize(
-                warehouse,
-                raw={"users": 1000, "days": 300, "anchor": ANCHOR.isoformat()},
-                as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
-            )
-            assert result.success
-            # As `featurestore demo` does: the store's as-of days (partitions) begin at its demo data's first day.
-            record_demo_first_day(folder, warehouse)
-            # Only the training on a persistent instance: the feature build's event per as-of day would cost minutes.
+            # On the persistent instance a FEATURE_STORE_HOME keeps, as `featurestore demo` builds: each as-of day
+            # materialized (no partition shows as missing in the UI), the training sets and models too.
             (folder / "dagster").mkdir()
             with dg.DagsterInstance.local_temp(str(folder / "dagster")) as instance:
+                result = materialize(
+                    warehouse,
+                    raw={"users": 1000, "days": 300, "anchor": ANCHOR.isoformat()},
+                    as_of={"as_of_start": start.isoformat(), "as_of_end": ANCHOR.isoformat()},
+                    instance=instance,
+                )
+                assert result.success
+                # As `featurestore demo` does: the store's as-of days (partitions) begin at its demo data's first day.
+                record_demo_first_day(folder, warehouse)
                 assert train_models(warehouse, folder / "models", instance).success
             (folder / "built").touch()
     return folder

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -35,15 +36,26 @@ SCOPES = {
     "predictor": "predict",
     "scraper": "metrics",
     "pusher": "push",
+    "user_pusher": "push:user_features",
+    "country_pusher": "push:country_features",
     "admin": "read,predict,metrics",
 }
+# A whole snapshot of one user, as a push carries it.
+PUSHED = {"user_id": 1, "computed_at": datetime.now(UTC).replace(tzinfo=None).isoformat(), "age": 41, "country": "DE"}
+PUSHED |= {"plan": "pro", "events_30d": 12, "avg_order_30d": 31.5}
 # A request to each guarded route, by the scope it needs.
 ROUTES = {
     "read": ("POST", "/v1/features/user_features", {"entities": [{"user_id": 1}]}),
     "predict": ("POST", "/v1/predict/churn", {"entities": [{"user_id": 1}]}),
     "metrics": ("GET", "/metrics", None),
+    "push:user_features": ("POST", "/v1/push/user_features", {"rows": [PUSHED]}),
 }
-ROUTE_PATHS = {"read": "/v1/features/{view}", "predict": "/v1/predict/{model}", "metrics": "/metrics"}
+ROUTE_PATHS = {
+    "read": "/v1/features/{view}",
+    "predict": "/v1/predict/{model}",
+    "metrics": "/metrics",
+    "push:user_features": "/v1/push/{view}",
+}
 
 
 def make_key(name: str, scopes: str) -> tuple[str, str]:
@@ -117,10 +129,11 @@ def test_each_scope_allows_exactly_its_routes_and_the_refusals_are_counted(serve
     secrets, _ = keys
     before = {scope: refusals(server, ROUTE_PATHS[scope], "forbidden") for scope in ROUTES}
     forbidden = dict.fromkeys(ROUTES, 0)
-    for name in ("reader", "predictor", "scraper", "pusher"):
+    for name in ("reader", "predictor", "scraper", "pusher", "user_pusher", "country_pusher"):
         for scope in ROUTES:
             answer = call(server, scope, {"Authorization": f"Bearer {secrets[name]}"})
-            if scope == SCOPES[name]:
+            # `push` is every view's push scope; `push:<view>` that view's only.
+            if scope == SCOPES[name] or (SCOPES[name] == "push" and scope.startswith("push:")):
                 assert answer.status_code == 200, (name, scope, answer.text)
             else:
                 forbidden[scope] += 1

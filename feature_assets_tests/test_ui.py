@@ -259,6 +259,12 @@ def test_what_a_person_reads_from_runs_to_a_drift_that_fails_the_skew_check_nami
         # Its as-of days (partitions), the one the refresh built among them.
         expect(page.locator("body")).to_contain_text(re.compile(r"Materialized\s*[1-9]\d*/\d+"))
 
+    with steps.step("partitions-where-the-history-is"):
+        # The as-of days start on the history's first day: every one is built, none shows as missing.
+        page.goto("/assets/user_features?view=partitions")
+        expect(page.get_by_text("Missing (0)", exact=True)).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^Materialized \([1-9]\d*\)$"))).to_be_visible()
+
     with steps.step("synced-and-reported-by-the-automation"):
         wait_for_automation(page, "online_sync", "skew_monitoring")
 
