@@ -146,17 +146,15 @@ def write_path(store: RedisOnlineStore, latest: list[pd.DataFrame]):
 
 
 def redis_alone(store: RedisOnlineStore, latest: list[pd.DataFrame]):
-    """Redis executing the write path's exact bytes (the same MULTI/EXEC transactions), encoded beforehand and sent
-    the same way (one batch in flight while the replies of the last are read): what a sync with free encoding
-    would reach."""
+    """Redis executing the write path's exact bytes (the same script calls), encoded beforehand and sent the same way
+    (one batch in flight while the replies of the last are read): what a sync with free encoding would reach."""
     writer = store.writer(VIEW)
     payloads = []
     for frame in latest:
         batch = encode_batch(VIEW, frame)
         keep = batch.expires_at_ms > time.time() * 1000
-        ((_node, transactions),) = writer._transactions(batch, keep).items()
-        payload = b"".join(b"*1\r\n$5\r\nMULTI\r\n" + b"".join(rows) + b"*1\r\n$4\r\nEXEC\r\n" for rows in transactions)
-        payloads.append((payload, [len(rows) for rows in transactions]))
+        ((_node, calls),) = writer.commands(batch, keep).items()
+        payloads.append((b"".join(call for call, _ in calls), len(calls), sum(rows for _, rows in calls)))
     writer.abort()
     store.sync_client.script_load(WRITE_NEWER)  # the writer sends SCRIPT LOAD ahead of each batch; here once
 
@@ -165,18 +163,16 @@ def redis_alone(store: RedisOnlineStore, latest: list[pd.DataFrame]):
         connection = pool.get_connection()
         try:
             started = time.perf_counter()
-            in_flight: list[int] = []
-            for payload, transactions in payloads:
+            in_flight = 0
+            for payload, calls, _ in payloads:
                 connection.send_packed_command([payload])
-                for rows in in_flight:
-                    read(connection, 2 + rows, 30)
-                in_flight = transactions
-            for rows in in_flight:
-                read(connection, 2 + rows, 30)
+                read(connection, in_flight, 30)
+                in_flight = calls
+            read(connection, in_flight, 30)
             seconds = time.perf_counter() - started
         finally:
             pool.release(connection)
-        return sum(sum(t) for _, t in payloads), seconds
+        return sum(rows for _, _, rows in payloads), seconds
 
     return run
 

@@ -41,9 +41,7 @@ from feature_assets.serving.redis_io import (
 __all__ = ["RedisOnlineStore"]
 
 _NULL_BULK = bulk(NULL_MARKER)
-_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
-_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
-# Rows per MULTI/EXEC: Redis runs a transaction without serving anyone else, ~3 ms for this many rows.
+# Rows per script call: Redis runs one without serving anyone else, a few ms for this many rows.
 _TRANSACTION_ROWS = 1000
 # The sync waits longer than a request: a batch of megabytes is in flight while Redis works on the one before.
 _SYNC_TIMEOUT = 30.0
@@ -304,30 +302,37 @@ class RedisOnlineStore(OnlineStore):
             close(client)
 
 
-# Writes one entity's hash whole, with its expiry, unless the store holds a newer snapshot of it: cluster-safe (one
-# key per call) and atomic per entity. KEYS[1] the hash; ARGV[1] the mode, ARGV[2] the expiry (ms since the
-# epoch), then field, value pairs, the timestamp first. ISO 8601 times of one form compare as strings. A sync
-# rewrites a snapshot of the same time (its repair of a drifted value), a push does not (a retry, or a dbt snapshot
-# of that time, keeps what is there); "replace" (after a schema change) drops the old hash whatever it holds.
+# Writes each entity's hash whole, with its expiry, unless the store holds a newer snapshot of it; returns how many
+# it wrote. One call per batch of keys (on a cluster, keys of one hash slot), atomic as a whole: one script call
+# costs Redis about half the CPU of one call per key. KEYS: the hashes; ARGV[1] the mode, ARGV[2] the values per
+# key (width), then per key its expiry (ms since the epoch) and its field, value pairs, the timestamp first. ISO 8601
+# times of one form compare as strings. A sync rewrites a snapshot of the same time (its repair of a drifted value),
+# a push does not (a retry, or a dbt snapshot of that time, keeps what is there); "replace" (after a schema change)
+# drops the old hash whatever it holds.
 WRITE_NEWER = b"""
-local held = redis.call('HGET', KEYS[1], ARGV[3])
-if held and ARGV[1] ~= 'replace' and (held > ARGV[4] or (held == ARGV[4] and ARGV[1] == 'push')) then
-  return 0
+local mode, width, written = ARGV[1], tonumber(ARGV[2]), 0
+for i, key in ipairs(KEYS) do
+  local at = 3 + (i - 1) * width
+  local held = redis.call('HGET', key, ARGV[at + 1])
+  if not (held and mode ~= 'replace' and (held > ARGV[at + 2] or (held == ARGV[at + 2] and mode == 'push'))) then
+    if mode == 'replace' then redis.call('DEL', key) end
+    redis.call('HSET', key, unpack(ARGV, at + 1, at + width - 1))
+    redis.call('PEXPIREAT', key, ARGV[at])
+    written = written + 1
+  end
 end
-if ARGV[1] == 'replace' then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-return 1
+return written
 """
 _WRITE_NEWER_SHA = hashlib.sha1(WRITE_NEWER).hexdigest().encode()
 # Sent ahead of each node's batch: a node that restarted or took over a slot has no scripts.
 _LOAD_SCRIPT = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + bulk(WRITE_NEWER)
+_WRITE_NEWER_CALL = bulk(_WRITE_NEWER_SHA)
 
 
 class _RedisWriter(OnlineWriter):
-    """Writes each entity through WRITE_NEWER (its fields and its expiry, PEXPIREAT computed_at + TTL, at once, and
-    only over an older snapshot), in MULTI/EXEC transactions of up to _TRANSACTION_ROWS rows (on a cluster, the
-    rows of one hash slot). Every field is written (null included), so the whole hash changes at once.
+    """Writes entities through WRITE_NEWER (each one's fields and expiry, PEXPIREAT computed_at + TTL, at once, and
+    only over an older snapshot), one script call per up to _TRANSACTION_ROWS rows (on a cluster, the rows of one
+    hash slot). Every field is written (null included), so the whole hash changes at once.
 
     One thread, one connection per node: a batch is sent, then the replies of the batch before it are read, so
     Redis works on one batch while this process reads the last and encodes the next.
@@ -339,20 +344,20 @@ class _RedisWriter(OnlineWriter):
         self._what = "push" if mode == "push" else "sync"
         self._prefix = store.prefix(view)
         self._fields = {name: bulk(name.encode()) for name, _ in view_schema(view)}
-        # One bytes template per row, EVALSHA WRITE_NEWER 1 key mode expiry <every field and value>: filled with the
-        # key's length and id, the expiry, and each column's ready-made field+value.
-        key = b"$%d\r\n" + self._prefix.replace(b"%", b"%%") + b"%s\r\n"
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (6 + 2 * len(self._fields)) + bulk(_WRITE_NEWER_SHA) + b"$1\r\n1\r\n"
-        self._row = head + key + bulk(mode.encode()) + b"%s" * (1 + len(self._fields))
+        # Per row: its key, and its arguments (expiry, then each column's ready-made field+value).
+        self._key = b"$%d\r\n" + self._prefix.replace(b"%", b"%%") + b"%s\r\n"
+        self._arguments = b"%s" * (1 + len(self._fields))
+        self._width = 1 + 2 * len(self._fields)
+        self._tail = bulk(mode.encode()) + bulk(b"%d" % self._width)
         self._connections: dict[redis.Redis, Connection] = {}  # one per node, taken from its pool for the whole sync
-        # (connection, node, rows per transaction)
+        # (connection, node, rows per script call)
         self._in_flight: list[tuple[Connection, redis.Redis, list[int]]] = []
         self._rows_stored = 0
         self.rows_written = 0  # rows stored over an older snapshot (or none); the others found a newer one
         self._failure: BaseException | None = None
 
-    def _rows(self, batch: EncodedBatch, keep: np.ndarray, ids: list[bytes]) -> list[bytes]:
-        """Each kept row's command; ids are the kept rows' ids."""
+    def _rows(self, batch: EncodedBatch, keep: np.ndarray, ids: list[bytes]) -> list[tuple[bytes, bytes]]:
+        """Each kept row's key and arguments; ids are the kept rows' ids."""
         lengths = (np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + len(self._prefix)).tolist()
         columns = []
         for name, column in batch.columns.items():
@@ -363,21 +368,31 @@ class _RedisWriter(OnlineWriter):
             columns.append(table[column.codes[keep]].tolist())
         moments, codes = np.unique(batch.expires_at_ms[keep], return_inverse=True)
         expiries = np.array([bulk(b"%d" % moment) for moment in moments.tolist()], dtype=object)[codes].tolist()
-        return list(map(self._row.__mod__, zip(lengths, ids, expiries, *columns)))
+        keys = map(self._key.__mod__, zip(lengths, ids))
+        return list(zip(keys, map(self._arguments.__mod__, zip(expiries, *columns))))
 
-    def _transactions(self, batch: EncodedBatch, keep: np.ndarray) -> dict[redis.Redis, list[list[bytes]]]:
-        """Each node's transactions, each a list of row commands."""
+    def _call(self, rows: list[tuple[bytes, bytes]]) -> bytes:
+        """One EVALSHA WRITE_NEWER over these rows."""
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (5 + len(rows) * (1 + self._width))
+        keys, arguments = zip(*rows)
+        return head + _WRITE_NEWER_CALL + bulk(b"%d" % len(rows)) + b"".join(keys) + self._tail + b"".join(arguments)
+
+    def commands(self, batch: EncodedBatch, keep: np.ndarray) -> dict[redis.Redis, list[tuple[bytes, int]]]:
+        """Each node's script calls for the kept rows of a batch, and how many rows each writes."""
         ids = batch.entity_ids if keep.all() else [entity_id for entity_id, kept in zip(batch.entity_ids, keep) if kept]
         rows = self._rows(batch, keep, ids)
         if not isinstance(self._client, RedisCluster):
-            return {self._client: [rows[i : i + _TRANSACTION_ROWS] for i in range(0, len(rows), _TRANSACTION_ROWS)]}
-        by_slot: dict[int, list[bytes]] = {}
-        for entity_id, row in zip(ids, rows):
-            by_slot.setdefault(slot_of(self._prefix + entity_id), []).append(row)
-        by_node: dict[redis.Redis, list[list[bytes]]] = {}
-        for slot, slot_rows in by_slot.items():
-            by_node.setdefault(node_for(self._client, slot=slot), []).append(slot_rows)
-        return by_node
+            groups = {self._client: [rows[i : i + _TRANSACTION_ROWS] for i in range(0, len(rows), _TRANSACTION_ROWS)]}
+        else:
+            by_slot: dict[int, list[tuple[bytes, bytes]]] = {}
+            for entity_id, row in zip(ids, rows):
+                by_slot.setdefault(slot_of(self._prefix + entity_id), []).append(row)
+            groups = {}
+            for slot, slot_rows in by_slot.items():
+                groups.setdefault(node_for(self._client, slot=slot), []).append(slot_rows)
+        return {
+            node: [(self._call(group), len(group)) for group in node_groups] for node, node_groups in groups.items()
+        }
 
     def _connection(self, node: redis.Redis) -> Connection:
         if node not in self._connections:
@@ -391,11 +406,11 @@ class _RedisWriter(OnlineWriter):
             return
         try:
             sent = []
-            for node, transactions in self._transactions(batch, keep).items():
+            for node, calls in self.commands(batch, keep).items():
                 connection = self._connection(node)
-                payload = _LOAD_SCRIPT + b"".join(_MULTI + b"".join(rows) + _EXEC for rows in transactions)
+                payload = _LOAD_SCRIPT + b"".join(call for call, _ in calls)
                 connection.send_packed_command([payload])  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                sent.append((connection, node, [len(rows) for rows in transactions]))
+                sent.append((connection, node, [rows for _, rows in calls]))
             self._collect()
             self._in_flight = sent
         except BaseException as error:
@@ -403,20 +418,19 @@ class _RedisWriter(OnlineWriter):
             self._raise_failure()
 
     def _collect(self) -> None:
-        """Reads the replies of the batch in flight: the script's SHA, then per transaction OK, one QUEUED per row,
-        and EXEC's array (per row 1 if written, 0 if the store held a newer snapshot)."""
-        for connection, node, transactions in self._in_flight:
+        """Reads the replies of the batch in flight: the script's SHA, then per script call the rows it wrote (the
+        others found a newer snapshot)."""
+        for connection, node, calls in self._in_flight:
             loaded = read(connection, 1, self._timeout)
-            for rows in transactions:
-                queued = read(connection, 1 + rows, self._timeout)
-                (result,) = read(connection, 1, self._timeout)
-                refused = errors(loaded) or errors(queued) or (errors(result) if isinstance(result, list) else [result])
+            for rows in calls:
+                (written,) = read(connection, 1, self._timeout)
+                refused = errors(loaded) or errors([written])
                 if refused:
                     raise redis.ResponseError(
                         f"Redis refused a write of the {self._what} at {describe(node)}: {refused[0]}"
                     )
                 self._rows_stored += rows
-                self.rows_written += sum(result)
+                self.rows_written += written
         self._in_flight = []
 
     def _fail(self, error: BaseException) -> None:
