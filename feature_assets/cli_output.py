@@ -123,6 +123,7 @@ def print_prediction(
                 raise FeatureStoreError("no prediction: every entity is missing from the online store")
             return
         prediction = predictor.predict_one(model, {positional[0]: entities[0], **keys, **(request or {})})
+        computed = {f["name"] for f in predictor.served_card(model).request_features}
     if as_json:
         print(
             json.dumps(
@@ -139,7 +140,13 @@ def print_prediction(
         return
     described = ", ".join(f"{key} {value}" for key, value in prediction.entity.items())
     print(f"{model} version {prediction.version}, {described}: score {prediction.score:.4f}")
-    print("  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items()))
+    print(
+        "  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items() if k not in computed)
+    )
+    if computed:
+        sent = ", ".join(f"{k}={v}" for k, v in (request or {}).items())
+        values = ", ".join(f"{k}={v}" for k, v in prediction.features.items() if k in computed)
+        print(f"  computed at request time (from {sent}): {values}")
 
 
 def print_training_set(settings: Settings, model: str, version: str | None, to: str | None) -> None:

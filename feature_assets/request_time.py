@@ -145,12 +145,13 @@ def input_arrays(columns: Mapping[str, Sequence[Any]], dtypes: Mapping[str, str]
     NaN for nulls, anything else as objects with None for nulls."""
     arrays = {}
     for name, values in columns.items():
-        array = np.asarray(values, dtype=object)
+        array = np.array(values, dtype=object)  # a copy: nulls are set in it
         null = pd.isna(array)  # None, NaN, pd.NA and NaT alike
         if dtypes[name] in _NUMERIC:
             arrays[name] = np.where(null, np.nan, array).astype(float)
         else:
-            arrays[name] = np.where(null, None, array)
+            array[null] = None
+            arrays[name] = array
     return arrays
 
 

@@ -156,9 +156,12 @@ class FeatureStore:
         ]
         model = self._model_named(features)
         if model is not None and model.request_features:
-            absent = [f.name for f in (*model.features, *model.request) if f.name not in frame.columns]
+            needed = [*model.feature_names, *(f.name for f in model.request)]
+            absent = [name for name in needed if name not in frame.columns]
             if absent:
-                raise FeatureStoreError(f"the frame has no columns {', '.join(absent)} (model {model.model} needs them)")
+                raise FeatureStoreError(
+                    f"the frame has no columns {', '.join(absent)} (model {model.model} needs them)"
+                )
             frame = with_request_features(model, frame)
             declared += [{"name": f.name, "dtype": f.dtype} for f in model.request_features]
         absent = [f["name"] for f in declared if f["name"] not in frame.columns]

@@ -39,7 +39,9 @@ def test_the_registry_reads_the_request_fields_and_the_function_with_the_checksu
 
 def test_a_request_field_its_label_table_does_not_carry_is_refused_by_name():
     block = {"request": {"basket_size": "bigint"}}
-    with pytest.raises(RegistryError, match="request field basket_size is not a column of its label table order_labels"):
+    with pytest.raises(
+        RegistryError, match="request field basket_size is not a column of its label table order_labels"
+    ):
         request_fields("checkout_model", block, CHECKOUT.labels, set())
     with pytest.raises(RegistryError, match="request field order_amount has data_type 'money'"):
         request_fields("checkout_model", {"request": {"order_amount": "money"}}, CHECKOUT.labels, set())
@@ -168,13 +170,13 @@ def test_serving_computes_the_ratio_from_the_request_and_refuses_a_missing_or_mi
 
 
 def test_a_changed_request_time_function_makes_the_old_version_refuse_to_serve(home, online, tmp_path):
-    store, users = online
+    store, _ = online
     models = FolderModelStore(tmp_path / "models")
     [feature] = CHECKOUT.request_features
     older = replace(CHECKOUT, request_features=(replace(feature, definition_checksum="0" * 64),))
     train_and_save(models, older, "v1")
     models.promote("checkout_model", "v1")
-    with pytest.raises(SchemaMismatch, match="order_to_avg_ratio .* changed since the model was trained; retrain"):
+    with pytest.raises(SchemaMismatch, match=r"order_to_avg_ratio .* changed since the model was trained; retrain"):
         Predictor(store, models).predict_one("checkout_model", {"user_id": 1, "order_amount": 5.0})
 
 
@@ -188,7 +190,9 @@ def server(home, online):
 def test_over_http_request_fields_travel_with_each_entity_and_a_bad_one_is_a_400_naming_it(server, online):
     _, users = online
     user = _user_with_an_average(users)
-    answer = server.predict("checkout_model", {"user_id": user, "order_amount": 25.0}, {"user_id": 2, "order_amount": 9})
+    answer = server.predict(
+        "checkout_model", {"user_id": user, "order_amount": 25.0}, {"user_id": 2, "order_amount": 9}
+    )
     assert answer.status_code == 200, answer.text
     one = server.predict("checkout_model", {"user_id": user, "order_amount": 25.0})
     assert one.status_code == 200, one.text
