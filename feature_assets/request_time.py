@@ -29,6 +29,7 @@ __all__ = [
     "function_checksum",
     "import_function",
     "input_arrays",
+    "input_row",
     "request_features",
     "request_fields",
 ]
@@ -145,13 +146,23 @@ def input_arrays(columns: Mapping[str, Sequence[Any]], dtypes: Mapping[str, str]
     NaN for nulls, anything else as objects with None for nulls."""
     arrays = {}
     for name, values in columns.items():
-        array = np.array(values, dtype=object)  # a copy: nulls are set in it
-        null = pd.isna(array)  # None, NaN, pd.NA and NaT alike
+        series = pd.Series(values, dtype=object)
         if dtypes[name] in _NUMERIC:
-            arrays[name] = np.where(null, np.nan, array).astype(float)
+            arrays[name] = pd.to_numeric(series).to_numpy(dtype=float, na_value=np.nan)
         else:
-            array[null] = None
-            arrays[name] = array
+            arrays[name] = series.where(series.notna(), None).to_numpy(dtype=object)
+    return arrays
+
+
+def input_row(values: Mapping[str, Any], dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """input_arrays of one row of Python values (None for nulls), as serving reads them: the same arrays, built
+    without pandas, whose per-call cost would be most of a request-time feature's."""
+    arrays = {}
+    for name, value in values.items():
+        if dtypes[name] in _NUMERIC:
+            arrays[name] = np.array([np.nan if value is None else float(value)])
+        else:
+            arrays[name] = np.array([value], dtype=object)
     return arrays
 
 

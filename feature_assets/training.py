@@ -71,7 +71,7 @@ def with_request_features(feature_set: FeatureSet, frame: pd.DataFrame) -> pd.Da
     if not feature_set.request_features:
         return frame
     dtypes = {f.name: f.dtype for f in feature_set.features} | {f.name: f.dtype for f in feature_set.request}
-    inputs = input_arrays({name: frame[name].tolist() for name in dtypes}, dtypes)
+    inputs = input_arrays({name: frame[name] for name in dtypes}, dtypes)
     functions = [import_function(f.function, f"model {feature_set.model}") for f in feature_set.request_features]
     computed = compute(feature_set.request_features, functions, inputs, len(frame))
     return frame.assign(**computed)

@@ -23,7 +23,14 @@ from threadpoolctl import ThreadpoolController
 
 from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import FeatureView
-from feature_assets.request_time import RequestFeature, compute, function_checksum, import_function, input_arrays
+from feature_assets.request_time import (
+    RequestFeature,
+    compute,
+    function_checksum,
+    import_function,
+    input_arrays,
+    input_row,
+)
 from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.fitted_steps import Rows, fitted_steps
 from feature_assets.serving.model_card import ModelCard
@@ -178,6 +185,11 @@ class _Served:
             return columns
         computed = compute(self.request_features, self.functions, input_arrays(columns, self.input_dtypes), rows)
         return {**columns, **{name: values.tolist() for name, values in computed.items()}}
+
+    def request_row(self, values: dict[str, Any]) -> dict[str, float]:
+        """One row's request-time features from its stored features and request fields (as with_request_features)."""
+        computed = compute(self.request_features, self.functions, input_row(values, self.input_dtypes), 1)
+        return {name: float(column[0]) for name, column in computed.items()}
 
     def score_row(self, matrix: np.ndarray) -> float:
         """The score of one row, with OpenMP held to one thread in this thread meanwhile. An OpenMP estimator
