@@ -187,6 +187,10 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
         for read in feature_set.reads:
             derived = f", {read.key} from {'.'.join(read.derived_from)}" if read.derived_from else ""
             print(f"  {read.view.name}: {', '.join(f.name for f in read.features)}{derived}")
+        if feature_set.request:
+            print(f"  request fields: {', '.join(f'{f.name} ({f.dtype})' for f in feature_set.request)}")
+        for feature in feature_set.request_features:
+            print(f"  at request time: {feature.name} ({feature.dtype}) = {feature.function}")
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:

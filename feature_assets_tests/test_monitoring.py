@@ -223,3 +223,58 @@ def test_the_report_is_requested_after_each_online_sync(tmp_path):
     instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey("user_features_online")))
     after_sync = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
     assert after_sync.get_num_requested(report) == 1
+
+
+def _serve_checkouts(warehouse, store, models_root, log_path, amount_scale: float) -> None:
+    """checkout_model scored for every user of the latest snapshot, with order amounts drawn from its training rows
+    (times amount_scale), every served vector logged."""
+    import numpy as np
+    import pandas as pd
+
+    from feature_assets.serving.predictor import Predictor
+    from feature_assets.serving.served_log import SqliteServedLog
+
+    models = FolderModelStore(models_root)
+    amounts = models.training_set("checkout_model")["order_amount"].to_numpy()
+    with warehouse.connect() as con:
+        users = next(iter_latest_snapshots(warehouse, con, VIEW))[VIEW.entity_key].tolist()
+    rng = np.random.default_rng(0)
+    entities = pd.DataFrame({"user_id": users, "order_amount": rng.choice(amounts, len(users)) * amount_scale})
+    log = SqliteServedLog(log_path)
+    scored = Predictor(store, models, served_log=log).predict("checkout_model", entities)
+    assert scored["score"].notna().sum() > 100
+    assert log.flush()
+    log.close()
+
+
+def test_a_request_time_feature_is_compared_with_what_serving_computed_and_its_drift_named(monitored, tmp_path):
+    from feature_assets.resources.served_log import ServedLogResource
+
+    warehouse, store, models_root, resources = monitored
+    config = {"min_served_rows": 100}
+    for scale, folder in [(1.0, "alike"), (10.0, "shifted")]:
+        path = tmp_path / folder / "served_log.sqlite"
+        path.parent.mkdir()
+        _serve_checkouts(warehouse, store, models_root, path, scale)
+        report, checks = skew_report_assets(REGISTRY, VIEW)
+        result = dg.materialize(
+            [report, *checks],
+            resources={**resources, "served_log": ServedLogResource(kind="sqlite", sqlite_path=str(path))},
+            instance=dg.DagsterInstance.ephemeral(),
+            run_config={"ops": {report.op.name: {"config": config}}},
+            raise_on_error=False,
+        )
+        with warehouse.connect() as con:
+            rows = latest_report(warehouse, con, VIEW).set_index("feature")
+        ratio = rows.loc["order_to_avg_ratio"]
+        assert ratio["training_source"] == "checkout_training_set"
+        assert ratio["serving_source"].startswith("served log")
+        # Only checkout_model's vectors were served: the features it does not read are not compared as nulls.
+        assert "age" not in rows.index
+        error = _checks(result)["no_drift_error"]
+        if scale == 1.0:
+            assert ratio["severity"] != "error", ratio["reasons"]
+        else:
+            assert ratio["severity"] == "error" and not error.passed
+            assert "order_to_avg_ratio" in error.description
+            assert rows.loc["events_30d", "severity"] != "error"

@@ -103,7 +103,7 @@ def test_request_time_features_are_equal_in_training_and_serving_on_every_traini
                 )
                 expected = row["order_to_avg_ratio"]
                 got = served.features["order_to_avg_ratio"]
-                assert (np.isnan(got) and pd.isna(expected)) or got == expected, (index, got, expected)
+                assert (got is None and pd.isna(expected)) or got == expected, (index, got, expected)
                 assert served.score == pytest.approx(trained_scores[index], rel=1e-9, abs=1e-12), index
                 compared += 1
     assert compared == len(kept)

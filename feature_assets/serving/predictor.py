@@ -173,6 +173,15 @@ class _Served:
         self.request_features = [RequestFeature(**f) for f in card.request_features]
         self.functions = [_request_function(card, feature) for feature in self.request_features]
         self.input_dtypes = {f["name"]: f["dtype"] for f in (*card.features, *card.request)}
+        # The served log keeps the request-time features in the vectors of the first view keyed by the caller, where
+        # the skew report of that view compares them with the training set's (skew_reports.request_feature_values).
+        logged_with = next((p.view.name for p in self.parts if p.derived_from is None), None)
+        self.logged = {
+            part.view.name: [*part.view.feature_names, *(f.name for f in self.request_features)]
+            if part.view.name == logged_with
+            else list(part.view.feature_names)
+            for part in self.parts
+        }
         self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
         self.score_matrix = model_scorer(pipeline, card.inputs, self.classifier)
@@ -184,12 +193,13 @@ class _Served:
         if not self.functions:
             return columns
         computed = compute(self.request_features, self.functions, input_arrays(columns, self.input_dtypes), rows)
-        return {**columns, **{name: values.tolist() for name, values in computed.items()}}
+        nulled = {name: [None if v != v else v for v in values.tolist()] for name, values in computed.items()}
+        return {**columns, **nulled}
 
-    def request_row(self, values: dict[str, Any]) -> dict[str, float]:
+    def request_row(self, values: dict[str, Any]) -> dict[str, float | None]:
         """One row's request-time features from its stored features and request fields (as with_request_features)."""
         computed = compute(self.request_features, self.functions, input_row(values, self.input_dtypes), 1)
-        return {name: float(column[0]) for name, column in computed.items()}
+        return {name: None if math.isnan(column[0]) else float(column[0]) for name, column in computed.items()}
 
     def score_row(self, matrix: np.ndarray) -> float:
         """The score of one row, with OpenMP held to one thread in this thread meanwhile. An OpenMP estimator
@@ -352,7 +362,7 @@ class Predictor:
         prediction = Prediction(keys, served.score_row(matrix), model, card.version, features)
         if self.served_log is not None:
             for part in served.parts:
-                logged = {name: features[name] for name in part.view.feature_names}
+                logged = {name: features[name] for name in served.logged[part.view.name]}
                 self.served_log.log(part.view.name, part.key, keys[part.key], logged, model, card.version)
         return prediction
 
@@ -406,7 +416,7 @@ class Predictor:
             if self.served_log is not None:
                 for part in served.parts:
                     ids = keys[part.key][found].tolist()
-                    logged = {name: columns[name] for name in part.view.feature_names}
+                    logged = {name: columns[name] for name in served.logged[part.view.name]}
                     self.served_log.log_batch(part.view.name, part.key, ids, logged, model, card.version)
         result = keys[card.caller_keys + [k for k in keys.columns if k not in card.caller_keys]].copy()
         result["score"] = scores
