@@ -26,7 +26,8 @@ sampled as (
         orders.amount
     from orders
     cross join observed
-    where orders.order_id % 20 = 0
+    where
+        orders.order_id % 20 = 0
         and orders.created_at + interval '30 days' <= observed.observed_until
         and orders.created_at >= observed.first_label_time
 ),
