@@ -354,10 +354,7 @@ class Predictor:
             if value is not None and not math.isfinite(value):
                 raise DataError(_not_finite_message(view, name, value, keys))
         if served.functions:
-            columns = served.with_request_features(
-                {name: [value] for name, value in {**features, **request}.items()}, 1
-            )
-            features.update({f["name"]: columns[f["name"]][0] for f in card.request_features})
+            features.update(served.request_row({**features, **request}))
         matrix = feature_matrix({name: [value] for name, value in features.items()}, card.inputs)
         prediction = Prediction(keys, served.score_row(matrix), model, card.version, features)
         if self.served_log is not None:
