@@ -226,8 +226,9 @@ def test_the_report_is_requested_after_each_online_sync(tmp_path):
 
 
 def _serve_checkouts(warehouse, store, models_root, log_path, amount_scale: float) -> None:
-    """checkout_model scored for every user of the latest snapshot, with order amounts drawn from its training rows
-    (times amount_scale), every served vector logged."""
+    """checkout_model scored for every user of the latest snapshot, every served vector logged. Each user's order is
+    their average order times a ratio drawn from the training rows (an amount drawn from them without an average),
+    times amount_scale: at 1 the served ratios are distributed as the trained ones."""
     import numpy as np
     import pandas as pd
 
@@ -235,11 +236,19 @@ def _serve_checkouts(warehouse, store, models_root, log_path, amount_scale: floa
     from feature_assets.serving.served_log import SqliteServedLog
 
     models = FolderModelStore(models_root)
-    amounts = models.training_set("checkout_model")["order_amount"].to_numpy()
+    kept = models.training_set("checkout_model")
     with warehouse.connect() as con:
-        users = next(iter_latest_snapshots(warehouse, con, VIEW))[VIEW.entity_key].tolist()
+        users = next(iter_latest_snapshots(warehouse, con, VIEW))
+    # Those who order have a recent average more often than users at large: as many without one as in training.
+    null_share = kept["order_to_avg_ratio"].isna().mean()
+    without = users["avg_order_30d"].isna().to_numpy()
+    keep = round(null_share / (1 - null_share) * (~without).sum())
+    users = pd.concat([users[~without], users[without].head(keep)], ignore_index=True)
     rng = np.random.default_rng(0)
-    entities = pd.DataFrame({"user_id": users, "order_amount": rng.choice(amounts, len(users)) * amount_scale})
+    ratios = rng.choice(kept["order_to_avg_ratio"].dropna().to_numpy(), len(users))
+    averages = users["avg_order_30d"].astype(float).to_numpy()
+    amounts = np.where(np.isnan(averages), rng.choice(kept["order_amount"].to_numpy(), len(users)), averages * ratios)
+    entities = pd.DataFrame({"user_id": users[VIEW.entity_key].tolist(), "order_amount": amounts * amount_scale})
     log = SqliteServedLog(log_path)
     scored = Predictor(store, models, served_log=log).predict("checkout_model", entities)
     assert scored["score"].notna().sum() > 100

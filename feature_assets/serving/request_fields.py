@@ -24,7 +24,8 @@ def request_value(value: Any, dtype: str, name: str) -> Any:
             if math.isfinite(number):
                 return number
         elif dtype == "int64":
-            return int(value)
+            if not isinstance(value, float) or value.is_integer():
+                return int(value)
         elif dtype == "bool":
             if isinstance(value, bool) or str(value).lower() in ("true", "false"):
                 return value if isinstance(value, bool) else str(value).lower() == "true"
