@@ -286,4 +286,3 @@ def test_a_request_time_feature_is_compared_with_what_serving_computed_and_its_d
         else:
             assert ratio["severity"] == "error" and not error.passed
             assert "order_to_avg_ratio" in error.description
-            assert rows.loc["events_30d", "severity"] != "error"
