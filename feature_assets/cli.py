@@ -37,6 +37,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
         entity = entities.get(model.reads[0].view.name)
         if entity is not None and len(model.caller_keys) == 1:
             print()
+            if model.request:
+                fields = " ".join(f"--request {field.name}=<{field.dtype}>" for field in model.request)
+                print(f"{model.model} scores with request fields: featurestore predict {model.model} {entity} {fields}")
+                continue
             cli_output.print_prediction(settings, model.model, [str(entity)], {}, as_json=False)
     print()
     cli_output.print_skew(settings, None, as_json=False)
@@ -69,19 +73,22 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> None:
         )
 
 
-def _key_values(pairs: list[str]) -> dict[str, str]:
+def _key_values(pairs: list[str], option: str = "--key", example: str = "country_code=DE") -> dict[str, str]:
     keys = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not value:
-            raise FeatureStoreError(f"--key takes NAME=VALUE, e.g. --key country_code=DE; got {shown(pair)}")
+            raise FeatureStoreError(f"{option} takes NAME=VALUE, e.g. {option} {example}; got {shown(pair)}")
         keys[name] = value
     return keys
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
     model = cli_output.served_model_name(settings, args.model)
-    cli_output.print_prediction(settings, model, args.entity_ids, _key_values(args.key), as_json=args.json)
+    request = _key_values(args.request, "--request", "order_amount=25")
+    cli_output.print_prediction(
+        settings, model, args.entity_ids, _key_values(args.key), as_json=args.json, request=request
+    )
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
@@ -181,6 +188,10 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> None:
         for read in feature_set.reads:
             derived = f", {read.key} from {'.'.join(read.derived_from)}" if read.derived_from else ""
             print(f"  {read.view.name}: {', '.join(f.name for f in read.features)}{derived}")
+        if feature_set.request:
+            print(f"  request fields: {', '.join(f'{f.name} ({f.dtype})' for f in feature_set.request)}")
+        for feature in feature_set.request_features:
+            print(f"  at request time: {feature.name} ({feature.dtype}) = {feature.function}")
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
@@ -295,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("entity_ids", nargs="+", metavar="entity_id", help="one or more ids of the model's entity key")
     predict.add_argument(
         "--key", action="append", default=[], metavar="NAME=VALUE", help="another entity key, e.g. country_code=DE"
+    )
+    predict.add_argument(
+        "--request",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a request field the model declares, sent with each entity, e.g. order_amount=25",
     )
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=cmd_predict)

@@ -91,7 +91,15 @@ def print_summary(settings: Settings) -> None:
             print(latest.to_string(index=False))
 
 
-def print_prediction(settings: Settings, model: str, entities: list[str], keys: dict[str, str], as_json: bool) -> None:
+def print_prediction(
+    settings: Settings,
+    model: str,
+    entities: list[str],
+    keys: dict[str, str],
+    as_json: bool,
+    request: dict[str, str] | None = None,
+) -> None:
+    """Scores the entities (the request fields sent with each) and prints the scores, or the one prediction."""
     from feature_assets.backends import open_model_store, open_online_store, open_served_log
     from feature_assets.serving.predictor import Predictor
 
@@ -105,7 +113,7 @@ def print_prediction(settings: Settings, model: str, entities: list[str], keys: 
                 "pass ids for one of them and --key NAME=VALUE for the others"
             )
         if len(entities) > 1:
-            frame = pd.DataFrame({positional[0]: entities, **keys}, dtype=object)
+            frame = pd.DataFrame({positional[0]: entities, **keys, **(request or {})}, dtype=object)
             scored = predictor.predict(model, frame)
             if as_json:
                 print(scored.astype(object).where(scored.notna(), None).to_json(orient="records", indent=2))
@@ -114,7 +122,8 @@ def print_prediction(settings: Settings, model: str, entities: list[str], keys: 
             if scored["error"].notna().all():
                 raise FeatureStoreError("no prediction: every entity is missing from the online store")
             return
-        prediction = predictor.predict_one(model, {positional[0]: entities[0], **keys})
+        prediction = predictor.predict_one(model, {positional[0]: entities[0], **keys, **(request or {})})
+        computed = {f["name"] for f in predictor.served_card(model).request_features}
     if as_json:
         print(
             json.dumps(
@@ -131,7 +140,13 @@ def print_prediction(settings: Settings, model: str, entities: list[str], keys: 
         return
     described = ", ".join(f"{key} {value}" for key, value in prediction.entity.items())
     print(f"{model} version {prediction.version}, {described}: score {prediction.score:.4f}")
-    print("  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items()))
+    print(
+        "  from online features: " + ", ".join(f"{k}={v}" for k, v in prediction.features.items() if k not in computed)
+    )
+    if computed:
+        sent = ", ".join(f"{k}={v}" for k, v in (request or {}).items())
+        values = ", ".join(f"{k}={v}" for k, v in prediction.features.items() if k in computed)
+        print(f"  computed at request time (from {sent}): {values}")
 
 
 def print_training_set(settings: Settings, model: str, version: str | None, to: str | None) -> None:

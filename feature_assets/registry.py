@@ -9,7 +9,8 @@ is a dbt exposure (type ml) whose meta has a `feature_set` block: its label tabl
 reads from each view, optionally keys that serving derives from another view's online feature, and optionally
 its trainer: "package.module:function", a team's own function that fits the model (the built-in estimator of its
 task otherwise), and optionally min_validation: floors of its validation metrics under which a new version is not
-promoted (FLOOR_METRICS).
+promoted (FLOOR_METRICS); optionally `request` and `request_features`: the fields its caller sends with each entity
+and the features a named function computes from them at request time (request_time.py).
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from typing import Any
 
 from feature_assets.definition_checksums import feature_checksums
 from feature_assets.errors import RegistryError, shown
+from feature_assets.request_time import RequestFeature, RequestField, request_features, request_fields
 
 __all__ = [
     "DEFAULT_ONLINE_TTL",
@@ -175,6 +177,7 @@ class LabelTable:
     target: str
     target_data_type: str
     outcome_window: timedelta
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,13 @@ class FeatureSet:
     trainer: str | None = None
     description: str = ""  # the exposure's
     min_validation: tuple[tuple[str, float], ...] = ()  # (metric, floor)
+    request: tuple[RequestField, ...] = ()
+    request_features: tuple[RequestFeature, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[Feature | RequestFeature, ...]:
+        """The model's input columns in order: the stored features, then the request-time ones."""
+        return (*self.features, *self.request_features)
 
     @property
     def target(self) -> str:
@@ -354,7 +364,9 @@ def _label_table(node: _Json) -> LabelTable:
         if column not in columns:
             raise RegistryError(f"label table {name}: column {column!r} named in meta.labels is not declared")
     outcome_window = _hours({"outcome_hours": outcome_hours}, "outcome_hours", timedelta(0), f"label table {name}")
-    return LabelTable(name, tuple(keys), label_time, target, _data_type(columns[target]), outcome_window)
+    return LabelTable(
+        name, tuple(keys), label_time, target, _data_type(columns[target]), outcome_window, tuple(columns)
+    )
 
 
 def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
@@ -424,7 +436,18 @@ def _feature_set(exposure: _Json, views: dict[str, FeatureView], labels: dict[st
             f"got {shown(trainer)}"
         )
     description = exposure.get("description") or ""
-    return FeatureSet(model, tuple(reads), label_table, task, trainer, description, _floors(model, task, block))
+    request = request_fields(model, block, label_table, set(seen))
+    return FeatureSet(
+        model,
+        tuple(reads),
+        label_table,
+        task,
+        trainer,
+        description,
+        _floors(model, task, block),
+        request,
+        request_features(model, block, {*seen, *(f.name for f in request), *label_table.columns}),
+    )
 
 
 def _floors(model: str, task: str, block: _Json) -> tuple[tuple[str, float], ...]:

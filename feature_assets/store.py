@@ -15,7 +15,7 @@ import pandas as pd
 
 from feature_assets.errors import FeatureStoreError, InvalidEntity, ModelStoreError, shown
 from feature_assets.feature_refs import declared_derivations, output_names, resolve_features, with_keys_from
-from feature_assets.registry import TASKS, Registry, ViewRead, load_registry, snake_case
+from feature_assets.registry import TASKS, FeatureSet, Registry, ViewRead, load_registry, snake_case
 from feature_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -163,18 +163,36 @@ class FeatureStore:
     def model_input(self, frame: pd.DataFrame, features: str | Sequence[str]) -> pd.DataFrame:
         """The features of `frame` (as historical_features returns them) exactly as serving hands them to an estimator
         saved with these features: a column per feature in order, numbers as float64 with NaN for nulls, strings as
-        objects. Fit on this, and the model sees the same encoding at training and at serving."""
+        objects. Fit on this, and the model sees the same encoding at training and at serving. For a model that
+        declares request-time features, `frame` carries its request fields and they are computed as serving does."""
         from feature_assets.serving.predictor import feature_frame
+        from feature_assets.training import with_request_features
 
         declared = [
             {"name": f.name, "dtype": f.dtype}
             for read in resolve_features(self.registry, features)
             for f in read.features
         ]
+        model = self._model_named(features)
+        if model is not None and model.request_features:
+            needed = [*model.feature_names, *(f.name for f in model.request)]
+            absent = [name for name in needed if name not in frame.columns]
+            if absent:
+                raise FeatureStoreError(
+                    f"the frame has no columns {', '.join(absent)} (model {model.model} needs them)"
+                )
+            frame = with_request_features(model, frame)
+            declared += [{"name": f.name, "dtype": f.dtype} for f in model.request_features]
         absent = [f["name"] for f in declared if f["name"] not in frame.columns]
         if absent:
             raise FeatureStoreError(f"the frame has no columns {', '.join(absent)} (historical_features adds them)")
         return feature_frame({f["name"]: frame[f["name"]].tolist() for f in declared}, declared)
+
+    def _model_named(self, features: str | Sequence[str]) -> FeatureSet | None:
+        """The declared model that `features` names alone, if it does."""
+        if isinstance(features, str) and ":" not in features:
+            return self.registry.feature_set(features)
+        return None
 
     def _reads(self, features: str | Sequence[str], columns: list[str]) -> list[ViewRead]:
         """The reads of these references for a caller with these columns; remembered, as a server asks the same

@@ -331,7 +331,7 @@ def online_store(request, tmp_path):
 
 # Training: 1,000 users over 300 days with daily snapshots (enough that PSI noise stays well under the 0.1
 # warning threshold, and that LTV's fit label times end 90 days before its validation ones); the dbt build
-# makes the label tables too; both models trained once per module.
+# makes the label tables too; every model trained once per run.
 def train_models(
     warehouse: Warehouse, models_root, instance: dg.DagsterInstance | None = None
 ) -> dg.ExecuteInProcessResult:
@@ -357,7 +357,7 @@ def train_models(
 def trained_once(tmp_path_factory) -> Path:
     """The trained folder, built once per test run (the first worker to need it builds it, under a lock, for all
     pytest-xdist workers): a DuckDB warehouse with demo data, daily snapshots of both views, labels, training sets,
-    and both models served; and the Dagster instance it was built on (dagster/: every as-of day, training set and
+    and every model served; and the Dagster instance it was built on (dagster/: every as-of day, training set and
     model materialized), the local instance a FEATURE_STORE_HOME keeps. Never used directly: `trained` hands each
     module a copy to change."""
     from datetime import timedelta

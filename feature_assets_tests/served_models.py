@@ -13,6 +13,7 @@ from feature_assets.assets.models import train
 from feature_assets.registry import LABEL_ROW, FeatureSet, FeatureView, Registry
 from feature_assets.serving import ModelCard, ModelStore, OnlineStore, SyncRecord, encode_batch
 from feature_assets.serving.codec import view_schema
+from feature_assets.training import with_request_features
 
 COUNTRIES = ["DE", "FR", "US", "BR", "IN", "JP", "GB"]
 PLANS = ["free", "pro", "team"]
@@ -89,7 +90,9 @@ def training_rows(feature_set: FeatureSet, rows: int, rng: np.random.Generator) 
         frame[feature_set.target] = rng.random(rows) < 1 / (1 + np.exp((events - 12) / 3))
     else:
         frame[feature_set.target] = 4.0 * events + rng.gamma(2.0, 5.0, rows)
-    return frame
+    for field in feature_set.request:  # numbers, as the demo's order amount is
+        frame[field.name] = rng.gamma(2.0, 15.0, rows)
+    return with_request_features(feature_set, frame)
 
 
 def train_and_save(

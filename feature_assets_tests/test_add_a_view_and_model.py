@@ -181,7 +181,7 @@ def test_the_pipeline_materializes_the_new_view_and_model_on_duckdb_and_predicts
     assert "user_order_features_online parity: passed" in demo.stdout
     assert "spend_training_set no_leakage: passed" in demo.stdout
     assert "user_order_features_skew_report no_drift_error: passed" in demo.stdout
-    assert "served_models: churn_model" in demo.stdout and "spend_model 2" in demo.stdout, demo.stdout[
+    assert "served_models: checkout_model 2" in demo.stdout and "spend_model 2" in demo.stdout, demo.stdout[
         demo.stdout.find("Training:") :
     ]
 

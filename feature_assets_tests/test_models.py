@@ -422,7 +422,10 @@ def test_featurestore_predict_scores_one_or_many_users_and_names_bad_input(train
     )  # a header, three rows
 
     cases = [
-        (["predict", "fraud", "1"], "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model"),
+        (
+            ["predict", "fraud", "1"],
+            "no model 'fraud_model' declares a feature set; known: checkout_model, churn_model, ltv_model",
+        ),
         (["predict", "ltv", "1", "--key", "country_code=DE"], "model ltv_model reads no view keyed by 'country_code'"),
         (["predict", "churn", "1", "--key", "country_code"], "--key takes NAME=VALUE"),
         (["predict", "churn", " "], "user_id cannot be empty"),

@@ -118,7 +118,7 @@ def test_a_drift_error_holds_promotion_back_in_plain_words_and_the_previous_mode
         for e in result.get_asset_observation_events()
     ]
     assert held_back.startswith("held back: drift error on events_30d (user_features: psi ")
-    assert f"serving churn_model {serving_before}" in held_back
+    assert f"churn_model {serving_before}" in held_back.split("; serving ", 1)[1]
     assert models.versions("churn_model")[-1] != serving_before  # a new version was trained ...
     assert models.current("churn_model") == serving_before  # ... and is not served
 
@@ -223,3 +223,66 @@ def test_the_report_is_requested_after_each_online_sync(tmp_path):
     instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey("user_features_online")))
     after_sync = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
     assert after_sync.get_num_requested(report) == 1
+
+
+def _serve_checkouts(warehouse, store, models_root, log_path, amount_scale: float) -> None:
+    """checkout_model scored for every user of the latest snapshot, every served vector logged. Each user's order is
+    their average order times a ratio drawn from the training rows (an amount drawn from them without an average),
+    times amount_scale: at 1 the served ratios are distributed as the trained ones."""
+    import numpy as np
+    import pandas as pd
+
+    from feature_assets.serving.predictor import Predictor
+    from feature_assets.serving.served_log import SqliteServedLog
+
+    models = FolderModelStore(models_root)
+    kept = models.training_set("checkout_model")
+    with warehouse.connect() as con:
+        users = next(iter_latest_snapshots(warehouse, con, VIEW))
+    # Those who order have a recent average more often than users at large: as many without one as in training.
+    null_share = kept["order_to_avg_ratio"].isna().mean()
+    without = users["avg_order_30d"].isna().to_numpy()
+    keep = round(null_share / (1 - null_share) * (~without).sum())
+    users = pd.concat([users[~without], users[without].head(keep)], ignore_index=True)
+    rng = np.random.default_rng(0)
+    ratios = rng.choice(kept["order_to_avg_ratio"].dropna().to_numpy(), len(users))
+    averages = users["avg_order_30d"].astype(float).to_numpy()
+    amounts = np.where(np.isnan(averages), rng.choice(kept["order_amount"].to_numpy(), len(users)), averages * ratios)
+    entities = pd.DataFrame({"user_id": users[VIEW.entity_key].tolist(), "order_amount": amounts * amount_scale})
+    log = SqliteServedLog(log_path)
+    scored = Predictor(store, models, served_log=log).predict("checkout_model", entities)
+    assert scored["score"].notna().sum() > 100
+    assert log.flush()
+    log.close()
+
+
+def test_a_request_time_feature_is_compared_with_what_serving_computed_and_its_drift_named(monitored, tmp_path):
+    from feature_assets.resources.served_log import ServedLogResource
+
+    warehouse, store, models_root, resources = monitored
+    config = {"min_served_rows": 100}
+    for scale, folder in [(1.0, "alike"), (10.0, "shifted")]:
+        path = tmp_path / folder / "served_log.sqlite"
+        path.parent.mkdir()
+        _serve_checkouts(warehouse, store, models_root, path, scale)
+        report, checks = skew_report_assets(REGISTRY, VIEW)
+        result = dg.materialize(
+            [report, *checks],
+            resources={**resources, "served_log": ServedLogResource(kind="sqlite", sqlite_path=str(path))},
+            instance=dg.DagsterInstance.ephemeral(),
+            run_config={"ops": {report.op.name: {"config": config}}},
+            raise_on_error=False,
+        )
+        with warehouse.connect() as con:
+            rows = latest_report(warehouse, con, VIEW).set_index("feature")
+        ratio = rows.loc["order_to_avg_ratio"]
+        assert ratio["training_source"] == "checkout_training_set"
+        assert ratio["serving_source"].startswith("served log")
+        # Only checkout_model's vectors were served: the features it does not read are not compared as nulls.
+        assert "age" not in rows.index
+        error = _checks(result)["no_drift_error"]
+        if scale == 1.0:
+            assert ratio["severity"] != "error", ratio["reasons"]
+        else:
+            assert ratio["severity"] == "error" and not error.passed
+            assert "order_to_avg_ratio" in error.description

@@ -168,7 +168,7 @@ def test_healthz_names_the_online_store_and_every_served_version(server, home):
     models = FolderModelStore(home / "models")
     assert body["models"] == {
         name: {"version": models.current(name), "schema_version": models.card(name).schema_version}
-        for name in ("churn_model", "ltv_model")
+        for name in ("checkout_model", "churn_model", "ltv_model")
     }
 
 
@@ -340,7 +340,7 @@ def test_a_value_json_cannot_carry_is_refused_by_name_not_sent_as_null(server, o
             b'{"entities": [{"user_id": 1}]}',
             404,
             "unknown_model",
-            "no model 'fraud_model' declares a feature set; known: churn_model, ltv_model",
+            "no model 'fraud_model' declares a feature set; known: checkout_model, churn_model, ltv_model",
         ),
         (
             "POST",
@@ -590,7 +590,7 @@ def test_the_sqlite_online_store_serves_too(home, tmp_path, start_server):
     assert features["entities"][1]["features"] is None
 
     # The README's curl examples, as written, against this server (the one with a key over TLS: test_server_keys).
-    assert len(readme_curls(keyed=False)) == 6
+    assert len(readme_curls(keyed=False)) == 7
     for command in readme_curls(keyed=False):
         command = command.replace("localhost:8000", server.url.removeprefix("http://")).replace("\\ ", " ")
         done = subprocess.run(f"{command} --fail-with-body", shell=True, capture_output=True, text=True, timeout=30)

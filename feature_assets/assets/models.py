@@ -22,6 +22,7 @@ from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.serving.estimators import check_estimator, describe_estimator, import_trainer
 from feature_assets.serving.predictor import ModelCard, feature_frame, feature_matrix, model_scorer
 from feature_assets.serving.training_rows import encode_training_rows
+from feature_assets.training import with_request_features
 from feature_assets.warehouses import Warehouse
 
 __all__ = ["Trained", "build_pipeline", "model_assets", "train"]
@@ -36,8 +37,8 @@ def build_pipeline(feature_set: FeatureSet, non_negative_target: bool = False) -
     gradient boosting; a target that is never negative (revenue, counts) gets a Poisson loss, so no prediction
     is negative either.
     """
-    numeric = [i for i, f in enumerate(feature_set.features) if f.dtype != "string"]
-    categorical = [i for i, f in enumerate(feature_set.features) if f.dtype == "string"]
+    numeric = [i for i, f in enumerate(feature_set.inputs) if f.dtype != "string"]
+    categorical = [i for i, f in enumerate(feature_set.inputs) if f.dtype == "string"]
     columns = ColumnTransformer(
         [
             ("numeric", make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler()), numeric),
@@ -80,7 +81,7 @@ def train(feature_set: FeatureSet, frame: pd.DataFrame) -> Trained:
             f"{feature_set.model}: {len(fit)} fit and {len(validation)} validation rows with features (fit label times "
             f"end {feature_set.labels.outcome_window} before validation ones); need at least 20 and 5: a longer history"
         )
-    features = [{"name": f.name, "dtype": f.dtype} for f in feature_set.features]
+    features = [{"name": f.name, "dtype": f.dtype} for f in feature_set.inputs]
 
     def matrix(part: pd.DataFrame) -> np.ndarray:
         return feature_matrix({f["name"]: part[f["name"]].tolist() for f in features}, features)
@@ -126,7 +127,10 @@ def _fit_declared(feature_set: FeatureSet, features: pd.DataFrame, target: pd.Se
             f"trainer {spec} failed for model {feature_set.model}: {type(error).__name__}: {error}"
         ) from error
     check_estimator(
-        estimator, feature_set.task, feature_set.feature_names, f"model {feature_set.model}: trainer {spec} returned"
+        estimator,
+        feature_set.task,
+        [f.name for f in feature_set.inputs],
+        f"model {feature_set.model}: trainer {spec} returned",
     )
     return estimator
 
@@ -202,7 +206,7 @@ def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
     def model(warehouse: dg.ResourceParam[Warehouse], model_store: ModelStoreResource) -> dg.MaterializeResult:
         rows = warehouse.query(f"select * from {table} order by {LABEL_ROW}")
         complete = np.logical_and.reduce([rows[snapshot_column(view)].notna().to_numpy() for view in feature_set.views])
-        frame = rows[complete]
+        frame = with_request_features(feature_set, rows[complete])
         skipped = len(rows) - len(frame)
         trained = train(feature_set, frame)
         kept = encode_training_rows(trained.kept)

@@ -13,7 +13,7 @@ from feature_assets.assets.raw import WAREHOUSE_POOL
 from feature_assets.automation import SKEW_REPORT_AUTOMATION, SKEW_REPORT_FRESHNESS
 from feature_assets.errors import FeatureStoreError
 from feature_assets.online_sync import iter_latest_snapshots
-from feature_assets.registry import FeatureView, Registry, snapshot_column
+from feature_assets.registry import FeatureSet, FeatureView, Registry, snapshot_column
 from feature_assets.resources.model_store import ModelStoreResource
 from feature_assets.resources.online import OnlineStoreResource
 from feature_assets.resources.served_log import ServedLogResource
@@ -22,6 +22,7 @@ from feature_assets.serving.reads import MISSING, FeatureReader
 from feature_assets.skew import DriftThresholds, skew_report
 from feature_assets.skew_histograms import histogram_markdown, histogram_sparkline
 from feature_assets.skew_reports import drift_errors, features_at, latest_report, report_table, training_sources
+from feature_assets.training import with_request_features
 from feature_assets.warehouses import Warehouse
 
 __all__ = [
@@ -76,7 +77,9 @@ def skew_report_name(view: FeatureView) -> str:
 
 def _training_values(warehouse: Warehouse, registry: Registry, view: FeatureView) -> dict[str, tuple[pd.Series, str]]:
     """Per feature of the view that models read: its values in the rows those models were trained on (the union of
-    the training sets that read it, rows that matched a snapshot of the view), and which training sets those are."""
+    the training sets that read it, rows that matched a snapshot of the view), and which training sets those are.
+    Also each request-time feature of a model whose first caller key is the view's (the served log keeps it with
+    this view's vectors): computed from its training set's rows that matched every view, as the model was trained."""
     values: dict[str, list[pd.Series]] = {}
     sources: dict[str, list[str]] = {}
     with warehouse.connect() as con:
@@ -92,11 +95,57 @@ def _training_values(warehouse: Warehouse, registry: Registry, view: FeatureView
             for name in names:
                 values.setdefault(name, []).append(frame[name])
                 sources.setdefault(name, []).append(table)
-    return {
-        name: (pd.concat(values[name], ignore_index=True), " + ".join(sources[name]))
-        for name in view.feature_names
-        if name in values
-    }
+            if feature_set.request_features and _logs_request_features(feature_set, view):
+                for name, computed in _request_feature_values(warehouse, con, feature_set).items():
+                    values.setdefault(name, []).append(computed)
+                    sources.setdefault(name, []).append(table)
+    ordered = [
+        *(name for name in view.feature_names if name in values),
+        *(n for n in values if n not in view.feature_names),
+    ]
+    return {name: (pd.concat(values[name], ignore_index=True), " + ".join(sources[name])) for name in ordered}
+
+
+def _logs_request_features(feature_set: FeatureSet, view: FeatureView) -> bool:
+    """Whether serving logs the model's request-time features with this view's vectors (the first caller-key view)."""
+    first = next(read for read in feature_set.reads if read.derived_from is None)
+    return first.view.name == view.name
+
+
+def _request_feature_values(warehouse: Warehouse, con: Any, feature_set: FeatureSet) -> dict[str, pd.Series]:
+    complete = " and ".join(f"{snapshot_column(v)} is not null" for v in feature_set.views)
+    columns = [*feature_set.feature_names, *(f.name for f in feature_set.request)]
+    rows = warehouse.fetch(con, f"select {', '.join(columns)} from {feature_set.training_set} where {complete}")
+    computed = with_request_features(feature_set, rows)
+    return {f.name: computed[f.name] for f in feature_set.request_features}
+
+
+def _feature_dtype(registry: Registry, view: FeatureView, name: str) -> str:
+    if name in view.feature_names:
+        return view.feature(name).dtype
+    return next(f.dtype for fs in registry.feature_sets.values() for f in fs.request_features if f.name == name)
+
+
+def _serving_of(registry: Registry, view: FeatureView, serving: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The serving rows that carry feature `name`. Served vectors hold what their model read of the view (and the
+    request-time features it computed): those of models that read `name` from the view or compute it, and, for a
+    stored feature, those of no declared model (plain online reads, models saved from a notebook). Another model's
+    vectors lack it, and would count as nulls. An online snapshot sample carries every stored feature and no
+    request-time one."""
+    request = {f.name for fs in registry.feature_sets.values() for f in fs.request_features} - set(view.feature_names)
+    if "model" not in serving.columns or name not in serving.columns:
+        return serving.iloc[0:0] if name in request or name not in serving.columns else serving
+    readers = [
+        fs.model
+        for fs in registry.feature_sets.values()
+        if any(read.view.name == view.name and name in (f.name for f in read.features) for read in fs.reads)
+        or (name in (f.name for f in fs.request_features) and _logs_request_features(fs, view))
+    ]
+    models = serving["model"]
+    keep = models.isin(readers)
+    if name not in request:
+        keep |= models.isna() | ~models.isin(list(registry.feature_sets))
+    return serving[keep.to_numpy(dtype=bool, na_value=False)]
 
 
 def _serving_rows(
@@ -235,12 +284,16 @@ def skew_report_assets(
             )
         entities = serving[view.entity_key].nunique() if view.entity_key in serving.columns else None
         # Feature by feature: each against the training sets that read it (models may read different features).
-        reports = []
+        reports, unserved = [], []
         for name, (values, source) in training.items():
+            served = _serving_of(registry, view, serving, name)
+            if served.empty:
+                unserved.append(name)  # a request-time feature, seen only in served vectors
+                continue
             one = skew_report(
                 values.to_frame(name),
-                serving,
-                [(name, view.feature(name).dtype)],
+                served,
+                [(name, _feature_dtype(registry, view, name))],
                 _thresholds(config),
                 serving_entities=entities,
             )
@@ -268,6 +321,10 @@ def skew_report_assets(
             "serving_source": source_note,
             "unused_features": ", ".join(name for name in view.feature_names if name not in training) or "none",
         }
+        if unserved:
+            metadata["features_not_compared"] = (
+                f"{', '.join(unserved)}: no serving values (a request-time feature is seen only in served vectors)"
+            )
         # One number per feature and statistic, its series named with the serving side's kind: the asset's plots
         # show each one's drift over time, and a change of serving source starts a new series, not a jump.
         for row in report.to_dict("records"):
@@ -276,10 +333,13 @@ def skew_report_assets(
                     metadata[f"{statistic}_{row['feature']} ({kind})"] = round(float(row[statistic]), 4)
         # Every feature's distributions, training against serving: one line shown at once, a plot on a click.
         for name in training:
-            dtype = view.feature(name).dtype
-            metadata[f"shape_{name}"] = histogram_sparkline(training[name][0], serving[name], name, dtype)
+            if name in unserved:
+                continue
+            dtype = _feature_dtype(registry, view, name)
+            values = _serving_of(registry, view, serving, name)[name]
+            metadata[f"shape_{name}"] = histogram_sparkline(training[name][0], values, name, dtype)
             metadata[f"histogram_{name}"] = dg.MetadataValue.md(
-                histogram_markdown(training[name][0], serving[name], name, dtype)
+                histogram_markdown(training[name][0], values, name, dtype)
             )
         return dg.MaterializeResult(metadata=metadata)
 

@@ -30,6 +30,9 @@ class ModelCard:
     module.QualName, "params": its own parameters}; None in cards written before it was recorded.
     training: the summary of the training rows kept with the version (rows, columns, bytes, format, sha256; see
     training_rows.py); None when none were kept.
+    request: the fields the caller sends with each entity ({"name", "dtype"}), in order; request_features: the
+    features computed from them at request time ({"name", "dtype", "function", "definition_checksum": the sha256 of
+    the function's source}), the model's last input columns (see `inputs`). Both empty for a model without any.
     history: the events that promoted this version ({"promoted_at", "version", "note"}), oldest first, as the store
     reads them: a saved card holds none.
     """
@@ -49,16 +52,24 @@ class ModelCard:
     trainer: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     history: list[dict[str, str]] = field(default_factory=list)
+    request: list[dict[str, str]] = field(default_factory=list)
+    request_features: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def for_feature_set(cls, feature_set: FeatureSet, **fields: Any) -> "ModelCard":
-        """The card of a model the registry declares, bound to the views and features it reads."""
+        """The card of a model the registry declares, bound to the views and features it reads and to its request-time
+        features' functions."""
         return cls.for_reads(
             feature_set.model,
             feature_set.task,
             feature_set.target,
             feature_set.labels.name,
             feature_set.reads,
+            request=[{"name": f.name, "dtype": f.dtype} for f in feature_set.request],
+            request_features=[
+                {"name": f.name, "dtype": f.dtype, "function": f.function, "definition_checksum": f.definition_checksum}
+                for f in feature_set.request_features
+            ],
             **fields,
         )
 
@@ -92,7 +103,9 @@ class ModelCard:
             labels=labels,
             views=views,
             features=features,
-            schema_version=schema_version(features),
+            schema_version=schema_version(
+                [*features, *({"view": "request", **f} for f in fields.get("request_features", ()))]
+            ),
             **fields,
         )
 
@@ -111,6 +124,11 @@ class ModelCard:
     @property
     def feature_names(self) -> list[str]:
         return [f["name"] for f in self.features]
+
+    @property
+    def inputs(self) -> list[dict[str, str]]:
+        """The model's input columns in order ({"name", "dtype"}): the stored features, then the request-time ones."""
+        return [{"name": f["name"], "dtype": f["dtype"]} for f in (*self.features, *self.request_features)]
 
     @property
     def caller_keys(self) -> list[str]:

@@ -23,12 +23,21 @@ from threadpoolctl import ThreadpoolController
 
 from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, MissingFeatures, OnlineStoreError, shown
 from feature_assets.registry import FeatureView
+from feature_assets.request_time import (
+    RequestFeature,
+    compute,
+    function_checksum,
+    import_function,
+    input_arrays,
+    input_row,
+)
 from feature_assets.serving.codec import parse_entity_id
 from feature_assets.serving.fitted_steps import Rows, fitted_steps
 from feature_assets.serving.model_card import ModelCard
 from feature_assets.serving.model_store import ModelStore
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
 from feature_assets.serving.reads import MISSING, RECHECK_SECONDS, FeatureReader
+from feature_assets.serving.request_fields import request_column, split_request
 from feature_assets.serving.served_log import ServedLog
 from feature_assets.settings import seconds_from_milliseconds
 
@@ -161,11 +170,36 @@ class _Served:
             for view, entry in zip(views, card.views)
         ]
         self.names = card.feature_names
+        self.request_features = [RequestFeature(**f) for f in card.request_features]
+        self.functions = [_request_function(card, feature) for feature in self.request_features]
+        self.input_dtypes = {f["name"]: f["dtype"] for f in (*card.features, *card.request)}
+        # The served log keeps the request-time features in the vectors of the first view keyed by the caller, where
+        # the skew report of that view compares them with the training set's (skew_reports.request_feature_values).
+        logged_with = next((p.view.name for p in self.parts if p.derived_from is None), None)
+        self.logged = {
+            part.view.name: [*part.view.feature_names, *(f.name for f in self.request_features)]
+            if part.view.name == logged_with
+            else list(part.view.feature_names)
+            for part in self.parts
+        }
         self.floats = [(f["view"], f["name"]) for f in card.features if f["dtype"] == "float64"]
         self.classifier = card.task == "classification"
-        self.score_matrix = model_scorer(pipeline, card.features, self.classifier)
+        self.score_matrix = model_scorer(pipeline, card.inputs, self.classifier)
         # Made after the pipeline was unpickled, so it sees every OpenMP runtime the pipeline's estimators loaded.
         self._openmp = ThreadpoolController().select(user_api="openmp")
+
+    def with_request_features(self, columns: dict[str, list[Any]], rows: int) -> dict[str, list[Any]]:
+        """The columns with each request-time feature added, computed as training computes them."""
+        if not self.functions:
+            return columns
+        computed = compute(self.request_features, self.functions, input_arrays(columns, self.input_dtypes), rows)
+        nulled = {name: [None if v != v else v for v in values.tolist()] for name, values in computed.items()}
+        return {**columns, **nulled}
+
+    def request_row(self, values: dict[str, Any]) -> dict[str, float | None]:
+        """One row's request-time features from its stored features and request fields (as with_request_features)."""
+        computed = compute(self.request_features, self.functions, input_row(values, self.input_dtypes), 1)
+        return {name: None if math.isnan(column[0]) else float(column[0]) for name, column in computed.items()}
 
     def score_row(self, matrix: np.ndarray) -> float:
         """The score of one row, with OpenMP held to one thread in this thread meanwhile. An OpenMP estimator
@@ -176,6 +210,18 @@ class _Served:
         their pool."""
         with self._openmp.limit(limits=1):
             return float(self.score_matrix(matrix)[0])
+
+
+def _request_function(card: ModelCard, feature: RequestFeature) -> Any:
+    """The function of a request-time feature, or SchemaMismatch when its source changed since the model was trained."""
+    where = f"model {card.model} version {card.version} computes {feature.name} with {feature.function}"
+    try:
+        checksum = function_checksum(feature.function, card.model)
+    except FeatureStoreError as error:
+        raise SchemaMismatch(f"{where}, but {error}") from None
+    if checksum != feature.definition_checksum:
+        raise SchemaMismatch(f"{where}, but that function changed since the model was trained; retrain the model")
+    return import_function(feature.function, f"model {card.model}")
 
 
 def _check_online_schema(store: OnlineStore, view: FeatureView, card: ModelCard) -> _Checked | None:
@@ -271,6 +317,7 @@ class Predictor:
         deadline = time.monotonic() + self.deadline
         served = self._current(model)
         card = served.card
+        entity, request = split_request(card, entity)
         keys = _keys(card, entity)
         rows: dict[str, dict[str, Any]] = {}
         # Views whose key the caller passed, in one exchange; then those whose key derives from them (the registry
@@ -306,11 +353,13 @@ class Predictor:
             value = features[name]
             if value is not None and not math.isfinite(value):
                 raise DataError(_not_finite_message(view, name, value, keys))
-        matrix = feature_matrix({name: [value] for name, value in features.items()}, card.features)
+        if served.functions:
+            features.update(served.request_row({**features, **request}))
+        matrix = feature_matrix({name: [value] for name, value in features.items()}, card.inputs)
         prediction = Prediction(keys, served.score_row(matrix), model, card.version, features)
         if self.served_log is not None:
             for part in served.parts:
-                logged = {name: features[name] for name in part.view.feature_names}
+                logged = {name: features[name] for name in served.logged[part.view.name]}
                 self.served_log.log(part.view.name, part.key, keys[part.key], logged, model, card.version)
         return prediction
 
@@ -321,6 +370,7 @@ class Predictor:
         served = self._current(model)
         card = served.card
         keys = _key_frame(card, entities)
+        request = {f["name"]: request_column(card, f, keys) for f in card.request}
         errors = pd.array([None] * len(keys), dtype="string")
         frames: dict[str, pd.DataFrame] = {}
         for part in _in_dependency_order(served.parts):
@@ -355,11 +405,15 @@ class Predictor:
         scores = pd.array([None] * len(keys), dtype="Float64")
         if found.any():
             columns = {f["name"]: frames[f["view"]][f["name"]][found].tolist() for f in card.features}
-            scores[found] = served.score_matrix(feature_matrix(columns, card.features))
+            columns = served.with_request_features(
+                {**columns, **{name: [v for v, ok in zip(values, found) if ok] for name, values in request.items()}},
+                int(found.sum()),
+            )
+            scores[found] = served.score_matrix(feature_matrix(columns, card.inputs))
             if self.served_log is not None:
                 for part in served.parts:
                     ids = keys[part.key][found].tolist()
-                    logged = {name: columns[name] for name in part.view.feature_names}
+                    logged = {name: columns[name] for name in served.logged[part.view.name]}
                     self.served_log.log_batch(part.view.name, part.key, ids, logged, model, card.version)
         result = keys[card.caller_keys + [k for k in keys.columns if k not in card.caller_keys]].copy()
         result["score"] = scores
