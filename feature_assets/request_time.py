@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from feature_assets.errors import RegistryError, shown
 
@@ -144,6 +143,8 @@ def function_checksum(spec: str, model: str) -> str:
 def input_arrays(columns: Mapping[str, Sequence[Any]], dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
     """A request-time function's input: each column as a numpy array, numbers (int64, float64, bool) as float64 with
     NaN for nulls, anything else as objects with None for nulls."""
+    import pandas as pd  # here only: the registry imports this module, and serving starts without pandas
+
     arrays = {}
     for name, values in columns.items():
         series = pd.Series(values, dtype=object)
