@@ -106,6 +106,13 @@ def print_prediction(
     with open_online_store(settings) as store, open_served_log(settings) as log, open_model_store(settings) as models:
         predictor = Predictor(store, models, served_log=log)
         caller = predictor.entity_keys(model)
+        declared = [field["name"] for field in predictor.served_card(model).request]
+        unknown = [name for name in request or {} if name not in declared]
+        if unknown:
+            raise FeatureStoreError(
+                f"{model} takes no request field {', '.join(unknown)}; "
+                f"its request fields: {', '.join(declared) or 'none'}"
+            )
         positional = [key for key in caller if key not in keys]
         if len(positional) != 1:
             raise FeatureStoreError(

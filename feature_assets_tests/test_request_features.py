@@ -226,6 +226,10 @@ def test_the_cli_takes_request_fields_and_refuses_a_bad_one_in_one_line(home, on
         (["predict", "checkout", user], "needs the request field order_amount"),
         (["predict", "checkout", user, "--request", "order_amount=abc"], "request field order_amount must be"),
         (["predict", "checkout", user, "--request", "order_amount"], "--request takes NAME=VALUE"),
+        (
+            ["predict", "checkout", user, "--request", "order_amnt=25"],
+            "checkout_model takes no request field order_amnt; its request fields: order_amount",
+        ),
     ]:
         code, _, err = _cli(argv, capsys)
         assert code != 0 and "Traceback" not in err
