@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve import _stop, _workers_cpu_seconds, load  # noqa: E402
+from serve import _start_server, _stop, _workers_cpu_seconds, load  # noqa: E402
 
 from feature_assets.registry import load_registry  # noqa: E402
 from feature_assets.serving import RedisOnlineStore  # noqa: E402
@@ -64,38 +63,6 @@ def _bodies(count: int, rows: int, start: datetime) -> list[bytes]:
         json.dumps({"rows": _rows(1 + index * rows % 1_000_000, rows, start + timedelta(microseconds=index))}).encode()
         for index in range(count)
     ]
-
-
-def _start_server(directory: Path, redis_url: str, postgres_url: str, schema: str, workers: int):
-    env = {**os.environ, "FEATURE_STORE_HOME": str(directory), "FEATURE_STORE_ONLINE": "redis",
-           "FEATURE_STORE_REDIS_URL": redis_url, "FEATURE_STORE_WAREHOUSE": "postgres",
-           "FEATURE_STORE_POSTGRES_URL": postgres_url, "FEATURE_STORE_POSTGRES_SCHEMA": schema,
-           "FEATURE_STORE_SERVED_LOG_RATE": "0"}  # fmt: skip
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(directory / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "feature_assets.cli", "serve", "--port", "0", "--workers", str(workers)],
-            env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
-        )  # fmt: skip
-    line = server.stdout.readline()
-    if "http://" not in line:
-        raise SystemExit(f"the server did not start: {line}{(directory / 'server.log').read_text()[-2000:]}")
-    port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
-    import http.client
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/metrics")  # healthz wants served models; pushes need none
-            if connection.getresponse().status == 200:
-                connection.close()
-                return server, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline or server.poll() is not None:
-            raise SystemExit(f"the server did not answer:\n{(directory / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         warm_up = [json.dumps({"rows": _rows(3_000_000 + i, 1, later)}).encode() for i in range(600)]
         with tempfile.TemporaryDirectory(prefix="featurestore-push-bench-") as directory:
-            server, port = _start_server(Path(directory), args.redis_url, args.postgres_url, schema, args.workers)
+            server, port = _start_server(
+                Path(directory), args.redis_url, args.workers, ready="/metrics",  # healthz wants served models
+                FEATURE_STORE_WAREHOUSE="postgres", FEATURE_STORE_POSTGRES_URL=args.postgres_url,
+                FEATURE_STORE_POSTGRES_SCHEMA=schema, FEATURE_STORE_SERVED_LOG_RATE="0",
+            )  # fmt: skip
             try:
                 cpu = _workers_cpu_seconds(server.pid)
                 batches = asyncio.run(load("127.0.0.1", port, "/v1/push/user_features", bodies, name="batches",

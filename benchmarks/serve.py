@@ -250,8 +250,9 @@ def _build(directory: Path, url: str, users: int) -> None:
     serve_models(FolderModelStore(directory / "models"), registry)
 
 
-def _start_server(directory: Path, url: str, workers: int, log_name: str = "server.log", **more: str
-                  ) -> tuple[subprocess.Popen, int]:  # fmt: skip
+def _start_server(directory: Path, url: str, workers: int, log_name: str = "server.log", ready: str = "/healthz",
+                  **more: str) -> tuple[subprocess.Popen, int]:  # fmt: skip
+    """`featurestore serve` on a free port, once `ready` answers 200; `more`: environment settings."""
     env = {**os.environ, "FEATURE_STORE_HOME": str(directory), "FEATURE_STORE_ONLINE": "redis",
            "FEATURE_STORE_REDIS_URL": url, "FEATURE_STORE_SERVED_LOG_RATE": "0.1", **more}  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -270,7 +271,7 @@ def _start_server(directory: Path, url: str, workers: int, log_name: str = "serv
     while True:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/healthz")
+            connection.request("GET", ready)
             if connection.getresponse().status == 200:
                 connection.close()
                 break

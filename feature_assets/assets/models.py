@@ -135,9 +135,14 @@ def _fit_declared(feature_set: FeatureSet, features: pd.DataFrame, target: pd.Se
     return estimator
 
 
+def _floors_text(feature_set: FeatureSet) -> str:
+    """The declared floors in words, e.g. "auc >= 0.6"."""
+    return ", ".join(f"{metric} >= {floor:g}" for metric, floor in feature_set.min_validation)
+
+
 def _model_description(feature_set: FeatureSet) -> str:
     what = feature_set.description.strip() or f"The {feature_set.task} model of {feature_set.target}."
-    floors = ", ".join(f"{metric} >= {floor:g}" for metric, floor in feature_set.min_validation)
+    floors = _floors_text(feature_set)
     return (
         f"{what} It predicts {feature_set.target} ({feature_set.task}) and is trained on {feature_set.training_set}: "
         "each materialization is a new version in the model store, bound to the feature schema it was trained on, "
@@ -179,14 +184,13 @@ def _schema_markdown(card: ModelCard) -> dg.MetadataValue:
 
 def _model_asset(feature_set: FeatureSet) -> dg.AssetsDefinition:
     table = feature_set.training_set
-    floors = ", ".join(f"{metric} >= {floor:g}" for metric, floor in feature_set.min_validation)
     checks = (
         [
             dg.AssetCheckSpec(
                 VALIDATION_FLOOR_CHECK,
                 asset=feature_set.model,
                 description="Holds back promotion (the run goes on: Dagster calls such a check non-blocking): a new "
-                f"version is served only when its validation {floors} (the "
+                f"version is served only when its validation {_floors_text(feature_set)} (the "
                 "floors declared in its YAML, meta.feature_set.min_validation); otherwise the previous version keeps "
                 "serving.",
             )

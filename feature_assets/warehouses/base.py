@@ -59,6 +59,7 @@ class Warehouse(ABC):
         connections are costly to open keeps them open between uses (here each use opens one)."""
         return self.connect()
 
+    @abstractmethod
     def insert_new_rows(
         self,
         con: Any,
@@ -68,15 +69,18 @@ class Warehouse(ABC):
         unique: Sequence[str],
     ) -> None:
         """Appends rows (Python values per column, None for null) whose `unique` columns are not in the table yet,
-        creating it with that primary key if needed: a retried append writes nothing twice."""
+        creating it with that primary key if needed (create_keyed_table): a retried append writes nothing twice."""
+
+    def create_keyed_table(
+        self, con: Any, table: str, column_types: Mapping[str, str], unique: Sequence[str]
+    ) -> list[str]:
+        """Creates the table of insert_new_rows if it does not exist, with `unique` as its primary key; its validated
+        column names."""
         validate_identifier(table, "table")
         names = [validate_identifier(name, "column") for name in column_types]
         ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
         self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
-        rows = len(columns[names[0]])
-        marks = ", ".join(["(" + ", ".join("?" * len(names)) + ")"] * rows)
-        values = [value for row in zip(*(columns[name] for name in names)) for value in row]
-        self.execute(con, f"insert into {table} ({', '.join(names)}) values {marks} on conflict do nothing", values)
+        return names
 
     @abstractmethod
     def dbt_env(self) -> dict[str, str]:

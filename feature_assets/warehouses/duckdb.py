@@ -73,10 +73,7 @@ class DuckDBWarehouse(Warehouse):
         unique: Sequence[str],
     ) -> None:
         """The rows as a frame DuckDB scans in place (a statement of thousands of parameters parses slowly here)."""
-        validate_identifier(table, "table")
-        names = [validate_identifier(name, "column") for name in column_types]
-        ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
-        self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
+        names = self.create_keyed_table(con, table, column_types, unique)
         con.register("incoming_rows", pd.DataFrame({name: pd.Series(columns[name], dtype=object) for name in names}))
         try:
             casts = ", ".join(f"cast({name} as {kind}) as {name}" for name, kind in column_types.items())

@@ -100,10 +100,7 @@ class PostgresWarehouse(Warehouse):
     ) -> None:
         """One array per column, unnested in the server: a statement of thousands of placeholders takes psycopg
         longer to prepare than PostgreSQL to run."""
-        validate_identifier(table, "table")
-        names = [validate_identifier(name, "column") for name in column_types]
-        ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
-        self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
+        names = self.create_keyed_table(con, table, column_types, unique)
         arrays = ", ".join(f"?::{kind}[]" for kind in column_types.values())
         self.execute(
             con,
