@@ -329,3 +329,30 @@ def test_training_sets_read_pushed_rows_and_the_leakage_check_holds_them_to_the_
     assert len({problem["entity"] for problem in stale.problems}) == 10
     assert all("not the latest one before the label time" in problem["problem"] for problem in stale.problems)
     online.close()
+
+
+def test_the_first_pushes_of_many_workers_at_once_all_land_on_a_fresh_postgresql(postgres_warehouse, tmp_path):
+    from feature_assets.serving import SqliteOnlineStore
+
+    # Each server worker's first push creates the pushed table if it is missing: those arriving together must all
+    # be written, none refused because another created the table a moment before.
+    workers = 8
+    start = threading.Barrier(workers)
+    failures: list[BaseException] = []
+    at = hour() - timedelta(hours=1)
+
+    def first_push(user_id: int) -> None:
+        start.wait()
+        try:
+            online = SqliteOnlineStore(tmp_path / f"online-{user_id}.sqlite")
+            FeatureStore(warehouse=postgres_warehouse, online_store=online).push("user_features", [row(user_id, at, 3)])
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=first_push, args=(user_id,)) for user_id in range(1, workers + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert sorted(pushed_rows(postgres_warehouse)[VIEW.entity_key]) == list(range(1, workers + 1))

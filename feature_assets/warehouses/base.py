@@ -12,7 +12,7 @@ import pandas as pd
 from feature_assets.registry import FeatureView, ViewRead
 from feature_assets.settings import validate_identifier
 
-__all__ = ["Warehouse"]
+__all__ = ["Warehouse", "keyed_table_sql"]
 
 
 class Warehouse(ABC):
@@ -76,10 +76,8 @@ class Warehouse(ABC):
     ) -> list[str]:
         """Creates the table of insert_new_rows if it does not exist, with `unique` as its primary key; its validated
         column names."""
-        validate_identifier(table, "table")
-        names = [validate_identifier(name, "column") for name in column_types]
-        ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
-        self.execute(con, f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))")
+        sql, names = keyed_table_sql(table, column_types, unique)
+        self.execute(con, sql)
         return names
 
     @abstractmethod
@@ -143,3 +141,11 @@ class Warehouse(ABC):
 
     def check_join_indexes(self, con: Any, views: Sequence[FeatureView]) -> None:  # noqa: B027 (a hook: most need none)
         """Refuses views that lack an index the point-in-time join needs (none by default)."""
+
+
+def keyed_table_sql(table: str, column_types: Mapping[str, str], unique: Sequence[str]) -> tuple[str, list[str]]:
+    """The `create table if not exists` of a table with `unique` as its primary key, and its validated column names."""
+    validate_identifier(table, "table")
+    names = [validate_identifier(name, "column") for name in column_types]
+    ddl = ", ".join(f"{name} {kind}" for name, kind in column_types.items())
+    return f"create table if not exists {table} ({ddl}, primary key ({', '.join(unique)}))", names

@@ -15,7 +15,7 @@ from feature_assets.errors import WarehouseError
 from feature_assets.postgres import connect_postgres
 from feature_assets.registry import LABEL_ROW, FeatureView, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
-from feature_assets.warehouses.base import Warehouse
+from feature_assets.warehouses.base import Warehouse, keyed_table_sql
 
 __all__ = ["POSTGRES_STATEMENT_TIMEOUT_S", "PostgresWarehouse", "postgres_sql"]
 
@@ -57,7 +57,7 @@ class PostgresWarehouse(Warehouse):
             options=f"-c timezone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_S * 1000}",
         )
         try:
-            con.execute(f"create schema if not exists {schema}")
+            _create_if_missing(con, f"create schema if not exists {schema}")
             con.execute(f"set search_path to {schema}")
             con.commit()
         except BaseException:
@@ -89,6 +89,15 @@ class PostgresWarehouse(Warehouse):
                 self._idle.append(con)
                 return
         con.close()
+
+    def create_keyed_table(
+        self, con: Any, table: str, column_types: Mapping[str, str], unique: Sequence[str]
+    ) -> list[str]:
+        """As the base's, safe against another worker creating the table at the same moment (run it first in its
+        transaction, as insert_new_rows does)."""
+        sql, names = keyed_table_sql(table, column_types, unique)
+        _create_if_missing(con, sql)
+        return names
 
     def insert_new_rows(
         self,
@@ -290,3 +299,17 @@ def _typed(columns: Sequence[str], dtypes: Mapping[str, Any], rows: list[tuple])
             for name, column in zip(columns, values)
         }
     )
+
+
+# PostgreSQL's `create ... if not exists` is not safe against a concurrent creator of the same name (two server
+# workers' first pushes to a fresh warehouse): the loser fails on a catalog's unique index, meaning it now exists.
+_CREATED_CONCURRENTLY = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema)
+
+
+def _create_if_missing(con: psycopg.Connection, sql: str) -> None:
+    """Runs a `create ... if not exists` as the first statement of a transaction; when a concurrent creator won, the
+    transaction (which held nothing else) is rolled back and the object is there."""
+    try:
+        con.execute(sql)
+    except _CREATED_CONCURRENTLY:
+        con.rollback()
