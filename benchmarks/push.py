@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             in_process = (len(baseline) - 1) * BATCH / (time.perf_counter() - began)
 
         later = start + timedelta(seconds=1)  # new computed_at for every HTTP row: nothing is a replay
-        bodies = _bodies(int(args.seconds * 120), BATCH, later)
+        # Room for 120,000 rows/s: a run that outpaces its bodies would send replays, which write nothing.
+        bodies = _bodies(int(args.seconds * 240), BATCH, later)
         singles = [
             json.dumps({"rows": _rows(2_000_000 + i, 1, later)}).encode() for i in range(int(args.seconds * 200))
         ]
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 _stop(server)
         if batches.sent > len(bodies):
-            print(f"note: the batch run sent {batches.sent} batches of {len(bodies)} made: later ones were replays")
+            raise SystemExit(
+                f"the batch run sent {batches.sent} batches of the {len(bodies)} made: the rest were replays, which "
+                "write nothing, so its rate would be wrong; make more bodies"
+            )
         pushed = warehouse.query(f"select count(*) as n from {VIEW.name}_pushed")["n"].iat[0]
         expected = len(baseline) * BATCH + min(batches.answered, len(bodies)) * BATCH + single.answered + len(warm_up)
         keys = sum(1 for _ in flush.scan_iter(match="features:user:*", count=10_000))

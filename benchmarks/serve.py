@@ -179,14 +179,15 @@ async def load(host: str, port: int, path: str, bodies: list[bytes], *, name: st
     cpu = time.process_time()
     if rate is None:
 
-        async def closed_loop(connection: Connection, offset: int) -> None:
-            index = offset
+        async def closed_loop(connection: Connection) -> None:
+            # The bodies in order over all connections (run.sent counts them): a body is sent again only once every
+            # other one was, however unevenly the connections are answered.
             while time.perf_counter() < end:
+                body = bodies[run.sent % len(bodies)]
                 run.sent += 1
-                await _one(connection, path, bodies[index % len(bodies)], time.perf_counter(), run)
-                index += connections
+                await _one(connection, path, body, time.perf_counter(), run)
 
-        await asyncio.gather(*(closed_loop(idle.get_nowait(), i) for i in range(connections)))
+        await asyncio.gather(*(closed_loop(idle.get_nowait()) for _ in range(connections)))
     else:
         index = 0
         while True:
