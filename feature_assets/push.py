@@ -45,6 +45,7 @@ __all__ = [
     "LOADED_AT",
     "PushResult",
     "push_rows",
+    "pushed_column_types",
     "pushed_table",
     "pushed_views",
     "row_columns",
@@ -59,6 +60,17 @@ _INT64 = 2**63
 def pushed_table(view: FeatureView) -> str:
     """The warehouse table beside the view's dbt snapshots that holds its pushed rows."""
     return f"{view.name}_pushed"
+
+
+def pushed_column_types(view: FeatureView) -> dict[str, str]:
+    """The pushed history's columns and their SQL types: the key, computed_at, the features, loaded_at."""
+    key_type = "bigint" if view.key_data_type in ("smallint", "integer", "int", "bigint") else "text"
+    return {
+        view.entity_key: key_type,
+        view.timestamp: "timestamp",
+        **{f.name: f.data_type for f in view.features},
+        LOADED_AT: "timestamp",
+    }
 
 
 def pushed_views(warehouse: Warehouse, con: Any, views: Collection[FeatureView]) -> frozenset[str]:
@@ -225,17 +237,12 @@ def encoded(view: FeatureView, rows: dict[str, list[Any]]) -> EncodedBatch:
 def push_rows(warehouse: Warehouse, store: OnlineStore, view: FeatureView, rows: dict[str, list[Any]]) -> PushResult:
     """Appends the rows to the view's pushed history (a key and computed_at already there is skipped), then writes
     each entity online where the store holds nothing newer, and not past the view's TTL."""
-    key_type = "bigint" if view.key_data_type in ("smallint", "integer", "int", "bigint") else "text"
-    column_types = {
-        view.entity_key: key_type,
-        view.timestamp: "timestamp",
-        **{f.name: f.data_type for f in view.features},
-        LOADED_AT: "timestamp",
-    }
     count = len(rows[view.entity_key])
     values = {**rows, LOADED_AT: [utc_now()] * count}
     with warehouse.pooled() as con:
-        warehouse.insert_new_rows(con, pushed_table(view), values, column_types, (view.entity_key, view.timestamp))
+        warehouse.insert_new_rows(
+            con, pushed_table(view), values, pushed_column_types(view), (view.entity_key, view.timestamp)
+        )
     with store.writer(view, push=True) as writer:
         writer.write(encoded(view, rows))
     return PushResult(count, writer.rows_written)

@@ -11,15 +11,28 @@ import pytest
 from conftest import empty_redis_store
 from redis_servers import start_restartable_redis
 from starlette.testclient import TestClient
+from test_training import (
+    FEATURE_SET,
+    HOUR,
+    USERS,
+    _country_history,
+    _labels,
+    _load,
+    _normalized,
+    _reference,
+    _user_history,
+)
 
 from feature_assets.errors import InvalidEntity, InvalidRow, OnlineStoreError
+from feature_assets.leakage import check_leakage
 from feature_assets.online_sync import check_online_parity, sync_online_store
-from feature_assets.push import pushed_table
+from feature_assets.push import pushed_column_types, pushed_table
 from feature_assets.registry import load_registry
 from feature_assets.serving import FeatureReader, RedisOnlineStore
 from feature_assets.serving.server import create_app
 from feature_assets.settings import Settings, dbt_manifest_path
 from feature_assets.store import FeatureStore
+from feature_assets.training import build_table, point_in_time_sql
 from feature_assets.warehouses import Warehouse
 
 REGISTRY = load_registry(dbt_manifest_path())
@@ -121,7 +134,7 @@ def test_a_training_row_sees_a_pushed_value_only_once_it_was_computed_and_loaded
     online.close()
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "spark"])
 def warehouse(request) -> str:
     return request.param
 
@@ -356,3 +369,109 @@ def test_the_first_pushes_of_many_workers_at_once_all_land_on_a_fresh_postgresql
         thread.join()
     assert not failures, failures
     assert sorted(pushed_rows(postgres_warehouse)[VIEW.entity_key]) == list(range(1, workers + 1))
+
+
+def _pushes(rng: np.random.Generator, users: pd.DataFrame) -> pd.DataFrame:
+    """Pushed user rows: some at a snapshot's own time (the snapshot wins the tie), the others between snapshots;
+    loaded at once, a minute, two hours or eight hours after they were computed (past the next snapshots)."""
+    picked = users[users["user_id"] != 999].sample(200, random_state=2, replace=True)
+    minutes = np.where(rng.random(len(picked)) < 0.3, 0, rng.integers(1, 6 * 60, len(picked)))
+    rows = pd.DataFrame({
+        "user_id": picked["user_id"].to_numpy(),
+        "computed_at": picked["computed_at"].to_numpy() + minutes.astype("timedelta64[m]"),
+    }).drop_duplicates(ignore_index=True)  # fmt: skip
+    n = len(rows)
+    rows["age"] = rng.integers(18, 80, n)
+    rows["country"] = rng.choice(["US", "DE", None], n)
+    rows["plan"] = rng.choice(["free", "pro"], n)
+    rows["events_30d"] = rng.integers(100, 150, n)  # apart from the snapshots' 0..49: a wrong pick shows
+    rows["avg_order_30d"] = np.where(rng.random(n) < 0.3, np.nan, rng.random(n) * 100)
+    delays = np.array([0, 1, 120, 480], dtype="timedelta64[m]")
+    rows["loaded_at"] = rows["computed_at"].to_numpy() + delays[rng.integers(0, 4, n)]
+    return rows
+
+
+def _python_columns(frame: pd.DataFrame) -> dict[str, list]:
+    """A frame's columns as the Python values a push hands the warehouse: None for null, datetimes for times."""
+    return {
+        name: list(column.dt.to_pydatetime()) if column.dtype.kind == "M" else [
+            None if pd.isna(value) else value for value in column.tolist()
+        ]
+        for name, column in frame.items()
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres", "spark"])
+def test_a_training_set_with_pushed_rows_matches_the_row_by_row_reference(engine, request):
+    """Generated snapshots and pushed rows, and labels on each pushed row's edges (at its computed_at, at its
+    loaded_at, a second later, at its TTL's end): the warehouse's join, row for row, is the reference's."""
+    warehouse: Warehouse = request.getfixturevalue(f"{engine}_warehouse")
+    rng = np.random.default_rng(17)
+    users, countries = _user_history(rng), _country_history(rng)
+    pushes = _pushes(rng, users)
+    edges = [pushes["computed_at"], pushes["loaded_at"], pushes["loaded_at"] + pd.Timedelta(seconds=1),
+             pushes["computed_at"] + USERS.online_ttl]  # fmt: skip
+    on_edges = pd.concat([pd.DataFrame({"user_id": pushes["user_id"], "label_time": edge}) for edge in edges])
+    on_edges["country_code"] = rng.choice(["US", "DE", None], len(on_edges))
+    on_edges["churned"] = rng.random(len(on_edges)) < 0.2
+    labels = pd.concat([_labels(rng, users, countries), on_edges[["user_id", "country_code", "label_time", "churned"]]],
+                       ignore_index=True)  # fmt: skip
+    expected = _reference({"user_features": users, "country_features": countries}, labels, {"user_features": pushes})
+    with warehouse.connect() as con:
+        _load(warehouse, con, users, countries, labels)
+        warehouse.insert_new_rows(
+            con, pushed_table(USERS), _python_columns(pushes), pushed_column_types(USERS), ("user_id", "computed_at")
+        )
+        build_table(warehouse, con, "pushed_training_set", *point_in_time_sql(warehouse, FEATURE_SET, {USERS.name}))
+        built = warehouse.fetch(con, "select * from pushed_training_set")
+    expected = expected.sort_values(["user_id", "label_time", "country_code", "churned"], kind="stable",
+                                    na_position="last")  # fmt: skip
+    assert _normalized(built.sort_values("label_row")) == _normalized(expected)
+    # Each kind of pick happens: a pushed row, a snapshot tied with a pushed row, a pushed row not yet loaded.
+    assert (built["events_30d"] >= 100).sum() > 100 and (built["events_30d"] < 100).sum() > 100
+    leakage = check_leakage(warehouse, FEATURE_SET, "pushed_training_set", sample=400)
+    assert leakage.passed, leakage.problems[:3]
+
+
+def test_pushes_to_spark_at_once_all_land_a_retry_writes_nothing_twice_and_the_sync_serves_them(
+    spark_warehouse, tmp_path
+):
+    """Spark tables have no keys and one Parquet folder admits one writer: four pushes at once all land, a retried
+    push keeps the first row of its key and computed_at, and a sync from Spark serves the pushed rows (parity holds)."""
+    from feature_assets.serving import SqliteOnlineStore
+
+    append(spark_warehouse, snapshot(range(1, 9), hour() - 3 * HOUR, events=1))
+    at = hour() - HOUR
+    start, failures = threading.Barrier(4), []
+
+    def push(user_id: int) -> None:
+        online = SqliteOnlineStore(tmp_path / f"pusher-{user_id}.sqlite")
+        start.wait()
+        try:
+            FeatureStore(registry=REGISTRY, warehouse=spark_warehouse, online_store=online).push(
+                "user_features", [row(user_id, at, 100 + user_id)]
+            )
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            online.close()
+
+    threads = [threading.Thread(target=push, args=(user_id,)) for user_id in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    first = pushed_rows(spark_warehouse)
+    online = SqliteOnlineStore(tmp_path / "online.sqlite")
+    store = FeatureStore(registry=REGISTRY, warehouse=spark_warehouse, online_store=online)
+    assert store.push("user_features", [row(1, at, 999)]).written == 1  # this store had nothing of user 1
+    history = pushed_rows(spark_warehouse)
+    assert history[["user_id", "events_30d"]].values.tolist() == [[1, 101], [2, 102], [3, 103], [4, 104]]
+    assert history["loaded_at"].tolist() == first["loaded_at"].tolist()
+
+    sync_online_store(spark_warehouse, online, VIEW, full_resync=True)
+    assert events(online, [1, 2, 5]) == [101, 102, 1]  # the warehouse's first row of user 1 replaced the retry's
+    parity = check_online_parity(spark_warehouse, online, VIEW)
+    assert parity.passed, parity.summary(VIEW)
+    online.close()

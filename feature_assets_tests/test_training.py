@@ -98,25 +98,36 @@ def _labels(rng: np.random.Generator, users: pd.DataFrame, countries: pd.DataFra
     return labels
 
 
-def _reference(histories: dict[str, pd.DataFrame], labels: pd.DataFrame) -> pd.DataFrame:
-    """Row by row, per view: the greatest timestamp < t with timestamp >= t - that view's TTL, else nothing (each
-    label looks through every snapshot of its entity)."""
+def _reference(
+    histories: dict[str, pd.DataFrame], labels: pd.DataFrame, pushed: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
+    """Row by row, per view: the row with the greatest timestamp < t among the snapshots and the pushed rows (those
+    `pushed` holds, each with its loaded_at) also loaded before t, a snapshot beating a pushed row of the same time;
+    kept if its timestamp >= t - that view's TTL, else nothing (each label looks through every row of its entity)."""
     snapshots: dict[str, dict[object, list[dict]]] = {}
     for read in FEATURE_SET.reads:
         by_entity = snapshots[read.view.name] = {}
-        for snapshot in histories[read.view.name].to_dict("records"):
+        rows = histories[read.view.name].assign(loaded_at=None).to_dict("records")
+        rows += (pushed or {}).get(read.view.name, pd.DataFrame()).to_dict("records")
+        for snapshot in rows:
             by_entity.setdefault(snapshot[read.view.entity_key], []).append(snapshot)
     out = []
     for label in labels.to_dict("records"):
         row = dict(label)
+        t = label["label_time"]
         for read in FEATURE_SET.reads:
             view = read.view
             best = None
             for snapshot in snapshots[view.name].get(label[read.key], []):
-                if label["label_time"] - view.online_ttl <= snapshot[view.timestamp] < label["label_time"] and (
-                    best is None or snapshot[view.timestamp] > best[view.timestamp]
+                seen = snapshot[view.timestamp] < t and (snapshot["loaded_at"] is None or snapshot["loaded_at"] < t)
+                if seen and (
+                    best is None
+                    or (snapshot[view.timestamp], snapshot["loaded_at"] is None)
+                    > (best[view.timestamp], best["loaded_at"] is None)
                 ):
                     best = snapshot
+            if best is not None and best[view.timestamp] < t - view.online_ttl:
+                best = None
             row[snapshot_column(view)] = None if best is None else best[view.timestamp]
             for feature in read.features:
                 row[feature.name] = None if best is None else best[feature.name]

@@ -2,10 +2,13 @@
 local server serving a folder of tables. PySpark is imported only when a session is opened."""
 
 import logging
+import time
+import uuid
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,11 @@ from feature_assets.warehouses.base import Warehouse
 
 __all__ = ["SPARK_APPEND_ROWS", "SPARK_DBT_METHODS", "SparkWarehouse"]
 
-# Spark SQL spells these two declared types its own way.
-_SPARK_TYPES = {"varchar": "string", "double precision": "double"}
+# Spark SQL spells these declared types its own way.
+_SPARK_TYPES = {"varchar": "string", "text": "string", "double precision": "double"}
+# The partition column of a keyless append table (insert_new_rows): one partition per append, named by a time-ordered
+# id, so the first append of a row sorts first.
+_APPEND_ID = "append_id"
 # Rows per Spark append (an insert of its own: Spark has no transactions, a failed append raises midway).
 SPARK_APPEND_ROWS = 250_000
 # dbt's targets (dbt_features/profiles.yml) for Spark: through Spark Connect, or a Thrift server or Databricks SQL.
@@ -123,10 +129,39 @@ class SparkWarehouse(Warehouse):
         column_types: Mapping[str, str],
         unique: Sequence[str],
     ) -> None:
-        raise WarehouseError(
-            "pushing features needs a DuckDB or PostgreSQL warehouse: Spark tables have no unique keys to make a "
-            "retried push write nothing twice"
-        )
+        """Spark tables have no keys, and concurrent appends to one Parquet table share its staging folder (the
+        first to finish deletes it under the others). So each call writes its rows as a partition of their own of
+        `<table>_appends`, by a dynamic partition overwrite (staged in a folder of its own), and `table` is a view of
+        it that keeps each `unique` value's first append: a retried append reads as one."""
+        appends = validate_identifier(f"{table}_appends", "table")
+        names = [validate_identifier(name, "column") for name in column_types]
+        ddl = ", ".join(f"{name} {_SPARK_TYPES.get(kind, kind)}" for name, kind in column_types.items())
+        ddl += f", {_APPEND_ID} string"
+        if not self.table_exists(con, table):
+            keys = ", ".join(validate_identifier(name, "column") for name in unique)
+            first = (
+                f"select {', '.join(names)} from (select *, row_number() over (partition by {keys} "
+                f"order by {_APPEND_ID}) as nth from {appends}) as appended where nth = 1"
+            )
+            self._create_if_missing(con, f"create table if not exists {appends} ({ddl}) using parquet "
+                                         f"partitioned by ({_APPEND_ID})")  # fmt: skip
+            self._create_if_missing(con, f"create view if not exists {table} as {first}")
+        append_id = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+        rows = list(zip(*(_spark_values(columns[name]) for name in names), repeat(append_id), strict=False))
+        # Overwrite replaces the partitions the rows fall in, this append's own, and no other (the session's
+        # setting, whatever the server's default).
+        con.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        con.createDataFrame(rows, schema=ddl).write.insertInto(appends, overwrite=True)
+
+    def _create_if_missing(self, con: Any, sql: str) -> None:
+        """A `create ... if not exists` that tolerates a concurrent creator (the catalog refuses the later one)."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            self.execute(con, sql)
+        except AnalysisException as error:
+            if "ALREADY_EXISTS" not in (error.getCondition() or ""):
+                raise
 
     def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """The frame through Arrow, as a temporary view of the session."""
@@ -175,9 +210,7 @@ class SparkWarehouse(Warehouse):
         label_columns: Sequence[str],
         pushed: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
-        """Per view, a running window over labels and snapshots on one timeline per entity."""
-        if pushed:  # never: a push to Spark is refused (insert_new_rows)
-            raise WarehouseError(f"{', '.join(sorted(pushed))} hold pushed rows, which Spark does not read")
+        """Per view, a running window over labels and snapshots (and pushed rows) on one timeline per entity."""
         # Spark has no ASOF join, and a range join bounded by the TTL grows with the snapshots per TTL. Per view, the
         # labels and the snapshots go on one timeline per entity (a shuffle by entity key, then a sort within each),
         # ordered by time with a label before a snapshot of the same time (a snapshot stamped t is not available at
@@ -185,25 +218,37 @@ class SparkWarehouse(Warehouse):
         # struct of its timestamp and features: the struct is never null, so a feature that is null in that snapshot
         # stays null (last() over the features themselves would reach back to an older value). Older than the TTL,
         # it is dropped.
+        # A pushed row joins the timeline when it is both computed and loaded, which can be after a newer snapshot:
+        # there the running pick is max_by on (computed_at, snapshot before pushed row), not the last one to arrive.
         time = label_time
         steps, params, joins = [labels], [], []
         selected = [f"labels.{column}" for column in [LABEL_ROW, *label_columns]]
         for position, read in enumerate(reads):
             view, found = read.view, f"found_{position}"
             fields = ", ".join(f"'{name}', {name}" for name in [view.timestamp, *(f.name for f in read.features)])
-            steps.append(f"""
-        timeline_{position} as (
-            select {read.key} as entity, {time} as at_time, 0 as side, {LABEL_ROW}, null as snapshot
+            with_push = view.name in pushed
+            recency = (", null as recency", f", struct({view.timestamp}, 1)") if with_push else ("", "")
+            timeline = f"""
+            select {read.key} as entity, {time} as at_time, 0 as side, {LABEL_ROW}, null as snapshot{recency[0]}
             from labels
             where {read.key} is not null
             union all
-            select {view.entity_key}, {view.timestamp}, 1, null, named_struct({fields})
-            from {view.name}
+            select {view.entity_key}, {view.timestamp}, 1, null, named_struct({fields}){recency[1]}
+            from {view.name}"""
+            if with_push:
+                timeline += f"""
+            union all
+            select {view.entity_key}, greatest({view.timestamp}, loaded_at), 1, null, named_struct({fields}),
+                struct({view.timestamp}, 0)
+            from {view.name}_pushed"""
+            newest = "max_by(snapshot, recency)" if with_push else "last(snapshot, true)"
+            steps.append(f"""
+        timeline_{position} as ({timeline}
         ),
         {found} as (
             select {LABEL_ROW}, case when snapshot.{view.timestamp} >= at_time - ? then snapshot end as snapshot
             from (
-                select {LABEL_ROW}, at_time, side, last(snapshot, true) over (
+                select {LABEL_ROW}, at_time, side, {newest} over (
                     partition by entity order by at_time, side rows between unbounded preceding and current row
                 ) as snapshot
                 from timeline_{position}
