@@ -28,7 +28,7 @@ import pandas as pd
 
 from feature_assets.as_of import utc_now
 from feature_assets.errors import DataError
-from feature_assets.push import pushed_table
+from feature_assets.push import compact_pushed, pushed_table
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import PANDAS_DTYPES, TIMESTAMP, encode_batch, encode_entity_id, view_schema
 from feature_assets.serving.online_store import OnlineStore, SyncRecord
@@ -58,6 +58,7 @@ class SyncResult:
     watermark: datetime | None
     entities_in_store: int
     entities_deleted: int = 0
+    pushes_merged: int = 0  # pushes whose files were merged before reading (Spark: a file per push)
 
     @property
     def rows_per_second(self) -> float:
@@ -192,6 +193,7 @@ def sync_online_store(
     schema = view_schema(view)
     rows = deleted = 0
     with warehouse.connect() as con:
+        merged = compact_pushed(warehouse, con, view)
         newest = _newest_snapshot(warehouse, con, view, now)
         built = _newest_build(warehouse, con, view)
         rebuilt = None if previous is None else _rebuilt_since(warehouse, con, view, previous)
@@ -241,7 +243,7 @@ def sync_online_store(
         view, SyncRecord(view.version, schema, definitions, watermark, utc_now(), rows, mode == "full", built)
     )
     seconds = time.perf_counter() - started  # the count below scans the store; it is not part of the sync
-    return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view), deleted)
+    return SyncResult(mode, reason, rows, seconds, watermark, store.count_entities(view), deleted, merged)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from feature_assets.warehouses.base import Warehouse
 __all__ = [
     "LOADED_AT",
     "PushResult",
+    "compact_pushed",
     "push_rows",
     "pushed_column_types",
     "pushed_table",
@@ -71,6 +72,12 @@ def pushed_column_types(view: FeatureView) -> dict[str, str]:
         **{f.name: f.data_type for f in view.features},
         LOADED_AT: "timestamp",
     }
+
+
+def compact_pushed(warehouse: Warehouse, con: Any, view: FeatureView) -> int:
+    """Merges the view's pushed rows into fewer files where the warehouse keeps a file per push (Spark); how many
+    pushes it merged."""
+    return warehouse.compact_inserted(con, pushed_table(view), (view.entity_key, view.timestamp))
 
 
 def pushed_views(warehouse: Warehouse, con: Any, views: Collection[FeatureView]) -> frozenset[str]:

@@ -475,3 +475,37 @@ def test_pushes_to_spark_at_once_all_land_a_retry_writes_nothing_twice_and_the_s
     parity = check_online_parity(spark_warehouse, online, VIEW)
     assert parity.passed, parity.summary(VIEW)
     online.close()
+
+
+def test_a_sync_merges_the_pushes_files_on_spark_and_the_pushed_history_reads_the_same(
+    spark_warehouse, monkeypatch, tmp_path
+):
+    """Spark keeps a partition (a file) per push; past a number of them the sync merges them into one, and the
+    pushed history reads row for row as before, the first row of a retried key and time kept, loaded_at too."""
+    from feature_assets.serving import SqliteOnlineStore
+    from feature_assets.warehouses import spark as spark_module
+
+    monkeypatch.setattr(spark_module, "COMPACT_AFTER_APPENDS", 4)
+    append(spark_warehouse, snapshot(range(1, 9), hour() - 3 * HOUR, events=1))
+    at = hour() - HOUR
+    online = SqliteOnlineStore(tmp_path / "online.sqlite")
+    try:
+        store = FeatureStore(registry=REGISTRY, warehouse=spark_warehouse, online_store=online)
+        for user in (1, 2, 3):
+            store.push("user_features", [row(user, at, 100 + user)])
+        store.push("user_features", [row(2, at, 999), row(4, at, 104)])  # a retry of user 2, and a new user
+        before = pushed_rows(spark_warehouse)
+        appends = f"{pushed_table(VIEW)}_appends"
+        assert len(spark_warehouse.query(f"show partitions {appends}")) == 4
+        assert sync_online_store(spark_warehouse, online, VIEW).pushes_merged == 4
+        assert len(spark_warehouse.query(f"show partitions {appends}")) == 1
+        pd.testing.assert_frame_equal(pushed_rows(spark_warehouse), before)
+        assert before[["user_id", "events_30d"]].values.tolist() == [[1, 101], [2, 102], [3, 103], [4, 104]]
+        # Pushes after the merge read with it; under the threshold again, the next sync merges nothing.
+        store.push("user_features", [row(2, at, 555), row(5, at, 105)])
+        assert sync_online_store(spark_warehouse, online, VIEW).pushes_merged == 0
+        history = pushed_rows(spark_warehouse)
+        assert history[["user_id", "events_30d"]].values.tolist() == [[1, 101], [2, 102], [3, 103], [4, 104], [5, 105]]
+        assert events(online, [1, 2, 5]) == [101, 102, 105]
+    finally:
+        online.close()

@@ -69,6 +69,8 @@ def online_assets(view: FeatureView) -> tuple[dg.AssetsDefinition, dg.AssetCheck
             context.log.info(
                 f"{result.mode} sync ({result.reason}): {result.rows_written} rows in {result.seconds:.2f} s"
             )
+            if result.pushes_merged:
+                context.log.info(f"merged the files of {result.pushes_merged} pushes to {view.name} into one")
             return dg.MaterializeResult(
                 metadata={
                     "rows_written": result.rows_written,

@@ -71,6 +71,11 @@ class Warehouse(ABC):
         """Appends rows (Python values per column, None for null) whose `unique` columns are not in the table yet,
         creating it with that primary key if needed (create_keyed_table): a retried append writes nothing twice."""
 
+    def compact_inserted(self, con: Any, table: str, unique: Sequence[str]) -> int:
+        """Merges what insert_new_rows appended to `table` into fewer files, where a backend keeps a file per append;
+        how many appends it merged (none here: a table with a key takes its rows in place)."""
+        return 0
+
     def create_keyed_table(
         self, con: Any, table: str, column_types: Mapping[str, str], unique: Sequence[str]
     ) -> list[str]:

@@ -2,6 +2,7 @@
 local server serving a folder of tables. PySpark is imported only when a session is opened."""
 
 import logging
+import re
 import time
 import uuid
 import warnings
@@ -21,13 +22,17 @@ from feature_assets.registry import LABEL_ROW, ViewRead, snapshot_column
 from feature_assets.settings import validate_identifier
 from feature_assets.warehouses.base import Warehouse
 
-__all__ = ["SPARK_APPEND_ROWS", "SPARK_DBT_METHODS", "SparkWarehouse"]
+__all__ = ["COMPACT_AFTER_APPENDS", "SPARK_APPEND_ROWS", "SPARK_DBT_METHODS", "SparkWarehouse"]
 
 # Spark SQL spells these declared types its own way.
 _SPARK_TYPES = {"varchar": "string", "text": "string", "double precision": "double"}
 # The partition column of a keyless append table (insert_new_rows): one partition per append, named by a time-ordered
 # id, so the first append of a row sorts first.
 _APPEND_ID = "append_id"
+_APPEND_ID_FORM = re.compile(r"[0-9]{20}-[0-9a-f]{32}")
+# Appends past which compact_inserted merges them into one partition; partitions dropped per statement.
+COMPACT_AFTER_APPENDS = 100
+_DROPS_PER_STATEMENT = 200
 # Rows per Spark append (an insert of its own: Spark has no transactions, a failed append raises midway).
 SPARK_APPEND_ROWS = 250_000
 # dbt's targets (dbt_features/profiles.yml) for Spark: through Spark Connect, or a Thrift server or Databricks SQL.
@@ -152,6 +157,39 @@ class SparkWarehouse(Warehouse):
         # setting, whatever the server's default).
         con.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
         con.createDataFrame(rows, schema=ddl).write.insertInto(appends, overwrite=True)
+
+    def compact_inserted(self, con: Any, table: str, unique: Sequence[str]) -> int:
+        """Past COMPACT_AFTER_APPENDS appends, each key's first row of them all goes into the oldest append's partition
+        (through a table of their own: Spark does not overwrite a table it reads) and the other appends are dropped.
+        The view reads the same rows at every step: a row is in the oldest partition or still in its own, and the
+        first of equal rows is the same row. An append written meanwhile is not among those merged, and stays."""
+        appends = validate_identifier(f"{table}_appends", "table")
+        if not self.table_exists(con, appends):
+            return 0
+        ids = sorted(str(value).split("=", 1)[1] for value in self.fetch(con, f"show partitions {appends}").iloc[:, 0])
+        if len(ids) < COMPACT_AFTER_APPENDS:
+            return 0
+        if not all(_APPEND_ID_FORM.fullmatch(append_id) for append_id in ids):
+            raise WarehouseError(f"{appends} holds a partition this store did not write; it is left as it is")
+        keys = ", ".join(validate_identifier(name, "column") for name in unique)
+        names = [name for name in self.fetch(con, f"select * from {appends} limit 0").columns if name != _APPEND_ID]
+        merging = f"{appends}_merging"
+        self.execute(con, f"drop table if exists {merging}")
+        self.execute(
+            con,
+            f"create table {merging} using parquet as select {', '.join(names)} from (select *, row_number() over "
+            f"(partition by {keys} order by {_APPEND_ID}) as nth from {appends} where {_APPEND_ID} <= ?) as appended "
+            "where nth = 1",
+            [ids[-1]],
+        )
+        con.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        self.execute(con, f"insert overwrite table {appends} partition ({_APPEND_ID}) "
+                          f"select {', '.join(names)}, '{ids[0]}' from {merging}")  # fmt: skip
+        for start in range(1, len(ids), _DROPS_PER_STATEMENT):
+            specs = ", ".join(f"partition ({_APPEND_ID} = '{i}')" for i in ids[start : start + _DROPS_PER_STATEMENT])
+            self.execute(con, f"alter table {appends} drop if exists {specs}")
+        self.execute(con, f"drop table {merging}")
+        return len(ids)
 
     def _create_if_missing(self, con: Any, sql: str) -> None:
         """A `create ... if not exists` that tolerates a concurrent creator (the catalog refuses the later one)."""
