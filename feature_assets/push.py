@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from feature_assets.as_of import utc_now
-from feature_assets.errors import InvalidEntity, InvalidRow, shown
+from feature_assets.errors import DataError, FeatureStoreError, InvalidEntity, InvalidRow, shown
 from feature_assets.registry import FeatureView
 from feature_assets.serving.codec import (
     TIMESTAMP,
@@ -246,10 +246,30 @@ def push_rows(warehouse: Warehouse, store: OnlineStore, view: FeatureView, rows:
     each entity online where the store holds nothing newer, and not past the view's TTL."""
     count = len(rows[view.entity_key])
     values = {**rows, LOADED_AT: [utc_now()] * count}
-    with warehouse.pooled() as con:
-        warehouse.insert_new_rows(
-            con, pushed_table(view), values, pushed_column_types(view), (view.entity_key, view.timestamp)
-        )
+    table, column_types = pushed_table(view), pushed_column_types(view)
+    try:
+        with warehouse.pooled() as con:
+            warehouse.insert_new_rows(con, table, values, column_types, (view.entity_key, view.timestamp))
+    except FeatureStoreError:
+        raise
+    except Exception:
+        _refuse_another_definition(warehouse, view, table, list(column_types))
+        raise
     with store.writer(view, push=True) as writer:
         writer.write(encoded(view, rows))
     return PushResult(count, writer.rows_written)
+
+
+def _refuse_another_definition(warehouse: Warehouse, view: FeatureView, table: str, expected: list[str]) -> None:
+    """After a failed insert: names the cause when the pushed table holds another definition's columns (the view
+    changed since its first push), which the warehouse's own error would not say."""
+    with warehouse.connect() as con:
+        if not warehouse.table_exists(con, table):
+            return
+        held = [str(name).lower() for name in warehouse.fetch(con, f"select * from {table} limit 0").columns]
+    if held != expected:
+        raise DataError(
+            f"the warehouse's {table} holds pushed rows of another definition of {view.name} (columns "
+            f"{', '.join(held)}; the view's now: {', '.join(expected)}): drop {table} (on Spark, the view and "
+            f"{table}_appends under it) to push the new definition"
+        ) from None

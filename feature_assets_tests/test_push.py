@@ -509,3 +509,27 @@ def test_a_sync_merges_the_pushes_files_on_spark_and_the_pushed_history_reads_th
         assert events(online, [1, 2, 5]) == [101, 102, 105]
     finally:
         online.close()
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres", "spark"])
+def test_a_push_after_the_view_changed_names_the_pushed_table_of_the_old_definition(engine, request, tmp_path):
+    from feature_assets.errors import DataError
+    from feature_assets.serving import SqliteOnlineStore
+
+    warehouse: Warehouse = request.getfixturevalue(f"{engine}_warehouse")
+    at = hour() - HOUR
+    old = {"user_id": "bigint", "computed_at": "timestamp", "age": "integer", "loaded_at": "timestamp"}
+    with warehouse.connect() as con:  # pushed under a definition of user_features with one feature, age
+        warehouse.insert_new_rows(
+            con, pushed_table(VIEW), {"user_id": [1], "computed_at": [at], "age": [30], "loaded_at": [at]}, old,
+            ("user_id", "computed_at"),
+        )  # fmt: skip
+    online = SqliteOnlineStore(tmp_path / "online.sqlite")
+    store = FeatureStore(registry=REGISTRY, warehouse=warehouse, online_store=online)
+    with pytest.raises(DataError, match="holds pushed rows of another definition of user_features") as refused:
+        store.push("user_features", [row(2, at, 5)])
+    assert "columns user_id, computed_at, age, loaded_at; the view's now: user_id, computed_at, age, country" in str(
+        refused.value
+    )
+    assert events(online, [2]) == [None]  # nothing reached serving either
+    online.close()
