@@ -3,7 +3,6 @@ local server serving a folder of tables. PySpark is imported only when a session
 
 import logging
 import re
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
+from time import time_ns
 from typing import Any
 
 import pandas as pd
@@ -151,7 +151,7 @@ class SparkWarehouse(Warehouse):
             self._create_if_missing(con, f"create table if not exists {appends} ({ddl}) using parquet "
                                          f"partitioned by ({_APPEND_ID})")  # fmt: skip
             self._create_if_missing(con, f"create view if not exists {table} as {first}")
-        append_id = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+        append_id = f"{time_ns():020d}-{uuid.uuid4().hex}"
         rows = list(zip(*(_spark_values(columns[name]) for name in names), repeat(append_id), strict=False))
         # Overwrite replaces the partitions the rows fall in, this append's own, and no other (the session's
         # setting, whatever the server's default).
