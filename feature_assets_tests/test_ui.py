@@ -275,6 +275,8 @@ def test_what_a_person_reads_from_runs_to_a_drift_that_fails_the_skew_check_nami
         page.goto("/assets/user_features_skew_report")
         page.get_by_role("button", name="Materialize").click()
         open_launched_run(page)
+        # Launched from an asset's page: a run of the job named for it, not Dagster's implicit __ASSET_JOB.
+        expect(page.get_by_text("Run of Selected_assets").first).to_be_visible()
     with steps.step("skew-report-run-succeeded"):
         # The report is built; the drift fails its check (and would hold a promotion back), not the run.
         assert run_status(page) == "Success"
