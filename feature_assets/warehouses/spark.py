@@ -116,10 +116,8 @@ class SparkWarehouse(Warehouse):
 
     def append(self, con: Any, table: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         validate_identifier(table, "table")
-        for column in column_types:
-            validate_identifier(column, "column")
         frame = frame[list(column_types)]
-        ddl = ", ".join(f"{c} {_SPARK_TYPES.get(t, t)}" for c, t in column_types.items())
+        ddl = _spark_ddl(column_types)
         self.execute(con, f"create table if not exists {table} ({ddl}) using parquet")
         # Arrow carries the frame; the table's own types, by position, decide how its values land. In slices: the
         # server holds each one in memory whole (2.7M rows at once exhaust a 2 GB driver).
@@ -139,9 +137,8 @@ class SparkWarehouse(Warehouse):
         `<table>_appends`, by a dynamic partition overwrite (staged in a folder of its own), and `table` is a view of
         it that keeps each `unique` value's first append: a retried append reads as one."""
         appends = validate_identifier(f"{table}_appends", "table")
-        names = [validate_identifier(name, "column") for name in column_types]
-        ddl = ", ".join(f"{name} {_SPARK_TYPES.get(kind, kind)}" for name, kind in column_types.items())
-        ddl += f", {_APPEND_ID} string"
+        names = list(column_types)
+        ddl = f"{_spark_ddl(column_types)}, {_APPEND_ID} string"
         if not self.table_exists(con, table):
             keys = ", ".join(validate_identifier(name, "column") for name in unique)
             first = (
@@ -203,8 +200,7 @@ class SparkWarehouse(Warehouse):
 
     def stage_frame(self, con: Any, name: str, frame: pd.DataFrame, column_types: Mapping[str, str]) -> None:
         """The frame through Arrow, as a temporary view of the session."""
-        ddl = ", ".join(f"{validate_identifier(c, 'column')} {_SPARK_TYPES.get(t, t)}" for c, t in column_types.items())
-        con.createDataFrame(frame[list(column_types)], schema=ddl).createOrReplaceTempView(
+        con.createDataFrame(frame[list(column_types)], schema=_spark_ddl(column_types)).createOrReplaceTempView(
             validate_identifier(name, "relation")
         )
 
@@ -265,13 +261,16 @@ class SparkWarehouse(Warehouse):
             view, found = read.view, f"found_{position}"
             fields = ", ".join(f"'{name}', {name}" for name in [view.timestamp, *(f.name for f in read.features)])
             with_push = view.name in pushed
-            recency = (", null as recency", f", struct({view.timestamp}, 1)") if with_push else ("", "")
+            # With pushed rows, each row's rank in the pick: (computed_at, 1 for a snapshot, 0 for a pushed row).
+            label_rank, snapshot_rank = (
+                (", null as recency", f", struct({view.timestamp}, 1)") if with_push else ("", "")
+            )
             timeline = f"""
-            select {read.key} as entity, {time} as at_time, 0 as side, {LABEL_ROW}, null as snapshot{recency[0]}
+            select {read.key} as entity, {time} as at_time, 0 as side, {LABEL_ROW}, null as snapshot{label_rank}
             from labels
             where {read.key} is not null
             union all
-            select {view.entity_key}, {view.timestamp}, 1, null, named_struct({fields}){recency[1]}
+            select {view.entity_key}, {view.timestamp}, 1, null, named_struct({fields}){snapshot_rank}
             from {view.name}"""
             if with_push:
                 timeline += f"""
@@ -336,6 +335,13 @@ class SparkWarehouse(Warehouse):
             )
         finally:
             self.execute(con, f"drop table if exists {staged}")
+
+
+def _spark_ddl(column_types: Mapping[str, str]) -> str:
+    """A schema in Spark's DDL from declared SQL types, the column names validated."""
+    return ", ".join(
+        f"{validate_identifier(name, 'column')} {_SPARK_TYPES.get(kind, kind)}" for name, kind in column_types.items()
+    )
 
 
 def _typed(frame: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.DataFrame:
