@@ -14,6 +14,7 @@ from feature_assets.registry import (
     FeatureView,
     LabelTable,
     ViewRead,
+    meta_fields,
     snake_case,
 )
 from feature_assets.request_time import request_features, request_fields
@@ -26,10 +27,7 @@ _Json = dict[str, Any]
 def feature_set_of(exposure: _Json, views: dict[str, FeatureView], labels: dict[str, LabelTable]) -> FeatureSet:
     model = snake_case(exposure["name"], "model")
     block = exposure["config"]["meta"]["feature_set"]
-    try:
-        label_name, task, features = block["labels"], block["task"], block["features"]
-    except KeyError as missing:
-        raise RegistryError(f"model {model}: meta.feature_set needs {missing.args[0]!r}") from None
+    label_name, task, features = meta_fields(block, f"model {model}: meta.feature_set", "labels", "task", "features")
     if label_name not in labels:
         raise RegistryError(
             f"model {model}: labels {label_name!r} is not a label table (a model with meta.labels); "

@@ -41,6 +41,7 @@ __all__ = [
     "Registry",
     "ViewRead",
     "load_registry",
+    "meta_fields",
     "snake_case",
     "snapshot_column",
 ]
@@ -86,6 +87,15 @@ def snake_case(name: str, what: str) -> str:
         suggestion = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name)).lower().replace("-", "_").replace(" ", "_")
         raise RegistryError(f"{what} {name!r} is not snake_case (lowercase words joined by _, e.g. {suggestion!r})")
     return name
+
+
+def meta_fields(block: _Json, what: str, *names: str) -> list[Any]:
+    """The named fields of a meta block (`what`: e.g. "model churn_model: meta.feature_set"), the first missing one
+    refused by name."""
+    missing = next((name for name in names if name not in block), None)
+    if missing is not None:
+        raise RegistryError(f"{what} needs {missing!r}")
+    return [block[name] for name in names]
 
 
 def _hours(block: _Json, name: str, default: timedelta, what: str) -> timedelta:
@@ -299,10 +309,9 @@ def _data_type(column: _Json) -> str:
 def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
     name = snake_case(node["name"], "feature view")
     block = node["config"]["meta"]["feature_view"]
-    try:
-        entity, entity_key, timestamp = block["entity"], block["entity_key"], block["timestamp"]
-    except KeyError as missing:
-        raise RegistryError(f"feature view {name}: meta.feature_view needs {missing.args[0]!r}") from None
+    entity, entity_key, timestamp = meta_fields(
+        block, f"feature view {name}: meta.feature_view", "entity", "entity_key", "timestamp"
+    )
     columns = _columns(node, f"feature view {name}")
     for key in (entity_key, timestamp):
         if key not in columns:
@@ -346,15 +355,9 @@ def _feature_view(manifest: _Json, node: _Json) -> FeatureView:
 def _label_table(node: _Json) -> LabelTable:
     name = snake_case(node["name"], "label table")
     block = node["config"]["meta"]["labels"]
-    try:
-        keys, label_time, target, outcome_hours = (
-            block["entity_keys"],
-            block["label_time"],
-            block["target"],
-            block["outcome_hours"],
-        )
-    except KeyError as missing:
-        raise RegistryError(f"label table {name}: meta.labels needs {missing.args[0]!r}") from None
+    keys, label_time, target, outcome_hours = meta_fields(
+        block, f"label table {name}: meta.labels", "entity_keys", "label_time", "target", "outcome_hours"
+    )
     if isinstance(keys, str):
         keys = [keys]
     if not keys or len(set(keys)) != len(keys):
