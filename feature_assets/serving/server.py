@@ -113,7 +113,7 @@ class Service:
         self.models = open_model_store(settings)
         self.served_log = open_served_log(settings)
         self._store: OnlineStore | None = None
-        self._warehouse: Warehouse | None = None  # opened by the first push
+        self._warehouse: Warehouse | None = None
         self._predictor: Predictor | None = None
         self._readers: dict[str, FeatureReader] = {}
         self._opening = threading.Lock()
@@ -189,11 +189,18 @@ class Service:
         dtypes = {name: view.feature(name).dtype for name in selected}
         return {"view": view.name, "dtypes": dtypes, "entities": entities}
 
-    def push(self, view: FeatureView, rows: list[Any]) -> dict[str, Any]:
+    @property
+    def warehouse(self) -> Warehouse:
+        """Opened by the first push, once for the worker's threads (its pool of connections is the worker's)."""
         if self._warehouse is None:
-            self._warehouse = open_warehouse(self.settings)
+            with self._opening:
+                if self._warehouse is None:
+                    self._warehouse = open_warehouse(self.settings)
+        return self._warehouse
+
+    def push(self, view: FeatureView, rows: list[Any]) -> dict[str, Any]:
         typed = typed_rows(view, row_columns(view, rows), len(rows))
-        return push_rows(self._warehouse, self.predictor.store, view, typed).to_json(view)
+        return push_rows(self.warehouse, self.predictor.store, view, typed).to_json(view)
 
     def predict(self, model: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
         predictor = self.predictor
