@@ -204,6 +204,19 @@ def test_the_warehouse_switch_names_spark_and_refuses_what_cannot_work(tmp_path)
         Settings.from_env({**local, "FEATURE_STORE_WAREHOUSE": "sparks"})
 
 
+def test_a_spark_server_that_is_down_is_named_at_once_not_waited_for_ten_minutes():
+    from feature_assets.errors import WarehouseError
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    warehouse = SparkWarehouse(remote=f"sc://127.0.0.1:{port}/;token=t0k3n")
+    refused = f"nothing answers at 127.0.0.1:{port} \\(Connection refused\\)"
+    with pytest.raises(WarehouseError, match=refused) as error, warehouse.connect():
+        pass
+    assert "t0k3n" not in str(error.value)
+
+
 def test_a_large_frame_lands_on_spark_whole_in_slices(spark_warehouse, monkeypatch):
     """Appends go in slices (the server holds each one in memory): every row lands once, with its values."""
     from feature_assets.warehouses import spark as warehouse_module

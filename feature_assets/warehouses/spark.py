@@ -3,6 +3,7 @@ local server serving a folder of tables. PySpark is imported only when a session
 
 import logging
 import re
+import socket
 import uuid
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -12,6 +13,7 @@ from itertools import repeat
 from pathlib import Path
 from time import time_ns
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -92,8 +94,10 @@ class SparkWarehouse(Warehouse):
         from pyspark.errors import PySparkException
         from pyspark.sql import SparkSession
 
+        url = self.spark_url()
+        _check_listening(url)
         try:
-            session = SparkSession.builder.remote(self.spark_url()).create()
+            session = SparkSession.builder.remote(url).create()
             session.conf.set("spark.sql.session.timeZone", "UTC")
         except PySparkException as error:
             # Never echo the URL: it may hold a token.
@@ -335,6 +339,26 @@ class SparkWarehouse(Warehouse):
             )
         finally:
             self.execute(con, f"drop table if exists {staged}")
+
+
+# Spark Connect's default port, where a URL names none.
+_SPARK_CONNECT_PORT = 15002
+_PROBE_TIMEOUT_S = 10
+
+
+def _check_listening(url: str) -> None:
+    """Refuses at once a Spark Connect URL where nothing listens: the client would retry a refused connection for ten
+    minutes (its default policy), and a push or a command would hang that long saying nothing. Names the host and
+    port, never the rest of the URL (it may hold a token)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or _SPARK_CONNECT_PORT
+    try:
+        socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise WarehouseError(
+            f"cannot connect to the Spark warehouse: nothing answers at {host}:{port} ({reason})"
+        ) from None
 
 
 def _spark_ddl(column_types: Mapping[str, str]) -> str:
