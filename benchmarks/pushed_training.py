@@ -8,7 +8,7 @@ history and labels, built on DuckDB, PostgreSQL and a local Spark twice: without
 with `user_features_pushed` holding pushed rows numbering --pushed-share of the history's (random users of the
 history, computed at random times within it, loaded 0 to 8 hours later). The ratio is each engine's own build with
 pushed rows over its baseline, so a noisy box shifts both. Every engine's rows with pushed rows are compared with
-DuckDB's: a benchmark of wrong answers is worthless. Times are medians of --repeats builds.
+DuckDB's: a benchmark of wrong answers is worthless. Times are medians of --repeats builds, after one untimed build.
 """
 
 import argparse
@@ -108,6 +108,7 @@ def main() -> int:
         try:
             for warehouse in engines:
                 load(warehouse, history, countries, [case])
+                median_build(warehouse, case, args.labels, False, 1)  # untimed: a fresh local Spark's JIT is cold
                 without = median_build(warehouse, case, args.labels, False, args.repeats)
                 with warehouse.connect() as con:  # a fresh file, schema or Spark folder: no pushed table yet
                     warehouse.insert_new_rows(con, pushed_table(USERS), python_columns(pushes),
